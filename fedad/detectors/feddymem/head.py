@@ -1,0 +1,34 @@
+"""The trainable FedDyMem head: projection then memory generator (Alg. 1, lines 3-4)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedad.config import HeadConfig
+from fedad.detectors.feddymem.generator import MemoryGenerator
+from fedad.detectors.feddymem.projection import Projection
+
+
+class FedDyMemHead(nn.Module):
+    """Maps fused frozen features ``(B, C, H, W)`` to memory features ``M`` of the same shape.
+
+    The ablation switches of the paper's Table III turn the projection and the generator off;
+    with both off the head is the identity (the bare memory bank of frozen features).
+    """
+
+    def __init__(self, channels: int, cfg: HeadConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or HeadConfig()
+        self.channels = channels
+        self.projection = (Projection(channels, batch_norm=cfg.batch_norm)
+                           if cfg.projection else nn.Identity())
+        self.generator = (MemoryGenerator(channels, cfg.grid_size, cfg.phi_hidden)
+                          if cfg.generator else nn.Identity())
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.generator(self.projection(features))

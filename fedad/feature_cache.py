@@ -1,0 +1,136 @@
+"""Frozen features computed once per image and reused every epoch and round.
+
+The backbone is frozen, so an image's features depend only on its pixels and the extractor.
+Each image is keyed by the SHA-256 of its preprocessed input tensor plus the extractor's
+signature; features live in process memory (``memory``), in ``.pt`` files under a cache
+folder (``disk``: survives processes, as needed on real Flower SuperNodes) or nowhere
+(``none``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from fedad.data.dataset import AnomalyDataset, collate_samples
+from fedad.errors import ConfigError
+from fedad.features import FeatureExtractor
+from fedad.progress import progress
+
+log = logging.getLogger("fedad")
+_MEMORY: dict[str, torch.Tensor] = {}
+
+
+@dataclass
+class FeatureSet:
+    """Features of a dataset, with what scoring and metrics need.
+
+    Attributes:
+        features: ``(N, C, H, W)``, float32 or float16, on the CPU.
+        labels: ``(N,)`` 0 normal / 1 anomalous.
+        masks: ``(N, S, S)`` uint8 ground truth at the input size, or ``None``.
+        paths: source path per image.
+        product_types: product type per image.
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor | None
+    paths: list[str]
+    product_types: list[str]
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.numel() * self.features.element_size()
+
+
+def clear_memory_cache() -> None:
+    """Forget every feature kept in process memory."""
+    _MEMORY.clear()
+
+
+def _key(image: torch.Tensor, signature: str) -> str:
+    h = hashlib.sha256(signature.encode())
+    h.update(image.contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def extract_features(
+    extractor: FeatureExtractor,
+    dataset: AnomalyDataset,
+    signature: str,
+    device: torch.device,
+    batch_size: int = 16,
+    cache: str = "memory",
+    cache_dir: str | Path | None = None,
+    half: bool = False,
+    num_workers: int = 0,
+    desc: str = "features",
+) -> FeatureSet:
+    """Compute (or fetch from the cache) the fused features of every image in ``dataset``."""
+    if cache not in ("memory", "disk", "none"):
+        raise ConfigError(f"backbone.cache must be memory, disk or none, got {cache!r}")
+    folder = None
+    if cache == "disk":
+        if cache_dir is None:
+            raise ConfigError("backbone.cache=disk needs backbone.cache_dir")
+        folder = Path(cache_dir).expanduser() / signature
+        folder.mkdir(parents=True, exist_ok=True)
+    extractor = extractor.to(device)
+    dtype = torch.float16 if half else torch.float32
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_samples)
+    feats, labels, masks, paths, types = [], [], [], [], []
+    hits = 0
+    n_batches = (len(dataset) + batch_size - 1) // batch_size
+    for batch in progress(loader, n_batches, desc):
+        images = batch["image"]
+        keys = [_key(img, signature) for img in images]
+        out: list[torch.Tensor | None] = [None] * len(keys)
+        for i, k in enumerate(keys):
+            if cache == "memory" and k in _MEMORY:
+                out[i] = _MEMORY[k]
+            elif folder is not None and (folder / f"{k}.pt").is_file():
+                try:
+                    out[i] = torch.load(folder / f"{k}.pt", weights_only=True)
+                except Exception as exc:  # a torn file from a killed process: recompute
+                    log.warning("feature cache: unreadable %s (%s), recomputing",
+                                folder / f"{k}.pt", exc)
+        todo = [i for i, o in enumerate(out) if o is None]
+        hits += len(keys) - len(todo)
+        if todo:
+            computed = extractor(images[todo].to(device)).to("cpu", dtype)
+            for j, i in enumerate(todo):
+                f = computed[j].clone()
+                out[i] = f
+                if cache == "memory":
+                    _MEMORY[keys[i]] = f
+                elif folder is not None:
+                    tmp = folder / f"{keys[i]}.tmp"
+                    torch.save(f, tmp)
+                    tmp.replace(folder / f"{keys[i]}.pt")
+        feats.extend(o.to(dtype) for o in out)
+        labels.append(batch["label"])
+        if batch["mask"] is not None:
+            masks.append(batch["mask"][:, 0].to(torch.uint8))
+        paths.extend(batch["path"])
+        types.extend(batch["product_type"])
+    if not feats:
+        raise ConfigError(f"{desc}: the dataset is empty")
+    if hits:
+        log.info("%s: %d/%d images from the %s cache", desc, hits, len(feats), cache)
+    return FeatureSet(
+        features=torch.stack(feats),
+        labels=torch.cat(labels),
+        masks=torch.cat(masks) if len(masks) == n_batches else None,
+        paths=paths,
+        product_types=types,
+    )
