@@ -76,8 +76,16 @@ def create_backbone(name: str, weights: str = "offline") -> nn.Module:
         name: timm model name, e.g. ``tf_efficientnet_lite0`` or ``wide_resnet50_2``.
         weights: ``offline``, ``timm``, ``none`` or a path to a weights file.
     """
+    if name not in timm.list_models():
+        raise ConfigError(f"backbone.name: {name!r} is not a timm model")
     if weights == "timm":
-        model = timm.create_model(name, pretrained=True)
+        try:
+            model = timm.create_model(name, pretrained=True)
+        except Exception as exc:  # network errors come in many types
+            raise ConfigError(
+                f"backbone.weights=timm: could not get pretrained {name} ({exc}); without "
+                "network, pass a local weights file as backbone.weights=/path/to/file"
+            ) from exc
     else:
         model = timm.create_model(name, pretrained=False)
         if weights == "offline":
@@ -91,23 +99,17 @@ def create_backbone(name: str, weights: str = "offline") -> nn.Module:
             model.load_state_dict(state)
         elif weights != "none":
             path = Path(weights).expanduser()
-            state = _load_file(path)
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            # A classifier head may be absent or differ: the features must all be there.
-            missing = [k for k in missing if not k.startswith(_classifier_prefixes(model))]
-            if missing:
+            if not path.is_file():
+                raise ConfigError(f"backbone.weights: file not found: {path}")
+            # timm's own pretrained loader, pointed at the local file: it applies the
+            # model's checkpoint filter and tolerates a different classifier.
+            try:
+                model = timm.create_model(name, pretrained=True,
+                                          pretrained_cfg_overlay={"file": str(path)})
+            except (RuntimeError, KeyError) as exc:
                 raise ConfigError(
-                    f"backbone.weights: {path} lacks {len(missing)} tensors of {name}, "
-                    f"e.g. {missing[:3]}"
-                )
-            del unexpected
+                    f"backbone.weights: {path} does not fit {name}: {exc}") from exc
     return model.eval()
-
-
-def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
-    name = model.default_cfg.get("classifier", "fc") if hasattr(model, "default_cfg") else "fc"
-    names = name if isinstance(name, (list, tuple)) else [name]
-    return tuple(f"{n}." for n in names)
 
 
 def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

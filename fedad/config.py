@@ -85,12 +85,24 @@ class ScoreConfig:
 
 
 @dataclass
+class PartitionConfig:
+    """How training samples are split over clients (paper Sec. VI-A 2)."""
+
+    method: str = "dirichlet"  # dirichlet | iid | pathological (one product type per client)
+    alpha: float = 0.1
+    min_samples: int = 2
+    seed: int = 0
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    num_clients: int = 5
     device: str = "auto"
     num_workers: int = 0
     output_dir: str = "outputs"
