@@ -30,12 +30,12 @@ STAGES = ("features", "training", "bank", "scoring", "total")
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="dataset root (MTD raw layout)")
-    parser.add_argument("--dataset", default="mtd", help="data.name (default mtd)")
+    parser.add_argument("--dataset", default="mtd", help="dataset.name (default mtd)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("overrides", nargs="*", help="RunConfig overrides, e.g. train.rounds=5")
     args = parser.parse_args()
     setup_logging()
-    base = compose([f"data.name={args.dataset}", f"data.root={Path(args.root).resolve()}",
+    base = compose([f"dataset.name={args.dataset}", f"dataset.root={Path(args.root).resolve()}",
                     *args.overrides])
     rows = {}
     rows["feddymem"] = run_centralized(base)
@@ -45,7 +45,7 @@ def main() -> int:
 
     lines = [f"Centralized FedDyMem on `{args.dataset}` ({rows['feddymem']['train_images']} "
              f"train / {rows['feddymem']['test_images']} test images), backbone "
-             f"{base.backbone.name} ({base.backbone.weights}), {base.data.image_size} px, "
+             f"{base.backbone.name} ({base.backbone.weights}), {base.dataset.image_size} px, "
              f"{base.train.rounds} rounds x {base.train.local_epochs} epoch(s).", "",
              "| row | " + " | ".join(METRICS) + " | " + " | ".join(f"{s} s" for s in STAGES)
              + " |", "|---" * (1 + len(METRICS) + len(STAGES)) + "|"]

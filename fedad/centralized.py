@@ -28,8 +28,8 @@ log = logging.getLogger("fedad")
 
 def compute_features(cfg: RunConfig, extractor: FeatureExtractor, info: dict, split: str,
                      device: torch.device) -> FeatureSet:
-    """Build the ``split`` dataset of ``cfg.data`` and its (cached) frozen features."""
-    dataset = build_dataset(cfg.data, split)
+    """Build the ``split`` dataset of ``cfg.dataset`` and its (cached) frozen features."""
+    dataset = build_dataset(cfg.dataset, split)
     dataset.set_normalisation(info["mean"], info["std"])
     signature = extractor_signature(info, extractor.state_dict())
     return extract_features(
@@ -73,7 +73,7 @@ def run_centralized(cfg: RunConfig) -> dict:
                      epoch_losses[-1])
 
     t = time.perf_counter()
-    scores = client.score(test.features, bank, cfg.data.image_size, cfg.score)
+    scores = client.score(test.features, bank, cfg.dataset.image_size, cfg.score)
     metrics = evaluate(scores.image, test.labels, scores.maps, test.masks)
     seconds["scoring"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0

@@ -96,7 +96,7 @@ class PartitionConfig:
 
 @dataclass
 class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
+    dataset: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -365,7 +365,7 @@ def test_build_mixed_dataset(tmp_path: Path) -> None:
 def test_factory_unknown_name_and_textures_dispatch() -> None:
     with pytest.raises(ConfigError, match="textures, mtd, mvtec, visa, mixed"):
         build_dataset(DataConfig(name="imagenet"), "train")
-    with pytest.raises(ConfigError, match="data.root"):
+    with pytest.raises(ConfigError, match="dataset.root"):
         build_dataset(DataConfig(name="mvtec"), "train")
     ds = build_dataset(DataConfig(name="textures", image_size=32, texture_train_per_type=2,
                                   texture_test_normal_per_type=1,

@@ -3,7 +3,7 @@
 Usage::
 
     fedad-centralized                                    # embedded textures, defaults
-    fedad-centralized data.name=mtd data.root=/abs/mtd train.rounds=10 output_dir=runs/mtd
+    fedad-centralized dataset.name=mtd dataset.root=/abs/mtd train.rounds=10 output_dir=runs/mtd
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Centralized FedDyMem: train the head on all training data, build the "
                     "bank, score the test set. Options are key=value overrides of RunConfig.",
     )
-    parser.add_argument("overrides", nargs="*", help="e.g. data.name=mtd data.root=/abs/mtd")
+    parser.add_argument("overrides", nargs="*", help="e.g. dataset.name=mtd dataset.root=/abs/mtd")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
     setup_logging(not args.quiet)

@@ -15,7 +15,7 @@ from fedad.errors import ConfigError
 
 def compose(overrides: Sequence[str] = (), base: RunConfig | None = None) -> RunConfig:
     """``RunConfig`` defaults (or ``base``) updated by dotted overrides such as
-    ``train.local_epochs=3 data.name=mtd data.root=/abs/mtd``.
+    ``train.local_epochs=3 dataset.name=mtd dataset.root=/abs/mtd``.
 
     Raises:
         ConfigError: naming the override that is unknown or has the wrong type.

@@ -45,7 +45,7 @@ def has_masks(records: Sequence[SampleRecord]) -> bool:
 
 def _require_root(cfg: DataConfig) -> Path:
     if not cfg.root:
-        raise ConfigError(f"data.root must be set for dataset {cfg.name!r}")
+        raise ConfigError(f"dataset.root must be set for dataset {cfg.name!r}")
     return Path(cfg.root).expanduser()
 
 
@@ -138,7 +138,7 @@ class MixedSource:
 
 def _build_mixed(cfg: DataConfig, split: str) -> AnomalyDataset:
     if not cfg.parts:
-        raise ConfigError("dataset 'mixed' needs at least one entry in data.parts")
+        raise ConfigError("dataset 'mixed' needs at least one entry in dataset.parts")
     datasets = [build_dataset(part, split) for part in cfg.parts]
     names = part_names(cfg.parts)
     records = mixed_records([(n, ds.records) for n, ds in zip(names, datasets, strict=True)])

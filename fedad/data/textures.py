@@ -81,19 +81,19 @@ def _validate(cfg: DataConfig, split: str) -> None:
         raise DataError(f"textures: split must be 'train' or 'test', got {split!r}")
     types = list(cfg.texture_types)
     if not types:
-        raise ConfigError(f"data.texture_types is empty; choose from {list(TEXTURE_NAMES)}")
+        raise ConfigError(f"dataset.texture_types is empty; choose from {list(TEXTURE_NAMES)}")
     unknown = [t for t in types if t not in TEXTURE_NAMES]
     if unknown:
         raise ConfigError(
-            f"data.texture_types has unknown texture(s) {unknown}; valid names: "
+            f"dataset.texture_types has unknown texture(s) {unknown}; valid names: "
             f"{list(TEXTURE_NAMES)}"
         )
     if len(set(types)) != len(types):
-        raise ConfigError(f"data.texture_types has duplicates: {types}")
+        raise ConfigError(f"dataset.texture_types has duplicates: {types}")
     crop = cfg.texture_crop
     if not isinstance(crop, int) or not MIN_CROP <= crop <= MAX_CROP:
         raise ConfigError(
-            f"data.texture_crop must be an int in [{MIN_CROP}, {MAX_CROP}] (the test region "
+            f"dataset.texture_crop must be an int in [{MIN_CROP}, {MAX_CROP}] (the test region "
             f"is {MAX_CROP} px wide), got {crop!r}"
         )
     for field in (
@@ -103,7 +103,7 @@ def _validate(cfg: DataConfig, split: str) -> None:
     ):
         value = getattr(cfg, field)
         if not isinstance(value, int) or value < 0:
-            raise ConfigError(f"data.{field} must be a non-negative int, got {value!r}")
+            raise ConfigError(f"dataset.{field} must be a non-negative int, got {value!r}")
 
 
 def _stream(seed: int, texture: str, split: str) -> np.random.SeedSequence:
