@@ -12,31 +12,16 @@ import logging
 import time
 from dataclasses import asdict
 
-import torch
-
 from fedad.config import RunConfig
 from fedad.data.factory import build_dataset
 from fedad.detectors.feddymem.client import FedDyMemClient
 from fedad.device import resolve_device
-from fedad.feature_cache import FeatureSet, extract_features
-from fedad.features import FeatureExtractor, build_feature_extractor, extractor_signature
+from fedad.feature_cache import dataset_features
+from fedad.features import build_feature_extractor
 from fedad.memory import aggregate, bank_nbytes
 from fedad.metrics import evaluate
 
 log = logging.getLogger("fedad")
-
-
-def compute_features(cfg: RunConfig, extractor: FeatureExtractor, info: dict, split: str,
-                     device: torch.device) -> FeatureSet:
-    """Build the ``split`` dataset of ``cfg.dataset`` and its (cached) frozen features."""
-    dataset = build_dataset(cfg.dataset, split)
-    dataset.set_normalisation(info["mean"], info["std"])
-    signature = extractor_signature(info, extractor.state_dict())
-    return extract_features(
-        extractor, dataset, signature, device, batch_size=cfg.train.batch_size,
-        cache=cfg.backbone.cache, cache_dir=cfg.backbone.cache_dir, half=cfg.backbone.half,
-        num_workers=cfg.num_workers, desc=f"{split} features",
-    )
 
 
 def run_centralized(cfg: RunConfig) -> dict:
@@ -45,8 +30,10 @@ def run_centralized(cfg: RunConfig) -> dict:
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     extractor, info = build_feature_extractor(cfg.backbone)
-    train = compute_features(cfg, extractor, info, "train", device)
-    test = compute_features(cfg, extractor, info, "test", device)
+    train = dataset_features(cfg, extractor, info, build_dataset(cfg.dataset, "train"),
+                             device, "train features")
+    test = dataset_features(cfg, extractor, info, build_dataset(cfg.dataset, "test"),
+                            device, "test features")
     seconds["features"] = time.perf_counter() - t0
     log.info("features: train %s, test %s (%.1fs)", tuple(train.features.shape),
              tuple(test.features.shape), seconds["features"])

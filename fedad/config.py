@@ -103,6 +103,10 @@ class RunConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     num_clients: int = 5
+    eval_every: int = 1  # evaluate every n rounds (the last round always)
+    wait_for_nodes: float = 300.0  # seconds the server waits for num_clients nodes
+    round_timeout: float = 3600.0  # seconds the server waits for replies in a round
+    examples: int = 4  # anomaly-map examples plotted at the end
     device: str = "auto"
     num_workers: int = 0
     output_dir: str = "outputs"

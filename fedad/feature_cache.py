@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from fedad.config import RunConfig
 from fedad.data.dataset import AnomalyDataset, collate_samples
 from fedad.errors import ConfigError
-from fedad.features import FeatureExtractor
+from fedad.features import FeatureExtractor, extractor_signature
 from fedad.progress import progress
 
 log = logging.getLogger("fedad")
@@ -133,4 +134,17 @@ def extract_features(
         masks=torch.cat(masks) if len(masks) == n_batches else None,
         paths=paths,
         product_types=types,
+    )
+
+
+def dataset_features(cfg: RunConfig, extractor: FeatureExtractor, info: dict,
+                     dataset: AnomalyDataset, device: torch.device, desc: str) -> FeatureSet:
+    """Features of ``dataset`` with the cache settings of ``cfg.backbone``, normalised for
+    the backbone described by ``info``."""
+    dataset.set_normalisation(info["mean"], info["std"])
+    return extract_features(
+        extractor, dataset, extractor_signature(info, extractor.state_dict()), device,
+        batch_size=cfg.train.batch_size, cache=cfg.backbone.cache,
+        cache_dir=cfg.backbone.cache_dir, half=cfg.backbone.half,
+        num_workers=cfg.num_workers, desc=desc,
     )

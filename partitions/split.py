@@ -107,8 +107,7 @@ def _validate(types: list[str], num_clients: int, cfg: PartitionConfig) -> int:
     """Check the arguments; return the effective minimum client size."""
     if cfg.method not in VALID_METHODS:
         raise ConfigError(
-            f"partition.method={cfg.method!r} is unknown; valid methods: "
-            f"{', '.join(VALID_METHODS)}"
+            f"partition.method={cfg.method!r} is unknown; valid methods: {', '.join(VALID_METHODS)}"
         )
     if (
         isinstance(num_clients, bool)
@@ -199,9 +198,7 @@ def _iid(types: list[str], num_clients: int, seed: int) -> list[list[int]]:
     return _read(partitioner, num_clients)
 
 
-def _pathological(
-    types: list[str], num_clients: int, seed: int, min_size: int
-) -> list[list[int]]:
+def _pathological(types: list[str], num_clients: int, seed: int, min_size: int) -> list[list[int]]:
     counts = Counter(types)
     unique = sorted(counts)
     if num_clients < len(unique):

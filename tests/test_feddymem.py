@@ -150,6 +150,23 @@ def test_client_state_round_trip_reproduces_training():
         assert torch.allclose(pa, pb)
 
 
+def test_client_arrays_round_trip_reproduces_training():
+    feats = _cluster_features(8)
+    cfg = TrainConfig(local_epochs=1, batch_size=4)
+    a = FedDyMemClient(8, HeadConfig(grid_size=4, phi_hidden=8, batch_norm=True), cfg, seed=3)
+    bank = a.initial_bank(feats)
+    a.train_epochs(feats, bank)  # Adam has moments now
+    b = FedDyMemClient(8, HeadConfig(grid_size=4, phi_hidden=8, batch_norm=True), cfg, seed=4)
+    arrays = a.to_arrays()
+    assert any(k.startswith("optim.") for k in arrays)
+    assert all(isinstance(v, torch.Tensor) for v in arrays.values())
+    b.load_arrays(arrays)
+    a.train_epochs(feats, bank)
+    b.train_epochs(feats, bank)
+    for pa, pb in zip(a.head.parameters(), b.head.parameters()):
+        assert torch.allclose(pa, pb)
+
+
 def test_client_with_batchnorm_trains():
     feats = _cluster_features(5)
     client = FedDyMemClient(8, HeadConfig(grid_size=4, phi_hidden=8, batch_norm=True),

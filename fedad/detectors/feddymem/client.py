@@ -132,6 +132,33 @@ class FedDyMemClient:
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "shuffle": self.shuffle.get_state()}
 
+    def to_arrays(self) -> dict[str, torch.Tensor]:
+        """Everything kept between rounds as a flat ``{name: tensor}`` dict (head weights,
+        Adam moments, shuffling state), e.g. for Flower's ``context.state``."""
+        out = {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
+        if self.optimizer is not None:
+            for pid, st in self.optimizer.state_dict()["state"].items():
+                for name, value in st.items():
+                    out[f"optim.{pid}.{name}"] = torch.as_tensor(value).detach().cpu().clone()
+        out["shuffle"] = self.shuffle.get_state()
+        return out
+
+    def load_arrays(self, arrays: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`to_arrays` saved."""
+        head = {k[5:]: v for k, v in arrays.items() if k.startswith("head.")}
+        self.head.load_state_dict(head)
+        if self.optimizer is not None:
+            opt = self.optimizer.state_dict()
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for k, v in arrays.items():
+                if k.startswith("optim."):
+                    _, pid, name = k.split(".", 2)
+                    state.setdefault(int(pid), {})[name] = v
+            opt["state"] = state
+            self.optimizer.load_state_dict(opt)
+        if "shuffle" in arrays:
+            self.shuffle.set_state(arrays["shuffle"].to(torch.uint8))
+
     def load_state_dict(self, state: dict) -> None:
         self.head.load_state_dict(state["head"])
         if self.optimizer is not None and state.get("optimizer") is not None:

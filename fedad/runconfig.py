@@ -1,0 +1,139 @@
+"""RunConfig <-> a flat mapping of dotted keys to scalars (Flower's run config).
+
+Flower's run config holds only ``str``, ``int``, ``float`` and ``bool`` values under dotted
+keys (``train.local_epochs``). Lists of scalars travel as comma-separated strings
+(``"brick,grass,gravel"``), lists of dataclasses (``dataset.parts``) as JSON, ``None`` as
+``""``. The dataclass defaults stay the one source of truth: ``pyproject.toml``'s
+``[tool.flwr.app.config]`` is generated from :func:`to_flat` (see :func:`toml_table`) and a
+test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from fedad.config import RunConfig
+from fedad.errors import ConfigError
+
+Scalar = str | int | float | bool
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def _encode(value: Any) -> Scalar:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        if value and dataclasses.is_dataclass(value[0]):
+            return json.dumps([dataclasses.asdict(v) for v in value])
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def to_flat(cfg: Any, prefix: str = "") -> dict[str, Scalar]:
+    """Flatten a config dataclass into ``{"dotted.key": scalar}``."""
+    out: dict[str, Scalar] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(to_flat(value, key + "."))
+        else:
+            out[key] = _encode(value)
+    return out
+
+
+def _decode(raw: Scalar, tp: Any, key: str) -> Any:
+    tp, optional = _strip_optional(tp)
+    if optional and raw == "":
+        return None
+    origin = typing.get_origin(tp)
+    try:
+        if origin is list:
+            (item,) = typing.get_args(tp)
+            if dataclasses.is_dataclass(item):
+                return [_build(item, d, f"{key}[{i}]")
+                        for i, d in enumerate(json.loads(raw) if raw else [])]
+            if isinstance(raw, list):
+                return [item(v) for v in raw]
+            return [item(v.strip()) for v in str(raw).split(",") if v.strip()]
+        if tp is bool:
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("true", "1", "yes"):
+                return True
+            if str(raw).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(raw)
+        if tp is int and isinstance(raw, float) and not raw.is_integer():
+            raise ValueError(raw)
+        return tp(raw)
+    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"run config {key}={raw!r}: not a valid {tp}") from exc
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = _hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        kwargs[f.name] = (_build(tp, value, f"{prefix}{f.name}.")
+                          if dataclasses.is_dataclass(tp) and isinstance(value, Mapping)
+                          else _decode(value, tp, prefix + f.name))
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        names = ", ".join(prefix + k for k in sorted(unknown))
+        raise ConfigError(f"unknown config key(s): {names}")
+    return cls(**kwargs)
+
+
+def from_flat(flat: Mapping[str, Scalar], cls: type = RunConfig) -> Any:
+    """Build the config dataclass from dotted keys; missing keys keep their defaults.
+
+    Raises:
+        ConfigError: a key that is not a config field, or a value of the wrong type.
+    """
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"run config key {key!r} clashes with a scalar key")
+        node[leaf] = value
+    return _build(cls, nested, "")
+
+
+def toml_value(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value)
+
+
+def toml_table(cfg: RunConfig | None = None) -> str:
+    """The ``[tool.flwr.app.config]`` table for ``pyproject.toml``."""
+    lines = ["[tool.flwr.app.config]"]
+    for key, value in to_flat(cfg or RunConfig()).items():
+        lines.append(f"{key} = {toml_value(value)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,61 @@
+"""The flat run config mirrors RunConfig exactly, and pyproject carries its defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+from fedad.config import DataConfig, RunConfig
+from fedad.errors import ConfigError
+from fedad.runconfig import from_flat, to_flat, toml_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_round_trip_defaults_and_changes():
+    assert from_flat(to_flat(RunConfig())) == RunConfig()
+    cfg = RunConfig()
+    cfg.dataset.name = "mixed"
+    cfg.dataset.parts = [DataConfig(name="mtd", root="/x", categories=["exp1", "exp2"])]
+    cfg.dataset.root = None
+    cfg.backbone.layers = [2, 3]
+    cfg.train.lr = 0.5
+    cfg.head.generator = False
+    flat = to_flat(cfg)
+    assert flat["backbone.layers"] == "2,3" and flat["dataset.root"] == ""
+    assert all(isinstance(v, (str, int, float, bool)) for v in flat.values())
+    assert from_flat(flat) == cfg
+
+
+def test_overrides_parse_types_and_reject_unknown_keys():
+    cfg = from_flat({"train.local_epochs": 3, "partition.alpha": 0.5, "head.projection": "false",
+                     "dataset.categories": "exp1, exp3"})
+    assert cfg.train.local_epochs == 3 and cfg.partition.alpha == 0.5
+    assert cfg.head.projection is False and cfg.dataset.categories == ["exp1", "exp3"]
+    with pytest.raises(ConfigError, match="train.epochs"):
+        from_flat({"train.epochs": 3})
+    with pytest.raises(ConfigError, match="train.local_epochs='many'"):
+        from_flat({"train.local_epochs": "many"})
+
+
+def test_pyproject_flower_config_equals_dataclass_defaults():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    table = pyproject["tool"]["flwr"]["app"]["config"]
+
+    def flatten(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flatten(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    assert dict(flatten(table)) == to_flat(RunConfig()), (
+        "pyproject.toml [tool.flwr.app.config] is out of date; regenerate it with\n"
+        "python -c 'from fedad.runconfig import toml_table; print(toml_table())'\n"
+        + toml_table())
