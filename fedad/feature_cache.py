@@ -89,12 +89,13 @@ def extract_features(
     dtype = torch.float16 if half else torch.float32
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_samples)
-    feats, labels, masks, paths, types = [], [], [], [], []
+    feats, labels, masks, paths, types, all_keys = [], [], [], [], [], []
     hits = 0
     n_batches = (len(dataset) + batch_size - 1) // batch_size
     for batch in progress(loader, n_batches, desc):
         images = batch["image"]
         keys = [_key(img, signature) for img in images]
+        all_keys.extend(keys)
         out: list[torch.Tensor | None] = [None] * len(keys)
         for i, k in enumerate(keys):
             if cache == "memory" and k in _MEMORY:
@@ -128,8 +129,13 @@ def extract_features(
         raise ConfigError(f"{desc}: the dataset is empty")
     if hits:
         log.info("%s: %d/%d images from the %s cache", desc, hits, len(feats), cache)
+    features = torch.stack(feats)
+    del feats
+    if cache == "memory":  # keep one copy: cache entries become views of the stacked tensor
+        for i, k in enumerate(all_keys):
+            _MEMORY[k] = features[i]
     return FeatureSet(
-        features=torch.stack(feats),
+        features=features,
         labels=torch.cat(labels),
         masks=torch.cat(masks) if len(masks) == n_batches else None,
         paths=paths,

@@ -60,15 +60,15 @@ def to_flat(cfg: Any, prefix: str = "") -> dict[str, Scalar]:
 
 def _decode(raw: Scalar, tp: Any, key: str) -> Any:
     tp, optional = _strip_optional(tp)
-    if optional and raw == "":
+    if optional and (raw is None or raw == ""):
         return None
     origin = typing.get_origin(tp)
     try:
         if origin is list:
             (item,) = typing.get_args(tp)
             if dataclasses.is_dataclass(item):
-                return [_build(item, d, f"{key}[{i}]")
-                        for i, d in enumerate(json.loads(raw) if raw else [])]
+                items = (json.loads(raw) if isinstance(raw, str) and raw else raw) or []
+                return [_build(item, d, f"{key}[{i}]") for i, d in enumerate(items)]
             if isinstance(raw, list):
                 return [item(v) for v in raw]
             return [item(v.strip()) for v in str(raw).split(",") if v.strip()]

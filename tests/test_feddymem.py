@@ -163,7 +163,7 @@ def test_client_arrays_round_trip_reproduces_training():
     b.load_arrays(arrays)
     a.train_epochs(feats, bank)
     b.train_epochs(feats, bank)
-    for pa, pb in zip(a.head.parameters(), b.head.parameters()):
+    for pa, pb in zip(a.head.parameters(), b.head.parameters(), strict=True):
         assert torch.allclose(pa, pb)
 
 

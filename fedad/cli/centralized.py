@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 from fedad.centralized import run_centralized
-from fedad.cli.overrides import compose, setup_logging
+from fedad.cli.overrides import compose
 from fedad.errors import FedadError
+from fedad.progress import setup_logging
 
 
 def format_table(result: dict) -> str:

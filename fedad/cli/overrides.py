@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Sequence
 
 from omegaconf import OmegaConf
@@ -30,11 +28,3 @@ def compose(overrides: Sequence[str] = (), base: RunConfig | None = None) -> Run
             raise ConfigError(f"override {item!r}: {exc.msg if hasattr(exc, 'msg') else exc}"
                               ) from exc
     return OmegaConf.to_object(cfg)
-
-
-def setup_logging(verbose: bool = True) -> None:
-    """Progress lines on stderr, one per event, with a time stamp."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr,
-    )

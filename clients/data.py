@@ -1,0 +1,89 @@
+"""A client's data: its partition of the training set and the global test set, as cached
+frozen features. Built once per process and run (Ray actors live across rounds)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from fedad.config import RunConfig
+from fedad.data.factory import build_dataset
+from fedad.device import resolve_device
+from fedad.errors import DataError
+from fedad.feature_cache import FeatureSet, dataset_features
+from fedad.features import FeatureExtractor, build_feature_extractor
+from fedad.runconfig import to_flat
+from partitions import partition_indices
+
+log = logging.getLogger("fedad")
+
+
+@dataclass
+class ClientData:
+    """Frozen features of one client."""
+
+    partition_id: int
+    train: FeatureSet
+    test: FeatureSet
+    channels: int
+    device: torch.device
+
+
+_EXTRACTORS: dict[str, tuple[FeatureExtractor, dict]] = {}
+_DATA: dict[str, ClientData] = {}
+_TEST: dict[str, FeatureSet] = {}
+
+
+def _key(cfg: RunConfig, groups: tuple[str, ...], *extra: object) -> str:
+    flat = {k: v for k, v in to_flat(cfg).items() if k.split(".")[0] in groups}
+    blob = json.dumps([flat, *map(str, extra)], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def extractor_for(cfg: RunConfig) -> tuple[FeatureExtractor, dict]:
+    key = json.dumps(to_flat(cfg.backbone), sort_keys=True)
+    if key not in _EXTRACTORS:
+        _EXTRACTORS[key] = build_feature_extractor(cfg.backbone)
+    return _EXTRACTORS[key]
+
+
+def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
+    """Partition ``partition_id`` of ``num_partitions`` of the training set (paper Sec. VI-A
+    2) and the global test set (Eq. 4: the union of every client's test data).
+
+    Raises:
+        DataError: the partition id is out of range.
+    """
+    if not 0 <= partition_id < num_partitions:
+        raise DataError(f"partition-id {partition_id} is not in [0, {num_partitions})")
+    key = _key(cfg, ("dataset", "backbone", "partition", "train"), partition_id,
+               num_partitions)
+    if key in _DATA:
+        return _DATA[key]
+    device = resolve_device(cfg.device)
+    extractor, info = extractor_for(cfg)
+    train_all = build_dataset(cfg.dataset, "train")
+    parts = partition_indices(train_all.product_types, num_partitions, cfg.partition)
+    train = train_all.subset(parts[partition_id])
+    log.info("client %d: %d training images (%s)", partition_id, len(train),
+             ", ".join(f"{t}={train.product_types.count(t)}"
+                       for t in sorted(set(train.product_types))))
+    test_key = _key(cfg, ("dataset", "backbone"))
+    if test_key not in _TEST:  # one copy per process, shared by the clients it hosts
+        _TEST[test_key] = dataset_features(cfg, extractor, info,
+                                           build_dataset(cfg.dataset, "test"), device,
+                                           "test features")
+    data = ClientData(
+        partition_id=partition_id,
+        train=dataset_features(cfg, extractor, info, train, device,
+                               f"client {partition_id} train features"),
+        test=_TEST[test_key],
+        channels=info["channels"],
+        device=device,
+    )
+    _DATA[key] = data
+    return data

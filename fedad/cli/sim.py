@@ -1,0 +1,136 @@
+"""``fedad-sim``: compose a run with Hydra and launch the Flower app through Flower's own
+simulation runtime (``flwr run`` against a SuperLink started for this run).
+
+    fedad-sim                                        # FedDyMem, textures, 5 clients, alpha 0.1
+    fedad-sim partition.alpha=0.5 train.local_epochs=3 num_clients=5 \\
+        dataset=mtd dataset.root=/abs/path/mtd
+    fedad-sim -m partition.alpha=0.1,1.0 train.seed=0,1,2   # a sweep
+
+The Hydra config and ``flwr run``'s run config resolve to the same :class:`RunConfig`: this
+command writes the resolved values to ``run_config.toml`` and hands that file to
+``flwr run --run-config``. Results land in ``<hydra run dir>/run-<run id>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from fedad.cli.superlink import CONNECTION, LocalSuperLink
+from fedad.config import RunConfig
+from fedad.errors import ConfigError
+from fedad.progress import setup_logging
+from fedad.runconfig import to_flat, toml_value
+
+log = logging.getLogger("fedad")
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class SimConfig(RunConfig):
+    """RunConfig plus how the simulated federation is resourced (not sent to the app)."""
+
+    client_cpus: int = 1
+    client_gpus: float | None = None  # None: share one GPU among the clients if CUDA, else 0
+    app_dir: str = str(PROJECT)
+
+
+ConfigStore.instance().store(name="run_schema", node=SimConfig)
+
+
+def run_config_of(sim: SimConfig) -> RunConfig:
+    names = {f.name for f in fields(RunConfig)}
+    return RunConfig(**{k: getattr(sim, k) for k in names})
+
+
+def write_run_config(cfg: RunConfig, path: Path) -> Path:
+    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in to_flat(cfg).items()))
+    return path
+
+
+def federation_config(sim: SimConfig) -> str:
+    gpus = sim.client_gpus
+    if gpus is None:
+        gpus = round(1.0 / sim.num_clients, 4) if torch.cuda.is_available() else 0.0
+    return (f"num-supernodes={sim.num_clients} client-resources-num-cpus={sim.client_cpus} "
+            f"client-resources-num-gpus={gpus}")
+
+
+def launch(sim: SimConfig, out: Path) -> int:
+    """Run the app once; 0 when Flower reports the run ``finished:completed``."""
+    app_dir = Path(sim.app_dir)
+    if not (app_dir / "pyproject.toml").is_file():
+        raise ConfigError(f"app_dir: no pyproject.toml in {app_dir} (fedad-sim runs the app "
+                          "from its source tree; install with pip install -e <repo>)")
+    cfg = run_config_of(sim)
+    cfg.output_dir = str(out)
+    out.mkdir(parents=True, exist_ok=True)
+    toml = write_run_config(cfg, out / "run_config.toml")
+    with LocalSuperLink(out / ".flwr", out / "superlink.log") as link:
+        cmd = ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(toml),
+               "--federation-config", federation_config(sim)]
+        log.info("launching: %s", " ".join(cmd))
+        run_id = None
+        with subprocess.Popen(cmd, env=link.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                m = re.search(r"started run (\d+)", line)
+                if m:
+                    run_id = m.group(1)
+        if run_id is None:
+            log.error("flwr run did not start a run (exit code %s)", proc.returncode)
+            return 1
+        status = run_status(run_id, link.env)
+    result = out / f"run-{run_id}"
+    if status != "finished:completed":
+        log.error("run %s ended as %s; see %s and %s", run_id, status, out / "superlink.log",
+                  result)
+        return 1
+    log.info("run %s completed; results: %s", run_id, result)
+    summary = result / "summary.md"
+    if summary.is_file():
+        print(summary.read_text())
+    return 0
+
+
+def run_status(run_id: str, env: dict[str, str]) -> str:
+    """``finished:completed`` / ``finished:failed`` ... as the SuperLink reports it
+    (``flwr run --stream`` exits 0 even when the ServerApp raised)."""
+    res = subprocess.run(["flwr", "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
+                         env=env, capture_output=True, text=True, check=False)
+    try:
+        runs = json.loads(res.stdout)["runs"]
+        return str(runs[0]["status"])
+    except (json.JSONDecodeError, KeyError, IndexError):
+        return f"unknown ({res.stdout.strip()[:200]} {res.stderr.strip()[:200]})"
+
+
+@hydra.main(version_base=None, config_path=str(PROJECT / "conf"), config_name="config")
+def _main(dcfg: DictConfig) -> None:
+    setup_logging()
+    sim: SimConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+    out = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        code = launch(sim, out)
+    except ConfigError as exc:
+        log.error("fedad-sim: %s", exc)
+        code = 2
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    _main()

@@ -1,0 +1,69 @@
+"""Figures of a run: metrics per round and anomaly-map examples (matplotlib, Agg canvas)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def plot_metric_rounds(series: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path,
+                       title: str = "") -> Path:
+    """One panel per metric; per line (e.g. a method) ``rounds``, ``mean`` and optional
+    ``std`` lists. ``series = {metric: {"rounds": [...], "mean": [...], "std": [...]}}`` or
+    ``{metric: {line_name: {...}}}``."""
+    fig = Figure(figsize=(4.2 * max(1, len(series)), 3.4))
+    axes = fig.subplots(1, max(1, len(series)), squeeze=False)[0]
+    for ax, (metric, lines) in zip(axes, series.items(), strict=False):
+        if "rounds" in lines:
+            lines = {"": lines}
+        for name, line in lines.items():
+            r = np.asarray(line["rounds"])
+            m = np.asarray(line["mean"], dtype=float)
+            ax.plot(r, m, marker="o", ms=3, label=name or None)
+            if line.get("std") is not None and len(line["std"]) == len(m):
+                s = np.asarray(line["std"], dtype=float)
+                ax.fill_between(r, m - s, m + s, alpha=0.2)
+        ax.set_xlabel("round")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        if any(lines):
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_examples(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
+                  maps: Sequence[np.ndarray], titles: Sequence[str], path: str | Path) -> Path:
+    """Rows of image, ground truth, heatmap. Each heatmap is min-max scaled over the shown
+    examples together, for display only (metrics never see rescaled scores)."""
+    n = len(images)
+    lo = float(min(m.min() for m in maps)) if n else 0.0
+    hi = float(max(m.max() for m in maps)) if n else 1.0
+    fig = Figure(figsize=(7.5, 2.5 * max(n, 1)))
+    axes = fig.subplots(max(n, 1), 3, squeeze=False)
+    for row, (img, mask, amap, title) in enumerate(zip(images, masks, maps, titles, strict=True)):
+        axes[row, 0].imshow(img)
+        axes[row, 0].set_title(title, fontsize=7)
+        axes[row, 1].imshow(mask if mask is not None else np.zeros(img.shape[:2]), cmap="gray",
+                            vmin=0, vmax=1)
+        axes[row, 1].set_title("ground truth", fontsize=7)
+        axes[row, 2].imshow(img)
+        axes[row, 2].imshow((amap - lo) / max(hi - lo, 1e-12), cmap="jet", alpha=0.5,
+                            vmin=0, vmax=1)
+        axes[row, 2].set_title("anomaly map", fontsize=7)
+        for ax in axes[row]:
+            ax.axis("off")
+    return _save(fig, path)

@@ -1,0 +1,1 @@
+"""Flower ServerApp adapters: strategies that move records and call :mod:`fedad`."""
