@@ -1,0 +1,87 @@
+"""The FedDyMem strategy's handling of replies: aggregation, and misbehaving clients."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord, RecordDict
+
+from fedad.config import RunConfig
+from fedad.payload import BANK, METRICS
+from server.feddymem import FedDyMemStrategy
+
+H, W, C = 3, 3, 4
+
+
+def reply(node: int, bank: np.ndarray | None = None, error: str | None = None,
+          metrics: dict | None = None) -> Message:
+    meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0,
+                    reply_to_message_id=f"i{node}", group_id="", created_at=time.time(),
+                    ttl=60.0, message_type="train")
+    if error is not None:
+        return Message(metadata=meta, error=Error(code=0, reason=error))
+    content = RecordDict({METRICS: MetricRecord(metrics or {
+        "loss": 0.5, "seconds-features": 1.0, "seconds-train": 2.0, "seconds-reduce": 0.1})})
+    if bank is not None:
+        content[BANK] = ArrayRecord({BANK: Array(bank)})
+    return Message(metadata=meta, content=content)
+
+
+def good(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(H, W, C)).astype(np.float32)
+
+
+def strategy() -> FedDyMemStrategy:
+    cfg = RunConfig()
+    cfg.train.rounds = 3
+    cfg.eval_every = 2
+    return FedDyMemStrategy(cfg, node_ids=[1, 2, 3, 4, 5, 6])
+
+
+def test_misbehaving_clients_are_left_out_and_named():
+    s = strategy()
+    nan = good(9)
+    nan[0, 0, 0] = np.nan
+    replies = [reply(1, good(1)), reply(2, good(2)), reply(3, error="CUDA out of memory"),
+               reply(4, nan), reply(5, good(5)[:2]), reply(6, None)]
+    record, summary = s.aggregate_train(0, replies)
+    bank = record[BANK].numpy()
+    assert bank.shape == (H, W, C) and np.isfinite(bank).all()
+    assert summary["clients"] == 2
+    text = "\n".join(s.rejected)
+    assert "node 3" in text and "CUDA out of memory" in text
+    assert "node 4" in text and "non-finite" in text
+    assert "node 5" in text and "(2, 3, 4)" in text
+    assert "node 6" in text and "bank" in text
+    # Later rounds hold every bank to the shape fixed in round 0.
+    _, summary = s.aggregate_train(1, [reply(1, good(3)), reply(2, good(4)[:, :2])])
+    assert summary["clients"] == 1 and "node 2" in s.rejected[-1]
+
+
+def test_no_valid_bank_is_an_error_that_says_why():
+    s = strategy()
+    with pytest.raises(RuntimeError, match="no valid bank.*disk full"):
+        s.aggregate_train(0, [reply(1, error="disk full")])
+
+
+def test_kmeans_of_identical_banks_returns_their_features():
+    s = strategy()
+    b = good(0)
+    record, _ = s.aggregate_train(0, [reply(1, b), reply(2, b)])
+    centres = record[BANK].numpy().reshape(-1, C)
+    d = np.linalg.norm(b.reshape(-1, 1, C) - centres[None], axis=-1).min(axis=1)
+    assert d.max() < 1e-4  # every feature is (up to float error) a centre
+
+
+def test_evaluation_mean_std_over_clients_and_schedule():
+    s = strategy()
+    replies = [reply(n, metrics={"i_auroc": v, "p_auroc": 0.9, "pro": 0.5, "partition-id": n,
+                                 "seconds-eval": 1.0})
+               for n, v in ((1, 0.8), (2, 0.6))]
+    out = s.aggregate_evaluate(2, replies + [reply(3, error="boom")])
+    assert out["i_auroc"]["mean"] == pytest.approx(0.7)
+    assert out["i_auroc"]["std"] == pytest.approx(0.1)
+    assert set(out["per_client"]) == {"1", "2"}
+    assert s.configure_evaluate(1, ArrayRecord(), None, None) == []  # eval_every=2
