@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from fedad.cli.sim import PROJECT, SimConfig, launch, run_config_of
+from fedad.errors import ConfigError
 
 TINY = dict(texture_train_per_type=6, texture_test_normal_per_type=2,
             texture_test_anomalous_per_type=2, image_size=64)
@@ -64,11 +65,19 @@ def test_three_clients_two_rounds_through_flower(tmp_path: Path):
     assert (run / "summary.md").is_file() and (run / "metrics.png").stat().st_size > 1000
     assert (run / "examples-client0.png").is_file()
     assert not result["rejected"]
+    assert (tmp_path / "partition.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
 def test_failed_run_is_detected(tmp_path: Path):
-    # Every client fails to build its data, so the ServerApp raises: Flower's exit code
-    # says nothing, fedad-sim must.
-    sim = tiny_sim(**{"dataset.name": "mvtec", "dataset.root": str(tmp_path / "missing")})
+    # Every client fails in round 1 (top_k above the bank size), so the ServerApp raises
+    # "no valid bank": Flower's exit code says nothing, fedad-sim must.
+    sim = tiny_sim(**{"train.top_k": 100000})
     assert launch(sim, tmp_path) == 1
+
+
+def test_impossible_partition_fails_before_flower_starts(tmp_path: Path):
+    sim = tiny_sim(**{"num_clients": 40, "partition.min_samples": 2})
+    with pytest.raises(ConfigError, match="num_clients"):
+        launch(sim, tmp_path)
+    assert not list(tmp_path.glob("run-*")) and not (tmp_path / "superlink.log").exists()

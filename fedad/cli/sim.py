@@ -29,7 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedad.cli.superlink import CONNECTION, LocalSuperLink
 from fedad.config import RunConfig
-from fedad.errors import ConfigError
+from fedad.data.factory import build_dataset
+from fedad.errors import ConfigError, FedadError
 from fedad.progress import setup_logging
 from fedad.runconfig import to_flat, toml_value
 
@@ -67,6 +68,22 @@ def federation_config(sim: SimConfig) -> str:
             f"client-resources-num-gpus={gpus}")
 
 
+def show_partition(cfg: RunConfig, out: Path) -> None:
+    """Print and plot samples per client per product type (the paper's Fig. 5) with the
+    very function the clients use, so an impossible split fails here, with its fix named,
+    before Flower starts."""
+    from partitions import counts_table, partition_indices, plot_counts
+
+    types = build_dataset(cfg.dataset, "train").product_types
+    parts = partition_indices(types, cfg.num_clients, cfg.partition)
+    print(f"Training samples per client ({cfg.partition.method}, alpha {cfg.partition.alpha},"
+          f" seed {cfg.partition.seed}):")
+    print(counts_table(types, parts))
+    plot_counts(types, parts, out / "partition.png",
+                title=f"{cfg.dataset.name}: {cfg.partition.method} "
+                      f"(alpha {cfg.partition.alpha}), {cfg.num_clients} clients")
+
+
 def launch(sim: SimConfig, out: Path) -> int:
     """Run the app once; 0 when Flower reports the run ``finished:completed``."""
     app_dir = Path(sim.app_dir)
@@ -77,6 +94,7 @@ def launch(sim: SimConfig, out: Path) -> int:
     cfg.output_dir = str(out)
     out.mkdir(parents=True, exist_ok=True)
     toml = write_run_config(cfg, out / "run_config.toml")
+    show_partition(cfg, out)
     with LocalSuperLink(out / ".flwr", out / "superlink.log") as link:
         cmd = ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(toml),
                "--federation-config", federation_config(sim)]
@@ -125,7 +143,7 @@ def _main(dcfg: DictConfig) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
     try:
         code = launch(sim, out)
-    except ConfigError as exc:
+    except FedadError as exc:
         log.error("fedad-sim: %s", exc)
         code = 2
     if code:
