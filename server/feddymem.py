@@ -36,6 +36,7 @@ from server.transport import Exchange, exchange
 
 log = logging.getLogger("fedad")
 EVAL_KEYS = ("i_auroc", "p_auroc", "pro", "i_f1_max", "p_f1_max")
+TRAIN_SECONDS = ("seconds-features", "seconds-train", "seconds-reduce")
 
 
 def _who(msg: Message) -> str:
@@ -115,8 +116,8 @@ class FedDyMemStrategy(Strategy):
         summary = {
             "clients": len(banks),
             "loss": mean_std(float(m["loss"]) for m in metrics),
-            "seconds-client": {k: max(float(m[k]) for m in metrics)
-                               for k in ("seconds-features", "seconds-train", "seconds-reduce")},
+            "seconds-client": {k: max(float(m[k]) for m in metrics) for k in TRAIN_SECONDS},
+            "seconds-client-sum": {k: sum(float(m[k]) for m in metrics) for k in TRAIN_SECONDS},
             "seconds-aggregate": self.last_aggregate_seconds,
         }
         record = ArrayRecord({k: Array(v) for k, v in bank_to_arrays(bank).items()})
@@ -133,7 +134,7 @@ class FedDyMemStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> dict | None:
         per_client: dict[int, dict[str, float]] = {}
-        seconds = []
+        seconds, seconds_features = [], []
         for msg in replies:
             if msg.has_error():
                 self._reject(f"{_who(msg)}: evaluation failed: {msg.error.reason}")
@@ -142,6 +143,7 @@ class FedDyMemStrategy(Strategy):
             pid = int(m["partition-id"])
             per_client[pid] = {k: float(m[k]) for k in EVAL_KEYS if k in m}
             seconds.append(float(m["seconds-eval"]))
+            seconds_features.append(float(m["seconds-features"]))
         if not per_client:
             return None
         keys = [k for k in EVAL_KEYS if all(k in v for v in per_client.values())]
@@ -149,6 +151,8 @@ class FedDyMemStrategy(Strategy):
             "per_client": {str(p): per_client[p] for p in sorted(per_client)},
             **{k: mean_std(v[k] for v in per_client.values()) for k in keys},
             "seconds-client": {"seconds-eval": max(seconds)},
+            "seconds-client-sum": {"seconds-eval": sum(seconds),
+                                   "seconds-features": sum(seconds_features)},
         }
 
     # -- the round loop ----------------------------------------------------------------------

@@ -78,10 +78,11 @@ def test_kmeans_of_identical_banks_returns_their_features():
 def test_evaluation_mean_std_over_clients_and_schedule():
     s = strategy()
     replies = [reply(n, metrics={"i_auroc": v, "p_auroc": 0.9, "pro": 0.5, "partition-id": n,
-                                 "seconds-eval": 1.0})
+                                 "seconds-eval": 1.0, "seconds-features": 0.5})
                for n, v in ((1, 0.8), (2, 0.6))]
     out = s.aggregate_evaluate(2, replies + [reply(3, error="boom")])
     assert out["i_auroc"]["mean"] == pytest.approx(0.7)
     assert out["i_auroc"]["std"] == pytest.approx(0.1)
     assert set(out["per_client"]) == {"1", "2"}
+    assert out["seconds-client-sum"] == {"seconds-eval": 2.0, "seconds-features": 1.0}
     assert s.configure_evaluate(1, ArrayRecord(), None, None) == []  # eval_every=2
