@@ -42,7 +42,8 @@ def run_centralized(cfg: RunConfig) -> dict:
     seconds["training"] = 0.0
     t = time.perf_counter()
     bank = aggregate([client.initial_bank(train.features)], cfg.train.aggregation,
-                     seed=cfg.train.seed, niter=cfg.train.kmeans_iters)
+                     seed=cfg.train.seed, niter=cfg.train.kmeans_iters,
+                     init=cfg.train.kmeans_init)
     seconds["bank"] = time.perf_counter() - t
     losses: list[list[float]] = []
     for round_t in range(1, cfg.train.rounds + 1):
@@ -52,7 +53,8 @@ def run_centralized(cfg: RunConfig) -> dict:
         t = time.perf_counter()
         reduced = client.reduce(train.features, bank, round_t)
         bank = aggregate([reduced], cfg.train.aggregation, seed=cfg.train.seed + round_t,
-                         niter=cfg.train.kmeans_iters)
+                         niter=cfg.train.kmeans_iters,
+                     init=cfg.train.kmeans_init)
         seconds["bank"] += time.perf_counter() - t
         losses.append(epoch_losses)
         if epoch_losses:

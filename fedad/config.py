@@ -72,6 +72,7 @@ class TrainConfig:
     threshold: float = 0.01
     aggregation: str = "kmeans"  # kmeans | average (ablation)
     kmeans_iters: int = 20
+    kmeans_init: str = "positional"  # positional | kmeans++ | random (see memory.py)
     seed: int = 0
 
 

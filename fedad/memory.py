@@ -139,14 +139,20 @@ def kmeans_aggregate(
     seed: int = 0,
     niter: int = 20,
     use_gpu: bool | None = None,
-    init: str = "kmeans++",
+    init: str = "positional",
 ) -> torch.Tensor:
     """Aggregate client banks into a global bank by K-means (paper Alg. 3).
 
     The ``N`` banks of ``(H, W, C)`` are stacked into ``N*H*W`` features of ``C``; K-means
-    with ``K = H*W`` (default) gives the centres, reshaped to ``(H, W, C)``. The centres
-    start from k-means++ seeding (``init="random"``: faiss's sample of points, which can
-    merge well-separated clusters). Seeded and deterministic for a seed on the CPU.
+    with ``K = H*W`` (default) gives the centres, reshaped to ``(H, W, C)``.
+
+    ``init`` chooses the starting centres, which the paper leaves open:
+    ``positional`` (default) starts centre ``k`` at the clients' mean feature for position
+    ``k``, so the centre stored at ``(h, w)`` stays that position's feature. Memory-reduce
+    (Eq. 15-16) compares and mixes the received bank with the memory maps position by
+    position; with centres in arbitrary order each rEMA step would blend unrelated features.
+    ``kmeans++`` (seeded k-means++) and ``random`` (faiss's sample of points) ignore
+    positions. Seeded and deterministic for a seed on the CPU.
     """
     if not banks:
         raise BankError("kmeans_aggregate: no banks to aggregate")
@@ -160,12 +166,18 @@ def kmeans_aggregate(
         gpu=bool(faiss_gpu_available() if use_gpu is None else use_gpu),
         min_points_per_centroid=1, max_points_per_centroid=feats.shape[0],
     )
-    if init == "kmeans++":
+    if init == "positional":
+        if k != h * w:
+            raise ConfigError(f"positional K-means init needs K = H*W = {h * w}, got {k}")
+        start = torch.stack([b.to(torch.float32) for b in banks]).mean(0).reshape(k, c)
+        km.train(feats, init_centroids=_as_float32(start))
+    elif init == "kmeans++":
         km.train(feats, init_centroids=kmeans_plusplus(feats, k, seed))
     elif init == "random":
         km.train(feats)
     else:
-        raise ConfigError(f"K-means init must be kmeans++ or random, got {init!r}")
+        raise ConfigError(f"train.kmeans_init must be positional, kmeans++ or random, got "
+                          f"{init!r}")
     centres = torch.from_numpy(np.array(km.centroids, dtype=np.float32, copy=True))
     if k == h * w:
         return centres.reshape(h, w, c)
@@ -180,10 +192,10 @@ def average_aggregate(banks: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def aggregate(banks: Sequence[torch.Tensor], method: str = "kmeans", seed: int = 0,
-              niter: int = 20) -> torch.Tensor:
+              niter: int = 20, init: str = "positional") -> torch.Tensor:
     """Server aggregation by ``kmeans`` (Alg. 3) or ``average`` (ablation)."""
     if method == "kmeans":
-        return kmeans_aggregate(banks, seed=seed, niter=niter)
+        return kmeans_aggregate(banks, seed=seed, niter=niter, init=init)
     if method == "average":
         return average_aggregate(banks)
     raise ConfigError(f"train.aggregation must be kmeans or average, got {method!r}")

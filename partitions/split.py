@@ -27,7 +27,7 @@ What flwr-datasets does not do for us, and is done here:
 * With fewer clients than product types the pathological partitioner silently drops the
   unassigned types (only a warning). We refuse instead (``ConfigError``): "one product type
   per client" cannot use every sample then; the message names the fixes (more clients,
-  fewer ``data.categories``, or another method). Assigning several types per client would
+  fewer ``dataset.categories``, or another method). Assigning several types per client would
   silently turn the method into something else.
 * No partitioner enforces a minimum size except Dirichlet; every method's result is checked
   here. A client with fewer than ``max(1, partition.min_samples)`` samples is never returned
@@ -206,7 +206,7 @@ def _pathological(types: list[str], num_clients: int, seed: int, min_size: int) 
             f"partition.method='pathological' gives each client one product type, but there "
             f"are {len(unique)} types ({', '.join(unique)}) and only {num_clients} clients, so "
             f"types {', '.join(unique[num_clients:])} would be unused. Fix: raise num_clients "
-            f"to at least {len(unique)}, select fewer data.categories, or use "
+            f"to at least {len(unique)}, select fewer dataset.categories, or use "
             f"partition.method='dirichlet' with a small alpha"
         )
     # Client i gets unique[i % T]; a type shared by k clients is cut into k near-equal chunks.

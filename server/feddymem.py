@@ -110,7 +110,8 @@ class FedDyMemStrategy(Strategy):
                                f"({'; '.join(self.rejected[-len(self.node_ids):])})")
         t = time.perf_counter()
         bank = aggregate(banks, self.cfg.train.aggregation, seed=self.cfg.train.seed +
-                         server_round, niter=self.cfg.train.kmeans_iters)
+                         server_round, niter=self.cfg.train.kmeans_iters,
+                         init=self.cfg.train.kmeans_init)
         self.last_aggregate_seconds = time.perf_counter() - t
         metrics = [m.content[METRICS] for m in msgs]
         summary = {

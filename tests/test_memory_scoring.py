@@ -33,12 +33,14 @@ def test_knn_matches_brute_force():
 def test_kmeans_aggregate_shape_determinism_and_seed():
     g = torch.Generator().manual_seed(0)
     banks = [torch.randn(4, 4, 8, generator=g) + i for i in range(3)]
-    a = kmeans_aggregate(banks, seed=1)
-    b = kmeans_aggregate(banks, seed=1)
-    c = kmeans_aggregate(banks, seed=2)
+    a = kmeans_aggregate(banks, seed=1, init="kmeans++")
+    b = kmeans_aggregate(banks, seed=1, init="kmeans++")
+    c = kmeans_aggregate(banks, seed=2, init="kmeans++")
     assert a.shape == (4, 4, 8) and torch.isfinite(a).all()
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+    p1, p2 = kmeans_aggregate(banks, seed=1), kmeans_aggregate(banks, seed=2)
+    assert torch.equal(p1, p2) and torch.isfinite(p1).all()  # positional init: no randomness
 
 
 def test_kmeans_finds_separated_clusters():
@@ -47,9 +49,23 @@ def test_kmeans_finds_separated_clusters():
     centres = torch.randn(16, 8, generator=g) * 10
     banks = [(centres + 0.01 * torch.randn(16, 8, generator=g)).reshape(4, 4, 8)
              for _ in range(3)]
-    out = kmeans_aggregate(banks, seed=0, niter=30).reshape(16, 8)
+    out = kmeans_aggregate(banks, seed=0, niter=30, init="kmeans++").reshape(16, 8)
     d = torch.cdist(centres, out).min(dim=1).values
     assert d.max() < 0.1
+
+
+def test_positional_init_keeps_each_position_feature_in_place():
+    # Clients hold the same 16 position features up to noise: the centre stored at (h, w)
+    # must be that position's feature (memory-reduce compares banks position by position).
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 4, 8, generator=g) * 5
+    banks = [base + 0.01 * torch.randn(4, 4, 8, generator=g) for _ in range(5)]
+    out = kmeans_aggregate(banks, seed=0)
+    assert torch.allclose(out, base, atol=0.05)
+    shuffled = kmeans_aggregate(banks, seed=0, init="kmeans++")
+    assert not torch.allclose(shuffled, base, atol=0.05)  # same set, other order
+    with pytest.raises(ValueError, match="positional, kmeans\\+\\+ or random"):
+        kmeans_aggregate(banks, init="forgy")
 
 
 def test_average_aggregate_and_dispatch():
