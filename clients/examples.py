@@ -31,7 +31,8 @@ def save_examples(cfg: RunConfig, data: ClientData, scores: Scores, out: str, n:
         images.append(img.clamp(0, 1).permute(1, 2, 0).numpy())
         masks.append(None if sample.mask is None else sample.mask[0].numpy())
         maps.append(scores.maps[int(i)].numpy().reshape(size, size))
-        titles.append(f"{Path(data.test.paths[int(i)]).name} score "
+        where = "/".join(Path(data.test.paths[int(i)]).parts[-2:])
+        titles.append(f"{data.test.product_types[int(i)]}: {where}, score "
                       f"{float(scores.image[int(i)]):.3f}")
     path = Path(out) / f"examples-client{data.partition_id}.png"
     plot_examples(images, masks, maps, titles, path)

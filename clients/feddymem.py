@@ -53,8 +53,10 @@ def setup(context: Context) -> tuple[RunConfig, ClientData, FedDyMemClient, floa
     t0 = time.perf_counter()
     data = load_client_data(cfg, pid, n)
     seconds_features = time.perf_counter() - t0
-    client = FedDyMemClient(data.channels, cfg.head, cfg.train, data.device,
-                            seed=cfg.train.seed + 1000 * pid)
+    # Alg. 4 line 2: each client initialises its head randomly (its own draw by default;
+    # train.shared_init=true gives every client the same draw).
+    seed = cfg.train.seed if cfg.train.shared_init else cfg.train.seed + 1000 * pid
+    client = FedDyMemClient(data.channels, cfg.head, cfg.train, data.device, seed=seed)
     if STATE in context.state:
         client.load_arrays(context.state[STATE].to_torch_state_dict())
     return cfg, data, client, seconds_features

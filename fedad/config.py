@@ -73,6 +73,9 @@ class TrainConfig:
     aggregation: str = "kmeans"  # kmeans | average (ablation)
     kmeans_iters: int = 20
     kmeans_init: str = "positional"  # positional | kmeans++ | random (see memory.py)
+    # False (paper, Alg. 4 line 2): each client draws its own head (seed + 1000 * id).
+    # True: every client starts from the same draw, as FL models often share their start.
+    shared_init: bool = False
     seed: int = 0
 
 
