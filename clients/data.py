@@ -60,7 +60,7 @@ def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> 
     """
     if not 0 <= partition_id < num_partitions:
         raise DataError(f"partition-id {partition_id} is not in [0, {num_partitions})")
-    key = _key(cfg, ("dataset", "backbone", "partition", "train"), partition_id,
+    key = _key(cfg, ("dataset", "backbone", "partition"), partition_id,
                num_partitions)
     if key in _DATA:
         return _DATA[key]

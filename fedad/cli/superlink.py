@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from fedad.errors import FedadError
+
 log = logging.getLogger("fedad")
 CONNECTION = "fedad-sim"
 
@@ -89,8 +91,8 @@ class LocalSuperLink:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"flower-superlink exited with code {self.process.returncode}"
-                                   f"; see {self.log_file}")
+                raise FedadError(f"flower-superlink exited with code {self.process.returncode}"
+                                 f"; see {self.log_file}")
             try:
                 if httpx.get(f"http://{self.address}/health", timeout=1.0).is_success:
                     log.info("SuperLink up on %s (FLWR_HOME=%s)", self.address, self.home)
@@ -99,8 +101,8 @@ class LocalSuperLink:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"flower-superlink did not start in {self.startup_timeout:.0f}s; "
-                           f"see {self.log_file}")
+        raise FedadError(f"flower-superlink did not start in {self.startup_timeout:.0f}s; "
+                         f"see {self.log_file}")
 
     def stop(self) -> None:
         """Terminate the SuperLink and everything it spawned (SuperExec, Ray, apps)."""
@@ -108,16 +110,17 @@ class LocalSuperLink:
             return
         pids = [*descendants(self.process.pid), self.process.pid]
         for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = [p for p in pids if _alive(p)]  # never signal a recycled pid
             for pid in pids:
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
+            self.process.poll()  # reap the SuperLink itself if it exited
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and any(_alive(p) for p in pids):
-                if self.process.poll() is None:
-                    pass
                 time.sleep(0.2)
+                self.process.poll()
             if not any(_alive(p) for p in pids):
                 break
         self.process.wait(timeout=5)
