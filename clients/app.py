@@ -5,16 +5,20 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import feddymem
+from clients import baselines, feddymem
 
 app = ClientApp()
 
 
+def _handlers(context: Context):
+    return feddymem if context.run_config.get("method", "feddymem") == "feddymem" else baselines
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    return feddymem.train(msg, context)
+    return _handlers(context).train(msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    return feddymem.evaluate(msg, context)
+    return _handlers(context).evaluate(msg, context)

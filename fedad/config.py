@@ -67,7 +67,10 @@ class TrainConfig:
     rounds: int = 10
     local_epochs: int = 1
     batch_size: int = 8
+    optimizer: str = "adam"  # adam (paper) | sgd (SCAFFOLD always uses sgd)
     lr: float = 1e-3
+    proximal_mu: float = 0.01  # FedProx: (mu/2)||w - w_global||^2
+    global_lr: float = 1.0  # SCAFFOLD: server step on the mean client update
     top_k: int = 3
     threshold: float = 0.01
     aggregation: str = "kmeans"  # kmeans | average (ablation)
@@ -106,6 +109,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
+    method: str = "feddymem"  # feddymem | local | fedavg | fedprox | scaffold | fedbn
     num_clients: int = 5
     eval_every: int = 1  # evaluate every n rounds (the last round always)
     wait_for_nodes: float = 300.0  # seconds the server waits for num_clients nodes

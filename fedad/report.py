@@ -40,7 +40,7 @@ def summary_markdown(cfg: RunConfig, history: list[dict]) -> str:
     def fmt(d):
         return ("n/a" if not d or math.isnan(d["mean"])
                else f"{d['mean']:.4f} ± {d['std']:.4f}")
-    lines = [f"# FedDyMem run: {cfg.dataset.name}, {cfg.num_clients} clients, "
+    lines = [f"# {cfg.method} run: {cfg.dataset.name}, {cfg.num_clients} clients, "
              f"{cfg.partition.method} (alpha {cfg.partition.alpha}), {cfg.train.rounds} rounds "
              f"x {cfg.train.local_epochs} epoch(s)", "",
              "| round | clients | I-AUROC | P-AUROC | PRO | MB up/client | s |",
@@ -72,5 +72,6 @@ def write_run(out: str | Path, cfg: RunConfig, history: list[dict],
     (out / "summary.md").write_text(summary_markdown(cfg, history))
     series = metric_series(history)
     if series:
-        plot_metric_rounds(series, out / "metrics.png", title="FedDyMem, mean ± std over clients")
+        plot_metric_rounds(series, out / "metrics.png",
+                           title=f"{cfg.method}, mean ± std over clients")
     return out

@@ -8,7 +8,7 @@ Everything runs on precomputed frozen features ``(N, C, H, W)`` (see
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +17,7 @@ from fedad.config import HeadConfig, ScoreConfig, TrainConfig
 from fedad.detectors.feddymem.head import FedDyMemHead
 from fedad.detectors.feddymem.loss import metric_loss, positions
 from fedad.detectors.feddymem.reduce import MemoryReducer
+from fedad.errors import ConfigError
 from fedad.memory import NearestNeighbours, as_features
 from fedad.scoring import anomaly_maps, image_scores, patch_scores
 
@@ -43,9 +44,10 @@ class FedDyMemClient:
         self.device = torch.device(device)
         torch.manual_seed(seed)
         self.head = FedDyMemHead(channels, self.head_cfg).to(self.device)
-        self.optimizer = (torch.optim.Adam(self.head.parameters(), lr=self.train_cfg.lr)
+        self.optimizer = (make_optimizer(self.head, self.train_cfg.optimizer, self.train_cfg.lr)
                           if self.head.trainable else None)
         self.shuffle = torch.Generator().manual_seed(seed)
+        self.last_steps = 0
 
     # -- memory features ---------------------------------------------------------------
     @torch.no_grad()
@@ -72,9 +74,16 @@ class FedDyMemClient:
 
     # -- training ------------------------------------------------------------------------
     def train_epochs(self, features: torch.Tensor, bank: torch.Tensor,
-                     epochs: int | None = None) -> list[float]:
-        """E epochs of Adam on the metric loss (Eq. 12) against ``bank``; mean loss per
-        epoch. A head with nothing to train (both ablation switches off) is skipped."""
+                     epochs: int | None = None,
+                     extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None,
+                     after_backward: Callable[[torch.nn.Module], None] | None = None,
+                     ) -> list[float]:
+        """E epochs of the optimiser on the metric loss (Eq. 12) against ``bank``; mean loss
+        per epoch. A head with nothing to train (both ablation switches off) is skipped.
+
+        ``extra_loss(head)`` is added to each step's loss (e.g. FedProx's proximal term);
+        ``after_backward(head)`` may change the gradients before the step (e.g. SCAFFOLD's
+        correction). The number of optimiser steps is left in ``self.last_steps``."""
         epochs = self.train_cfg.local_epochs if epochs is None else epochs
         if self.optimizer is None or epochs <= 0:
             return []
@@ -83,6 +92,7 @@ class FedDyMemClient:
         bank_feats = as_features(bank).to(self.device, torch.float32)
         has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in self.head.modules())
         losses = []
+        self.last_steps = 0
         for _ in range(epochs):
             self.head.train()
             order = torch.randperm(features.shape[0], generator=self.shuffle)
@@ -95,9 +105,13 @@ class FedDyMemClient:
                 feats = positions(self.head(x))
                 _, nn_idx = index.search(feats.detach(), k)
                 loss = metric_loss(feats, bank_feats, nn_idx.to(self.device), th)
+                total_loss = loss + extra_loss(self.head) if extra_loss is not None else loss
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                total_loss.backward()
+                if after_backward is not None:
+                    after_backward(self.head)
                 self.optimizer.step()
+                self.last_steps += 1
                 total += float(loss.detach()) * len(idx)
                 n += len(idx)
             losses.append(total / max(n, 1))
@@ -165,3 +179,12 @@ class FedDyMemClient:
             self.optimizer.load_state_dict(state["optimizer"])
         if state.get("shuffle") is not None:
             self.shuffle.set_state(state["shuffle"])
+
+
+def make_optimizer(head: torch.nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
+    """``adam`` (the paper's) or plain ``sgd`` (what SCAFFOLD's option II assumes)."""
+    if name == "adam":
+        return torch.optim.Adam(head.parameters(), lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(head.parameters(), lr=lr)
+    raise ConfigError(f"train.optimizer must be adam or sgd, got {name!r}")

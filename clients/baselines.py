@@ -1,0 +1,72 @@
+"""What a client of a weight-exchanging baseline does in a round (Local, FedAvg, FedProx,
+SCAFFOLD, FedBN). The work is :class:`fedad.baselines.client.WeightClient`; its head,
+optimiser, local bank and control variate persist in ``context.state``."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+
+from clients.data import ClientData, load_client_data
+from clients.feddymem import node_partition
+from fedad.baselines.client import WeightClient
+from fedad.config import RunConfig
+from fedad.metrics import evaluate as compute_metrics
+from fedad.payload import ARRAYS, CONFIG, CV_DELTA, CV_SERVER, METRICS, NUM_EXAMPLES
+from fedad.runconfig import from_flat
+
+STATE = "baseline-client"
+
+
+def _tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
+
+
+def setup(context: Context) -> tuple[RunConfig, ClientData, WeightClient, float]:
+    cfg = from_flat(context.run_config)
+    pid, n = node_partition(context)
+    t0 = time.perf_counter()
+    data = load_client_data(cfg, pid, n)
+    seconds = time.perf_counter() - t0
+    client = WeightClient(data.channels, cfg, data.device, seed=cfg.train.seed + 1000 * pid)
+    if STATE in context.state:
+        client.load_arrays(context.state[STATE].to_torch_state_dict())
+    return cfg, data, client, seconds
+
+
+def train(msg: Message, context: Context) -> Message:
+    cfg, data, client, sec_features = setup(context)
+    weights = _tensors(msg.content[ARRAYS]) if ARRAYS in msg.content else None
+    c_global = _tensors(msg.content[CV_SERVER]) if CV_SERVER in msg.content else None
+    if "proximal-mu" in msg.content[CONFIG]:  # FedProx: the server's mu wins
+        client.cfg.train.proximal_mu = float(msg.content[CONFIG]["proximal-mu"])
+    t = time.perf_counter()
+    result = client.train_round(data.train.features, weights, c_global)
+    sec_train = time.perf_counter() - t
+    context.state[STATE] = ArrayRecord(torch_state_dict=client.to_arrays())
+    content = RecordDict({METRICS: MetricRecord({
+        NUM_EXAMPLES: len(data.train), "partition-id": data.partition_id,
+        "loss": result.losses[-1] if result.losses else 0.0, "steps": result.steps,
+        "seconds-features": sec_features, "seconds-train": sec_train, "seconds-reduce": 0.0,
+    })})
+    if result.weights is not None:
+        content[ARRAYS] = ArrayRecord(torch_state_dict=result.weights)
+    if result.delta_c is not None:
+        content[CV_DELTA] = ArrayRecord(torch_state_dict=result.delta_c)
+    return Message(content=content, reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg, data, client, sec_features = setup(context)
+    weights = _tensors(msg.content[ARRAYS]) if ARRAYS in msg.content else None
+    t = time.perf_counter()
+    scores = client.score(data.train.features, data.test.features, cfg.dataset.image_size,
+                          weights)
+    values = compute_metrics(scores.image, data.test.labels, scores.maps, data.test.masks)
+    metrics = MetricRecord({**values, NUM_EXAMPLES: len(data.test),
+                            "partition-id": data.partition_id,
+                            "seconds-features": sec_features,
+                            "seconds-eval": time.perf_counter() - t})
+    return Message(content=RecordDict({METRICS: metrics}), reply_to=msg)

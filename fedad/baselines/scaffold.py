@@ -1,0 +1,135 @@
+"""SCAFFOLD (Karimireddy et al., 2020, "SCAFFOLD: Stochastic Controlled Averaging for
+Federated Learning", Alg. 1 with option II for the control-variate update).
+
+Notation as in the paper: ``x`` global model, ``y_i`` client ``i``'s model after ``K`` local
+steps with learning rate ``eta_l``, ``c`` server and ``c_i`` client control variates, ``S``
+the sampled clients, ``N`` all clients, ``eta_g`` the global learning rate. States are dicts
+of tensors keyed by parameter name; control variates cover the trainable parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from fedad.baselines.fedavg import StateError, cast_like, check_compatible, weighted_mean
+from fedad.errors import ConfigError
+
+
+def zeros_like_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Zero tensors shaped like ``state``'s entries (the initial ``c`` and ``c_i``)."""
+    return {k: torch.zeros_like(v.detach()) for k, v in state.items()}
+
+
+def correct_gradients(named_params: Iterable[tuple[str, Tensor]],
+                      c_local: Mapping[str, Tensor], c_global: Mapping[str, Tensor]) -> None:
+    """Alg. 1 line 10's correction, in place: ``p.grad += c - c_i`` for every parameter
+    with a gradient (call between ``loss.backward()`` and ``optimizer.step()``).
+
+    Raises:
+        StateError (a ValueError): a parameter with a gradient lacks a control variate.
+    """
+    with torch.no_grad():
+        for name, p in named_params:
+            if p.grad is None:
+                continue
+            for which, c in (("c_local", c_local), ("c_global", c_global)):
+                if name not in c:
+                    raise StateError(f"parameter {name!r} has a gradient but no {which} entry")
+            p.grad.add_(c_global[name].to(p.grad) - c_local[name].to(p.grad))
+
+
+def client_control_update(
+    c_local: Mapping[str, Tensor], c_global: Mapping[str, Tensor],
+    x_global: Mapping[str, Tensor], y_local: Mapping[str, Tensor], steps: int, lr: float,
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    """Alg. 1 lines 12-13 with option II: ``c_i+ = c_i - c + (x - y_i) / (K * eta_l)``.
+
+    Returns ``(c_i+, delta_c, delta_y)`` with ``delta_c = c_i+ - c_i`` over ``c_local``'s
+    keys and ``delta_y = y_i - x`` over ``x_global``'s keys (all of them, buffers included;
+    integer buffers give integer differences). Math in float64, cast back to each dtype.
+
+    Raises:
+        ConfigError (a ValueError): ``steps < 1`` or ``lr`` not positive and finite.
+        StateError (a ValueError): keys or shapes that do not match.
+    """
+    if int(steps) != steps or steps < 1:
+        raise ConfigError(f"SCAFFOLD needs steps >= 1 local steps, got {steps}")
+    if not math.isfinite(float(lr)) or lr <= 0:
+        raise ConfigError(f"SCAFFOLD needs a positive local learning rate, got {lr}")
+    check_compatible([x_global, y_local], "model")
+    check_compatible([c_local, c_global], "control variate")
+    for k in c_local:
+        if k not in x_global:
+            raise StateError(f"control variate {k!r} has no entry in the global model")
+        if tuple(x_global[k].shape) != tuple(c_local[k].shape):
+            raise StateError(f"key {k!r}: control variate shape {tuple(c_local[k].shape)} "
+                             f"but model shape {tuple(x_global[k].shape)}")
+    scale = 1.0 / (steps * float(lr))
+    c_new: dict[str, Tensor] = {}
+    delta_c: dict[str, Tensor] = {}
+    delta_y: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for k, ci in c_local.items():
+            ci64 = ci.detach().double()
+            x64 = x_global[k].detach().to(ci64)
+            y64 = y_local[k].detach().to(ci64)
+            new64 = ci64 - c_global[k].detach().to(ci64) + (x64 - y64) * scale
+            c_new[k] = cast_like(new64, ci)
+            delta_c[k] = cast_like(new64 - ci64, ci)
+        for k, x in x_global.items():
+            x64 = x.detach().double()
+            delta_y[k] = cast_like(y_local[k].detach().to(x64) - x64, x)
+    return c_new, delta_c, delta_y
+
+
+def server_update(
+    x_global: Mapping[str, Tensor], c_global: Mapping[str, Tensor],
+    delta_ys: Sequence[Mapping[str, Tensor]], delta_cs: Sequence[Mapping[str, Tensor]],
+    num_clients: int, global_lr: float = 1.0,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Alg. 1 lines 16-17: ``x <- x + eta_g * mean_S(delta_y)`` and
+    ``c <- c + (|S| / N) * mean_S(delta_c)`` (i.e. ``c + sum_S(delta_c) / N``).
+
+    Entries of ``x_global`` (or ``c_global``) absent from the deltas are returned unchanged.
+    Means are unweighted, as in the paper; math in float64, integer entries rounded.
+
+    Raises:
+        ConfigError (a ValueError): ``num_clients < |S|`` or a bad ``global_lr``.
+        StateError (a ValueError): no deltas, unequal counts, or mismatched keys/shapes.
+    """
+    n_s = len(delta_ys)
+    if n_s == 0:
+        raise StateError("no client updates to aggregate")
+    if len(delta_cs) != n_s:
+        raise StateError(f"{n_s} model deltas but {len(delta_cs)} control-variate deltas")
+    if num_clients < n_s:
+        raise ConfigError(f"num_clients (N={num_clients}) is below the {n_s} participants")
+    if not math.isfinite(float(global_lr)) or global_lr <= 0:
+        raise ConfigError(f"SCAFFOLD needs a positive global learning rate, got {global_lr}")
+
+    def apply(base: Mapping[str, Tensor], deltas: Sequence[Mapping[str, Tensor]],
+              factor: float, what: str) -> dict[str, Tensor]:
+        check_compatible(deltas, what)
+        out = {k: v.detach().clone() for k, v in base.items()}
+        with torch.no_grad():
+            # equal weights: the plain mean; kept in float64 so integer deltas are not rounded
+            mean = weighted_mean([{k: v.double() for k, v in d.items()} for d in deltas],
+                                 [1.0] * len(deltas))
+            for k, m in mean.items():
+                if k not in base:
+                    raise StateError(f"{what} key {k!r} is not in the global state")
+                b = base[k]
+                if tuple(b.shape) != tuple(m.shape):
+                    raise StateError(f"key {k!r}: {what} shape {tuple(m.shape)} but global "
+                                     f"shape {tuple(b.shape)}")
+                b64 = b.detach().double()
+                out[k] = cast_like(b64 + factor * m.to(b64), b)
+        return out
+
+    x_new = apply(x_global, delta_ys, float(global_lr), "model delta")
+    c_new = apply(c_global, delta_cs, n_s / num_clients, "control-variate delta")
+    return x_new, c_new

@@ -1,0 +1,101 @@
+"""Strategies of the weight-exchanging baselines. FedAvg, FedProx and FedBN use Flower's own
+``FedAvg``/``FedProx`` for the arithmetic (FedBN differs only on the client: BatchNorm tensors
+are never sent); SCAFFOLD and Local are written here (Flower has neither)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedProx
+
+from fedad.baselines.scaffold import server_update, zeros_like_state
+from fedad.config import RunConfig
+from fedad.payload import ARRAYS, CONFIG, CV_DELTA, CV_SERVER
+from server.loop import RoundLoop, who
+
+
+def _tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
+
+
+def _finite(record: ArrayRecord) -> bool:
+    return all(np.isfinite(v.numpy()).all() for v in record.values())
+
+
+class WeightStrategy(RoundLoop):
+    """Round loop for ``local``, ``fedavg``, ``fedprox``, ``scaffold`` and ``fedbn``."""
+
+    def __init__(self, cfg: RunConfig, node_ids: list[int]) -> None:
+        super().__init__(cfg, node_ids)
+        n = len(node_ids)
+        common = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=n,
+                      min_evaluate_nodes=n, min_available_nodes=n)
+        self.inner = (FedProx(proximal_mu=cfg.train.proximal_mu, **common)
+                      if cfg.method == "fedprox" else FedAvg(**common))
+        self.payload_key = None if cfg.method == "local" else ARRAYS
+        self.c_global: dict[str, torch.Tensor] | None = None
+        self.received_keys: list[list[str]] = []
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord | None,
+                        config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        if self.cfg.method == "local":
+            conf = ConfigRecord({**config, "server-round": server_round})
+            return self._messages(MessageType.TRAIN, RecordDict({CONFIG: conf}))
+        if self.cfg.method != "scaffold":
+            return self.inner.configure_train(server_round, arrays, config, grid)
+        if self.c_global is None:  # control variates cover trainable parameters only
+            params = _tensors(arrays)
+            self.c_global = zeros_like_state(
+                {k: v for k, v in params.items()
+                 if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))})
+        conf = ConfigRecord({**config, "server-round": server_round})
+        content = RecordDict({ARRAYS: arrays, CV_SERVER: ArrayRecord(
+            torch_state_dict=self.c_global), CONFIG: conf})
+        return self._messages(MessageType.TRAIN, content)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, dict | None]:
+        msgs = []
+        for msg in self.ok_replies(replies):
+            if self.cfg.method != "local":
+                if ARRAYS not in msg.content or not _finite(msg.content[ARRAYS]):
+                    self._reject(f"{who(msg)}: missing or non-finite weights")
+                    continue
+                self.received_keys.append(sorted(msg.content[ARRAYS].keys()))
+            msgs.append(msg)
+        if not msgs:
+            raise RuntimeError(f"round {server_round}: no valid reply from any client "
+                               f"({'; '.join(self.rejected[-len(self.node_ids):])})")
+        t = time.perf_counter()
+        arrays = None
+        if self.cfg.method == "scaffold":
+            arrays = self._scaffold(msgs)
+        elif self.cfg.method != "local":
+            arrays, _ = self.inner.aggregate_train(server_round, msgs)
+        self.last_aggregate_seconds = time.perf_counter() - t
+        summary = self.train_summary(msgs)
+        if self.received_keys:
+            summary["keys"] = self.received_keys[-1]
+        return arrays, summary
+
+    def _scaffold(self, msgs: list[Message]) -> ArrayRecord:
+        """x <- x + lr_g * mean(y_i - x); c <- c + sum(delta c_i) / N (option II)."""
+        x = self._x
+        ys = [_tensors(m.content[ARRAYS]) for m in msgs]
+        dcs = [_tensors(m.content[CV_DELTA]) for m in msgs if CV_DELTA in m.content]
+        delta_ys = [{k: y[k] - x[k] for k in x} for y in ys]
+        x_new, c_new = server_update(x, self.c_global, delta_ys, dcs, len(self.node_ids),
+                                     self.cfg.train.global_lr)
+        self.c_global = c_new
+        self._x = x_new
+        return ArrayRecord(torch_state_dict=x_new)
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,  # type: ignore[override]
+              **kwargs) -> ArrayRecord | None:
+        self._x = _tensors(initial_arrays) if initial_arrays is not None else {}
+        return super().start(grid, initial_arrays, **kwargs)
