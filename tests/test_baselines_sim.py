@@ -59,3 +59,22 @@ def test_fedbn_keeps_batchnorm_local_and_clients_diverge():
     b.load_weights(shared)
     assert not torch.allclose(a.model.head.state_dict()[BN + "running_mean"],
                               b.model.head.state_dict()[BN + "running_mean"])
+
+
+def test_fedprox_with_huge_mu_stays_at_the_global_weights():
+    import torch
+
+    def moved(method: str, mu: float) -> float:
+        cfg = RunConfig(method=method, head=HeadConfig(grid_size=4, phi_hidden=8))
+        cfg.train.batch_size, cfg.train.local_epochs, cfg.train.proximal_mu = 4, 10, mu
+        cfg.train.optimizer, cfg.train.lr = "sgd", 1e-2
+        client = WeightClient(8, cfg, seed=0)
+        start = client.weights()
+        feats = torch.randn(8, 8, 4, 4, generator=torch.Generator().manual_seed(1))
+        client.train_round(feats, start)
+        end = client.weights()
+        return max(float((end[k] - start[k]).abs().max()) for k in start)
+
+    free, pinned = moved("fedavg", 0.0), moved("fedprox", 100.0)  # lr * mu = 1
+    assert free > 1e-4
+    assert pinned < free / 10

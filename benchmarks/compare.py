@@ -1,0 +1,104 @@
+"""Compare FedDyMem with the weight-exchanging baselines (the paper's Tables I/II, Fig. 7).
+
+    python benchmarks/compare.py --root ../shared/data/mtd --seeds 0 1 2 [--out DIR]
+        [--methods local fedavg fedprox scaffold fedbn feddymem] [key=value ...]
+
+Every method runs on the same partition (``partition.seed`` fixed) with the same head
+architecture (``head.batch_norm=true`` for all, so FedBN has BatchNorm to keep local);
+``train.seed`` takes each of ``--seeds``. A method's figure per seed is the mean over
+clients after the last round; the table shows mean ± std over seeds and the bytes exchanged
+per round (sent + received, measured from the payloads). Writes ``compare.json``,
+``compare.md`` and ``compare.png`` (I-AUROC per round per method) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS, command_line, machine, write_results  # noqa: E402
+
+from fedad.cli.overrides import compose  # noqa: E402
+from fedad.cli.sim import SimConfig, launch  # noqa: E402
+from fedad.plots import plot_metric_rounds  # noqa: E402
+from fedad.progress import setup_logging  # noqa: E402
+
+METHODS = ("local", "fedavg", "fedprox", "scaffold", "fedbn", "feddymem")
+METRICS = ("i_auroc", "p_auroc", "pro")
+
+
+def fmt(d: dict | None) -> str:
+    return f"{d['mean']:.4f} ± {d['std']:.4f}" if d else "n/a"
+
+
+def run_one(base: list[str], method: str, seed: int, work: Path) -> dict:
+    sim = compose([*base, f"method={method}", f"train.seed={seed}"], base=SimConfig())
+    out = work / f"{method}-seed{seed}"
+    if launch(sim, out) != 0:
+        raise RuntimeError(f"{method} seed {seed} failed; see {out}")
+    (run,) = list(out.glob("run-*"))
+    return json.loads((run / "rounds.json").read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--dataset", default="mtd")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("overrides", nargs="*", help="RunConfig overrides for every run")
+    args = parser.parse_args()
+    setup_logging()
+    base = [f"dataset.name={args.dataset}", f"dataset.root={Path(args.root).resolve()}",
+            "num_clients=5", "partition.alpha=0.1", "partition.seed=0", "train.local_epochs=1",
+            "train.rounds=10", "eval_every=1", "head.batch_norm=true", "client_cpus=2",
+            *args.overrides]
+    work = args.work or Path(tempfile.mkdtemp(prefix="fedad-compare-"))
+    runs = {m: {s: run_one(base, m, s, work) for s in args.seeds} for m in args.methods}
+
+    rows, curves = {}, {}
+    for m, by_seed in runs.items():
+        finals = [r["final"] for r in by_seed.values()]
+        row = {k: {"mean": float(np.mean([f[k]["mean"] for f in finals])),
+                   "std": float(np.std([f[k]["mean"] for f in finals]))}
+               for k in METRICS if all(k in f for f in finals)}
+        per_round = [[rec["bytes"]["sent"] + rec["bytes"]["received"]
+                      for rec in r["rounds"] if rec["round"] > 0] for r in by_seed.values()]
+        row["bytes_per_round"] = float(np.mean([np.mean(b) for b in per_round]))
+        row["seeds"] = {str(s): r["final"] for s, r in by_seed.items()}
+        rows[m] = row
+        ev = [[(rec["round"], rec["evaluate"]["i_auroc"]["mean"]) for rec in r["rounds"]
+               if rec.get("evaluate")] for r in by_seed.values()]
+        rounds = [x for x, _ in ev[0]]
+        vals = np.array([[v for _, v in e] for e in ev])
+        curves[m] = {"rounds": rounds, "mean": vals.mean(0).tolist(), "std": vals.std(0).tolist()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot_metric_rounds({"I-AUROC": curves}, args.out / "compare.png",
+                       title="I-AUROC per round, mean ± std over seeds")
+    lines = [f"Methods on `{args.dataset}`, seeds {args.seeds}; overrides: `{' '.join(base)}`.",
+             "", "| method | I-AUROC | P-AUROC | PRO | MB exchanged / round |",
+             "|---|---|---|---|---|"]
+    for m, r in rows.items():
+        lines.append(f"| {m} | {fmt(r.get('i_auroc'))} | {fmt(r.get('p_auroc'))} | "
+                     f"{fmt(r.get('pro'))} | {r['bytes_per_round'] / 1e6:.2f} |")
+    lead = max(rows, key=lambda m: rows[m]["i_auroc"]["mean"])
+    lines += ["", f"Highest I-AUROC: {lead}" + ("" if lead == "feddymem" else
+                                                " (FedDyMem does not lead here)"), "",
+              f"Command: `{command_line()}`"]
+    write_results(args.out, "compare", {"command": command_line(), "machine": machine(),
+                                        "base": base, "rows": rows, "curves": curves},
+                  "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
