@@ -86,3 +86,23 @@ def test_evaluation_mean_std_over_clients_and_schedule():
     assert set(out["per_client"]) == {"1", "2"}
     assert out["seconds-client-sum"] == {"seconds-eval": 2.0, "seconds-features": 1.0}
     assert s.configure_evaluate(1, ArrayRecord(), None, None) == []  # eval_every=2
+
+
+def weight_reply(node: int, value: float, n: int) -> Message:
+    msg = reply(node, metrics={"num-examples": n, "loss": 0.1, "seconds-features": 0.0,
+                               "seconds-train": 0.0, "seconds-reduce": 0.0})
+    msg.content["arrays"] = ArrayRecord({"w": Array(np.full((2, 2), value, np.float32))})
+    return msg
+
+
+def test_fedavg_is_the_example_weighted_mean_and_drops_bad_clients():
+    from server.baselines import WeightStrategy
+
+    cfg = RunConfig(method="fedavg")
+    s = WeightStrategy(cfg, node_ids=[1, 2, 3])
+    bad = weight_reply(3, 0.0, 5)
+    bad.content["arrays"] = ArrayRecord({"w": Array(np.full((2, 2), np.nan, np.float32))})
+    arrays, summary = s.aggregate_train(1, [weight_reply(1, 1.0, 1), weight_reply(2, 5.0, 3),
+                                            bad])
+    assert np.allclose(arrays["w"].numpy(), 0.25 * 1.0 + 0.75 * 5.0)  # 1 and 3 examples
+    assert summary["clients"] == 2 and "node 3" in s.rejected[-1]
