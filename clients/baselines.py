@@ -9,13 +9,12 @@ import time
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from clients.data import ClientData, load_client_data
-from clients.feddymem import node_partition
+from clients.context import client_setup
+from clients.data import ClientData
 from fedad.baselines.client import WeightClient
 from fedad.config import RunConfig
 from fedad.metrics import evaluate as compute_metrics
 from fedad.payload import ARRAYS, CONFIG, CV_DELTA, CV_SERVER, METRICS, NUM_EXAMPLES
-from fedad.runconfig import from_flat
 
 STATE = "baseline-client"
 
@@ -25,12 +24,9 @@ def _tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
 
 
 def setup(context: Context) -> tuple[RunConfig, ClientData, WeightClient, float]:
-    cfg = from_flat(context.run_config)
-    pid, n = node_partition(context)
-    t0 = time.perf_counter()
-    data = load_client_data(cfg, pid, n)
-    seconds = time.perf_counter() - t0
-    client = WeightClient(data.channels, cfg, data.device, seed=cfg.train.seed + 1000 * pid)
+    cfg, data, seconds = client_setup(context)
+    client = WeightClient(data.channels, cfg, data.device,
+                          seed=cfg.train.seed + 1000 * data.partition_id)
     if STATE in context.state:
         client.load_arrays(context.state[STATE].to_torch_state_dict())
     return cfg, data, client, seconds

@@ -12,7 +12,8 @@ import time
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from clients.data import ClientData, load_client_data
+from clients.context import client_setup
+from clients.data import ClientData
 from fedad.config import RunConfig
 from fedad.detectors.feddymem import FedDyMemClient
 from fedad.metrics import evaluate as compute_metrics
@@ -25,7 +26,6 @@ from fedad.payload import (
     bank_from_arrays,
     bank_to_arrays,
 )
-from fedad.runconfig import from_flat
 
 STATE = "feddymem-client"
 
@@ -38,21 +38,9 @@ def record_of(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
-def node_partition(context: Context) -> tuple[int, int]:
-    """``(partition-id, num-partitions)`` from the node config."""
-    try:
-        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
-    except KeyError as exc:
-        raise KeyError(f"node {context.node_id}: node config lacks {exc}; start the SuperNode "
-                       "with --node-config 'partition-id=<i> num-partitions=<n>'") from exc
-
-
 def setup(context: Context) -> tuple[RunConfig, ClientData, FedDyMemClient, float]:
-    cfg = from_flat(context.run_config)
-    pid, n = node_partition(context)
-    t0 = time.perf_counter()
-    data = load_client_data(cfg, pid, n)
-    seconds_features = time.perf_counter() - t0
+    cfg, data, seconds_features = client_setup(context)
+    pid = data.partition_id
     # Alg. 4 line 2: each client initialises its head randomly (its own draw by default;
     # train.shared_init=true gives every client the same draw).
     seed = cfg.train.seed if cfg.train.shared_init else cfg.train.seed + 1000 * pid

@@ -10,6 +10,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedad.baselines.client import METHODS as BASELINES
 from fedad.baselines.client import initial_weights
 from fedad.errors import ConfigError
 from fedad.features import feature_channels
@@ -20,7 +21,7 @@ from server.baselines import WeightStrategy
 from server.feddymem import FedDyMemStrategy
 from server.transport import wait_for_nodes
 
-METHODS = ("feddymem", "local", "fedavg", "fedprox", "scaffold", "fedbn")
+METHODS = ("feddymem", *BASELINES)
 
 log = logging.getLogger("fedad")
 app = ServerApp()
