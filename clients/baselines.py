@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from clients.context import client_setup
@@ -17,10 +16,6 @@ from fedad.metrics import evaluate as compute_metrics
 from fedad.payload import ARRAYS, CONFIG, CV_DELTA, CV_SERVER, METRICS, NUM_EXAMPLES
 
 STATE = "baseline-client"
-
-
-def _tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
 
 
 def setup(context: Context) -> tuple[RunConfig, ClientData, WeightClient, float]:
@@ -34,8 +29,8 @@ def setup(context: Context) -> tuple[RunConfig, ClientData, WeightClient, float]
 
 def train(msg: Message, context: Context) -> Message:
     cfg, data, client, sec_features = setup(context)
-    weights = _tensors(msg.content[ARRAYS]) if ARRAYS in msg.content else None
-    c_global = _tensors(msg.content[CV_SERVER]) if CV_SERVER in msg.content else None
+    weights = msg.content[ARRAYS].to_torch_state_dict() if ARRAYS in msg.content else None
+    c_global = msg.content[CV_SERVER].to_torch_state_dict() if CV_SERVER in msg.content else None
     if "proximal-mu" in msg.content[CONFIG]:  # FedProx: the server's mu wins
         client.cfg.train.proximal_mu = float(msg.content[CONFIG]["proximal-mu"])
     t = time.perf_counter()
@@ -56,7 +51,7 @@ def train(msg: Message, context: Context) -> Message:
 
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, data, client, sec_features = setup(context)
-    weights = _tensors(msg.content[ARRAYS]) if ARRAYS in msg.content else None
+    weights = msg.content[ARRAYS].to_torch_state_dict() if ARRAYS in msg.content else None
     t = time.perf_counter()
     scores = client.score(data.train.features, data.test.features, cfg.dataset.image_size,
                           weights)

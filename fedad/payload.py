@@ -42,6 +42,3 @@ def bank_from_arrays(arrays: Mapping[str, np.ndarray], who: str,
         raise BankError(f"{who}: no '{BANK}' array in the message (got {sorted(arrays)})")
     return validate_bank(arrays[BANK], who, shape)
 
-
-def arrays_nbytes(arrays: Mapping[str, np.ndarray]) -> int:
-    return int(sum(np.asarray(a).nbytes for a in arrays.values()))

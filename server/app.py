@@ -54,7 +54,7 @@ def main(grid: Grid, context: Context) -> None:
     def save(_record: dict) -> None:
         extra = {"rejected": strategy.rejected, "method": cfg.method}
         if isinstance(strategy, WeightStrategy):
-            extra["received_keys"] = strategy.received_keys[-1:] or []
+            extra["received_keys"] = [strategy.last_keys] if strategy.last_keys else []
         write_run(out, cfg, strategy.history, extra)
 
     final = strategy.start(grid, initial, evaluate_config=ConfigRecord({"out": str(out)}),

@@ -19,10 +19,6 @@ from fedad.payload import ARRAYS, CONFIG, CV_DELTA, CV_SERVER
 from server.loop import RoundLoop, who
 
 
-def _tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
-
-
 def _finite(record: ArrayRecord) -> bool:
     return all(np.isfinite(v.numpy()).all() for v in record.values())
 
@@ -39,7 +35,7 @@ class WeightStrategy(RoundLoop):
                       if cfg.method == "fedprox" else FedAvg(**common))
         self.payload_key = None if cfg.method == "local" else ARRAYS
         self.c_global: dict[str, torch.Tensor] | None = None
-        self.received_keys: list[list[str]] = []
+        self.last_keys: list[str] = []  # payload keys of the last accepted reply
 
     def configure_train(self, server_round: int, arrays: ArrayRecord | None,
                         config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -49,7 +45,7 @@ class WeightStrategy(RoundLoop):
         if self.cfg.method != "scaffold":
             return self.inner.configure_train(server_round, arrays, config, grid)
         if self.c_global is None:  # control variates cover trainable parameters only
-            params = _tensors(arrays)
+            params = arrays.to_torch_state_dict()
             self.c_global = zeros_like_state(
                 {k: v for k, v in params.items()
                  if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))})
@@ -66,7 +62,7 @@ class WeightStrategy(RoundLoop):
                 if ARRAYS not in msg.content or not _finite(msg.content[ARRAYS]):
                     self._reject(f"{who(msg)}: missing or non-finite weights")
                     continue
-                self.received_keys.append(sorted(msg.content[ARRAYS].keys()))
+                self.last_keys = sorted(msg.content[ARRAYS].keys())
             msgs.append(msg)
         if not msgs:
             raise RuntimeError(f"round {server_round}: no valid reply from any client "
@@ -78,16 +74,13 @@ class WeightStrategy(RoundLoop):
         elif self.cfg.method != "local":
             arrays, _ = self.inner.aggregate_train(server_round, msgs)
         self.last_aggregate_seconds = time.perf_counter() - t
-        summary = self.train_summary(msgs)
-        if self.received_keys:
-            summary["keys"] = self.received_keys[-1]
-        return arrays, summary
+        return arrays, self.train_summary(msgs)
 
     def _scaffold(self, msgs: list[Message]) -> ArrayRecord:
         """x <- x + lr_g * mean(y_i - x); c <- c + sum(delta c_i) / N (option II)."""
         x = self._x
-        ys = [_tensors(m.content[ARRAYS]) for m in msgs]
-        dcs = [_tensors(m.content[CV_DELTA]) for m in msgs if CV_DELTA in m.content]
+        ys = [m.content[ARRAYS].to_torch_state_dict() for m in msgs]
+        dcs = [m.content[CV_DELTA].to_torch_state_dict() for m in msgs if CV_DELTA in m.content]
         delta_ys = [{k: y[k] - x[k] for k in x} for y in ys]
         x_new, c_new = server_update(x, self.c_global, delta_ys, dcs, len(self.node_ids),
                                      self.cfg.train.global_lr)
@@ -97,5 +90,5 @@ class WeightStrategy(RoundLoop):
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,  # type: ignore[override]
               **kwargs) -> ArrayRecord | None:
-        self._x = _tensors(initial_arrays) if initial_arrays is not None else {}
+        self._x = initial_arrays.to_torch_state_dict() if initial_arrays is not None else {}
         return super().start(grid, initial_arrays, **kwargs)
