@@ -8,15 +8,19 @@ architecture (``head.batch_norm=true`` for all, so FedBN has BatchNorm to keep l
 ``train.seed`` takes each of ``--seeds``. A method's figure per seed is the mean over
 clients after the last round; the table shows mean ± std over seeds and the bytes exchanged
 per round (sent + received, measured from the payloads). Writes ``compare.json``,
-``compare.md`` and ``compare.png`` (I-AUROC per round per method) to ``--out``.
+``compare.md`` and ``compare.png`` (I-AUROC per round per method) to ``--out``. Runs that
+finished in ``--work`` are reused, so an interrupted comparison resumes where it stopped;
+seeds are the outer loop, so it has every method's first seeds first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, command_line, machine, write_results  # noqa: E402
 
 from fedad.cli.overrides import compose  # noqa: E402
+from fedad.cli.processes import exit_on_sigterm  # noqa: E402
 from fedad.cli.sim import SimConfig, launch  # noqa: E402
 from fedad.plots import plot_metric_rounds  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
+
+log = logging.getLogger("fedad.compare")
 
 METHODS = ("local", "fedavg", "fedprox", "scaffold", "fedbn", "feddymem")
 METRICS = ("i_auroc", "p_auroc", "pro")
@@ -39,11 +46,18 @@ def fmt(d: dict | None) -> str:
 
 
 def run_one(base: list[str], method: str, seed: int, work: Path) -> dict:
-    sim = compose([*base, f"method={method}", f"train.seed={seed}"], base=SimConfig())
+    """One run's ``rounds.json``; a finished run already in ``work`` is reused (resume)."""
     out = work / f"{method}-seed{seed}"
+    done = sorted(out.glob("run-*/rounds.json"))
+    if done:
+        log.info("reusing %s", done[-1])
+        return json.loads(done[-1].read_text())
+    sim = compose([*base, f"method={method}", f"train.seed={seed}"], base=SimConfig())
+    start = time.perf_counter()
     if launch(sim, out) != 0:
         raise RuntimeError(f"{method} seed {seed} failed; see {out}")
     (run,) = list(out.glob("run-*"))
+    log.info("%s seed %d: %.0f s", method, seed, time.perf_counter() - start)
     return json.loads((run / "rounds.json").read_text())
 
 
@@ -58,12 +72,16 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="RunConfig overrides for every run")
     args = parser.parse_args()
     setup_logging()
+    exit_on_sigterm()
     base = [f"dataset.name={args.dataset}", f"dataset.root={Path(args.root).resolve()}",
             "num_clients=5", "partition.alpha=0.1", "partition.seed=0", "train.local_epochs=1",
             "train.rounds=10", "eval_every=1", "head.batch_norm=true", "client_cpus=2",
             *args.overrides]
     work = args.work or Path(tempfile.mkdtemp(prefix="fedad-compare-"))
-    runs = {m: {s: run_one(base, m, s, work) for s in args.seeds} for m in args.methods}
+    runs: dict[str, dict[int, dict]] = {m: {} for m in args.methods}
+    for s in args.seeds:  # seed-major: an interrupted comparison has every method's early seeds
+        for m in args.methods:
+            runs[m][s] = run_one(base, m, s, work)
 
     rows, curves = {}, {}
     for m, by_seed in runs.items():

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from _common import RESULTS, command_line, machine, write_results  # noqa: E402
 
 from fedad.cli.overrides import compose  # noqa: E402
+from fedad.cli.processes import exit_on_sigterm  # noqa: E402
 from fedad.cli.sim import SimConfig, launch  # noqa: E402
 from fedad.detectors.feddymem import FedDyMemHead  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
@@ -57,6 +58,7 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="RunConfig overrides")
     args = parser.parse_args()
     setup_logging()
+    exit_on_sigterm()
     base = compose([f"dataset.name={args.dataset}", f"dataset.root={Path(args.root).resolve()}",
                     "num_clients=5", "partition.alpha=0.1", "train.local_epochs=1",
                     "train.rounds=10", "eval_every=5", "client_cpus=2", *args.overrides],

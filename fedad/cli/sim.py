@@ -13,10 +13,7 @@ command writes the resolved values to ``run_config.toml`` and hands that file to
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-import subprocess
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,6 +24,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from fedad.cli.flwr_run import flwr_run, run_status
+from fedad.cli.processes import exit_on_sigterm
 from fedad.cli.superlink import CONNECTION, LocalSuperLink
 from fedad.config import RunConfig
 from fedad.data.factory import build_dataset
@@ -96,22 +95,11 @@ def launch(sim: SimConfig, out: Path) -> int:
     toml = write_run_config(cfg, out / "run_config.toml")
     show_partition(cfg, out)
     with LocalSuperLink(out / ".flwr", out / "superlink.log") as link:
-        cmd = ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(toml),
-               "--federation-config", federation_config(sim)]
-        log.info("launching: %s", " ".join(cmd))
-        run_id = None
-        with subprocess.Popen(cmd, env=link.env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                sys.stdout.write(line)
-                m = re.search(r"started run (\d+)", line)
-                if m:
-                    run_id = m.group(1)
+        run_id = flwr_run(app_dir, CONNECTION, toml, link.env,
+                          ["--federation-config", federation_config(sim)])
         if run_id is None:
-            log.error("flwr run did not start a run (exit code %s)", proc.returncode)
             return 1
-        status = run_status(run_id, link.env)
+        status = run_status(run_id, CONNECTION, link.env)
     result = out / f"run-{run_id}"
     if status != "finished:completed":
         log.error("run %s ended as %s; see %s and %s", run_id, status, out / "superlink.log",
@@ -122,18 +110,6 @@ def launch(sim: SimConfig, out: Path) -> int:
     if summary.is_file():
         print(summary.read_text())
     return 0
-
-
-def run_status(run_id: str, env: dict[str, str]) -> str:
-    """``finished:completed`` / ``finished:failed`` ... as the SuperLink reports it
-    (``flwr run --stream`` exits 0 even when the ServerApp raised)."""
-    res = subprocess.run(["flwr", "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
-                         env=env, capture_output=True, text=True, check=False)
-    try:
-        runs = json.loads(res.stdout)["runs"]
-        return str(runs[0]["status"])
-    except (json.JSONDecodeError, KeyError, IndexError):
-        return f"unknown ({res.stdout.strip()[:200]} {res.stderr.strip()[:200]})"
 
 
 @hydra.main(version_base=None, config_path=str(PROJECT / "conf"), config_name="config")
@@ -151,4 +127,5 @@ def _main(dcfg: DictConfig) -> None:
 
 
 def main() -> None:
+    exit_on_sigterm()
     _main()
