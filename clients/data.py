@@ -1,5 +1,7 @@
-"""A client's data: its partition of the training set and the global test set, as cached
-frozen features. Built once per process and run (Ray actors live across rounds)."""
+"""A client's data as cached frozen features: either its partition of a shared training set
+and the global test set (simulation), or a site's own data root (deployment). Built once per
+process and run (Ray actors live across rounds; on real SuperNodes every message is a fresh
+process, so use the disk feature cache there)."""
 
 from __future__ import annotations
 
@@ -82,6 +84,32 @@ def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> 
         train=dataset_features(cfg, extractor, info, train, device,
                                f"client {partition_id} train features"),
         test=_TEST[test_key],
+        channels=info["channels"],
+        device=device,
+    )
+    _DATA[key] = data
+    return data
+
+
+def load_site_data(cfg: RunConfig, site: int) -> ClientData:
+    """A site's own data (deployment): the whole training split and the test split found
+    under ``cfg.dataset.root``, which the node config set to this host's data root."""
+    key = _key(cfg, ("dataset", "backbone"), "site", site)
+    if key in _DATA:
+        return _DATA[key]
+    device = resolve_device(cfg.device)
+    extractor, info = extractor_for(cfg)
+    train = build_dataset(cfg.dataset, "train")
+    if len(train) == 0:
+        raise DataError(f"site {site}: no training images under {cfg.dataset.root}")
+    test = build_dataset(cfg.dataset, "test")
+    log.info("site %d: %d training, %d test images under %s", site, len(train), len(test),
+             cfg.dataset.root)
+    data = ClientData(
+        partition_id=site,
+        train=dataset_features(cfg, extractor, info, train, device,
+                               f"site {site} train features"),
+        test=dataset_features(cfg, extractor, info, test, device, f"site {site} test features"),
         channels=info["channels"],
         device=device,
     )
