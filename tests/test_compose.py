@@ -120,3 +120,15 @@ def test_deploy_run_config_matches_the_compose_file(services: dict):
     assert cfg.num_clients == len([n for n in services if n.startswith("supernode-")])
     assert table["dataset"]["name"] in ("mvtec", "mtd", "visa")
     assert cfg.output_dir in mounts(services["superexec-serverapp"])
+
+
+def test_images_share_one_flower_version(services: dict):
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    version = re.search(r"^ARG FLWR_VERSION=(\S+)$", dockerfile, re.M).group(1)
+    assert re.search(r"^FROM flwr/superexec:\$\{FLWR_VERSION\}$", dockerfile, re.M)
+    for name, service in services.items():
+        if "build" in service:  # the app's image: SuperExecs
+            assert service["build"]["context"] == "."
+            assert service["build"]["args"]["FLWR_VERSION"] == version, name
+        else:  # Flower's own SuperLink / SuperNode images
+            assert service["image"].split(":")[1] == version, name
