@@ -84,15 +84,17 @@ def test_tls_and_supernode_authentication(tmp_path: Path, sites: list[Path]):
             httpx.get(f"http://{dep.address}/health", timeout=5.0)
         tls = ssl.create_default_context(cafile=str(dep.ca))
         assert httpx.get(f"https://{dep.address}/health", timeout=5.0, verify=tls).is_success
-        intruder = dep.start_supernode(0, rogue["supernode-0-key"], name="unregistered")
-        try:
-            deadline = time.monotonic() + 60
-            while intruder.returncode is None and time.monotonic() < deadline:
-                time.sleep(0.5)
-            assert intruder.returncode not in (None, 0), "an unregistered SuperNode joined"
-            assert "Failed to activate SuperNode" in intruder.log_file.read_text()
-        finally:
-            intruder.stop()
+        for key, name in ((rogue["supernode-0-key"], "unregistered"), (None, "keyless")):
+            intruder = dep.start_supernode(0, key, name=name)
+            try:
+                deadline = time.monotonic() + 60
+                while intruder.returncode is None and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                assert intruder.returncode not in (None, 0), f"the {name} SuperNode joined"
+                assert "Failed to initialize the connection to the SuperLink" in (
+                    intruder.log_file.read_text())
+            finally:
+                intruder.stop()
         run_id, status = dep.run(compose(RUN))
         started = _tree(dep)
     _check_run(dep, run_id, status)

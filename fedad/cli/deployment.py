@@ -123,7 +123,11 @@ class LocalDeployment:
             if self.secure:
                 key = self.certs / f"supernode-{i}.key"
                 self.register(self.certs / f"supernode-{i}.pub")
-            self.supernodes.append(self.start_supernode(i, key))
+            runtime = free_port()  # the node's Runtime API, where its ClientApps connect
+            self.supernodes.append(self.start_supernode(i, key, runtime_port=runtime))
+            if self.isolation == "process":  # plain HTTP on localhost, like in compose
+                self.superexecs.append(self._superexec(f"superexec-supernode-{i}",
+                                                       f"127.0.0.1:{runtime}", ["--insecure"]))
 
     def register(self, public_key: Path) -> None:
         """``flwr supernode register <key>``: admit a SuperNode's public key.
@@ -138,23 +142,20 @@ class LocalDeployment:
                              f"{(res.stdout + res.stderr).strip()[-500:]}")
         log.info("registered SuperNode key %s", public_key)
 
-    def start_supernode(self, i: int, private_key: Path | None, name: str | None = None
-                        ) -> ManagedProcess:
-        """SuperNode ``i`` on site ``i``'s data root (``private_key`` for authentication)."""
+    def start_supernode(self, i: int, private_key: Path | None, name: str | None = None,
+                        runtime_port: int | None = None) -> ManagedProcess:
+        """SuperNode ``i`` on site ``i``'s data root (``private_key`` for authentication),
+        its Runtime API on ``runtime_port`` (a free one if None). The caller owns the
+        returned process: only those :meth:`__enter__` starts are tracked and stopped."""
         name = name or f"supernode-{i}"
         node_config = (f'data-root="{self.sites[i]}" partition-id={i} '
                        f'cache-dir="{self.work / "cache" / name}"')
-        runtime = f"127.0.0.1:{free_port()}"  # where this node's ClientApps connect
         cmd = ["flower-supernode", "--superlink", self.address, "--host", "127.0.0.1",
-               "--port", runtime.rsplit(":", 1)[1], "--isolation", self.isolation,
+               "--port", str(runtime_port or free_port()), "--isolation", self.isolation,
                "--node-config", node_config, *self._tls_client()]
         if private_key is not None:
             cmd += ["--auth-supernode-private-key", str(private_key)]
-        node = ManagedProcess(name, cmd, self.env, self.work / "logs" / f"{name}.log").start()
-        if self.isolation == "process":  # the node's Runtime API is plain HTTP on localhost
-            self.superexecs.append(self._superexec(f"superexec-{name}", runtime,
-                                                   ["--insecure"]))
-        return node
+        return ManagedProcess(name, cmd, self.env, self.work / "logs" / f"{name}.log").start()
 
     def _superexec(self, name: str, runtime: str, tls: list[str]) -> ManagedProcess:
         cmd = ["flower-superexec", "--runtime-api-address", runtime, *tls]
