@@ -9,7 +9,7 @@ architecture (``head.batch_norm=true`` for all, so FedBN has BatchNorm to keep l
 clients after the last round; the table shows mean ± std over seeds and the bytes exchanged
 per round (sent + received, measured from the payloads). Writes ``compare.json``,
 ``compare.md`` and ``compare.png`` (I-AUROC per round per method) to ``--out``. Runs that
-finished in ``--work`` are reused, so an interrupted comparison resumes where it stopped;
+reached their last round in ``--work`` are reused, so an interrupted comparison resumes;
 seeds are the outer loop, so it has every method's first seeds first.
 """
 
@@ -46,17 +46,20 @@ def fmt(d: dict | None) -> str:
 
 
 def run_one(base: list[str], method: str, seed: int, work: Path) -> dict:
-    """One run's ``rounds.json``; a finished run already in ``work`` is reused (resume)."""
-    out = work / f"{method}-seed{seed}"
-    done = sorted(out.glob("run-*/rounds.json"))
-    if done:
-        log.info("reusing %s", done[-1])
-        return json.loads(done[-1].read_text())
+    """One run's ``rounds.json``; a run in ``work`` that reached its last round is reused
+    (resume), an unfinished one is run again."""
     sim = compose([*base, f"method={method}", f"train.seed={seed}"], base=SimConfig())
+    out = work / f"{method}-seed{seed}"
+    for path in sorted(out.glob("run-*/rounds.json")):
+        result = json.loads(path.read_text())
+        if result["rounds"] and result["rounds"][-1]["round"] == sim.train.rounds:
+            log.info("reusing %s", path)
+            return result
+    before = set(out.glob("run-*"))
     start = time.perf_counter()
     if launch(sim, out) != 0:
         raise RuntimeError(f"{method} seed {seed} failed; see {out}")
-    (run,) = list(out.glob("run-*"))
+    (run,) = set(out.glob("run-*")) - before
     log.info("%s seed %d: %.0f s", method, seed, time.perf_counter() - start)
     return json.loads((run / "rounds.json").read_text())
 
