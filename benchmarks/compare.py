@@ -80,6 +80,7 @@ def main() -> int:
             "num_clients=5", "partition.alpha=0.1", "partition.seed=0", "train.local_epochs=1",
             "train.rounds=10", "eval_every=1", "head.batch_norm=true", "client_cpus=2",
             *args.overrides]
+    base = list({item.split("=", 1)[0]: item for item in base}.values())  # last one wins
     work = args.work or Path(tempfile.mkdtemp(prefix="fedad-compare-"))
     runs: dict[str, dict[int, dict]] = {m: {} for m in args.methods}
     for s in args.seeds:  # seed-major: an interrupted comparison has every method's early seeds
@@ -95,6 +96,9 @@ def main() -> int:
         per_round = [[rec["bytes"]["sent"] + rec["bytes"]["received"]
                       for rec in r["rounds"] if rec["round"] > 0] for r in by_seed.values()]
         row["bytes_per_round"] = float(np.mean([np.mean(b) for b in per_round]))
+        # the metric loss (Eq. 12) in the last round: how far each method trained its heads
+        losses = [r["rounds"][-1]["train"]["loss"]["mean"] for r in by_seed.values()]
+        row["final_loss"] = {"mean": float(np.mean(losses)), "std": float(np.std(losses))}
         row["seeds"] = {str(s): r["final"] for s, r in by_seed.items()}
         rows[m] = row
         ev = [[(rec["round"], rec["evaluate"]["i_auroc"]["mean"]) for rec in r["rounds"]
@@ -106,11 +110,12 @@ def main() -> int:
     plot_metric_rounds({"I-AUROC": curves}, args.out / "compare.png",
                        title="I-AUROC per round, mean ± std over seeds")
     lines = [f"Methods on `{args.dataset}`, seeds {args.seeds}; overrides: `{' '.join(base)}`.",
-             "", "| method | I-AUROC | P-AUROC | PRO | MB exchanged / round |",
-             "|---|---|---|---|---|"]
+             "", "| method | I-AUROC | P-AUROC | PRO | MB exchanged / round | last-round loss |",
+             "|---|---|---|---|---|---|"]
     for m, r in rows.items():
         lines.append(f"| {m} | {fmt(r.get('i_auroc'))} | {fmt(r.get('p_auroc'))} | "
-                     f"{fmt(r.get('pro'))} | {r['bytes_per_round'] / 1e6:.2f} |")
+                     f"{fmt(r.get('pro'))} | {r['bytes_per_round'] / 1e6:.2f} | "
+                     f"{fmt(r['final_loss'])} |")
     lead = max(rows, key=lambda m: rows[m]["i_auroc"]["mean"])
     lines += ["", f"Highest I-AUROC: {lead}" + ("" if lead == "feddymem" else
                                                 " (FedDyMem does not lead here)"), "",
