@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from fedad.config import RunConfig
+from fedad.data.dataset import AnomalyDataset
 from fedad.data.factory import build_dataset
 from fedad.device import resolve_device
 from fedad.errors import DataError
@@ -53,6 +54,31 @@ def extractor_for(cfg: RunConfig) -> tuple[FeatureExtractor, dict]:
     return _EXTRACTORS[key]
 
 
+def _client_data(cfg: RunConfig, site: int, who: str, train: AnomalyDataset,
+                 test: AnomalyDataset | None = None) -> ClientData:
+    """Features of ``train`` and of ``test`` (``None``: the global test set, one copy per
+    process shared by the clients it hosts)."""
+    device = resolve_device(cfg.device)
+    extractor, info = extractor_for(cfg)
+    if test is None:
+        test_key = _key(cfg, ("dataset", "backbone"))
+        if test_key not in _TEST:
+            _TEST[test_key] = dataset_features(cfg, extractor, info,
+                                               build_dataset(cfg.dataset, "test"), device,
+                                               "test features")
+        test_features = _TEST[test_key]
+    else:
+        test_features = dataset_features(cfg, extractor, info, test, device,
+                                         f"{who} test features")
+    return ClientData(
+        partition_id=site,
+        train=dataset_features(cfg, extractor, info, train, device, f"{who} train features"),
+        test=test_features,
+        channels=info["channels"],
+        device=device,
+    )
+
+
 def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
     """Partition ``partition_id`` of ``num_partitions`` of the training set (paper Sec. VI-A
     2) and the global test set (Eq. 4: the union of every client's test data).
@@ -66,29 +92,14 @@ def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> 
                num_partitions)
     if key in _DATA:
         return _DATA[key]
-    device = resolve_device(cfg.device)
-    extractor, info = extractor_for(cfg)
     train_all = build_dataset(cfg.dataset, "train")
     parts = partition_indices(train_all.product_types, num_partitions, cfg.partition)
     train = train_all.subset(parts[partition_id])
     log.info("client %d: %d training images (%s)", partition_id, len(train),
              ", ".join(f"{t}={train.product_types.count(t)}"
                        for t in sorted(set(train.product_types))))
-    test_key = _key(cfg, ("dataset", "backbone"))
-    if test_key not in _TEST:  # one copy per process, shared by the clients it hosts
-        _TEST[test_key] = dataset_features(cfg, extractor, info,
-                                           build_dataset(cfg.dataset, "test"), device,
-                                           "test features")
-    data = ClientData(
-        partition_id=partition_id,
-        train=dataset_features(cfg, extractor, info, train, device,
-                               f"client {partition_id} train features"),
-        test=_TEST[test_key],
-        channels=info["channels"],
-        device=device,
-    )
-    _DATA[key] = data
-    return data
+    _DATA[key] = _client_data(cfg, partition_id, f"client {partition_id}", train)
+    return _DATA[key]
 
 
 def load_site_data(cfg: RunConfig, site: int) -> ClientData:
@@ -97,21 +108,11 @@ def load_site_data(cfg: RunConfig, site: int) -> ClientData:
     key = _key(cfg, ("dataset", "backbone"), "site", site)
     if key in _DATA:
         return _DATA[key]
-    device = resolve_device(cfg.device)
-    extractor, info = extractor_for(cfg)
     train = build_dataset(cfg.dataset, "train")
     if len(train) == 0:
         raise DataError(f"site {site}: no training images under {cfg.dataset.root}")
     test = build_dataset(cfg.dataset, "test")
     log.info("site %d: %d training, %d test images under %s", site, len(train), len(test),
              cfg.dataset.root)
-    data = ClientData(
-        partition_id=site,
-        train=dataset_features(cfg, extractor, info, train, device,
-                               f"site {site} train features"),
-        test=dataset_features(cfg, extractor, info, test, device, f"site {site} test features"),
-        channels=info["channels"],
-        device=device,
-    )
-    _DATA[key] = data
-    return data
+    _DATA[key] = _client_data(cfg, site, f"site {site}", train, test)
+    return _DATA[key]

@@ -56,12 +56,14 @@ class WeightStrategy(RoundLoop):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, dict | None]:
+        required = {"local": (), "scaffold": (ARRAYS, CV_DELTA)}.get(self.cfg.method, (ARRAYS,))
         msgs = []
         for msg in self.ok_replies(replies):
-            if self.cfg.method != "local":
-                if ARRAYS not in msg.content or not _finite(msg.content[ARRAYS]):
-                    self._reject(f"{who(msg)}: missing or non-finite weights")
-                    continue
+            bad = [k for k in required if k not in msg.content or not _finite(msg.content[k])]
+            if bad:
+                self._reject(f"{who(msg)}: missing or non-finite {', '.join(bad)}")
+                continue
+            if required:
                 self.last_keys = sorted(msg.content[ARRAYS].keys())
             msgs.append(msg)
         if not msgs:
@@ -80,7 +82,7 @@ class WeightStrategy(RoundLoop):
         """x <- x + lr_g * mean(y_i - x); c <- c + sum(delta c_i) / N (option II)."""
         x = self._x
         ys = [m.content[ARRAYS].to_torch_state_dict() for m in msgs]
-        dcs = [m.content[CV_DELTA].to_torch_state_dict() for m in msgs if CV_DELTA in m.content]
+        dcs = [m.content[CV_DELTA].to_torch_state_dict() for m in msgs]
         delta_ys = [{k: y[k] - x[k] for k in x} for y in ys]
         x_new, c_new = server_update(x, self.c_global, delta_ys, dcs, len(self.node_ids),
                                      self.cfg.train.global_lr)

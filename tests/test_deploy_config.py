@@ -20,6 +20,7 @@ from fedad.cli.sites import make_sites
 from fedad.config import DataConfig, RunConfig
 from fedad.data.factory import build_dataset
 from fedad.errors import ConfigError, FedadError
+from tests.test_deployment import TINY
 
 
 def test_certificates_chain_and_keys(tmp_path: Path):
@@ -91,9 +92,7 @@ def test_node_config_chooses_partition_or_own_data():
 
 
 def test_sites_are_the_partition_as_mvtec_folders(tmp_path: Path):
-    tiny = ["dataset.texture_train_per_type=6", "dataset.texture_test_normal_per_type=2",
-            "dataset.texture_test_anomalous_per_type=2", "partition.min_samples=1"]
-    roots = make_sites(tiny, tmp_path, 3)
+    roots = make_sites(TINY, tmp_path, 3)
     trains = [build_dataset(DataConfig(name="mvtec", root=str(r), image_size=32), "train")
               for r in roots]
     assert sum(len(t) for t in trains) == 18  # every training image, each in one site
@@ -103,4 +102,4 @@ def test_sites_are_the_partition_as_mvtec_folders(tmp_path: Path):
         anomalous = [i for i, y in enumerate(test.labels) if y == 1]
         assert anomalous and all(test[i].mask.sum() > 0 for i in anomalous)
     with pytest.raises(FedadError, match="not empty"):
-        make_sites(tiny, tmp_path, 3)
+        make_sites(TINY, tmp_path, 3)
