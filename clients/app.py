@@ -1,17 +1,21 @@
-"""The fedad ClientApp (Flower Message API). ``method`` in the run config picks the handler."""
+"""The fedad ClientApp (Flower Message API). Bank-exchange detectors share one handler
+(:mod:`clients.bank`); the weight-exchanging baselines have theirs (:mod:`clients.baselines`).
+"""
 
 from __future__ import annotations
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import baselines, feddymem
+from clients import bank, baselines
+from fedad.detectors.registry import exchanges_weights
+from fedad.runconfig import from_flat
 
 app = ClientApp()
 
 
 def _handlers(context: Context):
-    return feddymem if context.run_config.get("method", "feddymem") == "feddymem" else baselines
+    return baselines if exchanges_weights(from_flat(context.run_config)) else bank
 
 
 @app.train()

@@ -24,6 +24,7 @@ from flwr.app import Context
 from clients.data import ClientData, load_client_data, load_site_data
 from fedad.config import RunConfig
 from fedad.data.factory import FILE_DATASETS
+from fedad.detectors.registry import feature_config
 from fedad.errors import ConfigError
 from fedad.runconfig import from_flat
 
@@ -87,7 +88,8 @@ def client_setup(context: Context) -> tuple[RunConfig, ClientData, float]:
     """Run config, this client's data and the seconds spent getting it (feature extraction
     on the first call in a process, a cache hit after)."""
     node = node_data(context)
-    cfg = node_config_applied(from_flat(context.run_config), node)
+    # the backbone levels the detector reads (registry.feature_config)
+    cfg = feature_config(node_config_applied(from_flat(context.run_config), node))
     t0 = time.perf_counter()
     if node.data_root:
         data = load_site_data(cfg, node.site)

@@ -15,6 +15,7 @@ import torch
 from fedad.config import RunConfig
 from fedad.data.dataset import AnomalyDataset
 from fedad.data.factory import build_dataset
+from fedad.data.holdout import holdout_split
 from fedad.device import resolve_device
 from fedad.errors import DataError
 from fedad.feature_cache import FeatureSet, dataset_features
@@ -27,13 +28,16 @@ log = logging.getLogger("fedad")
 
 @dataclass
 class ClientData:
-    """Frozen features of one client."""
+    """Frozen features of one client: ``train`` (what it fits on), ``holdout`` (normal
+    training images it never fits on, for its threshold; ``None`` when it holds none out)
+    and ``test``."""
 
     partition_id: int
     train: FeatureSet
     test: FeatureSet
     channels: int
     device: torch.device
+    holdout: FeatureSet | None = None
 
 
 _EXTRACTORS: dict[str, tuple[FeatureExtractor, dict]] = {}
@@ -56,10 +60,18 @@ def extractor_for(cfg: RunConfig) -> tuple[FeatureExtractor, dict]:
 
 def _client_data(cfg: RunConfig, site: int, who: str, train: AnomalyDataset,
                  test: AnomalyDataset | None = None) -> ClientData:
-    """Features of ``train`` and of ``test`` (``None``: the global test set, one copy per
-    process shared by the clients it hosts)."""
+    """Features of ``train`` (less the held-out images, see :func:`holdout_split`) and of
+    ``test`` (``None``: the global test set, one copy per process shared by the clients it
+    hosts)."""
     device = resolve_device(cfg.device)
     extractor, info = extractor_for(cfg)
+    fit_idx, held_idx = holdout_split(len(train), cfg.calibration.holdout,
+                                      cfg.calibration.seed + 1000 * site)
+    holdout = None
+    if len(held_idx):
+        holdout = dataset_features(cfg, extractor, info, train.subset(held_idx), device,
+                                   f"{who} held-out features")
+        train = train.subset(fit_idx)
     if test is None:
         test_key = _key(cfg, ("dataset", "backbone"))
         if test_key not in _TEST:
@@ -76,6 +88,7 @@ def _client_data(cfg: RunConfig, site: int, who: str, train: AnomalyDataset,
         test=test_features,
         channels=info["channels"],
         device=device,
+        holdout=holdout,
     )
 
 
@@ -88,7 +101,7 @@ def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> 
     """
     if not 0 <= partition_id < num_partitions:
         raise DataError(f"partition-id {partition_id} is not in [0, {num_partitions})")
-    key = _key(cfg, ("dataset", "backbone", "partition"), partition_id,
+    key = _key(cfg, ("dataset", "backbone", "partition", "calibration"), partition_id,
                num_partitions)
     if key in _DATA:
         return _DATA[key]
@@ -105,7 +118,7 @@ def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> 
 def load_site_data(cfg: RunConfig, site: int) -> ClientData:
     """A site's own data (deployment): the whole training split and the test split found
     under ``cfg.dataset.root``, which the node config set to this host's data root."""
-    key = _key(cfg, ("dataset", "backbone"), "site", site)
+    key = _key(cfg, ("dataset", "backbone", "calibration"), "site", site)
     if key in _DATA:
         return _DATA[key]
     train = build_dataset(cfg.dataset, "train")

@@ -9,7 +9,7 @@ import numpy as np
 from clients.data import ClientData
 from fedad.config import RunConfig
 from fedad.data.factory import build_dataset
-from fedad.detectors.feddymem import Scores
+from fedad.detectors.base import Scores
 from fedad.plots import plot_examples
 
 

@@ -92,6 +92,53 @@ class ScoreConfig:
 
 
 @dataclass
+class PatchCoreConfig:
+    """PatchCore (Roth et al. 2022): locally aware patch features, greedy coreset, k-NN.
+
+    Federated: each client uploads a greedy coreset of ``upload_ratio`` of its patches; the
+    server reduces the union to ``global_ratio`` of all clients' patches (``merge``:
+    ``coreset`` = greedy coreset of the union, ``kmeans`` = faiss K-means centres,
+    ``concat`` = the union as it is). Greedy k-center is prefix-consistent, so with one
+    client the result is exactly the centralized ``global_ratio`` coreset.
+    """
+
+    strides: list[int] = field(default_factory=lambda: [8, 16])  # backbone levels used
+    upload_ratio: float = 0.1  # fraction of a client's patches it uploads (its coreset)
+    global_ratio: float = 0.01  # global bank size as a fraction of all clients' patches
+    projection_dim: int = 128  # random projection used only to select the coreset
+    merge: str = "coreset"  # coreset | kmeans | concat
+    reweight: bool = False  # PatchCore's Eq. 7 re-weighting of the nearest distance
+    reweight_k: int = 9  # neighbours of the nearest bank feature used by the re-weighting
+    max_upload_rows: int = 2_000_000  # bound the server enforces on one upload
+
+
+@dataclass
+class PaDiMConfig:
+    """PaDiM (Defard et al. 2021): a Gaussian per position over a random channel subset.
+
+    Federated by exact sufficient statistics: count, sum and sum of outer products per
+    position in float64, so the server's Gaussian equals the centralized one.
+    """
+
+    strides: list[int] = field(default_factory=lambda: [4, 8, 16])  # backbone levels used
+    channels: int = 100  # size of the random channel subset (shared by every client)
+    channel_seed: int = 0  # seed of that subset: every client and the server draw the same
+    epsilon: float = 0.01  # covariance regularisation: Sigma + epsilon * I (paper)
+    upload_dtype: str = "float64"  # float64 (exact) | float32 (half the bytes)
+
+
+@dataclass
+class CalibrationConfig:
+    """Normal training images each client holds out (never fitted on, never test images):
+    its anomaly threshold for ``fedad-predict`` is the ``quantile`` of their image scores,
+    so about ``1 - quantile`` of normal images raise a false alarm."""
+
+    holdout: float = 0.1  # fraction of each client's training images held out (floor)
+    quantile: float = 0.99  # threshold = this quantile of the held-out image scores
+    seed: int = 0
+
+
+@dataclass
 class PartitionConfig:
     """How training samples are split over clients (paper Sec. VI-A 2)."""
 
@@ -109,7 +156,14 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
-    method: str = "feddymem"  # feddymem | local | fedavg | fedprox | scaffold | fedbn
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    patchcore: PatchCoreConfig = field(default_factory=PatchCoreConfig)
+    padim: PaDiMConfig = field(default_factory=PaDiMConfig)
+    # detector: feddymem | patchcore | padim (fedad/detectors/registry.py)
+    detector: str = "feddymem"
+    # method: bank (exchange what the detector summarises) | local | fedavg | fedprox |
+    # scaffold | fedbn (FedDyMem head + weight exchange). "feddymem" = bank + FedDyMem.
+    method: str = "bank"
     num_clients: int = 5
     eval_every: int = 1  # evaluate every n rounds (the last round always)
     wait_for_nodes: float = 300.0  # seconds the server waits for num_clients nodes

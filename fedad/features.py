@@ -90,3 +90,34 @@ def extractor_signature(info: dict, state: dict[str, torch.Tensor] | None = None
     for e in extra:
         h.update(repr(e).encode())
     return h.hexdigest()[:16]
+
+
+def layer_strides(name: str) -> list[int]:
+    """Stride of each ``features_only`` level of a timm backbone (no weights loaded)."""
+    model = timm.create_model(name, pretrained=False, features_only=True)
+    return [int(r) for r in model.feature_info.reduction()]
+
+
+def layers_for_strides(name: str, strides: Sequence[int]) -> list[int]:
+    """The ``features_only`` level indices of backbone ``name`` whose strides are ``strides``
+    (e.g. 8 and 16 -> levels 2 and 3 for EfficientNet and ResNet alike).
+
+    Raises:
+        ConfigError: a stride the backbone does not have, naming the ones it has.
+    """
+    have = layer_strides(name)
+    out = []
+    for s in strides:
+        if int(s) not in have:
+            raise ConfigError(f"backbone {name} has no level of stride {s} (strides: {have})")
+        out.append(have.index(int(s)))
+    return sorted(out)
+
+
+def feature_geometry(cfg: BackboneConfig, image_size: int) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the fused features of a square ``image_size`` input, without
+    loading any weights (what a server needs to check uploads)."""
+    model = timm.create_model(cfg.name, pretrained=False, features_only=True,
+                              out_indices=tuple(int(i) for i in cfg.layers))
+    side = -(-int(image_size) // int(model.feature_info.reduction()[0]))
+    return int(sum(model.feature_info.channels())), side, side

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fedad.config import RunConfig
+from fedad.detectors.registry import label
 from fedad.plots import plot_metric_rounds
 
 METRICS = ("i_auroc", "p_auroc", "pro")
@@ -40,7 +41,7 @@ def summary_markdown(cfg: RunConfig, history: list[dict]) -> str:
     def fmt(d):
         return ("n/a" if not d or math.isnan(d["mean"])
                else f"{d['mean']:.4f} ± {d['std']:.4f}")
-    lines = [f"# {cfg.method} run: {cfg.dataset.name}, {cfg.num_clients} clients, "
+    lines = [f"# {label(cfg)} run: {cfg.dataset.name}, {cfg.num_clients} clients, "
              f"{cfg.partition.method} (alpha {cfg.partition.alpha}), {cfg.train.rounds} rounds "
              f"x {cfg.train.local_epochs} epoch(s)", "",
              "| round | clients | I-AUROC | P-AUROC | PRO | MB up/client | s |",
@@ -73,5 +74,5 @@ def write_run(out: str | Path, cfg: RunConfig, history: list[dict],
     series = metric_series(history)
     if series:
         plot_metric_rounds(series, out / "metrics.png",
-                           title=f"{cfg.method}, mean ± std over clients")
+                           title=f"{label(cfg)}, mean ± std over clients")
     return out

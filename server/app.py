@@ -1,5 +1,5 @@
-"""The fedad ServerApp (Flower Message API): ``method`` picks FedDyMem's bank aggregation
-or a weight-exchanging baseline."""
+"""The fedad ServerApp (Flower Message API): one bank strategy for every detector
+(:mod:`server.bank`), or the weight-exchanging baselines (:mod:`server.baselines`)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,16 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedad.baselines.client import METHODS as BASELINES
 from fedad.baselines.client import initial_weights
-from fedad.errors import ConfigError
+from fedad.detectors.registry import exchanges_weights, label, resolve
 from fedad.features import feature_channels
 from fedad.progress import setup_logging
 from fedad.report import write_run
 from fedad.runconfig import from_flat
+from fedad.site import save_summary
+from server.bank import BankStrategy
 from server.baselines import WeightStrategy
-from server.feddymem import FedDyMemStrategy
 from server.transport import wait_for_nodes
-
-METHODS = ("feddymem", *BASELINES)
 
 log = logging.getLogger("fedad")
 app = ServerApp()
@@ -36,30 +34,31 @@ def run_dir(output_dir: str, run_id: int) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     setup_logging()
-    cfg = from_flat(context.run_config)
+    cfg = resolve(from_flat(context.run_config))
     out = run_dir(cfg.output_dir, context.run_id)
-    log.info("run %s: results in %s", context.run_id, out)
-    if cfg.method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
+    log.info("run %s (%s): results in %s", context.run_id, label(cfg), out)
     nodes = wait_for_nodes(grid, cfg.num_clients, cfg.wait_for_nodes)
     initial = None
-    if cfg.method == "feddymem":
-        strategy = FedDyMemStrategy(cfg, nodes)
-    else:
-        strategy = WeightStrategy(cfg, nodes)
+    if exchanges_weights(cfg):
+        strategy: BankStrategy | WeightStrategy = WeightStrategy(cfg, nodes)
         if cfg.method != "local":
             weights = initial_weights(feature_channels(cfg.backbone), cfg)
             initial = ArrayRecord(torch_state_dict=weights)
+    else:
+        strategy = BankStrategy(cfg, nodes)
 
     def save(_record: dict) -> None:
-        extra = {"rejected": strategy.rejected, "method": cfg.method}
+        extra = {"rejected": strategy.rejected, "method": cfg.method,
+                 "detector": cfg.detector, "label": label(cfg)}
         if isinstance(strategy, WeightStrategy):
             extra["received_keys"] = [strategy.last_keys] if strategy.last_keys else []
         write_run(out, cfg, strategy.history, extra)
 
-    final = strategy.start(grid, initial, evaluate_config=ConfigRecord({"out": str(out)}),
-                           on_round=save)
-    if cfg.method == "feddymem":
-        np.save(out / "global_bank.npy", next(iter(final.values())).numpy())
+    strategy.start(grid, initial, evaluate_config=ConfigRecord({"out": str(out)}),
+                   on_round=save)
+    if isinstance(strategy, BankStrategy) and strategy.global_summary is not None:
+        save_summary(out, strategy.global_summary)
+        if "bank" in strategy.global_summary:
+            np.save(out / "global_bank.npy", strategy.global_summary["bank"])
     save({})
     log.info("run %s finished: %s", context.run_id, out / "summary.md")

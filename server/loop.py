@@ -14,6 +14,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedad.config import RunConfig
+from fedad.detectors.registry import label
 from fedad.payload import CONFIG, METRICS
 from server.transport import Exchange, exchange
 
@@ -44,12 +45,13 @@ class RoundLoop(Strategy):
     def __init__(self, cfg: RunConfig, node_ids: list[int]) -> None:
         self.cfg = cfg
         self.node_ids = node_ids
+        self.last_round = cfg.train.rounds
         self.history: list[dict] = []
         self.rejected: list[str] = []
         self.last_aggregate_seconds = 0.0
 
     def summary(self) -> None:
-        log.info("%s: %d clients, %d rounds x %d local epoch(s)", self.cfg.method,
+        log.info("%s: %d clients, %d rounds x %d local epoch(s)", label(self.cfg),
                  len(self.node_ids), self.cfg.train.rounds, self.cfg.train.local_epochs)
 
     def _messages(self, kind: str, content: RecordDict) -> list[Message]:
@@ -83,7 +85,7 @@ class RoundLoop(Strategy):
     # -- evaluation (the same for every method) ---------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        last = server_round == self.cfg.train.rounds
+        last = server_round == self.last_round
         if not last and server_round % max(1, self.cfg.eval_every):
             return []
         conf = ConfigRecord({**(config or {}), "round": server_round, "final": last})
@@ -120,7 +122,7 @@ class RoundLoop(Strategy):
               on_round=None) -> ArrayRecord | None:
         """Rounds ``first_round..num_rounds`` of train + aggregate (+ evaluate). Returns the
         final global state. ``on_round(record)`` runs after each round (results writing)."""
-        num_rounds = self.cfg.train.rounds if num_rounds is None else num_rounds
+        num_rounds = self.last_round if num_rounds is None else num_rounds
         timeout = self.cfg.round_timeout if timeout is None else timeout
         train_config = train_config or ConfigRecord()
         evaluate_config = evaluate_config or ConfigRecord()

@@ -10,9 +10,9 @@ from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord,
 
 from fedad.config import RunConfig
 from fedad.payload import BANK, METRICS
-from server.feddymem import FedDyMemStrategy
+from server.bank import BankStrategy
 
-H, W, C = 3, 3, 4
+H, W, C = 3, 3, 176  # Lite0 levels 1-3 at 12 px: what the server expects
 
 
 def reply(node: int, bank: np.ndarray | None = None, error: str | None = None,
@@ -33,11 +33,12 @@ def good(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(H, W, C)).astype(np.float32)
 
 
-def strategy() -> FedDyMemStrategy:
+def strategy() -> BankStrategy:
     cfg = RunConfig()
+    cfg.dataset.image_size = 12
     cfg.train.rounds = 3
     cfg.eval_every = 2
-    return FedDyMemStrategy(cfg, node_ids=[1, 2, 3, 4, 5, 6])
+    return BankStrategy(cfg, node_ids=[1, 2, 3, 4, 5, 6])
 
 
 def test_misbehaving_clients_are_left_out_and_named():
@@ -53,16 +54,16 @@ def test_misbehaving_clients_are_left_out_and_named():
     text = "\n".join(s.rejected)
     assert "node 3" in text and "CUDA out of memory" in text
     assert "node 4" in text and "non-finite" in text
-    assert "node 5" in text and "(2, 3, 4)" in text
+    assert "node 5" in text and "(2, 3, 176)" in text
     assert "node 6" in text and "bank" in text
-    # Later rounds hold every bank to the shape fixed in round 0.
+    # Every round holds banks to the run's feature geometry.
     _, summary = s.aggregate_train(1, [reply(1, good(3)), reply(2, good(4)[:, :2])])
     assert summary["clients"] == 1 and "node 2" in s.rejected[-1]
 
 
 def test_no_valid_bank_is_an_error_that_says_why():
     s = strategy()
-    with pytest.raises(RuntimeError, match="no valid bank.*disk full"):
+    with pytest.raises(RuntimeError, match="no valid upload.*disk full"):
         s.aggregate_train(0, [reply(1, error="disk full")])
 
 

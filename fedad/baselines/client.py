@@ -24,10 +24,12 @@ from fedad.baselines.fedbn import batchnorm_keys
 from fedad.baselines.fedprox import proximal_term
 from fedad.baselines.scaffold import client_control_update, correct_gradients, zeros_like_state
 from fedad.config import RunConfig
-from fedad.detectors.feddymem.client import FedDyMemClient, Scores
+from fedad.detectors.base import Scores
+from fedad.detectors.feddymem.client import FedDyMemClient
+from fedad.detectors.registry import WEIGHT_METHODS
 from fedad.errors import ConfigError
 
-METHODS = ("local", "fedavg", "fedprox", "scaffold", "fedbn")
+METHODS = WEIGHT_METHODS
 
 
 @dataclass

@@ -9,25 +9,17 @@ Everything runs on precomputed frozen features ``(N, C, H, W)`` (see
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 
 from fedad.config import HeadConfig, ScoreConfig, TrainConfig
+from fedad.detectors.base import Scores
 from fedad.detectors.feddymem.head import FedDyMemHead
 from fedad.detectors.feddymem.loss import metric_loss, positions
 from fedad.detectors.feddymem.reduce import MemoryReducer
 from fedad.errors import ConfigError
 from fedad.memory import NearestNeighbours, as_features
 from fedad.scoring import anomaly_maps, image_scores, patch_scores
-
-
-@dataclass
-class Scores:
-    """Test-set scores: ``maps`` ``(N, S, S)`` and ``image`` ``(N,)``, raw (not rescaled)."""
-
-    maps: torch.Tensor
-    image: torch.Tensor
 
 
 class FedDyMemClient:

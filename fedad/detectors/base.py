@@ -1,0 +1,174 @@
+"""The contract every local detector implements (no Flower here).
+
+A federated bank-exchange run is, for any detector, the same loop:
+
+* **client**, round ``t``: ``fit(train features, global summary or None, t)``, then
+  ``summarize(t)``: the arrays that leave the site (a memory bank, a coreset, Gaussian
+  statistics; never images or weights);
+* **server**: ``validate(summary, who)`` every upload (a malformed one raises
+  :class:`~fedad.errors.BankError` naming ``who`` and is left out), then
+  ``merge(valid summaries, t)`` into the global summary that is sent back;
+* **client**, evaluation: ``score(test features, global summary, image_size)`` gives
+  anomaly maps and image scores (:class:`Scores`).
+
+Summaries are plain ``dict[str, numpy.ndarray]``: what Flower's ``ArrayRecord`` carries and
+what ``numpy.savez`` stores. A detector's client-side state between rounds (a trained head,
+its optimiser) is ``state()`` / ``load_state()`` as ``dict[str, torch.Tensor]`` (what
+Flower's ``context.state`` keeps, and what a run directory saves for ``fedad-predict``).
+
+``validate`` and ``merge`` are pure: they read only the detector's configuration and the
+feature geometry (:class:`FeatureShape`), never client state, so the server builds the same
+class with no features at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from fedad.errors import BankError
+
+Summary = dict[str, np.ndarray]
+
+
+@dataclass
+class Scores:
+    """Scores of a set of images: ``maps`` ``(N, S, S)`` (anomaly map at the input size)
+    and ``image`` ``(N,)``, both raw (never rescaled)."""
+
+    maps: torch.Tensor
+    image: torch.Tensor
+
+
+@dataclass(frozen=True)
+class FeatureShape:
+    """Geometry of the frozen features a detector consumes: ``(C, H, W)`` per image."""
+
+    channels: int
+    height: int
+    width: int
+
+    @property
+    def positions(self) -> int:
+        return self.height * self.width
+
+
+@dataclass
+class FitInfo:
+    """What a client reports about its ``fit``: the last epoch's loss (0 for detectors that
+    do not train) and seconds spent per stage (``train``, ``summarize``, ...)."""
+
+    loss: float = 0.0
+    seconds: dict[str, float] | None = None
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """A local anomaly detector federated by exchanging what it summarises.
+
+    Class attributes:
+        name: registry name (``feddymem``, ``patchcore``, ``padim``).
+        iterative: ``True`` when rounds change the result (a trained head); a frozen-feature
+            detector (``False``) needs exactly one round.
+        first_round: ``0`` when round 0 only builds the first summary (FedDyMem's Alg. 4),
+            else ``1``.
+    """
+
+    name: ClassVar[str]
+    iterative: ClassVar[bool]
+    first_round: ClassVar[int]
+
+    # -- client side -------------------------------------------------------------------------
+    def fit(self, features: torch.Tensor, global_summary: Summary | None,
+            round_t: int) -> FitInfo:
+        """Learn from this client's training features ``(N, C, H, W)``."""
+        ...
+
+    def summarize(self, round_t: int) -> Summary:
+        """The arrays that leave the site after ``fit`` in round ``round_t``."""
+        ...
+
+    def score(self, features: torch.Tensor, global_summary: Summary,
+              image_size: int) -> Scores:
+        """Anomaly maps ``(N, S, S)`` and image scores of ``features`` ``(N, C, H, W)``."""
+        ...
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Client state kept between rounds, as tensors."""
+        ...
+
+    def load_state(self, arrays: Mapping[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state` returned."""
+        ...
+
+    # -- server side (pure) --------------------------------------------------------------------
+    def validate(self, summary: Mapping[str, np.ndarray], who: str) -> Summary:
+        """The upload, checked (keys, shapes, dtypes, size bounds, finite values).
+
+        Raises:
+            BankError: naming ``who`` and what is wrong.
+        """
+        ...
+
+    def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
+        """The global summary from the clients' validated summaries."""
+        ...
+
+
+# -- helpers for validate() ---------------------------------------------------------------------
+def require_keys(summary: Mapping[str, np.ndarray], keys: Sequence[str], who: str) -> None:
+    """Raise naming ``who`` unless ``summary`` has exactly ``keys``."""
+    if not isinstance(summary, Mapping):
+        raise BankError(f"{who}: upload is a {type(summary).__name__}, not a mapping of arrays")
+    missing = [k for k in keys if k not in summary]
+    extra = [k for k in summary if k not in keys]
+    if missing or extra:
+        raise BankError(f"{who}: upload has arrays {sorted(summary)}, expected {sorted(keys)}"
+                        + (f" (missing {missing})" if missing else "")
+                        + (f" (unexpected {extra})" if extra else ""))
+
+
+def check_array(value: object, who: str, key: str, ndim: int | None = None,
+                shape: Sequence[int | None] | None = None, kind: str = "f",
+                max_elements: int | None = None, finite: bool = True) -> np.ndarray:
+    """One uploaded array, checked: an ``ndarray`` of dtype kind ``kind`` (``f`` float,
+    ``i`` integer), ``ndim`` dimensions, ``shape`` (``None`` entries are free), at most
+    ``max_elements`` values, all finite.
+
+    Raises:
+        BankError: naming ``who`` and ``key``.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray):
+        raise BankError(f"{who}: '{key}' is a {type(value).__name__}, not an array")
+    if value.dtype.kind not in kind:
+        raise BankError(f"{who}: '{key}' has dtype {value.dtype}, expected "
+                        + {"f": "floating point", "i": "integer"}.get(kind, kind))
+    want = len(shape) if shape is not None else ndim
+    if want is not None and value.ndim != want:
+        raise BankError(f"{who}: '{key}' has shape {value.shape}, expected {want} dimensions"
+                        + (f" {tuple(shape)}" if shape is not None else ""))
+    if shape is not None and any(s is not None and s != v for s, v in zip(shape, value.shape,
+                                                                          strict=True)):
+        free = tuple("*" if s is None else s for s in shape)
+        raise BankError(f"{who}: '{key}' has shape {value.shape}, expected {free}")
+    if value.size == 0:
+        raise BankError(f"{who}: '{key}' is empty")
+    if max_elements is not None and value.size > max_elements:
+        raise BankError(f"{who}: '{key}' has {value.size} values, more than the bound "
+                        f"{max_elements}")
+    if finite and value.dtype.kind == "f":
+        bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+        if bad:
+            raise BankError(f"{who}: '{key}' holds {bad} non-finite values (NaN or inf)")
+    return value
+
+
+def summary_nbytes(summary: Mapping[str, np.ndarray]) -> int:
+    """Bytes of a summary's arrays (what travels, before Flower's small headers)."""
+    return int(sum(np.asarray(v).nbytes for v in summary.values()))

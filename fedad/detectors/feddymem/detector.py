@@ -1,0 +1,106 @@
+"""FedDyMem on the detector contract (paper Alg. 3-5).
+
+Client: round 0 builds the first reduced bank (Alg. 4); round ``t`` trains the head for
+``train.local_epochs`` epochs of the metric loss (Eq. 12) against the global bank, then
+memory-reduces (Eq. 14-16) into the ``(H, W, C)`` bank it uploads (Alg. 5 ClientUpdate).
+Server: K-means of the uploaded banks into ``K = H*W`` centres (Alg. 3), or the
+position-wise average (``train.aggregation=average``, Table III's ablation). The head's
+weights and Adam state never leave the client; they are its ``state()``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from fedad.config import RunConfig
+from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, require_keys
+from fedad.detectors.feddymem.client import FedDyMemClient
+from fedad.errors import BankError
+from fedad.memory import aggregate, validate_bank
+from fedad.payload import BANK
+
+
+class FedDyMem:
+    """The paper's detector: a trained head per client and a shared positional bank."""
+
+    name = "feddymem"
+    iterative = True
+    first_round = 0  # round 0: the initial banks (Alg. 4)
+
+    def __init__(self, cfg: RunConfig, shape: FeatureShape, device: torch.device | str = "cpu",
+                 seed: int = 0) -> None:
+        self.cfg = cfg
+        self.shape = shape
+        self.device = torch.device(device)
+        self.seed = seed
+        self._client: FedDyMemClient | None = None  # built on first use (never on a server)
+        self.bank: torch.Tensor | None = None
+
+    @property
+    def client(self) -> FedDyMemClient:
+        """The head, its optimiser and shuffling state (seeded by ``seed``)."""
+        if self._client is None:
+            self._client = FedDyMemClient(self.shape.channels, self.cfg.head, self.cfg.train,
+                                          self.device, seed=self.seed)
+        return self._client
+
+    @property
+    def bank_shape(self) -> tuple[int, int, int]:
+        return self.shape.height, self.shape.width, self.shape.channels
+
+    # -- client side -------------------------------------------------------------------------
+    def fit(self, features: torch.Tensor, global_summary: Summary | None,
+            round_t: int) -> FitInfo:
+        """Round 0: the first reduced bank (Alg. 4 lines 4-8). Round t: E epochs of the
+        metric loss against ``M^{t-1}``, then memory-reduce (Alg. 5)."""
+        t = time.perf_counter()
+        if round_t == 0 or global_summary is None:
+            self.bank = self.client.initial_bank(features)
+            return FitInfo(0.0, {"train": 0.0, "reduce": time.perf_counter() - t})
+        previous = self.global_bank(global_summary)
+        losses = self.client.train_epochs(features, previous)
+        sec_train = time.perf_counter() - t
+        t = time.perf_counter()
+        self.bank = self.client.reduce(features, previous, round_t)
+        return FitInfo(losses[-1] if losses else 0.0,
+                       {"train": sec_train, "reduce": time.perf_counter() - t})
+
+    def summarize(self, round_t: int) -> Summary:
+        if self.bank is None:
+            raise BankError(f"feddymem: summarize before fit (round {round_t})")
+        return {BANK: np.ascontiguousarray(self.bank.detach().cpu().to(torch.float32).numpy())}
+
+    def score(self, features: torch.Tensor, global_summary: Summary,
+              image_size: int) -> Scores:
+        """Nearest global-bank features of each memory feature (the client's own head)."""
+        return self.client.score(features, self.global_bank(global_summary), image_size,
+                                 self.cfg.score)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.client.to_arrays()
+
+    def load_state(self, arrays: Mapping[str, torch.Tensor]) -> None:
+        if arrays:
+            self.client.load_arrays(dict(arrays))
+
+    # -- server side ---------------------------------------------------------------------------
+    def global_bank(self, summary: Mapping[str, np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(summary[BANK], dtype=np.float32))
+
+    def validate(self, summary: Mapping[str, np.ndarray], who: str) -> Summary:
+        """One ``(H, W, C)`` finite float bank of the run's feature geometry."""
+        require_keys(summary, (BANK,), who)
+        bank = validate_bank(summary[BANK], who, self.bank_shape)
+        return {BANK: bank.numpy()}
+
+    def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
+        """Alg. 3: K-means of the ``N*H*W`` uploaded features into ``H*W`` centres."""
+        banks = [torch.from_numpy(np.asarray(s[BANK], dtype=np.float32)) for s in summaries]
+        train = self.cfg.train
+        bank = aggregate(banks, train.aggregation, seed=train.seed + round_t,
+                         niter=train.kmeans_iters, init=train.kmeans_init)
+        return {BANK: np.ascontiguousarray(bank.numpy())}
