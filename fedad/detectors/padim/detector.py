@@ -1,0 +1,242 @@
+"""PaDiM (Defard et al. 2021) on the :class:`~fedad.detectors.base.Detector` contract.
+
+Federated by exact sufficient statistics: each client uploads ``count``, ``sum`` and the
+upper triangle of ``outer`` (sum of ``x x^T``) per position on a shared random channel
+subset; the server adds them up; every client turns the sums into the Gaussian of Eq. 1 and
+scores test patches by the Mahalanobis distance of Eq. 2. One round gives exactly the
+centralized model (``iterative = False``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from fedad.config import RunConfig
+from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, check_array, require_keys
+from fedad.detectors.padim.statistics import (
+    add_statistics,
+    channel_subset,
+    diagonal_positions,
+    gaussian,
+    inverse_covariance,
+    mahalanobis,
+    pack_upper,
+    packed_size,
+    sufficient_statistics,
+    unpack_upper,
+)
+from fedad.errors import BankError, ConfigError
+from fedad.scoring import anomaly_maps, image_scores
+
+KEYS = ("count", "sum", "outer")
+MAX_COUNT = 10**9  # images one upload may claim
+UPLOAD_DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+def _subset(shape: FeatureShape, cfg: RunConfig) -> np.ndarray:
+    return channel_subset(shape.channels, cfg.padim.channels, cfg.padim.channel_seed)
+
+
+def upload_nbytes(shape: FeatureShape, cfg: RunConfig) -> int:
+    """Bytes of one client's upload: ``count`` (int64), ``sum`` ``(P, d)`` and the packed
+    ``outer`` ``(P, d(d+1)/2)`` in ``cfg.padim.upload_dtype``."""
+    if cfg.padim.upload_dtype not in UPLOAD_DTYPES:
+        raise ConfigError(f"padim.upload_dtype must be one of {sorted(UPLOAD_DTYPES)}, "
+                          f"got {cfg.padim.upload_dtype!r}")
+    d = len(_subset(shape, cfg))
+    item = np.dtype(UPLOAD_DTYPES[cfg.padim.upload_dtype]).itemsize
+    return 8 + shape.positions * (d + packed_size(d)) * item
+
+
+class PaDiM:
+    """A Gaussian per feature position over ``cfg.padim.channels`` random channels.
+
+    The channel subset is drawn from ``cfg.padim.channel_seed`` (shared by all clients and
+    the server), not from ``seed`` (which differs per client and is unused: PaDiM has no
+    randomness of its own).
+    """
+
+    name: ClassVar[str] = "padim"
+    iterative: ClassVar[bool] = False
+    first_round: ClassVar[int] = 1
+
+    def __init__(self, cfg: RunConfig, shape: FeatureShape, device: torch.device | str = "cpu",
+                 seed: int = 0) -> None:
+        if cfg.padim.epsilon < 0:
+            raise ConfigError(f"padim.epsilon must be >= 0, got {cfg.padim.epsilon}")
+        if cfg.padim.upload_dtype not in UPLOAD_DTYPES:
+            raise ConfigError(f"padim.upload_dtype must be one of {sorted(UPLOAD_DTYPES)}, "
+                              f"got {cfg.padim.upload_dtype!r}")
+        self.cfg = cfg
+        self.shape = shape
+        self.device = torch.device(device)
+        self.seed = seed
+        self.idx = _subset(shape, cfg)
+        self.d = len(self.idx)
+        self._stats: dict[str, np.ndarray] | None = None  # this client's, outer full
+        self._cache: tuple[bytes, torch.Tensor, torch.Tensor] | None = None
+        self.inversions = 0  # how many times score() inverted covariances (cache misses)
+
+    # -- client side -------------------------------------------------------------------------
+    def _check_features(self, features: torch.Tensor) -> None:
+        want = (self.shape.channels, self.shape.height, self.shape.width)
+        if features.ndim != 4 or tuple(features.shape[1:]) != want or features.shape[0] < 1:
+            raise ConfigError(f"padim: features of shape {tuple(features.shape)}, expected "
+                              f"(N >= 1, {want[0]}, {want[1]}, {want[2]})")
+
+    def fit(self, features: torch.Tensor, global_summary: Summary | None,
+            round_t: int) -> FitInfo:
+        """This client's sufficient statistics (the global summary is not needed)."""
+        self._check_features(features)
+        start = time.perf_counter()
+        self._stats = sufficient_statistics(features, self.idx, device=self.device)
+        return FitInfo(loss=0.0, seconds={"statistics": time.perf_counter() - start})
+
+    def summarize(self, round_t: int) -> Summary:
+        """``count`` int64 ``(1,)``, ``sum`` ``(P, d)`` and packed ``outer``
+        ``(P, d(d+1)/2)`` in ``cfg.padim.upload_dtype``."""
+        if self._stats is None:
+            raise RuntimeError("padim: summarize() before fit()")
+        dt = UPLOAD_DTYPES[self.cfg.padim.upload_dtype]
+        return {"count": self._stats["count"].astype(np.int64),
+                "sum": self._stats["sum"].astype(dt),
+                "outer": pack_upper(self._stats["outer"], dt)}
+
+    def model(self, global_summary: Summary, chunk: int = 512
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``(P, d)`` and inverse covariance ``(P, d, d)`` (float32, on the device) of
+        the global statistics; cached, so scoring twice against them inverts once."""
+        key = _fingerprint(global_summary)
+        if key is None or self._cache is None or self._cache[0] != key:
+            stats = self.validate(global_summary, "global summary")
+            p, d = self.shape.positions, self.d
+            mean = torch.empty(p, d, dtype=torch.float32, device=self.device)
+            inv = torch.empty(p, d, d, dtype=torch.float32, device=self.device)
+            for start in range(0, p, chunk):  # bounded float64 temporaries
+                part = slice(start, start + chunk)
+                mu, cov = gaussian({"count": stats["count"], "sum": stats["sum"][part],
+                                    "outer": stats["outer"][part]}, self.cfg.padim.epsilon)
+                mean[part] = torch.from_numpy(mu).to(self.device, torch.float32)
+                inv[part] = inverse_covariance(cov, torch.float32, self.device)
+            self._cache = (key, mean, inv)
+            self.inversions += 1
+        return self._cache[1], self._cache[2]
+
+    @torch.no_grad()
+    def score(self, features: torch.Tensor, global_summary: Summary,
+              image_size: int) -> Scores:
+        """Eq. 2 Mahalanobis map ``(N, H, W)``, upsampled and smoothed to ``(N, S, S)``;
+        image score = the map's maximum."""
+        self._check_features(features)
+        mean, inv = self.model(global_summary)
+        dist = mahalanobis(features, self.idx, mean, inv)
+        maps = anomaly_maps(dist, image_size, self.cfg.score.sigma).cpu()
+        return Scores(maps=maps, image=image_scores(maps))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """This client's statistics (``outer`` packed, float64); empty before ``fit``."""
+        if self._stats is None:
+            return {}
+        return {"count": torch.from_numpy(self._stats["count"].copy()),
+                "sum": torch.from_numpy(self._stats["sum"].copy()),
+                "outer": torch.from_numpy(pack_upper(self._stats["outer"], np.float64))}
+
+    def load_state(self, arrays: Mapping[str, torch.Tensor]) -> None:
+        """Restore :meth:`state` (checked like an upload)."""
+        if not arrays:
+            self._stats = None
+            return
+        stats = self.validate({k: torch.as_tensor(v).cpu().numpy() for k, v in arrays.items()},
+                              "saved state")
+        stats["outer"] = unpack_upper(stats["outer"], self.d)
+        self._stats = stats
+
+    # -- server side (pure) --------------------------------------------------------------------
+    def validate(self, summary: Mapping[str, np.ndarray], who: str) -> Summary:
+        """Keys, shapes, dtypes, finite values, ``1 <= count <= MAX_COUNT``, and consistency:
+        sums of squares ``>= 0``, ``sum^2 <= count * sum of squares`` and
+        ``outer_ij^2 <= outer_ii * outer_jj`` (Cauchy-Schwarz) per position.
+
+        Returns float64 ``sum``/``outer`` and int64 ``count``.
+
+        Raises:
+            BankError: naming ``who`` and what is wrong.
+        """
+        require_keys(summary, KEYS, who)
+        p, d = self.shape.positions, self.d
+        count = check_array(summary["count"], who, "count", shape=(1,), kind="i")
+        n = int(count[0])
+        if not 1 <= n <= MAX_COUNT:
+            raise BankError(f"{who}: 'count' is {n}, expected between 1 and {MAX_COUNT}")
+        total = check_array(summary["sum"], who, "sum", shape=(p, d))
+        outer = check_array(summary["outer"], who, "outer", shape=(p, packed_size(d)))
+        coarse = max(np.finfo(total.dtype).eps, np.finfo(outer.dtype).eps)
+        rtol = max(1e-9, 64 * float(coarse))
+        total = total.astype(np.float64)
+        outer = outer.astype(np.float64)
+        _check_consistency(total, outer, n, rtol, who)
+        return {"count": np.array([n], dtype=np.int64), "sum": total, "outer": outer}
+
+    def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
+        """Exact sums of the validated statistics (float64, ``outer`` packed): the global
+        summary is the statistics of all clients' images together."""
+        if not summaries:
+            raise BankError("padim: no valid uploads to merge")
+        merged = add_statistics(summaries)
+        if not (np.isfinite(merged["sum"]).all() and np.isfinite(merged["outer"]).all()):
+            raise BankError("padim: merged statistics overflow (non-finite sums)")
+        if int(merged["count"][0]) > MAX_COUNT:
+            raise BankError(f"padim: merged count {int(merged['count'][0])} exceeds {MAX_COUNT}")
+        return merged
+
+
+def _check_consistency(total: np.ndarray, outer: np.ndarray, n: int, rtol: float, who: str,
+                       chunk: int = 256) -> None:
+    """Raise unless the statistics could come from real vectors (see :meth:`PaDiM.validate`)."""
+    d = total.shape[1]
+    diag = outer[:, diagonal_positions(d)]
+    if (diag < 0).any():
+        p, c = np.argwhere(diag < 0)[0]
+        raise BankError(f"{who}: 'outer' has {int((diag < 0).sum())} negative sums of squares "
+                        f"(e.g. position {p}, channel {c})")
+    root = np.sqrt(diag)
+    tiny = 1e-100
+    bad = np.abs(total) > np.sqrt(n) * root * (1 + rtol) + tiny
+    if bad.any():
+        p, c = np.argwhere(bad)[0]
+        raise BankError(f"{who}: inconsistent statistics: sum^2 > count * sum of squares "
+                        f"(Cauchy-Schwarz) at {int(bad.sum())} position-channels (e.g. "
+                        f"position {p}, channel {c})")
+    rows, cols = np.triu_indices(d)
+    for start in range(0, outer.shape[0], chunk):
+        part = slice(start, start + chunk)
+        bound = root[part][:, rows] * root[part][:, cols] * (1 + rtol) + tiny
+        bad = np.abs(outer[part]) > bound
+        if bad.any():
+            p, k = np.argwhere(bad)[0]
+            raise BankError(f"{who}: inconsistent statistics: outer_ij^2 > outer_ii * outer_jj "
+                            f"(Cauchy-Schwarz) at position {start + p}, channels "
+                            f"({rows[k]}, {cols[k]})")
+
+
+def _fingerprint(summary: Mapping[str, np.ndarray]) -> bytes | None:
+    """Cheap content key of a global summary: count, sum and the diagonal of ``outer``
+    (``None`` when it is malformed; :meth:`PaDiM.validate` then says how)."""
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        total = np.ascontiguousarray(np.asarray(summary["sum"], dtype=np.float64))
+        diag = np.asarray(summary["outer"])[:, diagonal_positions(total.shape[-1])]
+        parts = (np.asarray(summary["count"], dtype=np.int64), total,
+                 np.ascontiguousarray(diag, dtype=np.float64))
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    for part in parts:
+        h.update(str(part.shape).encode())
+        h.update(part.tobytes())
+    return h.digest()

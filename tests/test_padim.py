@@ -1,0 +1,292 @@
+"""PaDiM (Defard et al. 2021) federated by exact sufficient statistics: equal to centralized."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedad.config import PaDiMConfig, RunConfig, ScoreConfig
+from fedad.detectors.base import Detector, FeatureShape, summary_nbytes
+from fedad.detectors.padim import (
+    PaDiM,
+    add_statistics,
+    channel_subset,
+    gaussian,
+    inverse_covariance,
+    mahalanobis,
+    pack_upper,
+    sufficient_statistics,
+    unpack_upper,
+    upload_nbytes,
+)
+from fedad.errors import BankError
+
+SHAPE = FeatureShape(channels=12, height=3, width=4)
+D = 8
+EPS = 0.01
+
+
+def make_cfg(**padim) -> RunConfig:
+    padim = {"channels": D, "channel_seed": 7, "epsilon": EPS, **padim}
+    return RunConfig(padim=PaDiMConfig(**padim), score=ScoreConfig(sigma=1.0))
+
+
+def client_features(sizes=(2, 5, 11), seed=0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    # correlated channels with a non-zero mean, so centring errors would show
+    mix = torch.randn(12, 12, generator=g)
+    out = []
+    for n in sizes:
+        z = torch.randn(n, 3, 4, 12, generator=g) @ mix + 3.0
+        out.append(z.permute(0, 3, 1, 2).contiguous())
+    return out
+
+
+def federated(cfg: RunConfig, feats: list[torch.Tensor]) -> tuple[PaDiM, dict]:
+    server = PaDiM(cfg, SHAPE)
+    uploads = []
+    for i, f in enumerate(feats):
+        client = PaDiM(cfg, SHAPE, seed=100 + i)
+        client.fit(f, None, 1)
+        uploads.append(server.validate(client.summarize(1), f"client {i}"))
+    return server, server.merge(uploads, 1)
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_padim_follows_the_detector_protocol():
+    det = PaDiM(make_cfg(), SHAPE)
+    assert isinstance(det, Detector)
+    assert (det.name, det.iterative, det.first_round) == ("padim", False, 1)
+
+
+def test_federated_equals_centralized_and_numpy_cov():
+    cfg = make_cfg()
+    feats = client_features()
+    server, merged = federated(cfg, feats)
+    assert merged["count"].dtype == np.int64 and merged["count"][0] == 18
+    mean_fed, cov_fed = gaussian(merged, EPS)
+
+    everything = torch.cat(feats)
+    central = sufficient_statistics(everything, server.idx)
+    mean_c, cov_c = gaussian(central, EPS)
+    assert rel_err(mean_fed, mean_c) < 1e-9
+    assert rel_err(cov_fed, cov_c) < 1e-9
+
+    # against numpy's unbiased covariance per position, on the same channel subset
+    x = everything[:, server.idx].double().numpy().reshape(18, D, -1)  # (N, d, P)
+    for p in range(SHAPE.positions):
+        ref = np.cov(x[:, :, p], rowvar=False) + EPS * np.eye(D)
+        assert rel_err(cov_fed[p], ref) < 1e-9
+        assert rel_err(mean_fed[p], x[:, :, p].mean(0)) < 1e-9
+
+
+def test_statistics_add_exactly_and_do_not_depend_on_batching():
+    feats = client_features()
+    idx = channel_subset(12, D, 3)
+    whole = sufficient_statistics(torch.cat(feats), idx, batch_size=4)
+    one_by_one = sufficient_statistics(torch.cat(feats), idx, batch_size=1)
+    parts = add_statistics([sufficient_statistics(f, idx) for f in feats])
+    assert whole["outer"].shape == (SHAPE.positions, D, D)
+    assert whole["sum"].dtype == np.float64 and whole["outer"].dtype == np.float64
+    for key in ("sum", "outer"):
+        assert rel_err(one_by_one[key], whole[key]) < 1e-13
+        assert rel_err(parts[key], whole[key]) < 1e-13
+    assert int(parts["count"][0]) == 18
+
+
+def test_one_image_gives_epsilon_identity():
+    idx = channel_subset(12, D, 0)
+    mean, cov = gaussian(sufficient_statistics(client_features((1,))[0], idx), EPS)
+    assert np.all(np.isfinite(mean))
+    assert np.array_equal(cov, np.broadcast_to(EPS * np.eye(D), cov.shape))
+
+
+def test_channel_subset_is_shared_and_seeded():
+    a = PaDiM(make_cfg(), SHAPE, seed=1).idx
+    b = PaDiM(make_cfg(), SHAPE, seed=2).idx
+    assert np.array_equal(a, b)  # client seed does not matter, channel_seed does
+    c = PaDiM(make_cfg(channel_seed=8), SHAPE).idx
+    assert not np.array_equal(a, c)
+    assert a.dtype == np.int64 and len(a) == D and len(set(a.tolist())) == D
+    assert np.all(np.diff(a) > 0) and a.min() >= 0 and a.max() < 12
+    assert np.array_equal(channel_subset(12, 50, 0), np.arange(12))
+
+
+def test_pack_unpack_round_trip():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5, D, D))
+    sym = a + a.transpose(0, 2, 1)
+    packed = pack_upper(sym, np.float64)
+    assert packed.shape == (5, D * (D + 1) // 2)
+    assert np.array_equal(unpack_upper(packed), sym)
+    assert np.array_equal(unpack_upper(packed, D), sym)
+    assert pack_upper(sym, np.float32).dtype == np.float32
+
+
+def test_upload_dtype_float64_exact_float32_close():
+    feats = client_features((5,))[0]
+    exact = PaDiM(make_cfg(), SHAPE)
+    exact.fit(feats, None, 1)
+    up64 = exact.summarize(1)
+    stats = sufficient_statistics(feats, exact.idx)
+    assert up64["count"].dtype == np.int64 and up64["outer"].dtype == np.float64
+    assert np.array_equal(up64["sum"], stats["sum"])
+    assert np.array_equal(unpack_upper(up64["outer"]), stats["outer"])
+
+    half = PaDiM(make_cfg(upload_dtype="float32"), SHAPE)
+    half.fit(feats, None, 1)
+    up32 = half.summarize(1)
+    assert up32["sum"].dtype == np.float32 and up32["outer"].dtype == np.float32
+    assert up32["count"].dtype == np.int64
+    assert not np.array_equal(up32["outer"].astype(np.float64), up64["outer"])
+    assert rel_err(up32["outer"].astype(np.float64), up64["outer"]) < 1e-6
+    half.validate(up32, "client f32")  # rounding passes the consistency checks
+
+    assert summary_nbytes(up64) == upload_nbytes(SHAPE, make_cfg())
+    assert summary_nbytes(up32) == upload_nbytes(SHAPE, make_cfg(upload_dtype="float32"))
+    assert summary_nbytes(up32) < 0.6 * summary_nbytes(up64)
+
+
+def test_upload_bytes_for_mtd_at_224px():
+    shape = FeatureShape(channels=176, height=56, width=56)
+    assert upload_nbytes(shape, RunConfig()) == 8 + 3136 * (100 + 5050) * 8
+    assert upload_nbytes(shape, RunConfig(padim=PaDiMConfig(upload_dtype="float32"))) == (
+        8 + 3136 * (100 + 5050) * 4)
+
+
+@pytest.fixture()
+def good_upload() -> dict[str, np.ndarray]:
+    det = PaDiM(make_cfg(), SHAPE)
+    det.fit(client_features((6,))[0], None, 1)
+    return det.summarize(1)
+
+
+def _broken(upload: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+    bad = {k: v.copy() for k, v in upload.items()}
+    if what == "missing key":
+        del bad["outer"]
+    elif what == "extra key":
+        bad["weights"] = np.zeros(3)
+    elif what == "sum shape":
+        bad["sum"] = bad["sum"][:, :-1]
+    elif what == "outer shape":
+        bad["outer"] = bad["outer"][:-1]
+    elif what == "count shape":
+        bad["count"] = np.array(6, dtype=np.int64)
+    elif what == "nan":
+        bad["sum"][0, 0] = np.nan
+    elif what == "inf":
+        bad["outer"][1, 3] = np.inf
+    elif what == "float count":
+        bad["count"] = np.array([6.0])
+    elif what == "zero count":
+        bad["count"] = np.array([0], dtype=np.int64)
+    elif what == "huge count":
+        bad["count"] = np.array([10**12], dtype=np.int64)
+    elif what == "cauchy-schwarz":
+        bad["sum"][2, 1] *= 10.0  # mean^2 far above the mean square
+    elif what == "off-diagonal":
+        bad["outer"][2, 1] = 1e6  # |outer_01| far above sqrt(outer_00 * outer_11)
+    elif what == "negative diagonal":
+        bad["outer"][0, 0] = -1.0
+    return bad
+
+
+@pytest.mark.parametrize(("what", "says"), [
+    ("missing key", "missing"), ("extra key", "unexpected"), ("sum shape", "'sum' has shape"),
+    ("outer shape", "'outer' has shape"), ("count shape", "'count' has shape"),
+    ("nan", "'sum' holds 1 non-finite"), ("inf", "'outer' holds 1 non-finite"),
+    ("float count", "'count' has dtype float"), ("zero count", "'count' is 0"),
+    ("huge count", "'count' is 1000000000000"), ("cauchy-schwarz", r"sum\^2 > count"),
+    ("off-diagonal", "outer_ij"), ("negative diagonal", "negative sums of squares")])
+def test_validate_rejects_naming_the_client(good_upload, what, says):
+    det = PaDiM(make_cfg(), SHAPE)
+    det.validate(good_upload, "client 3")  # the unbroken upload passes
+    with pytest.raises(BankError, match=f"client 3: .*{says}"):
+        det.validate(_broken(good_upload, what), "client 3")
+
+
+def test_validate_returns_float64(good_upload):
+    det = PaDiM(make_cfg(upload_dtype="float32"), SHAPE)
+    up = {k: (v.astype(np.float32) if k != "count" else v) for k, v in good_upload.items()}
+    out = det.validate(up, "c")
+    assert out["sum"].dtype == np.float64 and out["outer"].dtype == np.float64
+    assert out["count"].dtype == np.int64
+
+
+def test_mahalanobis_matches_eq_2_by_hand():
+    feats = client_features((9,))[0]
+    idx = channel_subset(12, D, 1)
+    mean, cov = gaussian(sufficient_statistics(feats, idx), EPS)
+    inv = inverse_covariance(cov, torch.float64)
+    assert torch.allclose(inv @ torch.from_numpy(cov),
+                          torch.eye(D, dtype=torch.float64).expand(len(cov), D, D), atol=1e-8)
+    threads = torch.get_num_threads()
+    inverse_covariance(cov)
+    assert torch.get_num_threads() == threads  # the one-thread inversion restores the count
+    test = client_features((2,), seed=5)[0]
+    dist = mahalanobis(test, idx, mean, inv, batch_size=1)
+    assert dist.shape == (2, 3, 4)
+    x = test[1, idx, 2, 3].double().numpy()
+    p = 2 * 4 + 3
+    diff = x - mean[p]
+    expect = np.sqrt(diff @ np.linalg.inv(cov[p]) @ diff)
+    assert abs(float(dist[1, 2, 3]) - expect) < 1e-8 * expect
+
+
+def test_score_flags_an_outlier_patch_and_caches_the_inverse():
+    cfg = make_cfg()
+    *train, test = client_features((2, 5, 11, 4))  # test images from the same distribution
+    _, merged = federated(cfg, train)
+    test[2, :, 1, 2] += 25.0  # one anomalous patch in image 2
+    det = PaDiM(cfg, SHAPE)
+    scores = det.score(test, merged, image_size=16)
+    assert scores.maps.shape == (4, 16, 16) and scores.image.shape == (4,)
+    assert int(scores.image.argmax()) == 2
+    assert float(scores.image[2]) > 2 * float(scores.image[[0, 1, 3]].max())
+    assert det.inversions == 1
+    again = det.score(test, {k: v.copy() for k, v in merged.items()}, image_size=16)
+    assert det.inversions == 1  # same contents: no second inversion
+    assert torch.equal(again.image, scores.image)
+    other = det.merge([merged, merged], 1)
+    det.score(test, other, image_size=16)
+    assert det.inversions == 2
+
+
+def test_score_rejects_a_malformed_global_summary():
+    cfg = make_cfg()
+    _, merged = federated(cfg, client_features())
+    det = PaDiM(cfg, SHAPE)
+    with pytest.raises(BankError, match="global summary"):
+        det.score(client_features((1,))[0], {"count": merged["count"], "sum": merged["sum"]}, 8)
+
+
+def test_state_round_trip():
+    cfg = make_cfg()
+    det = PaDiM(cfg, SHAPE)
+    assert det.state() == {}
+    det.fit(client_features((3,))[0], None, 1)
+    state = det.state()
+    assert set(state) == {"count", "sum", "outer"}
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    fresh = PaDiM(cfg, SHAPE, seed=5)
+    with pytest.raises(RuntimeError):
+        fresh.summarize(1)
+    fresh.load_state(state)
+    a, b = det.summarize(1), fresh.summarize(1)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    fresh.load_state({})
+    assert fresh.state() == {}
+
+
+def test_singular_covariance_falls_back_to_pseudo_inverse():
+    idx = channel_subset(12, D, 0)
+    _, cov = gaussian(sufficient_statistics(client_features((3,))[0], idx), 0.0)  # rank 2 < 8
+    inv = inverse_covariance(cov, torch.float64)
+    assert torch.isfinite(inv).all()
+    ref = np.linalg.pinv(cov[0], hermitian=True)
+    assert rel_err(inv[0].numpy(), ref) < 1e-6
