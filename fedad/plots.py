@@ -67,3 +67,21 @@ def plot_examples(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | Non
         for ax in axes[row]:
             ax.axis("off")
     return _save(fig, path)
+
+
+def plot_heatmap(image: np.ndarray, amap: np.ndarray, vmax: float, title: str,
+                 path: str | Path) -> Path:
+    """The image and its anomaly map side by side. The colour scale is fixed
+    (``0..vmax``, e.g. twice the site's threshold) so maps compare across images; scores
+    themselves are never rescaled."""
+    fig = Figure(figsize=(6, 3.2))
+    axes = fig.subplots(1, 2)
+    axes[0].imshow(image)
+    axes[0].set_title(title, fontsize=7)
+    axes[1].imshow(image)
+    shown = axes[1].imshow(amap, cmap="jet", alpha=0.5, vmin=0.0, vmax=max(vmax, 1e-12))
+    axes[1].set_title("anomaly map", fontsize=7)
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)
+    for ax in axes:
+        ax.axis("off")
+    return _save(fig, path)

@@ -137,3 +137,12 @@ def toml_table(cfg: RunConfig | None = None) -> str:
     for key, value in to_flat(cfg or RunConfig()).items():
         lines.append(f"{key} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+def from_dict(data: Mapping[str, Any], cls: type = RunConfig) -> Any:
+    """Build the config dataclass from a nested mapping (e.g. a run's ``config.json``).
+
+    Raises:
+        ConfigError: a key that is not a config field, or a value of the wrong type.
+    """
+    return _build(cls, data, "")

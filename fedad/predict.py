@@ -1,0 +1,136 @@
+"""Score new images at a site after a run: the run's global summary, the site's own
+detector state and its threshold (calibrated on held-out normal training images, see
+:mod:`fedad.site`). No Flower and no test labels: a site's inspection step."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedad.config import RunConfig
+from fedad.data.dataset import AnomalyDataset
+from fedad.data.io import FileSource, list_images, read_image, require_dir
+from fedad.data.sample import SampleRecord
+from fedad.detectors.base import FeatureShape
+from fedad.detectors.registry import client_seed, create, exchanges_weights, feature_config
+from fedad.device import resolve_device
+from fedad.errors import ConfigError, DataError
+from fedad.feature_cache import extract_features
+from fedad.features import build_feature_extractor, extractor_signature
+from fedad.runconfig import from_dict
+from fedad.site import load_site, load_summary
+
+log = logging.getLogger("fedad")
+
+
+@dataclass
+class Prediction:
+    """One image: its score, the site's threshold and the decision ``score > threshold``."""
+
+    path: str
+    score: float
+    threshold: float | None
+    anomalous: bool | None
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run saved (``config.json``)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing (is {run_dir} a fedad run directory?)")
+    cfg = from_dict(json.loads(path.read_text()))
+    if exchanges_weights(cfg):
+        raise ConfigError(f"{run_dir}: method={cfg.method} keeps no global summary to score "
+                          "with; fedad-predict serves bank-exchange runs (method=bank)")
+    return feature_config(cfg)
+
+
+def readable_images(folder: str | Path, skip_bad: bool = False) -> tuple[list[Path], list[str]]:
+    """The image files under ``folder`` (sorted) that can be read, and one line per file
+    that cannot.
+
+    Raises:
+        DataError: no image in the folder, or (unless ``skip_bad``) unreadable files, all
+            of them named.
+    """
+    files = list_images(require_dir(folder, "image folder"))
+    if not files:
+        raise DataError(f"{folder}: no image files (png, jpg, bmp, tif)")
+    good, bad = [], []
+    for f in files:
+        try:
+            read_image(f)
+            good.append(f)
+        except DataError as exc:
+            bad.append(str(exc))
+    if bad and not skip_bad:
+        raise DataError(f"{len(bad)} unreadable image(s) in {folder} (--skip-bad to score the "
+                        "rest):\n  " + "\n  ".join(bad))
+    return good, bad
+
+
+def predict(run_dir: str | Path, folder: str | Path, site: int = 0,
+            device: str = "auto", skip_bad: bool = False
+            ) -> tuple[list[Prediction], torch.Tensor, AnomalyDataset]:
+    """Scores, decisions and anomaly maps ``(N, S, S)`` of every image in ``folder``."""
+    cfg = load_run_config(run_dir)
+    summary = load_summary(run_dir)
+    state, cal = load_site(run_dir, site)
+    files, _ = readable_images(folder, skip_bad)
+    dev = resolve_device(device)
+    extractor, info = build_feature_extractor(cfg.backbone)
+    records = [SampleRecord(path=str(f), label=0, product_type="site") for f in files]
+    dataset = AnomalyDataset(records, FileSource(), cfg.dataset.image_size,
+                             info["mean"], info["std"], has_masks=False)
+    feats = extract_features(extractor, dataset, extractor_signature(info,
+                             extractor.state_dict()), dev, batch_size=cfg.train.batch_size,
+                             cache="none", desc="features")
+    _, c, h, w = feats.features.shape
+    detector = create(cfg, FeatureShape(c, h, w), dev, seed=client_seed(cfg, site))
+    detector.load_state(state)
+    scores = detector.score(feats.features, summary, cfg.dataset.image_size)
+    out = []
+    for path, s in zip(feats.paths, scores.image.tolist(), strict=True):
+        flag = None if cal.threshold is None else bool(s > cal.threshold)
+        out.append(Prediction(path, float(s), cal.threshold, flag))
+    return out, scores.maps, dataset
+
+
+def write_predictions(preds: list[Prediction], maps: torch.Tensor, dataset: AnomalyDataset,
+                      out: str | Path, heatmaps: bool = True) -> Path:
+    """``scores.csv`` (path, score, threshold, anomalous), ``predictions.json`` and, with
+    ``heatmaps``, ``heatmaps/<NNN>-<stem>.png`` under ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "scores.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "score", "threshold", "anomalous"])
+        for p in preds:
+            w.writerow([p.path, f"{p.score:.6g}", "" if p.threshold is None else
+                        f"{p.threshold:.6g}", "" if p.anomalous is None else int(p.anomalous)])
+    (out / "predictions.json").write_text(json.dumps([p.__dict__ for p in preds], indent=2)
+                                          + "\n")
+    if heatmaps:
+        from fedad.plots import plot_heatmap  # matplotlib only when drawing
+
+        threshold = preds[0].threshold if preds else None
+        vmax = 2.0 * threshold if threshold else float(maps.max())
+        for i, p in enumerate(preds):
+            sample = dataset[i]
+            img = (sample.image * dataset.std + dataset.mean).clamp(0, 1).permute(1, 2, 0)
+            verdict = "" if p.anomalous is None else (" ANOMALOUS" if p.anomalous else " normal")
+            plot_heatmap(img.numpy(), maps[i].numpy(), vmax,
+                         f"{Path(p.path).name}: {p.score:.3f}{verdict}",
+                         out / "heatmaps" / f"{i:03d}-{Path(p.path).stem}.png")
+    return out
+
+
+def false_alarm_rate(scores: np.ndarray, threshold: float) -> float:
+    """Fraction of (normal) images scoring above ``threshold``."""
+    return float(np.mean(np.asarray(scores) > threshold)) if len(scores) else float("nan")

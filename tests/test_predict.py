@@ -1,0 +1,114 @@
+"""fedad-predict: a site scores new images with its state, the global summary and a
+threshold calibrated on its held-out normal training images only."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients.data import load_site_data
+from fedad.cli.predict import main as predict_main
+from fedad.config import RunConfig
+from fedad.data.export import write_mvtec
+from fedad.data.factory import build_dataset
+from fedad.detectors.base import FeatureShape
+from fedad.detectors.registry import client_seed, create, feature_config
+from fedad.errors import ConfigError, DataError
+from fedad.predict import false_alarm_rate, predict
+from fedad.site import calibrate, save_site, save_summary
+
+TINY = dict(texture_train_per_type=8, texture_test_normal_per_type=1,
+            texture_test_anomalous_per_type=1, image_size=64)
+
+
+def site_folder(root: Path) -> Path:
+    cfg = RunConfig()
+    for k, v in TINY.items():
+        setattr(cfg.dataset, k, v)
+    for split in ("train", "test"):
+        ds = build_dataset(cfg.dataset, split)
+        write_mvtec(ds.source, ds.records, split, root)
+    return root
+
+
+def make_run(tmp: Path, detector: str) -> tuple[Path, RunConfig, np.ndarray, list[str]]:
+    """A one-site run done in-process: what the ServerApp and the client leave behind."""
+    cfg = RunConfig(detector=detector)
+    cfg.dataset.name, cfg.dataset.root = "mvtec", str(site_folder(tmp / "site"))
+    cfg.dataset.image_size = 64
+    cfg.padim.channels = 16
+    cfg.calibration.holdout, cfg.calibration.quantile = 0.35, 0.75
+    cfg.train.rounds = 1
+    cfg = feature_config(cfg)
+    data = load_site_data(cfg, 0)
+    assert data.holdout is not None and len(data.holdout) >= 4
+    # the held-out images are training images the detector never fits on, never test ones
+    assert not set(data.holdout.paths) & set(data.train.paths)
+    assert not set(data.holdout.paths) & set(data.test.paths)
+    shape = FeatureShape(*data.train.features.shape[1:])
+    det = create(cfg, shape, "cpu", client_seed(cfg, 0))
+    glob = None
+    for r in range(det.first_round, 2):
+        det.fit(data.train.features, glob, r)
+        glob = det.merge([det.validate(det.summarize(r), "site 0")], r)
+    run = tmp / "run-1"
+    save_summary(run, glob)
+    held = det.score(data.holdout.features, glob, 64).image.numpy()
+    save_site(run, 0, det, held, cfg.calibration.quantile)
+    (run / "config.json").write_text(json.dumps(asdict(cfg)))
+    return run, cfg, held, data.holdout.paths
+
+
+@pytest.mark.parametrize("detector", ["padim", "feddymem"])
+def test_predict_reproduces_held_out_scores_and_false_alarm_rate(tmp_path: Path, detector):
+    run, cfg, held, paths = make_run(tmp_path, detector)
+    cal = json.loads((run / "site-0" / "calibration.json").read_text())
+    thr = cal["threshold"]
+    # at most 1 - quantile of the held-out normals score above the threshold
+    assert false_alarm_rate(held, thr) <= 1 - cfg.calibration.quantile + 1e-12
+    assert thr == max(s for s in held if s <= thr)  # a real held-out score
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i, p in enumerate(paths):
+        shutil.copy(p, folder / f"{i:02d}.png")
+    out = tmp_path / "pred"
+    assert predict_main([str(run), str(folder), "--out", str(out), "-q"]) == 0
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == len(paths)
+    scores = np.array([float(r["score"]) for r in rows])
+    assert np.allclose(scores, held, rtol=1e-3, atol=1e-4)  # the same images, same scores
+    flags = np.array([int(r["anomalous"]) for r in rows])
+    assert flags.mean() == pytest.approx(false_alarm_rate(scores, thr))
+    assert len(list((out / "heatmaps").glob("*.png"))) == len(paths)
+
+
+def test_predict_names_what_is_wrong(tmp_path: Path):
+    run, _, _, paths = make_run(tmp_path, "padim")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(paths[0], folder / "ok.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png"):
+        predict(run, folder)
+    preds, _, _ = predict(run, folder, skip_bad=True)
+    assert [Path(p.path).name for p in preds] == ["ok.png"]
+    with pytest.raises(ConfigError, match="site-3"):
+        predict(run, folder, site=3, skip_bad=True)
+    assert predict_main([str(tmp_path / "nowhere"), str(folder)]) == 2
+
+
+def test_calibration_quantile_is_a_real_score_and_bounds_false_alarms():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=1000)
+    cal = calibrate(s, 0.99)
+    assert cal.threshold in s and false_alarm_rate(s, cal.threshold) <= 0.01
+    assert false_alarm_rate(s, cal.threshold) >= 0.009  # about 1%, not 0
+    assert calibrate(None, 0.99).threshold is None
+    with pytest.raises(ConfigError, match="quantile"):
+        calibrate(s, 1.5)
