@@ -50,6 +50,8 @@ def main(grid: Grid, context: Context) -> None:
     def save(_record: dict) -> None:
         extra = {"rejected": strategy.rejected, "method": cfg.method,
                  "detector": cfg.detector, "label": label(cfg)}
+        if isinstance(strategy, BankStrategy):
+            extra["notes"] = strategy.notes
         if isinstance(strategy, WeightStrategy):
             extra["received_keys"] = [strategy.last_keys] if strategy.last_keys else []
         write_run(out, cfg, strategy.history, extra)

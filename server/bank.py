@@ -41,13 +41,15 @@ class BankStrategy(RoundLoop):
         self.detector = create(cfg, feature_shape(cfg), "cpu", seed=cfg.train.seed)
         self.first_round, self.last_round = rounds(cfg, self.detector)
         self.global_summary: Summary | None = None
+        self.notes: list[str] = []  # said in the log and kept in rounds.json
 
     def summary(self) -> None:
         d = self.detector
         if not d.iterative and self.cfg.train.rounds != 1:
-            log.info("%s works on frozen features: one round gives its final result, so "
-                     "it runs 1 round (train.rounds=%d is ignored)", d.name,
-                     self.cfg.train.rounds)
+            self.notes.append(f"{d.name} works on frozen features: one round gives its final "
+                              f"result, so it runs 1 round (train.rounds={self.cfg.train.rounds}"
+                              " is ignored)")
+            log.info(self.notes[-1])
         log.info("%s: %d clients, rounds %d..%d", d.name, len(self.node_ids),
                  self.first_round, self.last_round)
 

@@ -66,6 +66,35 @@ def test_three_clients_two_rounds_through_flower(tmp_path: Path):
     assert (run / "examples-client0.png").is_file()
     assert not result["rejected"]
     assert (tmp_path / "partition.png").stat().st_size > 1000
+    # what each site keeps for fedad-predict, and the global summary
+    assert all((run / f"site-{i}" / "state.pt").is_file() for i in range(3))
+    assert np.array_equal(np.load(run / "global_summary.npz")["bank"], bank)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("detector", ["patchcore", "padim"])
+def test_frozen_feature_detectors_through_flower(tmp_path: Path, detector: str):
+    """One round is all a frozen-feature detector needs: the run says so, sends each
+    client's summary once, merges, evaluates and leaves calibrated sites."""
+    sim = tiny_sim(**{"detector": detector, "calibration.holdout": 0.5,
+                      "padim.channels": 32})
+    assert launch(sim, tmp_path) == 0
+    (run,) = list(tmp_path.glob("run-*"))
+    result = json.loads((run / "rounds.json").read_text())
+    assert [r["round"] for r in result["rounds"]] == [1] and result["label"] == detector
+    assert set(result["final"]["per_client"]) == {"0", "1", "2"} and not result["rejected"]
+    summary = np.load(run / "global_summary.npz")
+    assert all(np.isfinite(summary[k]).all() for k in summary.files)
+    up = result["rounds"][0]["bytes"]["received_per_client"]
+    if detector == "padim":  # count + sum + upper triangle, float64, at 8x8 positions
+        assert up >= 8 * (1 + 64 * 32 + 64 * 32 * 33 // 2)
+    else:  # a coreset of 152-channel patches (strides 8/16)
+        assert summary["bank"].shape[1] == 152 and up >= 152 * 4
+    cals = [json.loads((run / f"site-{i}" / "calibration.json").read_text()) for i in range(3)]
+    # a threshold exactly where the site held out normals (a 1-image client cannot)
+    assert all((c["threshold"] is None) == (c["holdout_images"] == 0) for c in cals)
+    assert sum(c["holdout_images"] > 0 for c in cals) >= 2
+    assert any("one round gives its final result" in n for n in result["notes"])
 
 
 @pytest.mark.slow

@@ -98,7 +98,8 @@ class Detector(Protocol):
         ...
 
     def state(self) -> dict[str, torch.Tensor]:
-        """Client state kept between rounds, as tensors."""
+        """What this client needs besides the global summary to score and to go on to the
+        next round (FedDyMem: its head and optimiser), as tensors; ``{}`` when nothing."""
         ...
 
     def load_state(self, arrays: Mapping[str, torch.Tensor]) -> None:

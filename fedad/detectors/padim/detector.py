@@ -29,7 +29,6 @@ from fedad.detectors.padim.statistics import (
     pack_upper,
     packed_size,
     sufficient_statistics,
-    unpack_upper,
 )
 from fedad.errors import BankError, ConfigError
 from fedad.scoring import anomaly_maps, image_scores
@@ -140,22 +139,12 @@ class PaDiM:
         return Scores(maps=maps, image=image_scores(maps))
 
     def state(self) -> dict[str, torch.Tensor]:
-        """This client's statistics (``outer`` packed, float64); empty before ``fit``."""
-        if self._stats is None:
-            return {}
-        return {"count": torch.from_numpy(self._stats["count"].copy()),
-                "sum": torch.from_numpy(self._stats["sum"].copy()),
-                "outer": torch.from_numpy(pack_upper(self._stats["outer"], np.float64))}
+        """Nothing: scoring needs only the global statistics, and a frozen-feature detector
+        has no later round (the client's own statistics leave with its upload)."""
+        return {}
 
     def load_state(self, arrays: Mapping[str, torch.Tensor]) -> None:
-        """Restore :meth:`state` (checked like an upload)."""
-        if not arrays:
-            self._stats = None
-            return
-        stats = self.validate({k: torch.as_tensor(v).cpu().numpy() for k, v in arrays.items()},
-                              "saved state")
-        stats["outer"] = unpack_upper(stats["outer"], self.d)
-        self._stats = stats
+        """Nothing to restore (see :meth:`state`)."""
 
     # -- server side (pure) --------------------------------------------------------------------
     def validate(self, summary: Mapping[str, np.ndarray], who: str) -> Summary:
