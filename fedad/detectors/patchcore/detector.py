@@ -1,0 +1,222 @@
+"""PatchCore (Roth et al. 2022) on the detector contract (:mod:`fedad.detectors.base`).
+
+Features arrive locally aware (3x3 averaged, levels at strides 8 and 16 fused: Sec. 3.1,
+done by :mod:`fedad.features`). Each patch position of each training image is one
+row of the memory bank.
+
+Client: ``fit`` keeps a greedy coreset (Alg. 1) of ``upload_ratio`` of its patches; that
+coreset and the client's patch count are its upload. Server: ``merge`` reduces the union of
+the coresets to ``global_ratio`` of all clients' patches (greedy coreset, K-means centres or
+the plain union). Scoring: a patch's score is its distance to the nearest bank feature
+(Eq. 6), the map is upsampled and smoothed, the image score is the map's maximum, optionally
+re-weighted (Eq. 7).
+
+Every client and the server select in the same random projection (seed ``train.seed``) from
+the same start rule (largest norm), so with one client ``merge`` returns exactly the
+centralized ``global_ratio`` coreset: greedy k-center is prefix-consistent.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from fedad.config import RunConfig
+from fedad.detectors.base import (
+    FeatureShape,
+    FitInfo,
+    Scores,
+    Summary,
+    check_array,
+    require_keys,
+)
+from fedad.detectors.patchcore.coreset import greedy_coreset
+from fedad.errors import BankError, ConfigError
+from fedad.memory import NearestNeighbours, kmeans_aggregate
+from fedad.scoring import anomaly_maps, image_scores
+
+BANK = "bank"
+COUNT = "count"
+MERGES = ("coreset", "kmeans", "concat")
+_SCORE_ROWS = 65_536  # test patches searched at once
+
+
+def coreset_size(ratio: float, rows: int, bound: int | None = None) -> int:
+    """``ceil(ratio * rows)`` clipped to ``[1, rows]`` (and to ``bound``); the product is
+    rounded first so that e.g. ``0.07 * 100`` gives 7, not 8."""
+    size = math.ceil(round(ratio * rows, 6))
+    size = min(max(size, 1), rows)
+    return min(size, bound) if bound is not None else size
+
+
+class PatchCore:
+    """PatchCore with a federated memory bank: coresets up, one global coreset down."""
+
+    name = "patchcore"
+    iterative = False
+    first_round = 1
+
+    def __init__(self, cfg: RunConfig, shape: FeatureShape, device: torch.device | str = "cpu",
+                 seed: int = 0) -> None:
+        """``seed`` (a client's own seed) is kept but not used: coreset selection uses
+        ``cfg.train.seed`` on every client and the server, which is what makes a one-client
+        merge equal the centralized coreset."""
+        pc = cfg.patchcore
+        if pc.merge not in MERGES:
+            raise ConfigError(f"patchcore.merge must be one of {', '.join(MERGES)}, got "
+                              f"{pc.merge!r}")
+        for key in ("upload_ratio", "global_ratio"):
+            value = getattr(pc, key)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"patchcore.{key} must be in (0, 1], got {value}")
+        if pc.max_upload_rows < 1:
+            raise ConfigError(f"patchcore.max_upload_rows must be >= 1, got "
+                              f"{pc.max_upload_rows}")
+        if pc.reweight and pc.reweight_k < 2:
+            raise ConfigError(f"patchcore.reweight_k must be >= 2, got {pc.reweight_k}")
+        self.cfg = cfg
+        self.shape = shape
+        self.device = torch.device(device)
+        self.seed = seed
+        self.bank: torch.Tensor | None = None  # this client's coreset (M, C), float32
+        self.count = 0  # patches it was selected from
+
+    # -- helpers -------------------------------------------------------------------------------
+    def patches(self, features: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` features as float32 patch rows ``(N*H*W, C)`` on the CPU."""
+        s = self.shape
+        if features.ndim != 4 or tuple(features.shape[1:]) != (s.channels, s.height, s.width):
+            raise ConfigError(f"patchcore: features of shape {tuple(features.shape)}, expected "
+                              f"(N, {s.channels}, {s.height}, {s.width})")
+        x = features.detach().to("cpu", torch.float32)
+        return x.permute(0, 2, 3, 1).reshape(-1, s.channels).contiguous()
+
+    def select(self, rows: torch.Tensor, size: int) -> torch.Tensor:
+        """Indices of the greedy coreset (Alg. 1) of ``rows``: the run's projection and seed."""
+        pc = self.cfg.patchcore
+        return greedy_coreset(rows, size, projection_dim=pc.projection_dim,
+                              seed=self.cfg.train.seed)
+
+    # -- client side -------------------------------------------------------------------------
+    def fit(self, features: torch.Tensor, global_summary: Summary | None,
+            round_t: int) -> FitInfo:
+        """Keep a greedy coreset of ``upload_ratio`` of this client's patches."""
+        t = time.perf_counter()
+        rows = self.patches(features)
+        pc = self.cfg.patchcore
+        size = coreset_size(pc.upload_ratio, rows.shape[0], pc.max_upload_rows)
+        self.bank = rows[self.select(rows, size)]
+        self.count = int(rows.shape[0])
+        return FitInfo(0.0, {"coreset": time.perf_counter() - t})
+
+    def summarize(self, round_t: int) -> Summary:
+        """``bank`` float32 ``(M, C)`` (the coreset) and ``count`` int64 ``(1,)`` (patches)."""
+        if self.bank is None:
+            raise BankError(f"patchcore: summarize before fit (round {round_t})")
+        return {BANK: np.ascontiguousarray(self.bank.numpy(), dtype=np.float32),
+                COUNT: np.array([self.count], dtype=np.int64)}
+
+    def score(self, features: torch.Tensor, global_summary: Summary,
+              image_size: int) -> Scores:
+        """Nearest-bank-feature distance per patch (Eq. 6), upsampled and smoothed maps, image
+        score = map maximum, re-weighted by Eq. 7 with ``patchcore.reweight``. Images are
+        scored in batches of about ``65,536`` patches."""
+        bank = torch.from_numpy(np.ascontiguousarray(global_summary[BANK], dtype=np.float32))
+        nn = NearestNeighbours(bank)
+        s = self.shape
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        maps, images = [torch.empty(0, *size)], [torch.empty(0)]
+        step = max(1, _SCORE_ROWS // s.positions)
+        for a in range(0, features.shape[0], step):
+            rows = self.patches(features[a:a + step])
+            n = rows.shape[0] // s.positions
+            dist, near = nn.search(rows, 1)
+            dist, near = dist[:, 0].view(n, s.positions), near[:, 0].view(n, s.positions)
+            batch = anomaly_maps(dist.view(n, s.height, s.width), image_size,
+                                 self.cfg.score.sigma)
+            image = image_scores(batch)
+            if self.cfg.patchcore.reweight:
+                image = image * self.reweight(rows.view(n, s.positions, -1), dist, near, bank,
+                                              nn)
+            maps.append(batch)
+            images.append(image)
+        return Scores(maps=torch.cat(maps), image=torch.cat(images))
+
+    def reweight(self, rows: torch.Tensor, dist: torch.Tensor, near: torch.Tensor,
+                 bank: torch.Tensor, nn: NearestNeighbours) -> torch.Tensor:
+        """Eq. 7 weights ``(N,)`` of images with patches ``rows`` ``(N, HW, C)``, their
+        nearest distances ``dist`` and bank indices ``near`` ``(N, HW)``: for the patch
+        ``m_test`` of largest distance and its nearest bank feature ``m*``,
+        ``1 - exp||m_test - m*|| / sum_m exp||m_test - m||`` over the ``reweight_k`` nearest
+        bank features ``m`` of ``m*`` (``m*`` included). In ``[1 - 1/k, 1)``: near 1 when
+        ``m*`` is a rare nominal feature (its neighbours are far from ``m_test``), lower where
+        the bank is dense. A one-row bank has no neighbourhood: weight 1."""
+        k = min(self.cfg.patchcore.reweight_k, bank.shape[0])
+        if k < 2:
+            return torch.ones(rows.shape[0])
+        pick = torch.arange(rows.shape[0])
+        worst = dist.argmax(dim=1)
+        test, star = rows[pick, worst], near[pick, worst]  # (N, C), (N,)
+        _, support = nn.search(bank[star], k)  # (N, k): neighbours of m*
+        # m* belongs to its own neighbourhood; a duplicate of it may have displaced it
+        missing = ~(support == star[:, None]).any(dim=1)
+        support[missing, -1] = star[missing]
+        dists = torch.linalg.vector_norm(bank[support] - test[:, None], dim=-1).double()
+        own = (support == star[:, None]).double()  # one-hot: where m* sits in the support
+        return (1.0 - (torch.softmax(dists, dim=1) * own).sum(dim=1)).float()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Nothing: scoring needs only the global bank, and a frozen-feature detector has no
+        later round (the client's coreset leaves with its upload)."""
+        return {}
+
+    def load_state(self, arrays: Mapping[str, torch.Tensor]) -> None:
+        """Nothing to restore (see :meth:`state`)."""
+
+    # -- server side ---------------------------------------------------------------------------
+    def validate(self, summary: Mapping[str, np.ndarray], who: str) -> Summary:
+        """``bank``: 2-D finite floats with ``C`` columns and 1 to ``max_upload_rows`` rows;
+        ``count``: one integer, at least the bank's rows."""
+        require_keys(summary, (BANK, COUNT), who)
+        c = self.shape.channels
+        bound = self.cfg.patchcore.max_upload_rows
+        bank = check_array(summary[BANK], who, BANK, shape=(None, c), kind="f")
+        if bank.shape[0] > bound:
+            raise BankError(f"{who}: '{BANK}' has {bank.shape[0]} rows, more than the bound "
+                            f"patchcore.max_upload_rows={bound}")
+        count = check_array(summary[COUNT], who, COUNT, shape=(1,), kind="i")
+        if int(count[0]) < bank.shape[0]:
+            raise BankError(f"{who}: '{COUNT}' is {int(count[0])}, fewer patches than the "
+                            f"{bank.shape[0]} bank rows")
+        with np.errstate(over="ignore"):
+            bank32 = np.ascontiguousarray(bank, dtype=np.float32)
+        if not np.isfinite(bank32).all():  # e.g. float64 values beyond float32's range
+            raise BankError(f"{who}: '{BANK}' overflows float32")
+        return {BANK: bank32, COUNT: count.astype(np.int64)}
+
+    def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
+        """The global bank: ``ceil(global_ratio * total patches)`` rows (within ``[1, union
+        rows]``) by ``patchcore.merge``: greedy coreset of the union (Alg. 1), K-means
+        centres of the union, or the union itself (``concat``)."""
+        if not summaries:
+            raise BankError("patchcore: no uploads to merge")
+        union = np.concatenate([np.asarray(s[BANK], dtype=np.float32) for s in summaries])
+        total = int(sum(int(np.asarray(s[COUNT]).reshape(-1)[0]) for s in summaries))
+        pc = self.cfg.patchcore
+        size = min(coreset_size(pc.global_ratio, max(total, 1)), union.shape[0])
+        rows = torch.from_numpy(union)
+        if pc.merge == "coreset":
+            bank = rows[self.select(rows, size)]
+        elif pc.merge == "kmeans":
+            train = self.cfg.train
+            bank = kmeans_aggregate([rows[None]], k=size, seed=train.seed,
+                                    niter=train.kmeans_iters, init="random")
+            bank = bank.reshape(-1, union.shape[1])
+        else:
+            bank = rows
+        return {BANK: np.ascontiguousarray(bank.numpy(), dtype=np.float32),
+                COUNT: np.array([total], dtype=np.int64)}
