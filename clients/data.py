@@ -65,8 +65,8 @@ def _client_data(cfg: RunConfig, site: int, who: str, train: AnomalyDataset,
     hosts)."""
     device = resolve_device(cfg.device)
     extractor, info = extractor_for(cfg)
-    fit_idx, held_idx = holdout_split(len(train), cfg.calibration.holdout,
-                                      cfg.calibration.seed + 1000 * site)
+    fit_idx, held_idx = holdout_split([r.path for r in train.records],
+                                      cfg.calibration.holdout, cfg.calibration.seed)
     holdout = None
     if len(held_idx):
         holdout = dataset_features(cfg, extractor, info, train.subset(held_idx), device,

@@ -133,7 +133,9 @@ class CalibrationConfig:
     its anomaly threshold for ``fedad-predict`` is the ``quantile`` of their image scores,
     so about ``1 - quantile`` of normal images raise a false alarm."""
 
-    holdout: float = 0.1  # fraction of each client's training images held out (floor)
+    # about this fraction of training images is held out; an image's membership depends
+    # on its path and the seed only (the same images in federated and centralized runs)
+    holdout: float = 0.1
     quantile: float = 0.99  # threshold = this quantile of the held-out image scores
     seed: int = 0
 

@@ -112,8 +112,8 @@ def write_predictions(preds: list[Prediction], maps: torch.Tensor, dataset: Anom
         w = csv.writer(fh)
         w.writerow(["path", "score", "threshold", "anomalous"])
         for p in preds:
-            w.writerow([p.path, f"{p.score:.6g}", "" if p.threshold is None else
-                        f"{p.threshold:.6g}", "" if p.anomalous is None else int(p.anomalous)])
+            w.writerow([p.path, repr(p.score), "" if p.threshold is None else
+                        repr(p.threshold), "" if p.anomalous is None else int(p.anomalous)])
     (out / "predictions.json").write_text(json.dumps([p.__dict__ for p in preds], indent=2)
                                           + "\n")
     if heatmaps:
