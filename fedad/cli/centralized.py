@@ -1,8 +1,10 @@
-"""``fedad-centralized``: the single-process FedDyMem job (no Flower), the quality reference.
+"""``fedad-centralized``: any detector on all training data in one process (no Flower), the
+quality reference for federated runs.
 
 Usage::
 
-    fedad-centralized                                    # embedded textures, defaults
+    fedad-centralized                                    # FedDyMem, embedded textures
+    fedad-centralized detector=patchcore dataset.name=mtd dataset.root=/abs/mtd
     fedad-centralized dataset.name=mtd dataset.root=/abs/mtd train.rounds=10 output_dir=runs/mtd
 """
 
@@ -34,8 +36,9 @@ def format_table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fedad-centralized",
-        description="Centralized FedDyMem: train the head on all training data, build the "
-                    "bank, score the test set. Options are key=value overrides of RunConfig.",
+        description="Centralized run of a detector (detector=feddymem|patchcore|padim): fit "
+                    "on all training data, score the test set. Options are key=value "
+                    "overrides of RunConfig.",
     )
     parser.add_argument("overrides", nargs="*", help="e.g. dataset.name=mtd dataset.root=/abs/mtd")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
