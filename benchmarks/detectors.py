@@ -8,9 +8,10 @@ images, no Flower). Federated: ``fedad-sim``'s launcher through Flower's simulat
 5 clients, Dirichlet alpha 0.1 over product types, partition seed 0; FedDyMem runs 10
 rounds x E=1 (evaluated after rounds 5 and 10), frozen-feature detectors one round. Both
 hold out ``calibration.holdout`` of the training images per client for the threshold (the
-same images are left out of fitting in both settings). Writes ``detectors.json`` and
-``detectors.md`` to ``--out`` (default ``benchmarks/results/``). Finished runs in ``--work``
-are reused, so an interrupted benchmark resumes.
+same images are left out of fitting in both settings). Writes ``<name>.json`` and
+``<name>.md`` (``--name``, default ``detectors``) to ``--out`` (default
+``benchmarks/results/``). Finished runs in ``--work`` are reused, so an interrupted
+benchmark resumes.
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=Path("/tmp/fedad-detectors"),
                         help="runs live here; finished ones are reused")
+    parser.add_argument("--name", default="detectors",
+                        help="results file name (<out>/<name>.json and .md)")
     parser.add_argument("overrides", nargs="*", help="RunConfig overrides")
     args = parser.parse_args()
     setup_logging()
@@ -147,7 +150,7 @@ def main() -> int:
         f = federated(base, work)
         rows[name] = {"centralized": c, "federated": f}
         configs[name] = asdict(run_config_of(base))
-        write_results(args.out, "detectors", {"command": command_line(), "machine": machine(),
+        write_results(args.out, args.name, {"command": command_line(), "machine": machine(),
                                               "rows": rows, "configs": configs},
                       markdown(rows, base))
     return 0
