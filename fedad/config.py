@@ -73,7 +73,21 @@ class TrainConfig:
     global_lr: float = 1.0  # SCAFFOLD: server step on the mean client update
     top_k: int = 3
     threshold: float = 0.01
-    aggregation: str = "kmeans"  # kmeans | average (ablation)
+    # Server step: kmeans (Alg. 3) | average (Table III's ablation, positional banks only)
+    # | coreset (beyond the paper: greedy coreset of the union, keeps what clients kept)
+    aggregation: str = "kmeans"
+    # Client memory-reduce: positional (paper, Eq. 14-16: one (H, W, C) map) | coreset |
+    # kmeans (beyond the paper: bank_size representatives of all memory features, see
+    # fedad/detectors/feddymem/set_reduce.py)
+    reduce: str = "positional"
+    bank_size: int = 0  # features in a set bank (0: H*W, the paper's upload size)
+    rema: bool = True  # Eq. 16's rEMA (set banks: each representative with its match)
+    # Beyond the paper: CFA's repulsive term on the K+1..K+J nearest bank features with
+    # weight `repulsion` (0: Eq. 12 alone) and a margin of `repulsion_margin` times the
+    # bank's median nearest-neighbour spacing.
+    repulsion: float = 0.0
+    repulsion_j: int = 3
+    repulsion_margin: float = 1.0
     kmeans_iters: int = 20
     kmeans_init: str = "positional"  # positional | kmeans++ | random (see memory.py)
     # False (paper, Alg. 4 line 2): each client draws its own head (seed + 1000 * id).

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fedad.config import RunConfig
-from fedad.detectors.registry import label
+from fedad.detectors.registry import label, schedule
 from fedad.plots import plot_metric_rounds
 
 METRICS = ("i_auroc", "p_auroc", "pro")
@@ -42,8 +42,7 @@ def summary_markdown(cfg: RunConfig, history: list[dict]) -> str:
         return ("n/a" if not d or math.isnan(d["mean"])
                else f"{d['mean']:.4f} ± {d['std']:.4f}")
     lines = [f"# {label(cfg)} run: {cfg.dataset.name}, {cfg.num_clients} clients, "
-             f"{cfg.partition.method} (alpha {cfg.partition.alpha}), {cfg.train.rounds} rounds "
-             f"x {cfg.train.local_epochs} epoch(s)", "",
+             f"{cfg.partition.method} (alpha {cfg.partition.alpha}), {schedule(cfg)}", "",
              "| round | clients | I-AUROC | P-AUROC | PRO | MB up/client | s |",
              "|---|---|---|---|---|---|---|"]
     for rec in history:

@@ -14,7 +14,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedad.config import RunConfig
-from fedad.detectors.registry import label
+from fedad.detectors.registry import label, schedule
 from fedad.payload import CONFIG, METRICS
 from server.transport import Exchange, exchange
 
@@ -51,8 +51,8 @@ class RoundLoop(Strategy):
         self.last_aggregate_seconds = 0.0
 
     def summary(self) -> None:
-        log.info("%s: %d clients, %d rounds x %d local epoch(s)", label(self.cfg),
-                 len(self.node_ids), self.cfg.train.rounds, self.cfg.train.local_epochs)
+        log.info("%s: %d clients, %s", label(self.cfg), len(self.node_ids),
+                 schedule(self.cfg))
 
     def _messages(self, kind: str, content: RecordDict) -> list[Message]:
         return [Message(content=content, message_type=kind, dst_node_id=n)

@@ -21,6 +21,7 @@ from fedad.detectors.registry import (
     feature_config,
     resolve,
     rounds,
+    schedule,
 )
 from fedad.errors import BankError, ConfigError
 from fedad.feature_cache import clear_memory_cache
@@ -150,6 +151,8 @@ def test_registry_resolves_methods_and_detectors():
     assert feature_config(RunConfig(detector="padim")).backbone.layers == [1, 2, 3]
     assert feature_config(RunConfig()).backbone.layers == [1, 2, 3]
     assert rounds(RunConfig(detector="patchcore"), detector_class("patchcore")) == (1, 1)
+    assert schedule(RunConfig(detector="padim")) == "1 round (frozen features)"
+    assert schedule(RunConfig(method="fedavg")) == "10 rounds x 1 epoch(s)"
 
 
 def _names_in(path: Path) -> set[str]:

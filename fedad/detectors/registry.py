@@ -120,3 +120,11 @@ def rounds(cfg: RunConfig, detector: type[Detector] | Detector) -> tuple[int, in
     round whatever ``train.rounds`` says."""
     last = cfg.train.rounds if detector.iterative else 1
     return detector.first_round, last
+
+
+def schedule(cfg: RunConfig) -> str:
+    """How many rounds a run makes, in words (log lines and summary headings)."""
+    cfg = resolve(cfg)
+    if cfg.method == BANK and not detector_class(cfg.detector).iterative:
+        return "1 round (frozen features)"
+    return f"{cfg.train.rounds} rounds x {cfg.train.local_epochs} epoch(s)"

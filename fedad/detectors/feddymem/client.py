@@ -15,8 +15,9 @@ import torch
 from fedad.config import HeadConfig, ScoreConfig, TrainConfig
 from fedad.detectors.base import Scores
 from fedad.detectors.feddymem.head import FedDyMemHead
-from fedad.detectors.feddymem.loss import metric_loss, positions
+from fedad.detectors.feddymem.loss import bank_spacing, metric_loss, positions, repulsive_loss
 from fedad.detectors.feddymem.reduce import MemoryReducer
+from fedad.detectors.feddymem.set_reduce import set_reduce
 from fedad.errors import ConfigError
 from fedad.memory import NearestNeighbours, as_features
 from fedad.scoring import anomaly_maps, image_scores, patch_scores
@@ -64,6 +65,13 @@ class FedDyMemClient:
         """Alg. 4 lines 4-8: the round-0 reduced bank (weights all 1, no EMA)."""
         return self.reduce(features, None, 0)
 
+    def reduce_set(self, features: torch.Tensor, previous: torch.Tensor | None,
+                   round_t: int, size: int, seed: int = 0) -> torch.Tensor:
+        """Memory-reduce as a set (``train.reduce=coreset|kmeans``) -> ``(size, C)``."""
+        cfg = self.train_cfg
+        return set_reduce(self.memories(features), size, cfg.reduce, previous, round_t,
+                          rema=cfg.rema, seed=seed, niter=cfg.kmeans_iters)
+
     # -- training ------------------------------------------------------------------------
     def train_epochs(self, features: torch.Tensor, bank: torch.Tensor,
                      epochs: int | None = None,
@@ -79,9 +87,15 @@ class FedDyMemClient:
         epochs = self.train_cfg.local_epochs if epochs is None else epochs
         if self.optimizer is None or epochs <= 0:
             return []
-        k, th, bs = self.train_cfg.top_k, self.train_cfg.threshold, self.train_cfg.batch_size
+        cfg = self.train_cfg
+        k, th, bs = cfg.top_k, cfg.threshold, cfg.batch_size
         index = NearestNeighbours(bank)
         bank_feats = as_features(bank).to(self.device, torch.float32)
+        j = cfg.repulsion_j if cfg.repulsion > 0 else 0
+        if k + j > index.size:
+            raise ConfigError(f"train.top_k + train.repulsion_j = {k + j} exceeds the bank "
+                              f"size {index.size}")
+        margin = cfg.repulsion_margin * bank_spacing(bank) if j else 0.0
         has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in self.head.modules())
         losses = []
         self.last_steps = 0
@@ -95,8 +109,12 @@ class FedDyMemClient:
                     continue  # BatchNorm cannot train on a single image
                 x = features[idx].to(self.device, torch.float32)
                 feats = positions(self.head(x))
-                _, nn_idx = index.search(feats.detach(), k)
-                loss = metric_loss(feats, bank_feats, nn_idx.to(self.device), th)
+                _, nn_idx = index.search(feats.detach(), k + j)
+                nn_idx = nn_idx.to(self.device)
+                loss = metric_loss(feats, bank_feats, nn_idx[:, :k], th)
+                if j:
+                    loss = loss + cfg.repulsion * repulsive_loss(feats, bank_feats,
+                                                                 nn_idx[:, k:], margin)
                 total_loss = loss + extra_loss(self.head) if extra_loss is not None else loss
                 self.optimizer.zero_grad(set_to_none=True)
                 total_loss.backward()

@@ -19,9 +19,14 @@ import torch
 from fedad.config import RunConfig
 from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, require_keys
 from fedad.detectors.feddymem.client import FedDyMemClient
-from fedad.errors import BankError
-from fedad.memory import aggregate, validate_bank
+from fedad.detectors.feddymem.set_reduce import SET_REDUCES
+from fedad.detectors.patchcore.coreset import greedy_coreset
+from fedad.errors import BankError, ConfigError
+from fedad.memory import aggregate, as_features, kmeans_aggregate, validate_bank
 from fedad.payload import BANK
+
+REDUCES = ("positional", *SET_REDUCES)
+AGGREGATIONS = ("kmeans", "average", "coreset")
 
 
 class FedDyMem:
@@ -38,6 +43,15 @@ class FedDyMem:
         self.device = torch.device(device)
         self.seed = seed
         self._client: FedDyMemClient | None = None  # built on first use (never on a server)
+        if cfg.train.reduce not in REDUCES:
+            raise ConfigError(f"train.reduce must be one of {', '.join(REDUCES)}, got "
+                              f"{cfg.train.reduce!r}")
+        if cfg.train.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"train.aggregation must be one of {', '.join(AGGREGATIONS)}, "
+                              f"got {cfg.train.aggregation!r}")
+        if cfg.train.aggregation == "average" and cfg.train.reduce != "positional":
+            raise ConfigError(f"train.aggregation=average averages positions; a set bank "
+                              f"(train.reduce={cfg.train.reduce}) has none")
         self.bank: torch.Tensor | None = None
 
     @property
@@ -49,8 +63,25 @@ class FedDyMem:
         return self._client
 
     @property
-    def bank_shape(self) -> tuple[int, int, int]:
-        return self.shape.height, self.shape.width, self.shape.channels
+    def positional(self) -> bool:
+        """The paper's ``(H, W, C)`` bank (``train.reduce=positional``), else a set bank."""
+        return self.cfg.train.reduce == "positional"
+
+    @property
+    def bank_shape(self) -> tuple[int, ...]:
+        """``(H, W, C)`` (paper) or ``(K, C)`` for a set bank (``K = train.bank_size``,
+        default ``H*W``: the same upload size)."""
+        if self.positional:
+            return self.shape.height, self.shape.width, self.shape.channels
+        k = self.cfg.train.bank_size or self.shape.height * self.shape.width
+        return k, self.shape.channels
+
+    def _reduce(self, features: torch.Tensor, previous: torch.Tensor | None,
+                round_t: int) -> torch.Tensor:
+        if self.positional:
+            return self.client.reduce(features, previous, round_t)
+        return self.client.reduce_set(features, previous, round_t, self.bank_shape[0],
+                                      seed=self.seed + round_t)
 
     # -- client side -------------------------------------------------------------------------
     def fit(self, features: torch.Tensor, global_summary: Summary | None,
@@ -59,13 +90,13 @@ class FedDyMem:
         metric loss against ``M^{t-1}``, then memory-reduce (Alg. 5)."""
         t = time.perf_counter()
         if round_t == 0 or global_summary is None:
-            self.bank = self.client.initial_bank(features)
+            self.bank = self._reduce(features, None, 0)
             return FitInfo(0.0, {"train": 0.0, "reduce": time.perf_counter() - t})
         previous = self.global_bank(global_summary)
         losses = self.client.train_epochs(features, previous)
         sec_train = time.perf_counter() - t
         t = time.perf_counter()
-        self.bank = self.client.reduce(features, previous, round_t)
+        self.bank = self._reduce(features, previous, round_t)
         return FitInfo(losses[-1] if losses else 0.0,
                        {"train": sec_train, "reduce": time.perf_counter() - t})
 
@@ -92,15 +123,34 @@ class FedDyMem:
         return torch.from_numpy(np.asarray(summary[BANK], dtype=np.float32))
 
     def validate(self, summary: Mapping[str, np.ndarray], who: str) -> Summary:
-        """One ``(H, W, C)`` finite float bank of the run's feature geometry."""
+        """One finite float bank of :attr:`bank_shape`."""
         require_keys(summary, (BANK,), who)
-        bank = validate_bank(summary[BANK], who, self.bank_shape)
-        return {BANK: bank.numpy()}
+        if self.positional:
+            bank = validate_bank(summary[BANK], who, self.bank_shape)
+        else:  # (K, C) seen as (K, 1, C) by the (H, W, C) checks
+            arr = summary[BANK]
+            shaped = arr[:, None, :] if isinstance(arr, np.ndarray) and arr.ndim == 2 else arr
+            k, c = self.bank_shape
+            bank = validate_bank(shaped, who, (k, 1, c))[:, 0, :]
+        return {BANK: np.ascontiguousarray(bank.numpy())}
 
     def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
-        """Alg. 3: K-means of the ``N*H*W`` uploaded features into ``H*W`` centres."""
+        """Alg. 3: K-means of the ``N*H*W`` uploaded features into ``H*W`` centres (set
+        banks: ``N*K`` into ``K``, seeded k-means++ since positions mean nothing there);
+        ``average`` (Table III's ablation) or ``coreset`` (greedy coreset of the union,
+        beyond the paper) by ``train.aggregation``."""
         banks = [torch.from_numpy(np.asarray(s[BANK], dtype=np.float32)) for s in summaries]
         train = self.cfg.train
-        bank = aggregate(banks, train.aggregation, seed=train.seed + round_t,
-                         niter=train.kmeans_iters, init=train.kmeans_init)
+        seed = train.seed + round_t
+        if train.aggregation == "coreset":
+            rows = torch.cat([as_features(b) for b in banks])
+            size = int(np.prod(self.bank_shape[:-1]))
+            bank = rows[greedy_coreset(rows, size, seed=seed)].reshape(self.bank_shape)
+        elif self.positional:
+            bank = aggregate(banks, train.aggregation, seed=seed, niter=train.kmeans_iters,
+                             init=train.kmeans_init)
+        else:  # kmeans of a set bank (__init__ refused average)
+            bank = kmeans_aggregate([torch.cat(banks)[None]], k=self.bank_shape[0],
+                                    seed=seed, niter=train.kmeans_iters,
+                                    init="kmeans++").reshape(self.bank_shape)
         return {BANK: np.ascontiguousarray(bank.numpy())}

@@ -33,3 +33,36 @@ def metric_loss(
     neighbours = bank[neighbour_idx]  # (N, K, C)
     dist = torch.linalg.vector_norm(features[:, None, :] - neighbours, dim=-1)
     return torch.clamp(dist - threshold, min=0.0).mean()
+
+
+def repulsive_loss(features: torch.Tensor, bank: torch.Tensor, negative_idx: torch.Tensor,
+                   margin: float) -> torch.Tensor:
+    """CFA's repulsive term (Lee et al. 2022, Eq. 5), beyond the paper: a switch
+    (``train.repulsion``) against the head collapsing every patch, anomalous ones included,
+    onto the bank.
+
+    ``mean max(0, margin - ||m_hw - m'_j||_2)`` over the ``J`` bank features ranked
+    ``K+1..K+J`` nearest to each patch (``negative_idx``, ``(N, J)``): a patch may sit within
+    ``th`` of its ``K`` nearest features (Eq. 12) but must keep the next ``J`` at least
+    ``margin`` away, so the bank's neighbourhoods stay distinct. Zero when every negative
+    is beyond the margin.
+    """
+    negatives = bank[negative_idx]  # (N, J, C)
+    dist = torch.linalg.vector_norm(features[:, None, :] - negatives, dim=-1)
+    return torch.clamp(margin - dist, min=0.0).mean()
+
+
+def bank_spacing(bank: torch.Tensor, sample: int = 4096, seed: int = 0) -> float:
+    """Median distance of a bank feature to its nearest *other* bank feature (on a seeded
+    sample of at most ``sample`` features): the scale of the repulsive margin."""
+    from fedad.memory import NearestNeighbours
+
+    feats = bank.reshape(-1, bank.shape[-1]).to(torch.float32)
+    if feats.shape[0] < 2:
+        return 0.0
+    rows = feats
+    if feats.shape[0] > sample:
+        g = torch.Generator().manual_seed(seed)
+        rows = feats[torch.randperm(feats.shape[0], generator=g)[:sample]]
+    dist, _ = NearestNeighbours(feats).search(rows, 2)
+    return float(dist[:, 1].median())

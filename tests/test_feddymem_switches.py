@@ -1,0 +1,134 @@
+"""FedDyMem's switches beyond the paper (issue 10), on tiny tensors: the set memory-reduce
+(coreset / K-means with Eq. 15 weights), matched rEMA, the coreset merge and CFA's
+repulsive term."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedad.config import RunConfig
+from fedad.detectors.base import FeatureShape
+from fedad.detectors.feddymem.detector import FedDyMem
+from fedad.detectors.feddymem.loss import bank_spacing, repulsive_loss
+from fedad.detectors.feddymem.set_reduce import (
+    matched_rema,
+    set_reduce,
+    set_weights,
+    weighted_kmeans,
+)
+from fedad.errors import BankError, ConfigError
+from fedad.memory import NearestNeighbours
+
+
+def _memories(seed: int = 0, b: int = 6, h: int = 4, w: int = 4, c: int = 8) -> torch.Tensor:
+    return torch.randn(b, h, w, c, generator=torch.Generator().manual_seed(seed))
+
+
+def test_kmeans_reduce_gives_hw_finite_centres_deterministic_for_a_seed():
+    mem = _memories()
+    a = set_reduce([mem[:3], mem[3:]], 16, "kmeans", None, 0, seed=1)
+    b = set_reduce([mem], 16, "kmeans", None, 0, seed=1)
+    assert a.shape == (16, 8) and torch.isfinite(a).all()
+    assert torch.equal(a, b)  # batching does not matter, the seed decides
+    c = set_reduce([mem], 16, "kmeans", None, 0, seed=2)
+    assert not torch.equal(a, c)
+
+
+def test_set_weights_are_eq15_with_the_nearest_bank_feature():
+    mem = _memories(b=3)
+    prev = torch.randn(5, 8, generator=torch.Generator().manual_seed(9))
+    w = set_weights(mem, NearestNeighbours(prev))
+    d = torch.cdist(mem.reshape(3, -1, 8).double(), prev.double()).amin(-1)  # (3, HW)
+    assert w.numpy() == pytest.approx((1.0 / d.square().sum(1).sqrt()).numpy(), rel=1e-5)
+    assert torch.equal(set_weights(mem, None), torch.ones(3, dtype=torch.float64))
+
+
+def test_weighted_kmeans_uses_the_sample_weights():
+    rows = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    centre = weighted_kmeans(rows, torch.tensor([3.0, 1.0]), 1, seed=0)
+    assert centre[0].numpy() == pytest.approx([2.5, 0.0], abs=1e-5)  # weighted mean
+    # the image nearer the previous bank weighs more (Eq. 15): its patches pull the centre
+    mem = torch.stack([torch.zeros(2, 2, 2), torch.full((2, 2, 2), 4.0)])
+    prev = torch.full((1, 2), 1.0)
+    reps = set_reduce([mem], 1, "kmeans", prev, 1, rema=False)
+    w = set_weights(mem, NearestNeighbours(prev))
+    expected = float(4.0 * w[1] / w.sum())
+    assert reps[0].numpy() == pytest.approx([expected, expected], rel=1e-4)
+    assert expected < 2.0  # pulled towards the nearer image, not the plain mean
+
+
+def test_coreset_reduce_keeps_real_memory_features_including_the_rare_one():
+    mem = torch.zeros(4, 3, 3, 2)
+    mem[..., 0] = torch.linspace(0, 1, 36).reshape(4, 3, 3)
+    mem[2, 1, 1] = torch.tensor([50.0, 50.0])  # one rare patch, far from the others
+    reps = set_reduce([mem], 5, "coreset", None, 0)
+    rows = mem.reshape(-1, 2)
+    assert all((rows == r).all(1).any() for r in reps)  # a subset of the input
+    assert (reps == torch.tensor([50.0, 50.0])).all(1).any()  # the rare patch is kept
+    with pytest.raises(BankError, match="needs the previous bank"):
+        set_reduce([mem], 5, "coreset", None, 1)
+    with pytest.raises(BankError, match="36 memory features for a bank of 40"):
+        set_reduce([mem], 40, "coreset", None, 0)
+
+
+def test_matched_rema_mixes_each_representative_with_its_nearest_bank_feature():
+    prev = torch.tensor([[0.0, 0.0], [10.0, 10.0]])
+    reps = torch.tensor([[9.0, 9.0], [1.0, 0.0]])
+    out = matched_rema(reps, prev, 3)  # a = 1/4
+    assert out.numpy() == pytest.approx(np.array([[9.75, 9.75], [0.25, 0.0]]))
+
+
+def test_repulsive_term_is_zero_beyond_the_margin_and_pushes_within_it():
+    feats = torch.zeros(2, 2, requires_grad=True)
+    bank = torch.tensor([[3.0, 0.0], [0.0, 4.0], [0.5, 0.0]])
+    far = torch.tensor([[0, 1], [0, 1]])
+    assert float(repulsive_loss(feats, bank, far, margin=2.0).detach()) == 0.0
+    near = torch.tensor([[2], [2]])
+    loss = repulsive_loss(feats, bank, near, margin=2.0)
+    assert float(loss.detach()) == pytest.approx(1.5)
+    loss.backward()
+    assert feats.grad[0, 0] > 0  # a descent step (-grad) moves the patch away, to -x
+    assert bank_spacing(bank) == pytest.approx(2.5)  # nearest other feature: 2.5, 3.04, 2.5
+
+
+def _set_detector(**train) -> FedDyMem:
+    cfg = RunConfig()
+    cfg.train.reduce, cfg.train.aggregation = "coreset", "coreset"
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return FedDyMem(cfg, FeatureShape(8, 4, 4))
+
+
+def test_set_bank_detector_uploads_k_rows_and_merges_by_coreset_or_kmeans():
+    feats = torch.randn(6, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    det = _set_detector(bank_size=10)
+    det.fit(feats, None, 0)
+    up = det.summarize(0)
+    assert up["bank"].shape == (10, 8)
+    ok = det.validate(up, "client 0")
+    with pytest.raises(BankError, match="client 3"):
+        det.validate({"bank": np.zeros((4, 4, 8), np.float32)}, "client 3")
+    bad = up["bank"].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(BankError, match="client 4.*non-finite"):
+        det.validate({"bank": bad}, "client 4")
+    merged = det.merge([ok, det.validate(up, "client 1")], 1)["bank"]
+    assert merged.shape == (10, 8)
+    union = np.concatenate([ok["bank"], ok["bank"]])
+    assert all((union == r).all(1).any() for r in merged)  # coreset of the union
+    km = _set_detector(bank_size=10, aggregation="kmeans")
+    assert km.merge([ok, ok], 1)["bank"].shape == (10, 8)
+    # a round after the first trains against the global bank and reduces again
+    det.fit(feats, {"bank": merged}, 1)
+    assert det.summarize(1)["bank"].shape == (10, 8)
+
+
+def test_set_bank_switches_are_checked():
+    with pytest.raises(ConfigError, match="train.reduce must be one of"):
+        _set_detector(reduce="median")
+    with pytest.raises(ConfigError, match="has none"):
+        _set_detector(aggregation="average")
+    with pytest.raises(ConfigError, match="train.aggregation must be one of"):
+        _set_detector(aggregation="mean")
