@@ -16,7 +16,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from clients.context import client_setup
-from clients.data import ClientData
+from clients.data import ClientData, validation_metrics
 from fedad.config import RunConfig
 from fedad.detectors.base import Detector, FeatureShape, Summary
 from fedad.detectors.registry import client_seed, create
@@ -82,6 +82,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     t = time.perf_counter()
     scores = detector.score(data.test.features, global_summary, cfg.dataset.image_size)
     values = compute_metrics(scores.image, data.test.labels, scores.maps, data.test.masks)
+    if data.validation is not None:  # the validation split: what choices are made on
+        values.update(validation_metrics(data, detector.score(
+            data.validation.features, global_summary, cfg.dataset.image_size)))
     sec_eval = time.perf_counter() - t
     conf = msg.content[CONFIG]
     out = str(conf.get("out", ""))

@@ -9,7 +9,7 @@ import time
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from clients.context import client_setup
-from clients.data import ClientData
+from clients.data import ClientData, validation_metrics
 from fedad.baselines.client import WeightClient
 from fedad.config import RunConfig
 from fedad.metrics import evaluate as compute_metrics
@@ -56,6 +56,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     scores = client.score(data.train.features, data.test.features, cfg.dataset.image_size,
                           weights)
     values = compute_metrics(scores.image, data.test.labels, scores.maps, data.test.masks)
+    if data.validation is not None:  # the validation split: what choices are made on
+        values.update(validation_metrics(data, client.score(
+            data.train.features, data.validation.features, cfg.dataset.image_size, weights)))
     metrics = MetricRecord({**values, NUM_EXAMPLES: len(data.test),
                             "partition-id": data.partition_id,
                             "seconds-features": sec_features,

@@ -16,6 +16,7 @@ from fedad.config import RunConfig
 from fedad.data.dataset import AnomalyDataset
 from fedad.data.factory import build_dataset
 from fedad.data.holdout import holdout_split
+from fedad.data.synthetic import with_synthetic_anomalies
 from fedad.device import resolve_device
 from fedad.errors import DataError
 from fedad.feature_cache import FeatureSet, dataset_features
@@ -38,6 +39,9 @@ class ClientData:
     channels: int
     device: torch.device
     holdout: FeatureSet | None = None
+    # the held-out normals and one synthetic-defect copy of each (fedad/data/synthetic.py):
+    # the validation split that choices are made on, never the test set
+    validation: FeatureSet | None = None
 
 
 _EXTRACTORS: dict[str, tuple[FeatureExtractor, dict]] = {}
@@ -67,10 +71,15 @@ def _client_data(cfg: RunConfig, site: int, who: str, train: AnomalyDataset,
     extractor, info = extractor_for(cfg)
     fit_idx, held_idx = holdout_split([r.path for r in train.records],
                                       cfg.calibration.holdout, cfg.calibration.seed)
-    holdout = None
+    holdout = validation = None
     if len(held_idx):
-        holdout = dataset_features(cfg, extractor, info, train.subset(held_idx), device,
+        held = train.subset(held_idx)
+        holdout = dataset_features(cfg, extractor, info, held, device,
                                    f"{who} held-out features")
+        validation = dataset_features(cfg, extractor, info,
+                                      with_synthetic_anomalies(held, cfg.calibration.seed,
+                                                               cfg.calibration.synthetic_strength),
+                                      device, f"{who} validation features")
         train = train.subset(fit_idx)
     if test is None:
         test_key = _key(cfg, ("dataset", "backbone"))
@@ -89,6 +98,7 @@ def _client_data(cfg: RunConfig, site: int, who: str, train: AnomalyDataset,
         channels=info["channels"],
         device=device,
         holdout=holdout,
+        validation=validation,
     )
 
 
@@ -129,3 +139,12 @@ def load_site_data(cfg: RunConfig, site: int) -> ClientData:
              cfg.dataset.root)
     _DATA[key] = _client_data(cfg, site, f"site {site}", train, test)
     return _DATA[key]
+
+
+def validation_metrics(data: ClientData, scores) -> dict[str, float]:
+    """``val_i_auroc`` and ``val_p_auroc`` of ``scores`` of ``data.validation``."""
+    from fedad.metrics import evaluate
+
+    v = evaluate(scores.image, data.validation.labels, scores.maps, data.validation.masks)
+    return {"val_i_auroc": v["i_auroc"], "val_p_auroc": v["p_auroc"]}
+

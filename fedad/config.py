@@ -58,6 +58,10 @@ class HeadConfig:
     grid_size: int = 8
     phi_hidden: int = 64
     batch_norm: bool = False  # BatchNorm in the projection (for FedBN comparisons)
+    # default: PyTorch's initialisation (the paper names none) | identity (beyond the paper:
+    # the head starts as the frozen features, M = sigma(F), so training refines the bank-only
+    # detector instead of starting from a random mixing of channels)
+    init: str = "default"
 
 
 @dataclass
@@ -73,6 +77,10 @@ class TrainConfig:
     global_lr: float = 1.0  # SCAFFOLD: server step on the mean client update
     top_k: int = 3
     threshold: float = 0.01
+    # Beyond the paper: >0 sets Eq. 12's th to this multiple of the bank's median
+    # nearest-neighbour spacing, so patches already as close to the bank as its own
+    # features are to each other are not pulled further (0: the absolute `threshold`)
+    threshold_scale: float = 0.0
     # Server step: kmeans (Alg. 3) | average (Table III's ablation, positional banks only)
     # | coreset (beyond the paper: greedy coreset of the union, keeps what clients kept)
     aggregation: str = "kmeans"
@@ -152,6 +160,12 @@ class CalibrationConfig:
     holdout: float = 0.1
     quantile: float = 0.99  # threshold = this quantile of the held-out image scores
     seed: int = 0
+    # The held-out images are also the validation split: each one as it is and once with a
+    # synthetic defect (fedad/data/synthetic.py) blended in at this strength (1 = full).
+    # 0.2 was chosen on MTD's validation split alone: at full strength every variant finds
+    # every validation defect (image AUROC 1.0 on every client) and the split cannot choose;
+    # at 0.2 the frozen-feature bank scores 0.91-1.0 there.
+    synthetic_strength: float = 0.2
 
 
 @dataclass

@@ -19,7 +19,10 @@ from fedad.payload import CONFIG, METRICS
 from server.transport import Exchange, exchange
 
 log = logging.getLogger("fedad")
-EVAL_KEYS = ("i_auroc", "p_auroc", "pro", "i_f1_max", "p_f1_max")
+# test metrics, then validation metrics (held-out normals + synthetic defects; clients
+# with too few images hold none out and do not report them)
+EVAL_KEYS = ("i_auroc", "p_auroc", "pro", "i_f1_max", "p_f1_max", "val_i_auroc",
+             "val_p_auroc")
 TRAIN_SECONDS = ("seconds-features", "seconds-train", "seconds-reduce")
 
 
@@ -105,10 +108,10 @@ class RoundLoop(Strategy):
             seconds_features.append(float(m["seconds-features"]))
         if not per_client:
             return None
-        keys = [k for k in EVAL_KEYS if all(k in v for v in per_client.values())]
+        keys = [k for k in EVAL_KEYS if any(k in v for v in per_client.values())]
         return {
             "per_client": {str(p): per_client[p] for p in sorted(per_client)},
-            **{k: mean_std(v[k] for v in per_client.values()) for k in keys},
+            **{k: mean_std(v[k] for v in per_client.values() if k in v) for k in keys},
             "seconds-client": {"seconds-eval": max(seconds)},
             "seconds-client-sum": {"seconds-eval": sum(seconds),
                                    "seconds-features": sum(seconds_features)},

@@ -132,3 +132,30 @@ def test_set_bank_switches_are_checked():
         _set_detector(aggregation="average")
     with pytest.raises(ConfigError, match="train.aggregation must be one of"):
         _set_detector(aggregation="mean")
+
+
+def test_relative_threshold_leaves_patches_within_the_bank_spacing_alone():
+    from fedad.config import HeadConfig, TrainConfig
+    from fedad.detectors.feddymem.client import FedDyMemClient
+
+    feats = torch.randn(4, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    for scale, moves in ((100.0, False), (0.0, True)):
+        client = FedDyMemClient(8, HeadConfig(init="identity"),
+                                TrainConfig(threshold_scale=scale, batch_size=2), seed=0)
+        bank = client.initial_bank(feats)
+        before = [p.detach().clone() for p in client.head.parameters()]
+        loss = client.train_epochs(feats, bank, epochs=1)[0]
+        changed = any(not torch.equal(a, b) for a, b in zip(before, client.head.parameters(),
+                                                            strict=True))
+        assert (loss == 0.0) is not moves and changed is moves
+
+
+def test_identity_init_starts_the_head_as_the_activated_features():
+    from fedad.config import HeadConfig
+    from fedad.detectors.feddymem.head import FedDyMemHead
+
+    x = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(1))
+    head = FedDyMemHead(8, HeadConfig(init="identity"))
+    assert torch.allclose(head(x), torch.nn.functional.leaky_relu(x, 0.2), atol=1e-6)
+    with pytest.raises(ConfigError, match="head.init"):
+        FedDyMemHead(8, HeadConfig(init="zeros"))

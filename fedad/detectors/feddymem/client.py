@@ -95,7 +95,10 @@ class FedDyMemClient:
         if k + j > index.size:
             raise ConfigError(f"train.top_k + train.repulsion_j = {k + j} exceeds the bank "
                               f"size {index.size}")
-        margin = cfg.repulsion_margin * bank_spacing(bank) if j else 0.0
+        spacing = bank_spacing(bank) if j or cfg.threshold_scale > 0 else 0.0
+        margin = cfg.repulsion_margin * spacing
+        if cfg.threshold_scale > 0:
+            th = cfg.threshold_scale * spacing
         has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in self.head.modules())
         losses = []
         self.last_steps = 0

@@ -72,3 +72,19 @@ class MemoryGenerator(nn.Module):
         coords = self.phi(p_hat).permute(0, 2, 3, 1)  # (B, H, W, 2) as (x, y)
         sampled = sample_grid(self.grid, coords)
         return self.out(torch.cat([sampled, p_hat], dim=1))
+
+    @torch.no_grad()
+    def identity_(self) -> MemoryGenerator:
+        """Start as ``M = P``: CoordConv passes ``P`` through (coordinate weights 0) and the
+        output convolution reads only ``P_hat`` (weights on the sampled grid 0); ``phi`` and
+        the grid keep their random draw and receive gradients from the first step."""
+        c = self.grid.shape[0]
+        eye = torch.eye(c)[:, :, None, None]
+        self.coordconv.conv.weight.zero_()
+        self.coordconv.conv.weight[:, :c].copy_(eye)
+        self.coordconv.conv.bias.zero_()
+        self.out.weight.zero_()
+        self.out.weight[:, c:].copy_(eye)
+        self.out.bias.zero_()
+        return self
+

@@ -8,6 +8,7 @@ from torch import nn
 from fedad.config import HeadConfig
 from fedad.detectors.feddymem.generator import MemoryGenerator
 from fedad.detectors.feddymem.projection import Projection
+from fedad.errors import ConfigError
 
 
 class FedDyMemHead(nn.Module):
@@ -25,6 +26,12 @@ class FedDyMemHead(nn.Module):
                            if cfg.projection else nn.Identity())
         self.generator = (MemoryGenerator(channels, cfg.grid_size, cfg.phi_hidden)
                           if cfg.generator else nn.Identity())
+        if cfg.init == "identity":
+            for part in (self.projection, self.generator):
+                if not isinstance(part, nn.Identity):
+                    part.identity_()
+        elif cfg.init != "default":
+            raise ConfigError(f"head.init must be default or identity, got {cfg.init!r}")
 
     @property
     def trainable(self) -> bool:

@@ -24,3 +24,14 @@ class Projection(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(features)))
+
+    @torch.no_grad()
+    def identity_(self) -> Projection:
+        """Start as ``sigma(F)``: identity weights, zero bias (``head.init=identity``)."""
+        out_c, in_c = self.conv.weight.shape[:2]
+        if out_c != in_c:
+            raise ValueError(f"identity init needs C_out = C_in, got {out_c} != {in_c}")
+        self.conv.weight.copy_(torch.eye(in_c)[:, :, None, None])
+        self.conv.bias.zero_()
+        return self
+
