@@ -83,7 +83,9 @@ def switch_rows(chosen: list[str]) -> dict[str, list[str]]:
 def run(work: Path, key: str, base: list[str], overrides: list[str], pixels: bool) -> dict:
     path = work / f"{key}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        done = json.loads(path.read_text())
+        if done.get("overrides") == overrides:  # the same run: reuse it
+            return done
     log.info("== %s: %s", key, " ".join(overrides))
     cfg = compose([*base, *overrides])
     r = run_in_process(cfg, pixels=pixels)
@@ -107,12 +109,13 @@ def markdown(select: dict, chosen: str, tables: dict, args) -> str:
              "are blended in at calibration.synthetic_strength (default 0.2). Test metrics "
              "are means over clients.", "",
              f"## Selection ({args.select_rounds} rounds each)", "",
-             "| candidate | validation score | round kept | test I-AUROC |", "|---|---|---|---|"]
+             "| candidate | validation score per round | round kept | test I-AUROC (kept) "
+             "| test I-AUROC (last round) |", "|---|---|---|---|---|"]
     for name, r in select.items():
-        v = max(h["val_score"] for h in r["history"])
+        curve = ", ".join(f"{h['val_score']:.4f}" for h in r["history"])
         mark = " **(chosen)**" if name == chosen else ""
-        lines.append(f"| {name}{mark} | {v:.4f} | {r['chosen_round']} | "
-                     f"{r['test']['i_auroc']:.4f} |")
+        lines.append(f"| {name}{mark} | {curve} | {r['chosen_round']} | "
+                     f"{r['test']['i_auroc']:.4f} | {_fmt(r.get('test_last_round'), 'i_auroc')} |")
     for title, rows in tables.items():
         lines += ["", f"## {title}", "",
                   "| row | validation score | round kept / last | I-AUROC (kept) | P-AUROC | PRO "

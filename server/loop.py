@@ -176,5 +176,7 @@ class RoundLoop(Strategy):
             for k in ("i_auroc", "p_auroc", "pro"):
                 if k in ev and not math.isnan(ev[k]["mean"]):
                     parts.append(f"{k} {ev[k]['mean']:.4f}±{ev[k]['std']:.4f}")
+            if "val_i_auroc" in ev:  # the validation split (held-out normals + defects)
+                parts.append(f"validation i_auroc {ev['val_i_auroc']['mean']:.4f}")
         parts.append(f"{record['seconds']['round']:.1f}s")
         log.info(" | ".join(parts))

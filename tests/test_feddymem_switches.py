@@ -69,8 +69,8 @@ def test_coreset_reduce_keeps_real_memory_features_including_the_rare_one():
     assert (reps == torch.tensor([50.0, 50.0])).all(1).any()  # the rare patch is kept
     with pytest.raises(BankError, match="needs the previous bank"):
         set_reduce([mem], 5, "coreset", None, 1)
-    with pytest.raises(BankError, match="36 memory features for a bank of 40"):
-        set_reduce([mem], 40, "coreset", None, 0)
+    everything = set_reduce([mem], 40, "coreset", None, 0)  # a small client keeps all it has
+    assert everything.shape == (36, 2) and torch.equal(everything[:5], reps)
 
 
 def test_matched_rema_mixes_each_representative_with_its_nearest_bank_feature():
@@ -118,7 +118,13 @@ def test_set_bank_detector_uploads_k_rows_and_merges_by_coreset_or_kmeans():
     assert merged.shape == (10, 8)
     union = np.concatenate([ok["bank"], ok["bank"]])
     assert all((union == r).all(1).any() for r in merged)  # coreset of the union
+    small = det.validate({"bank": up["bank"][:4]}, "client 2")  # a small client: 4 rows
+    assert small["bank"].shape == (4, 8)
+    with pytest.raises(BankError, match=r"client 5.*expected \(k <= 10, 8\)"):
+        det.validate({"bank": np.zeros((11, 8), np.float32)}, "client 5")
+    assert det.merge([small], 2)["bank"].shape == (4, 8)  # fewer rows than K in all
     km = _set_detector(bank_size=10, aggregation="kmeans")
+    assert km.merge([small, small], 2)["bank"].shape == (8, 8)
     assert km.merge([ok, ok], 1)["bank"].shape == (10, 8)
     # a round after the first trains against the global bank and reduces again
     det.fit(feats, {"bank": merged}, 1)

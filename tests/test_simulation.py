@@ -95,6 +95,11 @@ def test_frozen_feature_detectors_through_flower(tmp_path: Path, detector: str):
     assert all((c["threshold"] is None) == (c["holdout_images"] == 0) for c in cals)
     assert sum(c["holdout_images"] > 0 for c in cals) >= 2
     assert any("one round gives its final result" in n for n in result["notes"])
+    # the validation split is scored too, only by the clients that hold one
+    final = result["final"]
+    holding = {str(i) for i, c in enumerate(cals) if c["holdout_images"] > 0}
+    assert {p for p, m in final["per_client"].items() if "val_i_auroc" in m} == holding
+    assert 0.0 <= final["val_i_auroc"]["mean"] <= 1.0
 
 
 @pytest.mark.slow

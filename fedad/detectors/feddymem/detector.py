@@ -127,11 +127,16 @@ class FedDyMem:
         require_keys(summary, (BANK,), who)
         if self.positional:
             bank = validate_bank(summary[BANK], who, self.bank_shape)
-        else:  # (K, C) seen as (K, 1, C) by the (H, W, C) checks
+        else:  # (k, C), 1 <= k <= K (a small client uploads all it has), seen as (k, 1, C)
             arr = summary[BANK]
-            shaped = arr[:, None, :] if isinstance(arr, np.ndarray) and arr.ndim == 2 else arr
-            k, c = self.bank_shape
-            bank = validate_bank(shaped, who, (k, 1, c))[:, 0, :]
+            k_max, c = self.bank_shape
+            if not isinstance(arr, np.ndarray) or arr.ndim != 2:
+                raise BankError(f"{who}: bank has shape {getattr(arr, 'shape', None)}, "
+                                f"expected (k <= {k_max}, {c})")
+            if not 1 <= arr.shape[0] <= k_max or arr.shape[1] != c:
+                raise BankError(f"{who}: bank has shape {arr.shape}, expected (k <= {k_max}, "
+                                f"{c})")
+            bank = validate_bank(arr[:, None, :], who, (arr.shape[0], 1, c))[:, 0, :]
         return {BANK: np.ascontiguousarray(bank.numpy())}
 
     def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
@@ -142,15 +147,16 @@ class FedDyMem:
         banks = [torch.from_numpy(np.asarray(s[BANK], dtype=np.float32)) for s in summaries]
         train = self.cfg.train
         seed = train.seed + round_t
+        rows = torch.cat([as_features(b) for b in banks])
+        size = min(int(np.prod(self.bank_shape[:-1])), rows.shape[0])  # set banks: <= K
         if train.aggregation == "coreset":
-            rows = torch.cat([as_features(b) for b in banks])
-            size = int(np.prod(self.bank_shape[:-1]))
-            bank = rows[greedy_coreset(rows, size, seed=seed)].reshape(self.bank_shape)
+            shape = self.bank_shape if self.positional else (size, rows.shape[1])
+            bank = rows[greedy_coreset(rows, size, seed=seed)].reshape(shape)
         elif self.positional:
             bank = aggregate(banks, train.aggregation, seed=seed, niter=train.kmeans_iters,
                              init=train.kmeans_init)
         else:  # kmeans of a set bank (__init__ refused average)
-            bank = kmeans_aggregate([torch.cat(banks)[None]], k=self.bank_shape[0],
-                                    seed=seed, niter=train.kmeans_iters,
-                                    init="kmeans++").reshape(self.bank_shape)
+            bank = kmeans_aggregate([rows[None]], k=size, seed=seed,
+                                    niter=train.kmeans_iters,
+                                    init="kmeans++").reshape(size, rows.shape[1])
         return {BANK: np.ascontiguousarray(bank.numpy())}

@@ -85,7 +85,8 @@ def set_reduce(batches: Iterable[torch.Tensor], size: int, method: str,
                previous: torch.Tensor | None, round_t: int, rema: bool = True,
                seed: int = 0, niter: int = 20, projection_dim: int = 128) -> torch.Tensor:
     """``size`` representatives ``(size, C)`` of every memory feature in ``batches`` of
-    ``(B, H, W, C)`` (see the module docstring); float32."""
+    ``(B, H, W, C)`` (see the module docstring), float32; all of them (a coreset of
+    itself, in coreset order) when a client holds fewer than ``size``."""
     if method not in SET_REDUCES:
         raise ConfigError(f"set reduce must be one of {SET_REDUCES}, got {method!r}")
     if round_t > 0 and previous is None:
@@ -101,9 +102,7 @@ def set_reduce(batches: Iterable[torch.Tensor], size: int, method: str,
     if not rows:
         raise BankError("memory-reduce: no memory features were given")
     allrows = torch.cat(rows)
-    if allrows.shape[0] < size:
-        raise BankError(f"memory-reduce: {allrows.shape[0]} memory features for a bank of "
-                        f"{size}")
+    size = min(size, allrows.shape[0])  # a small client keeps every memory feature
     if method == "coreset":
         reps = allrows[greedy_coreset(allrows, size, projection_dim, seed)]
     else:
