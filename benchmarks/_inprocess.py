@@ -1,8 +1,8 @@
 """A federation in one process (no Flower, no Ray) for benchmarks that need many runs.
 
 Each client's detector fits on its partition, the server validates and merges the uploads,
-every round, exactly as ``server/bank.py`` and ``clients/bank.py`` do through Flower
-(``tests/test_detectors.py`` pins the two to the same numbers). After every round each
+every round: the same detector calls that ``clients/bank.py`` and ``server/bank.py`` make
+through Flower, on the same partitions and held-out images. After every round each
 client scores its validation split (held-out normals + one synthetic defect each,
 :mod:`fedad.data.synthetic`); the round to keep is the one of best validation score, the
 mean of validation image and pixel AUROC, averaged over clients weighted by their

@@ -124,7 +124,8 @@ def markdown(select: dict, chosen: str, tables: dict, args) -> str:
         for name, r in rows.items():
             t, last = r["test"], r.get("test_last_round")
             v = max(h["val_score"] for h in r["history"])
-            trend = "" if prev is None else (" (up)" if t["i_auroc"] > prev else " (down)")
+            trend = ("" if prev is None else " (up)" if t["i_auroc"] > prev
+                     else " (same)" if t["i_auroc"] == prev else " (down)")
             prev = t["i_auroc"]
             lines.append(f"| {name} | {v:.4f} | {r['chosen_round']} / {r['last_round']} | "
                          f"{t['i_auroc']:.4f} ± {t['i_auroc_std']:.4f}{trend} | "

@@ -37,9 +37,11 @@ def site_folder(root: Path) -> Path:
     return root
 
 
-def make_run(tmp: Path, detector: str) -> tuple[Path, RunConfig, np.ndarray, list[str]]:
+def make_run(tmp: Path, detector: str, **train) -> tuple[Path, RunConfig, np.ndarray, list[str]]:
     """A one-site run done in-process: what the ServerApp and the client leave behind."""
     cfg = RunConfig(detector=detector)
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
     cfg.dataset.name, cfg.dataset.root = "mvtec", str(site_folder(tmp / "site"))
     cfg.dataset.image_size = 64
     cfg.padim.channels = 16
@@ -65,9 +67,11 @@ def make_run(tmp: Path, detector: str) -> tuple[Path, RunConfig, np.ndarray, lis
     return run, cfg, held, data.holdout.paths
 
 
-@pytest.mark.parametrize("detector", ["padim", "feddymem"])
+@pytest.mark.parametrize("detector", ["padim", "feddymem", "feddymem-set-bank"])
 def test_predict_reproduces_held_out_scores_and_false_alarm_rate(tmp_path: Path, detector):
-    run, cfg, held, paths = make_run(tmp_path, detector)
+    train = ({"reduce": "coreset", "aggregation": "coreset"}
+             if detector == "feddymem-set-bank" else {})
+    run, cfg, held, paths = make_run(tmp_path, detector.split("-")[0], **train)
     cal = json.loads((run / "site-0" / "calibration.json").read_text())
     thr = cal["threshold"]
     # at most 1 - quantile of the held-out normals score above the threshold

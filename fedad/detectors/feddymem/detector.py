@@ -6,6 +6,10 @@ memory-reduces (Eq. 14-16) into the ``(H, W, C)`` bank it uploads (Alg. 5 Client
 Server: K-means of the uploaded banks into ``K = H*W`` centres (Alg. 3), or the
 position-wise average (``train.aggregation=average``, Table III's ablation). The head's
 weights and Adam state never leave the client; they are its ``state()``.
+
+Beyond the paper (switches, off by default): ``train.reduce=coreset|kmeans`` uploads a
+*set* bank ``(k <= K, C)`` instead of the ``(H, W, C)`` map (:mod:`.set_reduce`), and
+``train.aggregation=coreset`` merges by a greedy coreset of the union.
 """
 
 from __future__ import annotations
