@@ -21,6 +21,7 @@ from fedad.device import resolve_device
 from fedad.errors import DataError
 from fedad.feature_cache import FeatureSet, dataset_features
 from fedad.features import FeatureExtractor, build_feature_extractor
+from fedad.metrics import evaluate
 from fedad.runconfig import to_flat
 from partitions import partition_indices
 
@@ -143,8 +144,5 @@ def load_site_data(cfg: RunConfig, site: int) -> ClientData:
 
 def validation_metrics(data: ClientData, scores) -> dict[str, float]:
     """``val_i_auroc`` and ``val_p_auroc`` of ``scores`` of ``data.validation``."""
-    from fedad.metrics import evaluate
-
     v = evaluate(scores.image, data.validation.labels, scores.maps, data.validation.masks)
     return {"val_i_auroc": v["i_auroc"], "val_p_auroc": v["p_auroc"]}
-

@@ -5,8 +5,8 @@ become a validation set: each image as it is (label 0) and once with one synthet
 (label 1): a cut-and-paste patch, a Perlin blob or a scratch, drawn by
 :func:`fedad.data.textures.apply_defect` with donors from the texture photos scikit-image
 ships (never from the image's own texture: a pasted patch of the same texture is no
-defect). The I-AUROC of a detector on this set is the score by which runs choose what the
-paper leaves open (the round to keep, switches), never the test set.
+defect). A detector's image and pixel AUROC on this set are what runs choose by where the
+paper leaves a choice open (the round to keep, switches), never the test set.
 
 The defect of an image depends only on its path and the seed, so every run and every
 client draws the same validation anomalies.
