@@ -7,6 +7,7 @@ import json
 import ssl
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,8 @@ from fedad.cli.deployment import LocalDeployment
 from fedad.cli.overrides import compose
 from fedad.cli.processes import alive, descendants
 from fedad.cli.sites import make_sites
+from fedad.data.factory import build_dataset
+from fedad.data.holdout import holdout_split
 
 TINY = ["dataset.texture_train_per_type=6", "dataset.texture_test_normal_per_type=2",
         "dataset.texture_test_anomalous_per_type=2", "partition.min_samples=1"]
@@ -60,12 +63,19 @@ def test_three_supernodes_with_their_own_data(tmp_path: Path, sites: list[Path])
             started = _tree(dep)
         _check_run(dep, run_id, status)
         # node i read site i's folder, and its features went to its disk cache: one file
-        # per image of that site (train + test), and the sites differ in size
-        images = [len([p for p in s.rglob("*.png") if "ground_truth" not in p.parts])
-                  for s in sites]
+        # per image of that site (train + test) and per synthetic validation copy of its
+        # held-out images, and the sites differ in size
+        cfg = compose(RUN)
+        images, held = [], []
+        for s in sites:
+            images.append(len([p for p in s.rglob("*.png") if "ground_truth" not in p.parts]))
+            train = build_dataset(replace(cfg.dataset, root=str(s)), "train")
+            held.append(len(holdout_split([r.path for r in train.records],
+                                          cfg.calibration.holdout, cfg.calibration.seed)[1]))
         cached = [len(list((dep.work / "cache" / f"supernode-{i}").rglob("*.pt")))
                   for i in range(3)]
-        assert cached == images and len(set(images)) > 1
+        assert cached == [n + h for n, h in zip(images, held, strict=True)]
+        assert len(set(images)) > 1 and sum(held) > 0
         time.sleep(0.5)
         assert not [p for p in started if alive(p)], "processes left running"
         assert bystander.poll() is None, "stopped a process it did not start"
