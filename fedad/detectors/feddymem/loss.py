@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from fedad.memory import NearestNeighbours
+
 
 def positions(memory: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W)`` memory features as ``(B*H*W, C)`` patch features."""
@@ -54,9 +56,8 @@ def repulsive_loss(features: torch.Tensor, bank: torch.Tensor, negative_idx: tor
 
 def bank_spacing(bank: torch.Tensor, sample: int = 4096, seed: int = 0) -> float:
     """Median distance of a bank feature to its nearest *other* bank feature (on a seeded
-    sample of at most ``sample`` features): the scale of the repulsive margin."""
-    from fedad.memory import NearestNeighbours
-
+    sample of at most ``sample`` features): the scale of the repulsive margin and of the
+    relative threshold (``train.threshold_scale``)."""
     feats = bank.reshape(-1, bank.shape[-1]).to(torch.float32)
     if feats.shape[0] < 2:
         return 0.0
