@@ -70,7 +70,7 @@ def _client_data(cfg: RunConfig, site: int, who: str, train: AnomalyDataset,
     hosts)."""
     device = resolve_device(cfg.device)
     extractor, info = extractor_for(cfg)
-    fit_idx, held_idx = holdout_split([r.path for r in train.records],
+    fit_idx, held_idx = holdout_split([r.name for r in train.records],
                                       cfg.calibration.holdout, cfg.calibration.seed)
     holdout = validation = None
     if len(held_idx):

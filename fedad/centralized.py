@@ -36,7 +36,7 @@ def run_centralized(cfg: RunConfig) -> dict:
     t0 = time.perf_counter()
     extractor, info = build_feature_extractor(cfg.backbone)
     train_set = build_dataset(cfg.dataset, "train")
-    fit_idx, held_idx = holdout_split([r.path for r in train_set.records],
+    fit_idx, held_idx = holdout_split([r.name for r in train_set.records],
                                       cfg.calibration.holdout, cfg.calibration.seed)
     train = dataset_features(cfg, extractor, info, train_set.subset(fit_idx), device,
                              "train features")

@@ -45,6 +45,55 @@ def plot_metric_rounds(series: Mapping[str, Mapping[str, Sequence[float]]], path
     return _save(fig, path)
 
 
+def plot_lines(panels: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
+               path: str | Path, xlabel: str, ylabel: str, title: str = "",
+               logx: bool = False) -> Path:
+    """One panel per key of ``panels``; per line ``x``, ``mean`` and optional ``std``
+    (a band). An empty ``panels`` gives a figure that says there is nothing to show."""
+    n = max(1, len(panels))
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(4.0 * cols, 3.2 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (panel, lines) in zip(axes, panels.items(), strict=False):
+        for name, line in lines.items():
+            x = np.asarray(line["x"], dtype=float)
+            m = np.asarray(line["mean"], dtype=float)
+            ax.plot(x, m, marker="o", ms=3, label=name)
+            if line.get("std") is not None and len(line["std"]) == len(m):
+                s = np.asarray(line["std"], dtype=float)
+                ax.fill_between(x, m - s, m + s, alpha=0.2)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_title(panel, fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    if not panels:
+        axes[0].text(0.5, 0.5, "no completed runs", ha="center", va="center")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_bars(values: Mapping[str, float], path: str | Path, ylabel: str,
+              title: str = "") -> Path:
+    """One bar per key (e.g. MB exchanged per round per method)."""
+    fig = Figure(figsize=(1.2 * max(3, len(values)) + 1.5, 3.4))
+    ax = fig.subplots()
+    names = list(values)
+    ax.bar(range(len(names)), [values[k] for k in names])
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
 def plot_examples(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
                   maps: Sequence[np.ndarray], titles: Sequence[str], path: str | Path) -> Path:
     """Rows of image, ground truth, heatmap. Each heatmap is min-max scaled over the shown

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from fedad.payload import METRICS
+
 log = logging.getLogger("fedad")
 
 
@@ -23,13 +25,25 @@ def message_nbytes(msg: Message) -> int:
 
 @dataclass
 class Exchange:
-    """One send-and-collect: replies in node order plus what it cost."""
+    """One send-and-collect: replies in partition order (see :func:`reply_order`) plus
+    what it cost."""
 
     replies: list[Message] = field(default_factory=list)
     bytes_sent: int = 0
     bytes_received: int = 0
     seconds: float = 0.0
     missing: list[int] = field(default_factory=list)
+
+
+def reply_order(msg: Message) -> tuple[float, int]:
+    """Sort key of a reply: the client's ``partition-id`` (its site), then its node id.
+    Simulated node ids are drawn anew every run, so ordering by them would feed the same
+    uploads to aggregation (K-means initialisation, float sums) in a different order from
+    one run to the next; the partition id makes a run reproducible."""
+    pid = float("inf")
+    if msg.has_content() and METRICS in msg.content.metric_records:
+        pid = float(msg.content.metric_records[METRICS].get("partition-id", pid))
+    return pid, msg.metadata.src_node_id
 
 
 def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
@@ -75,6 +89,6 @@ def exchange(grid: Grid, messages: Sequence[Message], timeout: float, desc: str,
             time.sleep(poll)
     out.missing = sorted(dst.get(i, -1) for i in ids)
     out.bytes_received = sum(message_nbytes(r) for r in out.replies)
-    out.replies.sort(key=lambda r: r.metadata.src_node_id)
+    out.replies.sort(key=reply_order)
     out.seconds = time.time() - t0
     return out

@@ -55,13 +55,36 @@ def _tree(dep: LocalDeployment) -> list[int]:
 
 
 @pytest.mark.slow
-def test_three_supernodes_with_their_own_data(tmp_path: Path, sites: list[Path]):
+def test_tls_authenticated_supernodes_with_their_own_data(tmp_path: Path, sites: list[Path]):
+    """The docker-compose set-up on one host: TLS, SuperNode authentication, process
+    isolation (a flower-superexec beside the SuperLink and each SuperNode), three SuperNodes
+    each reading its own site folder; intruders are refused, the run completes, each node
+    cached its own features, and everything started is stopped (and nothing else)."""
+    rogue = make_certificates(tmp_path / "rogue", ["localhost"], supernodes=1)
     bystander = subprocess.Popen(["sleep", "600"])  # not ours to stop
     try:
-        with LocalDeployment(tmp_path / "dep", sites) as dep:
+        with LocalDeployment(tmp_path / "dep", sites, secure=True, isolation="process") as dep:
+            with pytest.raises(httpx.HTTPError):  # the SuperLink speaks TLS only
+                httpx.get(f"http://{dep.address}/health", timeout=5.0)
+            tls = ssl.create_default_context(cafile=str(dep.ca))
+            assert httpx.get(f"https://{dep.address}/health", timeout=5.0,
+                             verify=tls).is_success
+            for key, name in ((rogue["supernode-0-key"], "unregistered"), (None, "keyless")):
+                intruder = dep.start_supernode(0, key, name=name)
+                try:
+                    deadline = time.monotonic() + 60
+                    while intruder.returncode is None and time.monotonic() < deadline:
+                        time.sleep(0.5)
+                    assert intruder.returncode not in (None, 0), f"the {name} SuperNode joined"
+                    assert "Failed to initialize the connection to the SuperLink" in (
+                        intruder.log_file.read_text())
+                finally:
+                    intruder.stop()
             run_id, status = dep.run(compose(RUN))
             started = _tree(dep)
         _check_run(dep, run_id, status)
+        log = (dep.work / "logs" / "superlink.log").read_text()
+        assert "activate-node HTTP/1.1\" 412" in log
         # node i read site i's folder, and its features went to its disk cache: one file
         # per image of that site (train + test) and per synthetic validation copy of its
         # held-out images, and the sites differ in size
@@ -70,7 +93,7 @@ def test_three_supernodes_with_their_own_data(tmp_path: Path, sites: list[Path])
         for s in sites:
             images.append(len([p for p in s.rglob("*.png") if "ground_truth" not in p.parts]))
             train = build_dataset(replace(cfg.dataset, root=str(s)), "train")
-            held.append(len(holdout_split([r.path for r in train.records],
+            held.append(len(holdout_split([r.name for r in train.records],
                                           cfg.calibration.holdout, cfg.calibration.seed)[1]))
         cached = [len(list((dep.work / "cache" / f"supernode-{i}").rglob("*.pt")))
                   for i in range(3)]
@@ -82,32 +105,3 @@ def test_three_supernodes_with_their_own_data(tmp_path: Path, sites: list[Path])
     finally:
         bystander.kill()
         bystander.wait()
-
-
-@pytest.mark.slow
-def test_tls_and_supernode_authentication(tmp_path: Path, sites: list[Path]):
-    rogue = make_certificates(tmp_path / "rogue", ["localhost"], supernodes=1)
-    # process isolation: a flower-superexec beside the SuperLink and each SuperNode, as the
-    # containers of docker-compose.yml
-    with LocalDeployment(tmp_path / "dep", sites, secure=True, isolation="process") as dep:
-        with pytest.raises(httpx.HTTPError):  # the SuperLink speaks TLS only
-            httpx.get(f"http://{dep.address}/health", timeout=5.0)
-        tls = ssl.create_default_context(cafile=str(dep.ca))
-        assert httpx.get(f"https://{dep.address}/health", timeout=5.0, verify=tls).is_success
-        for key, name in ((rogue["supernode-0-key"], "unregistered"), (None, "keyless")):
-            intruder = dep.start_supernode(0, key, name=name)
-            try:
-                deadline = time.monotonic() + 60
-                while intruder.returncode is None and time.monotonic() < deadline:
-                    time.sleep(0.5)
-                assert intruder.returncode not in (None, 0), f"the {name} SuperNode joined"
-                assert "Failed to initialize the connection to the SuperLink" in (
-                    intruder.log_file.read_text())
-            finally:
-                intruder.stop()
-        run_id, status = dep.run(compose(RUN))
-        started = _tree(dep)
-    _check_run(dep, run_id, status)
-    assert "activate-node HTTP/1.1\" 412" in (dep.work / "logs" / "superlink.log").read_text()
-    time.sleep(0.5)
-    assert not [p for p in started if alive(p)], "processes left running"

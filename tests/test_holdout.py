@@ -46,3 +46,28 @@ def test_edges():
     with pytest.raises(ConfigError, match="calibration.holdout"):
         holdout_split(["a"], 1.0, seed=0)
     assert isinstance(holdout_split([], 0.5, 0)[0], np.ndarray)
+
+
+def test_held_out_images_and_synthetic_defects_do_not_depend_on_where_the_data_lie(tmp_path):
+    """A site that moves its data folder (another disk, another machine) holds out the same
+    images and draws the same validation defects: both are drawn from the path relative to
+    the dataset root."""
+    import shutil
+
+    from fedad.cli.sites import make_sites
+    from fedad.data.synthetic import with_synthetic_anomalies
+
+    (site,) = make_sites(["dataset.texture_train_per_type=8", "partition.min_samples=1"],
+                         tmp_path / "a", 1)
+    moved = shutil.copytree(site, tmp_path / "elsewhere" / "deeper" / "site")
+    chosen = []
+    for root in (site, moved):
+        train = build_dataset(DataConfig(name="mvtec", root=str(root)), "train")
+        assert all(not r.name.startswith("/") and r.path.startswith(str(root))
+                   for r in train.records)
+        _, held = holdout_split([r.name for r in train.records], 0.3, seed=0)
+        val = with_synthetic_anomalies(train.subset(held), seed=0, strength=1.0)
+        chosen.append(([train.records[i].name for i in held],
+                       [r.defect_type for r in val.records],
+                       val[len(held)].mask.sum().item() if len(held) else None))
+    assert chosen[0] == chosen[1] and chosen[0][0]

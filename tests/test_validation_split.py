@@ -17,7 +17,7 @@ def _validation(seed: int = 0):
     cfg = DataConfig(texture_train_per_type=8, texture_test_normal_per_type=3,
                      texture_test_anomalous_per_type=3, image_size=64)
     train = build_dataset(cfg, "train")
-    _, held = holdout_split([r.path for r in train.records], 0.4, seed=0)
+    _, held = holdout_split([r.name for r in train.records], 0.4, seed=0)
     return train, train.subset(held), with_synthetic_anomalies(train.subset(held), seed), cfg
 
 

@@ -5,10 +5,14 @@ simulation runtime (``flwr run`` against a SuperLink started for this run).
     fedad-sim partition.alpha=0.5 train.local_epochs=3 num_clients=5 \\
         dataset=mtd dataset.root=/abs/path/mtd
     fedad-sim -m partition.alpha=0.1,1.0 train.seed=0,1,2   # a sweep
+    fedad-sim -m ... hydra.sweep.dir=multirun/<earlier>     # resume it: skips finished runs
 
 The Hydra config and ``flwr run``'s run config resolve to the same :class:`RunConfig`: this
 command writes the resolved values to ``run_config.toml`` and hands that file to
-``flwr run --run-config``. Results land in ``<hydra run dir>/run-<run id>/``.
+``flwr run --run-config``. Results land in ``<hydra run dir>/run-<run id>/``, beside
+``versions.json`` (package versions, git commit) and ``status.json`` (completed or failed).
+In a sweep a failed combination is recorded and the others go on; ``fedad-report
+<sweep dir>`` turns the folder into one table.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import hydra
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedad.cli.flwr_run import flwr_run, run_status
@@ -31,6 +36,8 @@ from fedad.config import RunConfig
 from fedad.data.factory import build_dataset
 from fedad.errors import ConfigError, FedadError
 from fedad.progress import setup_logging
+from fedad.provenance import write_versions
+from fedad.run_status import completed_with, write_status
 from fedad.runconfig import to_flat, toml_value
 
 log = logging.getLogger("fedad")
@@ -92,6 +99,7 @@ def launch(sim: SimConfig, out: Path) -> int:
     cfg = run_config_of(sim)
     cfg.output_dir = str(out)
     out.mkdir(parents=True, exist_ok=True)
+    write_versions(out, app_dir)
     toml = write_run_config(cfg, out / "run_config.toml")
     show_partition(cfg, out)
     with LocalSuperLink(out / ".flwr", out / "superlink.log") as link:
@@ -115,14 +123,31 @@ def launch(sim: SimConfig, out: Path) -> int:
 @hydra.main(version_base=None, config_path=str(PROJECT / "conf"), config_name="config")
 def _main(dcfg: DictConfig) -> None:
     setup_logging()
-    sim: SimConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-    out = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    overrides = list(hc.overrides.task)
+    sweep = hc.mode == RunMode.MULTIRUN
+    if sweep and completed_with(out, overrides):
+        log.info("%s: completed before with these overrides; skipped", out)
+        return
+    error = None
     try:
+        sim: SimConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
         code = launch(sim, out)
+        if code:
+            error = f"the run failed; see {out / 'superlink.log'} and {out}/run-*"
     except FedadError as exc:
         log.error("fedad-sim: %s", exc)
-        code = 2
-    if code:
+        code, error = 2, str(exc)
+    except Exception as exc:  # in a sweep one broken combination must not stop the rest
+        if not sweep:
+            raise
+        log.exception("fedad-sim: %s", exc)
+        code, error = 1, f"{type(exc).__name__}: {exc}"
+    runs = sorted(out.glob("run-*"), key=lambda p: p.stat().st_mtime)
+    write_status(out, "failed" if code else "completed", overrides, error,
+                 runs[-1] if runs else None)
+    if code and not sweep:
         sys.exit(code)
 
 

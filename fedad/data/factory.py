@@ -18,7 +18,9 @@ given an all-zero mask that would corrupt pixel metrics.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +152,13 @@ def _build_mixed(cfg: DataConfig, split: str) -> AnomalyDataset:
     )
 
 
+def relative_key(path: str, root: Path) -> str:
+    """``path`` relative to ``root`` with ``/`` separators (``path`` itself when it is not
+    below ``root``)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    return path if rel.startswith("..") else Path(rel).as_posix()
+
+
 def build_dataset(cfg: DataConfig, split: str) -> AnomalyDataset:
     """The dataset of ``split`` (``train``/``test``) described by ``cfg``.
 
@@ -165,7 +174,8 @@ def build_dataset(cfg: DataConfig, split: str) -> AnomalyDataset:
         return build_texture_dataset(cfg, split)
     if cfg.name == "mixed":
         return _build_mixed(cfg, split)
-    records = file_records(cfg, split)
+    records = file_records(cfg, split)  # checks the root first
+    records = [replace(r, key=relative_key(r.path, Path(cfg.root))) for r in records]
     return AnomalyDataset(
         records, FileSource(), image_size=cfg.image_size, has_masks=has_masks(records)
     )

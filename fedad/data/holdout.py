@@ -1,10 +1,11 @@
 """Normal training images held out of fitting: for the anomaly threshold (``fedad-predict``)
 and for any choice that must not be made on the test set.
 
-Whether an image is held out depends only on the image (its path) and the seed, not on
-which client holds it or how the data are partitioned: the union of every client's fitted
-images is exactly what a centralized run fits on, so frozen-feature detectors federate to
-the centralized result (PaDiM to float precision)."""
+Whether an image is held out depends only on the image (its name: the path relative to the
+dataset root, :attr:`~fedad.data.sample.SampleRecord.name`, so not on where the data lie)
+and the seed, not on which client holds it or how the data are partitioned: the union of
+every client's fitted images is exactly what a centralized run fits on, so frozen-feature
+detectors federate to the centralized result (PaDiM to float precision)."""
 
 from __future__ import annotations
 

@@ -22,6 +22,9 @@ class SampleRecord:
             ``exp3``, ``carpet``); partitioners split by it.
         defect_type: ``good`` for normal images, else the defect's name.
         mask_path: path of the pixel mask, or ``None`` (normal images, image-level-only sets).
+        key: the image's name independent of where the dataset lies: its path relative to
+            the dataset root (set by :func:`~fedad.data.factory.build_dataset`); empty for
+            generated data, whose pseudo-path is already such a name.
     """
 
     path: str
@@ -29,10 +32,17 @@ class SampleRecord:
     product_type: str
     defect_type: str = "good"
     mask_path: str | None = None
+    key: str = ""
 
     @property
     def is_normal(self) -> bool:
         return self.label == NORMAL
+
+    @property
+    def name(self) -> str:
+        """What seeded per-image draws (held-out images, synthetic defects) are drawn from,
+        so they do not change when the data move to another folder or machine."""
+        return self.key or self.path
 
 
 @dataclass

@@ -8,8 +8,9 @@ ships (never from the image's own texture: a pasted patch of the same texture is
 defect). A detector's image and pixel AUROC on this set are what runs choose by where the
 paper leaves a choice open (the round to keep, switches), never the test set.
 
-The defect of an image depends only on its path and the seed, so every run and every
-client draws the same validation anomalies.
+The defect of an image depends only on its name (its path relative to the dataset root)
+and the seed, so every run and every client draws the same validation anomalies, wherever
+the data lie.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class SyntheticDefectSource:
             image = _square(self.source.load_image(record), self.image_size)
             gray = np.rint(image.astype(np.float32).mean(axis=2)).astype(np.uint8)
             kind = record.defect_type.removeprefix(f"{SYNTHETIC}-")
-            defected, mask = apply_defect(gray, kind, _rng(record.path, self.seed),
+            defected, mask = apply_defect(gray, kind, _rng(record.name, self.seed),
                                           record.product_type)
             out = image.copy()
             # a grey defect on every channel, blended in at `strength`
@@ -87,7 +88,8 @@ class SyntheticDefectSource:
 def with_synthetic_anomalies(normals: AnomalyDataset, seed: int = 0,
                              strength: float = 1.0) -> AnomalyDataset:
     """``normals`` followed by one synthetic-defect copy of each (label 1, with its mask);
-    each copy's defect type is drawn from :data:`DEFECT_TYPES` by its path and the seed,
+    each copy's defect type is drawn from :data:`DEFECT_TYPES` by its name (path relative
+    to the dataset root, :attr:`SampleRecord.name`) and the seed,
     and blended into the image at ``strength`` (1: the textures' full-strength defects;
     lower values make subtler defects, so the split does not saturate on real data whose
     defects are subtle).
@@ -100,7 +102,7 @@ def with_synthetic_anomalies(normals: AnomalyDataset, seed: int = 0,
         raise DataError(f"validation images must be normal; {len(bad)} are not, e.g. {bad[0]}")
     records = list(normals.records)
     for r in normals.records:
-        kind = DEFECT_TYPES[int(_rng(r.path, seed + 1).integers(len(DEFECT_TYPES)))]
+        kind = DEFECT_TYPES[int(_rng(r.name, seed + 1).integers(len(DEFECT_TYPES)))]
         records.append(replace(r, label=1, defect_type=f"{SYNTHETIC}-{kind}"))
     source = SyntheticDefectSource(normals.source, normals.image_size, seed, strength)
     out = AnomalyDataset(records, source, normals.image_size, has_masks=True)

@@ -30,7 +30,8 @@ BANK = "bank"  # exchange what the detector summarises (its bank, coreset or sta
 # FedDyMem's head trained by each client, with its weights exchanged instead of a bank.
 WEIGHT_METHODS = ("local", "fedavg", "fedprox", "scaffold", "fedbn")
 METHODS = (BANK, *WEIGHT_METHODS)
-ALIASES = {"feddymem": (BANK, "feddymem")}  # method=feddymem: the paper's method
+# method=<detector>: that detector's summaries exchanged (method=feddymem: the paper's method)
+ALIASES = {name: (BANK, name) for name in DETECTORS}
 
 
 def resolve(cfg: RunConfig) -> RunConfig:

@@ -1,0 +1,41 @@
+"""``status.json``: whether one run of a sweep (one folder) completed or failed, and with
+which overrides, so a sweep can skip what is done and a report can list what failed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+STATUS = "status.json"
+
+
+def write_status(out: Path, status: str, overrides: list[str], error: str | None = None,
+                 run_dir: Path | None = None) -> Path:
+    """Write ``out/status.json`` atomically (temp file + rename): ``status`` is
+    ``completed`` or ``failed``."""
+    path = Path(out) / STATUS
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"status": status, "overrides": list(overrides), "error": error,
+                               "run_dir": run_dir.name if run_dir else None},
+                              indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_status(out: Path) -> dict | None:
+    """The folder's status, or ``None`` when it has none (never started, or killed)."""
+    path = Path(out) / STATUS
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def completed_with(out: Path, overrides: list[str]) -> bool:
+    """True when ``out`` holds a completed run made with exactly ``overrides`` (a sweep
+    re-run in the same folder skips it; a changed sweep list never reuses a run that was
+    made with other values)."""
+    status = read_status(out)
+    return bool(status and status["status"] == "completed"
+                and sorted(status["overrides"]) == sorted(overrides))

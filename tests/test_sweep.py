@@ -1,0 +1,112 @@
+"""Sweeps through the real ``fedad-sim -m`` (Hydra multirun + Flower simulation), the
+report made from the sweep folder, and reproducibility of a run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from fedad.errors import FedadError
+from fedad.sweep_report import make_report
+
+TINY = ["num_clients=2", "train.rounds=2", "partition.min_samples=1", "eval_every=1",
+        "dataset.texture_train_per_type=6", "dataset.texture_test_normal_per_type=2",
+        "dataset.texture_test_anomalous_per_type=2", "dataset.image_size=64"]
+FEDAD_SIM = str(Path(sys.executable).parent / "fedad-sim")
+
+
+def sweep(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([FEDAD_SIM, "-m", *TINY, *args, f"hydra.sweep.dir={folder}"],
+                          capture_output=True, text=True, timeout=900, check=False)
+
+
+def rounds_json(job: Path) -> dict:
+    status = json.loads((job / "status.json").read_text())
+    return json.loads((job / status["run_dir"] / "rounds.json").read_text())
+
+
+def metrics_per_round(result: dict) -> list:
+    """Every client's metrics and the training loss of every round (no timings)."""
+    return [((r.get("evaluate") or {}).get("per_client"), r["train"]["loss"])
+            for r in result["rounds"]]
+
+
+@pytest.mark.slow
+def test_sweep_runs_every_combination_reports_and_resumes(tmp_path: Path):
+    folder = tmp_path / "sweep"
+    # a 2x2 sweep (alpha x E) plus alpha=-1, which fails for both E before Flower starts
+    res = sweep(folder, "partition.alpha=0.5,1.0,-1", "train.local_epochs=1,2")
+    log = res.stdout + res.stderr
+    assert res.returncode == 1, log  # some combinations failed, after all of them ran
+    assert "4 of 6 runs completed" in log, log[-3000:]
+    jobs = sorted(p for p in folder.iterdir() if (p / ".hydra").is_dir())
+    assert len(jobs) == 6
+    status = {j.name: json.loads((j / "status.json").read_text()) for j in jobs}
+    failed = sorted(n for n, s in status.items() if s["status"] == "failed")
+    assert len(failed) == 2
+    assert all("partition.alpha=-1" in status[n]["overrides"] for n in failed)
+    assert all("alpha" in status[n]["error"] for n in failed)
+    for j in jobs:  # each run records what produced it
+        versions = json.loads((j / "versions.json").read_text())
+        assert versions["packages"]["flwr"] == metadata.version("flwr")
+        assert versions["packages"]["torch"] == metadata.version("torch")
+        assert set(versions["packages"]) >= {"fedad", "timm", "faiss"}
+
+    files = make_report(folder)
+    table = json.loads(files["json"].read_text())
+    cells = {(r["partition.alpha"], r["train.local_epochs"]): r for r in table["rows"]}
+    assert set(cells) == {(0.5, 1), (0.5, 2), (1.0, 1), (1.0, 2), (-1.0, 1), (-1.0, 2)}
+    for (alpha, e), row in cells.items():
+        assert row["method"] == "feddymem"
+        if alpha < 0:
+            assert row["seeds"] == [] and len(row["failed"]) == 1 and row["i_auroc"] is None
+            continue
+        assert row["seeds"] == [0] and not row["failed"]
+        job = next(j for j in jobs if f"partition.alpha={alpha}" in status[j.name]["overrides"]
+                   and f"train.local_epochs={e}" in status[j.name]["overrides"])
+        assert row["i_auroc"]["mean"] == rounds_json(job)["final"]["i_auroc"]["mean"]
+        assert row["curve"]["rounds"] == [1, 2]
+    md = files["md"].read_text()
+    assert "4 of 6 runs completed" in md and "## Failed runs" in md
+    assert md.count("partition.alpha=-1") == 2
+    for name in ("rounds", "epochs", "alpha", "bytes"):
+        assert files[name].stat().st_size > 5000, name
+    # the same folder gives byte-identical files
+    before = {k: p.read_bytes() for k, p in files.items()}
+    again = make_report(folder)
+    assert {k: p.read_bytes() for k, p in again.items()} == before
+
+    # resume: the same sweep in the same folder skips what completed and runs the rest
+    # again: the failed combinations, and one whose status.json we remove (a run killed
+    # before it finished), which is run anew and, same config and seed, reproduces every
+    # client's metrics in every round (partitions, data order, initialisation, K-means and
+    # the order uploads are aggregated in are all fixed by the config)
+    killed = next(j for j in jobs if {"partition.alpha=0.5", "train.local_epochs=2"}
+                  <= set(status[j.name]["overrides"]))
+    first = metrics_per_round(rounds_json(killed))
+    (killed / "status.json").unlink()
+    mtimes = {j.name: (j / "status.json").stat().st_mtime_ns for j in jobs if j != killed}
+    res = sweep(folder, "partition.alpha=0.5,1.0,-1", "train.local_epochs=1,2")
+    assert res.returncode == 1
+    assert (res.stdout + res.stderr).count("completed before with these overrides") == 3
+    for j in jobs:
+        if j == killed:
+            continue
+        changed = (j / "status.json").stat().st_mtime_ns != mtimes[j.name]
+        assert changed == (j.name in failed), j.name
+        assert len(list(j.glob("run-*"))) == (0 if j.name in failed else 1)
+    assert len(list(killed.glob("run-*"))) == 2  # the killed attempt's folder is kept
+    assert metrics_per_round(rounds_json(killed)) == first
+    assert first[-1][0] is not None  # the last round was evaluated
+
+
+def test_report_names_what_is_wrong(tmp_path: Path):
+    with pytest.raises(FedadError, match="not a folder"):
+        make_report(tmp_path / "missing")
+    with pytest.raises(FedadError, match="no run folders"):
+        make_report(tmp_path)
