@@ -37,7 +37,8 @@ def final_metrics(history: list[dict]) -> dict:
     return {}
 
 
-def summary_markdown(cfg: RunConfig, history: list[dict]) -> str:
+def summary_markdown(cfg: RunConfig, history: list[dict],
+                     rejected_per_client: dict[str, int] | None = None) -> str:
     def fmt(d):
         return ("n/a" if not d or math.isnan(d["mean"])
                else f"{d['mean']:.4f} ± {d['std']:.4f}")
@@ -58,6 +59,10 @@ def summary_markdown(cfg: RunConfig, history: list[dict]) -> str:
                   "| client | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         for pid, vals in final["per_client"].items():
             lines.append(f"| {pid} | " + " | ".join(f"{vals[k]:.4f}" for k in keys) + " |")
+    if rejected_per_client:
+        lines += ["", "Replies left out of aggregation (reasons in rounds.json `rejected`):", "",
+                  "| client | replies left out |", "|---|---|"]
+        lines += [f"| {c} | {n} |" for c, n in sorted(rejected_per_client.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -69,7 +74,8 @@ def write_run(out: str | Path, cfg: RunConfig, history: list[dict],
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     payload = {"final": final_metrics(history), "rounds": history, **(extra or {})}
     (out / "rounds.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out / "summary.md").write_text(summary_markdown(cfg, history))
+    (out / "summary.md").write_text(summary_markdown(cfg, history,
+                                                     (extra or {}).get("rejected_per_client")))
     series = metric_series(history)
     if series:
         plot_metric_rounds(series, out / "metrics.png",

@@ -48,7 +48,8 @@ def main(grid: Grid, context: Context) -> None:
         strategy = BankStrategy(cfg, nodes)
 
     def save(_record: dict) -> None:
-        extra = {"rejected": strategy.rejected, "method": cfg.method,
+        extra = {"rejected": strategy.rejected,
+                 "rejected_per_client": strategy.rejected_per_client, "method": cfg.method,
                  "detector": cfg.detector, "label": label(cfg)}
         if isinstance(strategy, BankStrategy):
             extra["notes"] = strategy.notes

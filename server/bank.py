@@ -62,22 +62,23 @@ class BankStrategy(RoundLoop):
             content[BANK] = arrays
         return self._messages(MessageType.TRAIN, RecordDict(content))
 
-    def valid_summaries(self, replies: Iterable[Message]) -> tuple[list[Summary], list[Message]]:
+    def valid_summaries(self, replies: Iterable[Message], rnd: int
+                        ) -> tuple[list[Summary], list[Message]]:
         """The uploads that pass ``validate`` and their replies; the rest is left out and
-        recorded with the reason."""
+        recorded with the round and the reason."""
         good, msgs = [], []
-        for msg in self.ok_replies(replies):
+        for msg in self.ok_replies(replies, rnd):
             try:
                 arrays = {k: v.numpy() for k, v in msg.content[BANK].items()}
                 good.append(self.detector.validate(arrays, who(msg)))
                 msgs.append(msg)
             except (BankError, KeyError, ValueError, TypeError) as exc:
-                self._reject(f"{who(msg)}: {exc}")
+                self._reject(rnd, who(msg), str(exc).removeprefix(f"{who(msg)}: "))
         return good, msgs
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, dict | None]:
-        summaries, msgs = self.valid_summaries(replies)
+        summaries, msgs = self.valid_summaries(replies, server_round)
         if not summaries:
             raise RuntimeError(f"round {server_round}: no valid upload from any client "
                                f"({'; '.join(self.rejected[-len(self.node_ids):])})")

@@ -19,8 +19,33 @@ from fedad.payload import ARRAYS, CONFIG, CV_DELTA, CV_SERVER
 from server.loop import RoundLoop, who
 
 
-def _finite(record: ArrayRecord) -> bool:
-    return all(np.isfinite(v.numpy()).all() for v in record.values())
+def upload_problem(content: RecordDict, key: str, reference: dict[str, tuple] | None
+                   ) -> str | None:
+    """What is wrong with the ArrayRecord ``key`` of a reply, or ``None``: missing, keys or
+    shapes other than ``reference`` (``{name: shape}``; ``None`` checks keys and shapes
+    against nothing), a non-float dtype, non-finite values."""
+    if key not in content.array_records:
+        return f"no {key!r} in the reply"
+    record = content.array_records[key]
+    if reference is not None:
+        missing = sorted(set(reference) - set(record))
+        extra = sorted(set(record) - set(reference))
+        if missing or extra:
+            return (f"{key}: keys differ from the global model (missing {missing[:3]}, "
+                    f"unexpected {extra[:3]})")
+    for name, arr in record.items():
+        value = arr.numpy()
+        if reference is not None and tuple(value.shape) != tuple(reference[name]):
+            return f"{key}[{name}]: shape {tuple(value.shape)}, expected {reference[name]}"
+        if not np.issubdtype(value.dtype, np.floating):
+            return f"{key}[{name}]: dtype {value.dtype}, expected a float"
+        if not np.isfinite(value).all():
+            return f"{key}[{name}]: non-finite values"
+    return None
+
+
+def shapes(state: dict | ArrayRecord) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in state.items()}
 
 
 class WeightStrategy(RoundLoop):
@@ -36,6 +61,9 @@ class WeightStrategy(RoundLoop):
         self.payload_key = None if cfg.method == "local" else ARRAYS
         self.c_global: dict[str, torch.Tensor] | None = None
         self.last_keys: list[str] = []  # payload keys of the last accepted reply
+        # {key: shape} every upload must match: the global model's (set by start(); without
+        # it, the first well-formed reply's)
+        self.reference: dict[str, dict[str, tuple]] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord | None,
                         config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -57,12 +85,17 @@ class WeightStrategy(RoundLoop):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, dict | None]:
         required = {"local": (), "scaffold": (ARRAYS, CV_DELTA)}.get(self.cfg.method, (ARRAYS,))
+        if self.c_global is not None:
+            self.reference[CV_DELTA] = shapes(self.c_global)
         msgs = []
-        for msg in self.ok_replies(replies):
-            bad = [k for k in required if k not in msg.content or not _finite(msg.content[k])]
-            if bad:
-                self._reject(f"{who(msg)}: missing or non-finite {', '.join(bad)}")
+        for msg in self.ok_replies(replies, server_round):
+            problems = [p for k in required
+                        if (p := upload_problem(msg.content, k, self.reference.get(k)))]
+            if problems:
+                self._reject(server_round, who(msg), "; ".join(problems))
                 continue
+            for k in required:
+                self.reference.setdefault(k, shapes(msg.content[k]))
             if required:
                 self.last_keys = sorted(msg.content[ARRAYS].keys())
             msgs.append(msg)
@@ -93,4 +126,6 @@ class WeightStrategy(RoundLoop):
     def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,  # type: ignore[override]
               **kwargs) -> ArrayRecord | None:
         self._x = initial_arrays.to_torch_state_dict() if initial_arrays is not None else {}
+        if initial_arrays is not None:
+            self.reference[ARRAYS] = shapes(self._x)
         return super().start(grid, initial_arrays, **kwargs)

@@ -27,7 +27,13 @@ TRAIN_SECONDS = ("seconds-features", "seconds-train", "seconds-reduce")
 
 
 def who(msg: Message) -> str:
-    return f"client node {msg.metadata.src_node_id}"
+    """``client node <id>``, with its partition (site) when the reply names it."""
+    name = f"client node {msg.metadata.src_node_id}"
+    if msg.has_content() and METRICS in msg.content.metric_records:
+        pid = msg.content.metric_records[METRICS].get("partition-id")
+        if pid is not None:
+            name += f" (partition {int(pid)})"
+    return name
 
 
 def mean_std(values: Iterable[float]) -> dict[str, float]:
@@ -50,7 +56,8 @@ class RoundLoop(Strategy):
         self.node_ids = node_ids
         self.last_round = cfg.train.rounds
         self.history: list[dict] = []
-        self.rejected: list[str] = []
+        self.rejected: list[str] = []  # "round r, client ...: reason", in order
+        self.rejected_per_client: dict[str, int] = {}
         self.last_aggregate_seconds = 0.0
 
     def summary(self) -> None:
@@ -61,16 +68,19 @@ class RoundLoop(Strategy):
         return [Message(content=content, message_type=kind, dst_node_id=n)
                 for n in self.node_ids]
 
-    def _reject(self, why: str) -> None:
+    def _reject(self, rnd: int, client: str, reason: str) -> None:
+        """Leave a client's reply out, saying which round, which client and why."""
+        why = f"round {rnd}, {client}: {reason}"
         log.warning("left out of aggregation: %s", why)
         self.rejected.append(why)
+        self.rejected_per_client[client] = self.rejected_per_client.get(client, 0) + 1
 
-    def ok_replies(self, replies: Iterable[Message], what: str = "") -> list[Message]:
+    def ok_replies(self, replies: Iterable[Message], rnd: int, what: str = "") -> list[Message]:
         """Replies without error; errors are logged and recorded."""
         out = []
         for msg in replies:
             if msg.has_error():
-                self._reject(f"{who(msg)}: {what}error reply: {msg.error.reason}")
+                self._reject(rnd, who(msg), f"{what}error reply: {msg.error.reason}")
             else:
                 out.append(msg)
         return out
@@ -100,7 +110,7 @@ class RoundLoop(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> dict | None:
         per_client: dict[int, dict[str, float]] = {}
         seconds, seconds_features = [], []
-        for msg in self.ok_replies(replies, "evaluation "):
+        for msg in self.ok_replies(replies, server_round, "evaluation "):
             m = msg.content[METRICS]
             pid = int(m["partition-id"])
             per_client[pid] = {k: float(m[k]) for k in EVAL_KEYS if k in m}
@@ -162,7 +172,7 @@ class RoundLoop(Strategy):
 
     def _note_missing(self, ex: Exchange, rnd: int) -> None:
         for node in ex.missing:
-            self._reject(f"client node {node}: no reply in round {rnd} (timeout)")
+            self._reject(rnd, f"client node {node}", "no reply (timeout)")
 
     def _log_round(self, record: dict, num_rounds: int) -> None:
         tr = record["train"]

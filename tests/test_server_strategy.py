@@ -107,3 +107,49 @@ def test_fedavg_is_the_example_weighted_mean_and_drops_bad_clients():
                                             bad])
     assert np.allclose(arrays["w"].numpy(), 0.25 * 1.0 + 0.75 * 5.0)  # 1 and 3 examples
     assert summary["clients"] == 2 and "node 3" in s.rejected[-1]
+
+
+@pytest.mark.parametrize("method", ["fedavg", "scaffold"])
+def test_weight_uploads_of_the_wrong_keys_shape_or_dtype_are_left_out(method: str):
+    """A client sending weights that do not fit the global model (other keys, another
+    shape, integers, NaN; or, for SCAFFOLD, a malformed control-variate delta) is left out
+    with the round and the reason; the others are aggregated and every rejection is
+    counted against its client."""
+    import torch
+
+    from fedad.payload import CV_DELTA
+    from server.baselines import WeightStrategy
+
+    s = WeightStrategy(RunConfig(method=method), node_ids=list(range(1, 7)))
+    s.reference["arrays"] = {"w": (2, 2)}  # what start() takes from the global model
+    s.c_global = {"w": torch.zeros(2, 2)}
+    s._x = {"w": torch.zeros(2, 2)}
+
+    def upload(node: int, w: np.ndarray, dc: np.ndarray | None = None) -> Message:
+        msg = weight_reply(node, 0.0, 1)
+        msg.content.array_records["arrays"] = ArrayRecord({"w": Array(w)})
+        if method == "scaffold":
+            msg.content.array_records[CV_DELTA] = ArrayRecord(
+                {"w": Array(np.zeros((2, 2), np.float32) if dc is None else dc)})
+        return msg
+
+    ok = np.full((2, 2), 2.0, np.float32)
+    replies = [upload(1, ok), upload(2, np.ones((3, 2), np.float32)),
+               upload(3, np.ones((2, 2), np.int64)), upload(4, ok * np.nan)]
+    wrong_key = upload(5, ok)
+    wrong_key.content.array_records["arrays"] = ArrayRecord({"v": Array(ok)})
+    replies.append(wrong_key)
+    if method == "scaffold":
+        replies.append(upload(6, ok, dc=np.ones(3, np.float32)))
+    arrays, summary = s.aggregate_train(4, replies)
+    assert summary["clients"] == 1
+    assert np.isfinite(arrays["w"].numpy()).all()
+    text = "\n".join(s.rejected)
+    assert all(line.startswith("round 4, client node ") for line in s.rejected)
+    assert "node 2" in text and "shape (3, 2), expected (2, 2)" in text
+    assert "node 3" in text and "dtype int64" in text
+    assert "node 4" in text and "non-finite" in text
+    assert "node 5" in text and "missing ['w'], unexpected ['v']" in text
+    if method == "scaffold":
+        assert "node 6" in text and f"{CV_DELTA}[w]: shape (3,)" in text
+    assert sum(s.rejected_per_client.values()) == len(s.rejected) == len(replies) - 1
