@@ -117,8 +117,9 @@ def main() -> int:
                      f"{fmt(r.get('pro'))} | {r['bytes_per_round'] / 1e6:.2f} | "
                      f"{fmt(r['final_loss'])} |")
     lead = max(rows, key=lambda m: rows[m]["i_auroc"]["mean"])
-    lines += ["", f"Highest I-AUROC: {lead}" + ("" if lead == "feddymem" else
-                                                " (FedDyMem does not lead here)"), "",
+    note = ("" if lead == "feddymem" or "feddymem" not in rows
+            else " (FedDyMem does not lead here)")
+    lines += ["", f"Highest I-AUROC: {lead}{note}", "",
               f"Command: `{command_line()}`"]
     write_results(args.out, "compare", {"command": command_line(), "machine": machine(),
                                         "base": base, "rows": rows, "curves": curves},
