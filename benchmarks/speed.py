@@ -40,7 +40,7 @@ from fedad.cli.overrides import compose  # noqa: E402
 from fedad.cli.processes import exit_on_sigterm  # noqa: E402
 from fedad.cli.sim import SimConfig, launch, run_config_of  # noqa: E402
 from fedad.detectors.feddymem.client import FedDyMemClient  # noqa: E402
-from fedad.detectors.registry import feature_config  # noqa: E402
+from fedad.detectors.registry import evaluated, feature_config  # noqa: E402
 from fedad.memory import kmeans_aggregate  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
 
@@ -96,9 +96,7 @@ def floor(sim: SimConfig) -> dict:
     knn = 2.0 * h * w * bank_rows * c  # one image's queries against the bank
     rate = gemm_rate(h * w * bs, bank_rows, c)
     rounds, epochs = cfg.train.rounds, cfg.train.local_epochs
-    evaluations = len(range(sim.eval_every, rounds + 1, sim.eval_every)) if sim.eval_every else 0
-    if sim.eval_every and rounds % sim.eval_every:
-        evaluations += 1  # the last round is always evaluated
+    evaluations = sum(evaluated(r, rounds, sim.eval_every) for r in range(1, rounds + 1))
     banks = [client.initial_bank(t[:8]) for t in train]
     t = time.perf_counter()
     kmeans_aggregate(banks, seed=0, niter=cfg.train.kmeans_iters, init=cfg.train.kmeans_init)

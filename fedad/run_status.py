@@ -32,6 +32,14 @@ def read_status(out: Path) -> dict | None:
         return None
 
 
+def run_folders(sweep: Path) -> list[Path]:
+    """The run folders of a sweep (Hydra job folders, or folders with a ``status.json``),
+    in job order (``0, 1, ..., 10``)."""
+    jobs = [p for p in Path(sweep).iterdir()
+            if p.is_dir() and ((p / ".hydra").is_dir() or (p / STATUS).is_file())]
+    return sorted(jobs, key=lambda p: (len(p.name), p.name))
+
+
 def completed_with(out: Path, overrides: list[str]) -> bool:
     """True when ``out`` holds a completed run made with exactly ``overrides`` (a sweep
     re-run in the same folder skips it; a changed sweep list never reuses a run that was

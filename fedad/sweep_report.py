@@ -25,7 +25,7 @@ import tomllib
 from fedad.detectors.registry import label
 from fedad.errors import FedadError
 from fedad.plots import plot_bars, plot_lines
-from fedad.run_status import read_status
+from fedad.run_status import read_status, run_folders
 from fedad.runconfig import from_flat
 
 METRICS = ("i_auroc", "p_auroc", "pro")
@@ -63,12 +63,6 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def _job_dirs(sweep: Path) -> list[Path]:
-    jobs = [p for p in sweep.iterdir() if p.is_dir() and ((p / ".hydra").is_dir()
-                                                          or (p / "status.json").is_file())]
-    return sorted(jobs, key=lambda p: (len(p.name), p.name))
 
 
 def read_run(job: Path) -> Run:
@@ -252,7 +246,7 @@ def make_report(sweep: str | Path, out: str | Path | None = None) -> dict[str, P
     if not sweep.is_dir():
         raise FedadError(f"{sweep}: not a folder (give the sweep folder, e.g. multirun/<date>/"
                          "<time>)")
-    jobs = _job_dirs(sweep)
+    jobs = run_folders(sweep)
     if not jobs:
         raise FedadError(f"{sweep}: no run folders (each run of fedad-sim -m has a .hydra/ "
                          "folder and a status.json)")

@@ -14,7 +14,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedad.config import RunConfig
-from fedad.detectors.registry import label, schedule
+from fedad.detectors.registry import evaluated, label, schedule
 from fedad.payload import CONFIG, METRICS
 from server.transport import Exchange, exchange
 
@@ -98,9 +98,9 @@ class RoundLoop(Strategy):
     # -- evaluation (the same for every method) ---------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        last = server_round == self.last_round
-        if not last and server_round % max(1, self.cfg.eval_every):
+        if not evaluated(server_round, self.last_round, self.cfg.eval_every):
             return []
+        last = server_round == self.last_round
         conf = ConfigRecord({**(config or {}), "round": server_round, "final": last})
         content = {CONFIG: conf}
         if self.payload_key is not None and arrays is not None:

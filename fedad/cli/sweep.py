@@ -11,7 +11,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from fedad.run_status import read_status
+from fedad.run_status import read_status, run_folders
 
 log = logging.getLogger("fedad")
 
@@ -20,10 +20,7 @@ def sweep_outcome(sweep_dir: Path) -> tuple[list[Path], list[Path]]:
     """(completed, failed) run folders under ``sweep_dir``; a folder with no status (a
     killed run) counts as failed."""
     done, failed = [], []
-    for job in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir()),
-                      key=lambda p: (len(p.name), p.name)):
-        if not (job / ".hydra").is_dir():
-            continue
+    for job in run_folders(sweep_dir):
         status = read_status(job)
         (done if status and status["status"] == "completed" else failed).append(job)
     return done, failed

@@ -123,6 +123,12 @@ def rounds(cfg: RunConfig, detector: type[Detector] | Detector) -> tuple[int, in
     return detector.first_round, last
 
 
+def evaluated(rnd: int, last: int, eval_every: int) -> bool:
+    """Whether round ``rnd`` (of ``1..last``) is evaluated: every ``eval_every``-th round
+    (``0`` counts as 1) and always the last."""
+    return rnd == last or rnd % max(1, eval_every) == 0
+
+
 def schedule(cfg: RunConfig) -> str:
     """How many rounds a run makes, in words (log lines and summary headings)."""
     cfg = resolve(cfg)
