@@ -15,7 +15,7 @@ import time
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from clients.context import client_setup
+from clients.context import checkpoint, client_setup, restored_state
 from clients.data import ClientData, validation_metrics
 from fedad.config import RunConfig
 from fedad.detectors.base import Detector, FeatureShape, Summary
@@ -35,21 +35,23 @@ def record_of(arrays: Summary) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
-def setup(context: Context) -> tuple[RunConfig, ClientData, Detector, float]:
-    """Run config, data, the detector with its saved state, seconds spent on features."""
+def setup(context: Context, msg: Message) -> tuple[RunConfig, ClientData, Detector, float]:
+    """Run config, data, the detector with its saved state (from ``context.state``, or from
+    the site's checkpoint when the server resumes a run), seconds spent on features."""
     cfg, data, seconds_features = client_setup(context)
     _, c, h, w = data.train.features.shape
     detector = create(cfg, FeatureShape(c, h, w), data.device,
                       seed=client_seed(cfg, data.partition_id))
-    if STATE in context.state:
-        detector.load_state(context.state[STATE].to_torch_state_dict())
+    state = restored_state(context, msg, STATE, data.partition_id, bool(detector.state()))
+    if state is not None:
+        detector.load_state(state)
     return cfg, data, detector, seconds_features
 
 
 def train(msg: Message, context: Context) -> Message:
     """Fit on the client's training features (against the global summary after round 0)
     and upload the summary."""
-    cfg, data, detector, sec_features = setup(context)
+    cfg, data, detector, sec_features = setup(context, msg)
     round_t = int(msg.content[CONFIG]["round"])
     global_summary = arrays_of(msg.content[BANK]) if BANK in msg.content else None
     t = time.perf_counter()
@@ -61,6 +63,7 @@ def train(msg: Message, context: Context) -> Message:
     state = detector.state()
     if state:
         context.state[STATE] = ArrayRecord(torch_state_dict=state)
+        checkpoint(msg, data.partition_id, round_t, state)
     # stages: "train" (FedDyMem's epochs) vs the rest (reduce, coreset, statistics)
     stages = info.seconds or {}
     other = sum(v for k, v in stages.items() if k != "train")
@@ -77,7 +80,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the test set with the global summary (and this client's state). In the final
     round, also calibrate the threshold on the held-out normals and save the site."""
-    cfg, data, detector, sec_features = setup(context)
+    cfg, data, detector, sec_features = setup(context, msg)
     global_summary = arrays_of(msg.content[BANK])
     t = time.perf_counter()
     scores = detector.score(data.test.features, global_summary, cfg.dataset.image_size)

@@ -8,7 +8,7 @@ import time
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from clients.context import client_setup
+from clients.context import checkpoint, client_setup, restored_state
 from clients.data import ClientData, validation_metrics
 from fedad.baselines.client import WeightClient
 from fedad.config import RunConfig
@@ -18,17 +18,18 @@ from fedad.payload import ARRAYS, CONFIG, CV_DELTA, CV_SERVER, METRICS, NUM_EXAM
 STATE = "baseline-client"
 
 
-def setup(context: Context) -> tuple[RunConfig, ClientData, WeightClient, float]:
+def setup(context: Context, msg: Message) -> tuple[RunConfig, ClientData, WeightClient, float]:
     cfg, data, seconds = client_setup(context)
     client = WeightClient(data.channels, cfg, data.device,
                           seed=cfg.train.seed + 1000 * data.partition_id)
-    if STATE in context.state:
-        client.load_arrays(context.state[STATE].to_torch_state_dict())
+    state = restored_state(context, msg, STATE, data.partition_id, True)
+    if state is not None:
+        client.load_arrays(state)
     return cfg, data, client, seconds
 
 
 def train(msg: Message, context: Context) -> Message:
-    cfg, data, client, sec_features = setup(context)
+    cfg, data, client, sec_features = setup(context, msg)
     weights = msg.content[ARRAYS].to_torch_state_dict() if ARRAYS in msg.content else None
     c_global = msg.content[CV_SERVER].to_torch_state_dict() if CV_SERVER in msg.content else None
     if "proximal-mu" in msg.content[CONFIG]:  # FedProx: the server's mu wins
@@ -36,7 +37,9 @@ def train(msg: Message, context: Context) -> Message:
     t = time.perf_counter()
     result = client.train_round(data.train.features, weights, c_global)
     sec_train = time.perf_counter() - t
-    context.state[STATE] = ArrayRecord(torch_state_dict=client.to_arrays())
+    arrays = client.to_arrays()
+    context.state[STATE] = ArrayRecord(torch_state_dict=arrays)
+    checkpoint(msg, data.partition_id, int(msg.content[CONFIG].get("server-round", 0)), arrays)
     content = RecordDict({METRICS: MetricRecord({
         NUM_EXAMPLES: len(data.train), "partition-id": data.partition_id,
         "loss": result.losses[-1] if result.losses else 0.0, "steps": result.steps,
@@ -50,7 +53,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg, data, client, sec_features = setup(context)
+    cfg, data, client, sec_features = setup(context, msg)
     weights = msg.content[ARRAYS].to_torch_state_dict() if ARRAYS in msg.content else None
     t = time.perf_counter()
     scores = client.score(data.train.features, data.test.features, cfg.dataset.image_size,

@@ -19,13 +19,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from flwr.app import Context
+import torch
+from flwr.app import Context, Message
 
 from clients.data import ClientData, load_client_data, load_site_data
+from fedad.checkpoint import load_client, save_client
 from fedad.config import RunConfig
 from fedad.data.factory import FILE_DATASETS
 from fedad.detectors.registry import feature_config
 from fedad.errors import ConfigError
+from fedad.payload import CONFIG
 from fedad.runconfig import from_flat
 
 
@@ -97,3 +100,34 @@ def client_setup(context: Context) -> tuple[RunConfig, ClientData, float]:
         assert node.num_partitions is not None
         data = load_client_data(cfg, node.site, node.num_partitions)
     return cfg, data, time.perf_counter() - t0
+
+
+def restored_state(context: Context, msg: Message, key: str, site: int,
+                   stateful: bool) -> dict[str, torch.Tensor] | None:
+    """The client's state between rounds: ``context.state[key]``, or, in the first round of
+    a resumed run (the message carries ``resume-round``; a fresh process has no state), the
+    site's checkpoint of that round (:mod:`fedad.checkpoint`). ``None``: nothing to restore.
+
+    Raises:
+        ConfigError: a resumed run, a ``stateful`` client and no checkpoint of the round.
+    """
+    if key in context.state:
+        return context.state[key].to_torch_state_dict()
+    conf = msg.content[CONFIG] if CONFIG in msg.content else {}
+    if "resume-round" not in conf or not str(conf.get("out", "")):
+        return None
+    try:
+        state = load_client(str(conf["out"]), site, int(conf["resume-round"]))
+    except ConfigError:
+        if stateful:
+            raise
+        return None
+    return state
+
+
+def checkpoint(msg: Message, site: int, rnd: int, state: dict[str, torch.Tensor]) -> None:
+    """Keep the client's state after round ``rnd`` in ``<run dir>/site-<id>/`` (when the
+    server named the run folder), so a killed run can resume."""
+    conf = msg.content[CONFIG] if CONFIG in msg.content else {}
+    if str(conf.get("out", "")):
+        save_client(str(conf["out"]), site, rnd, state)

@@ -31,6 +31,9 @@ class DataConfig:
     texture_crop: int = 160
     # mtd: file listing the training images (default: the published DifferNet split)
     mtd_train_list: str | None = None
+    # unreadable images or masks (corrupt, truncated, wrong-sized mask): "refuse" stops the
+    # run before any round with the list of files; "skip" leaves them out and reports them
+    on_bad: str = "refuse"
     parts: list[DataConfig] = field(default_factory=list)
 
 
@@ -179,6 +182,28 @@ class PartitionConfig:
 
 
 @dataclass
+class RobustConfig:
+    """Robust aggregation (off by default; ``robust.enabled=true``). Beyond the paper.
+
+    Every round, each client's upload is reduced to one vector (bank exchange: the
+    detector's ``descriptor``, e.g. the mean bank feature; weight exchange: the update
+    ``w_i - w_global``). Its distance ``d_i`` to the coordinate-wise median ``m`` of all
+    vectors is compared with ``max(median(d) + k * 1.4826 * MAD(d), spread * |m|)``; an
+    upload beyond it is dropped and the run records who and why. The floor ``spread * |m|``
+    (a fraction of the median vector's own size) keeps a federation of near-identical
+    clients (MAD ~ 0) from dropping honest ones for tiny differences. Needs at least 3
+    uploads in the round (else nothing is dropped).
+    Weight exchange then averages the kept uploads with Flower's ``FedTrimmedAvg``
+    (coordinate-wise trimmed mean, ``trim`` cut at each end); SCAFFOLD keeps its own
+    update on the kept uploads."""
+
+    enabled: bool = False
+    k: float = 3.0
+    spread: float = 0.5
+    trim: float = 0.2
+
+
+@dataclass
 class RunConfig:
     dataset: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -189,6 +214,7 @@ class RunConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     patchcore: PatchCoreConfig = field(default_factory=PatchCoreConfig)
     padim: PaDiMConfig = field(default_factory=PaDiMConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
     # detector: feddymem | patchcore | padim (fedad/detectors/registry.py)
     detector: str = "feddymem"
     # method: bank (exchange what the detector summarises) | local | fedavg | fedprox |
@@ -198,6 +224,17 @@ class RunConfig:
     eval_every: int = 1  # evaluate every n rounds (the last round always)
     wait_for_nodes: float = 300.0  # seconds the server waits for num_clients nodes
     round_timeout: float = 3600.0  # seconds the server waits for replies in a round
+    # a round goes on when at least this many clients sent a valid reply (the others failed,
+    # timed out or were rejected); with fewer, the run stops naming the missing clients
+    min_clients: int = 1
+    # seconds `flwr run` may stay in Flower's "pending" state (no ServerApp started) before
+    # fedad gives up with a message instead of hanging
+    pending_timeout: float = 600.0
+    # resume=<run dir>: go on from the last round that run checkpointed (see server/checkpoint.py)
+    resume: str | None = None
+    # fault injection for reliability tests (clients/faults.py), e.g. ["0:nan", "2:raise@2"]:
+    # "<partition>:<fault>[@<round>]" with fault nan | shape | raise | shift | scale
+    faults: list[str] = field(default_factory=list)
     examples: int = 4  # anomaly-map examples plotted at the end
     device: str = "auto"
     num_workers: int = 0

@@ -17,3 +17,12 @@ class BankError(FedadError, ValueError):
 
 class ConfigError(FedadError, ValueError):
     """A configuration value is invalid."""
+
+
+class BadFilesError(DataError):
+    """Images or masks of a dataset that cannot be used; ``files`` lists each as
+    ``"<path>: <reason>"``."""
+
+    def __init__(self, message: str, files: list[str]) -> None:
+        super().__init__(message)
+        self.files = files

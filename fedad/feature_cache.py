@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from fedad.config import RunConfig
-from fedad.data.dataset import AnomalyDataset, collate_samples
+from fedad.data.dataset import AnomalyDataset
+from fedad.data.screen import Guarded, check_on_bad, collate_guarded, refuse
 from fedad.errors import ConfigError
 from fedad.features import FeatureExtractor, extractor_signature
 from fedad.progress import progress
@@ -37,6 +38,7 @@ class FeatureSet:
         masks: ``(N, S, S)`` uint8 ground truth at the input size, or ``None``.
         paths: source path per image.
         product_types: product type per image.
+        skipped: unreadable files left out (``dataset.on_bad=skip``), ``"<path>: <why>"``.
     """
 
     features: torch.Tensor
@@ -44,6 +46,7 @@ class FeatureSet:
     masks: torch.Tensor | None
     paths: list[str]
     product_types: list[str]
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -75,8 +78,15 @@ def extract_features(
     half: bool = False,
     num_workers: int = 0,
     desc: str = "features",
+    on_bad: str = "refuse",
 ) -> FeatureSet:
-    """Compute (or fetch from the cache) the fused features of every image in ``dataset``."""
+    """Compute (or fetch from the cache) the fused features of every image in ``dataset``.
+
+    Every image and mask is read; the unreadable ones are collected and, after the pass,
+    either raised together (``on_bad="refuse"``: :class:`~fedad.errors.BadFilesError`
+    listing each file and why) or left out and listed in ``FeatureSet.skipped``.
+    """
+    check_on_bad(on_bad)
     if cache not in ("memory", "disk", "none"):
         raise ConfigError(f"backbone.cache must be memory, disk or none, got {cache!r}")
     folder = None
@@ -87,12 +97,16 @@ def extract_features(
         folder.mkdir(parents=True, exist_ok=True)
     extractor = extractor.to(device)
     dtype = torch.float16 if half else torch.float32
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_samples)
+    loader = DataLoader(Guarded(dataset), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collate_guarded)
     feats, labels, masks, paths, types, all_keys = [], [], [], [], [], []
+    bad_files = []
     hits = 0
     n_batches = (len(dataset) + batch_size - 1) // batch_size
-    for batch in progress(loader, n_batches, desc):
+    for batch, bad in progress(loader, n_batches, desc):
+        bad_files.extend(bad)
+        if batch is None:
+            continue
         images = batch["image"]
         keys = [_key(img, signature) for img in images]
         all_keys.extend(keys)
@@ -125,8 +139,14 @@ def extract_features(
             masks.append(batch["mask"][:, 0].to(torch.uint8))
         paths.extend(batch["path"])
         types.extend(batch["product_type"])
+    if bad_files and on_bad == "refuse":
+        raise refuse(bad_files, desc)
+    if bad_files:
+        log.warning("%s: %d unreadable file(s) skipped (dataset.on_bad=skip): %s", desc,
+                    len(bad_files), "; ".join(str(b) for b in bad_files[:5]))
     if not feats:
-        raise ConfigError(f"{desc}: the dataset is empty")
+        raise ConfigError(f"{desc}: the dataset is empty"
+                          + (" (every file was unreadable)" if bad_files else ""))
     if hits:
         log.info("%s: %d/%d images from the %s cache", desc, hits, len(feats), cache)
     features = torch.stack(feats)
@@ -137,9 +157,10 @@ def extract_features(
     return FeatureSet(
         features=features,
         labels=torch.cat(labels),
-        masks=torch.cat(masks) if len(masks) == n_batches else None,
+        masks=torch.cat(masks) if masks and sum(len(m) for m in masks) == len(paths) else None,
         paths=paths,
         product_types=types,
+        skipped=[str(b) for b in bad_files],
     )
 
 
@@ -152,5 +173,5 @@ def dataset_features(cfg: RunConfig, extractor: FeatureExtractor, info: dict,
         extractor, dataset, extractor_signature(info, extractor.state_dict()), device,
         batch_size=cfg.train.batch_size, cache=cfg.backbone.cache,
         cache_dir=cfg.backbone.cache_dir, half=cfg.backbone.half,
-        num_workers=cfg.num_workers, desc=desc,
+        num_workers=cfg.num_workers, desc=desc, on_bad=cfg.dataset.on_bad,
     )

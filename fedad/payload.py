@@ -18,6 +18,7 @@ BANK = "bank"  # ArrayRecord name and array key of a memory bank
 CONFIG = "config"  # ConfigRecord name of per-round instructions
 METRICS = "metrics"  # MetricRecord name of a reply's numbers
 NUM_EXAMPLES = "num-examples"
+FILES = "files"  # start-up data check: ConfigRecord of unreadable files (clients/check.py)
 ARRAYS = "arrays"  # model weights (the key Flower's FedAvg/FedProx use)
 CV_SERVER = "server-cv"  # SCAFFOLD: the server's control variate, sent with the weights
 CV_DELTA = "cv-delta"  # SCAFFOLD: a client's control-variate change, sent with its weights

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedad.checkpoint import atomic_write
 from fedad.detectors.base import Detector, Summary
 from fedad.errors import ConfigError
 
@@ -51,12 +52,6 @@ def calibrate(scores: np.ndarray | torch.Tensor | None, quantile: float) -> Cali
                        [float(v) for v in s])
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_site(out: str | Path, site: int, detector: Detector,
               holdout_scores: np.ndarray | torch.Tensor | None, quantile: float) -> Calibration:
     """Write ``<out>/site-<site>/state.pt`` and ``calibration.json``; return the
@@ -64,8 +59,8 @@ def save_site(out: str | Path, site: int, detector: Detector,
     folder = Path(out) / f"site-{site}"
     folder.mkdir(parents=True, exist_ok=True)
     cal = calibrate(holdout_scores, quantile)
-    _atomic_write(folder / "state.pt", lambda p: torch.save(detector.state(), p))
-    _atomic_write(folder / "calibration.json",
+    atomic_write(folder / "state.pt", lambda p: torch.save(detector.state(), p))
+    atomic_write(folder / "calibration.json",
                   lambda p: p.write_text(json.dumps(asdict(cal), indent=2) + "\n"))
     return cal
 

@@ -2,7 +2,9 @@
 collect the clients' summaries, check each with the detector's ``validate`` and combine
 the valid ones with its ``merge`` (FedDyMem: K-means, Alg. 3; PatchCore: a coreset of the
 union; PaDiM: exact sums of statistics). A reply that is an error, or whose summary is
-malformed, is logged, named and left out; the round goes on with the others.
+malformed, is logged, named and left out; so is, with ``robust.enabled``, an upload that is
+an outlier against the others (:mod:`fedad.robust`). The round goes on with the others
+when at least ``min_clients`` remain, else the run stops naming the missing ones.
 
 A frozen-feature detector (``iterative = False``) runs one round, whatever
 ``train.rounds`` says, and the log says so.
@@ -43,9 +45,17 @@ class BankStrategy(RoundLoop):
         self.global_summary: Summary | None = None
         self.notes: list[str] = []  # said in the log and kept in rounds.json
 
+    def checkpoint_state(self) -> dict:
+        return {**super().checkpoint_state(), "notes": self.notes,
+                "global_summary": self.global_summary}
+
+    def restore(self, ckpt: dict) -> None:
+        super().restore(ckpt)
+        self.notes, self.global_summary = list(ckpt["notes"]), ckpt["global_summary"]
+
     def summary(self) -> None:
         d = self.detector
-        if not d.iterative and self.cfg.train.rounds != 1:
+        if not d.iterative and self.cfg.train.rounds != 1 and not self.notes:
             self.notes.append(f"{d.name} works on frozen features: one round gives its final "
                               f"result, so it runs 1 round (train.rounds={self.cfg.train.rounds}"
                               " is ignored)")
@@ -79,9 +89,12 @@ class BankStrategy(RoundLoop):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, dict | None]:
         summaries, msgs = self.valid_summaries(replies, server_round)
-        if not summaries:
-            raise RuntimeError(f"round {server_round}: no valid upload from any client "
-                               f"({'; '.join(self.rejected[-len(self.node_ids):])})")
+        keep = self.robust_keep(server_round, msgs,
+                                [self.detector.descriptor(s) for s in summaries]
+                                if self.cfg.robust.enabled else [])
+        summaries = [s for s, k in zip(summaries, keep, strict=True) if k]
+        msgs = [m for m, k in zip(msgs, keep, strict=True) if k]
+        self.require_enough(server_round, msgs)
         t = time.perf_counter()
         self.global_summary = self.detector.merge(summaries, server_round)
         self.last_aggregate_seconds = time.perf_counter() - t

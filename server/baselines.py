@@ -1,6 +1,8 @@
 """Strategies of the weight-exchanging baselines. FedAvg, FedProx and FedBN use Flower's own
 ``FedAvg``/``FedProx`` for the arithmetic (FedBN differs only on the client: BatchNorm tensors
-are never sent); SCAFFOLD and Local are written here (Flower has neither)."""
+are never sent); SCAFFOLD and Local are written here (Flower has neither). With
+``robust.enabled`` outlying updates are dropped (:mod:`fedad.robust`) and the rest averaged
+with Flower's ``FedTrimmedAvg``."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, FedProx
+from flwr.serverapp.strategy import FedAvg, FedProx, FedTrimmedAvg
 
 from fedad.baselines.scaffold import server_update, zeros_like_state
 from fedad.config import RunConfig
 from fedad.payload import ARRAYS, CONFIG, CV_DELTA, CV_SERVER
+from fedad.robust import flat_update
 from server.loop import RoundLoop, who
 
 
@@ -58,6 +61,10 @@ class WeightStrategy(RoundLoop):
                       min_evaluate_nodes=n, min_available_nodes=n)
         self.inner = (FedProx(proximal_mu=cfg.train.proximal_mu, **common)
                       if cfg.method == "fedprox" else FedAvg(**common))
+        # robust aggregation: the kept uploads' coordinate-wise trimmed mean (Flower's)
+        self.averaging = (FedTrimmedAvg(beta=cfg.robust.trim, **common)
+                          if cfg.robust.enabled else self.inner)
+        self.sent: dict[str, np.ndarray] = {}  # the global weights of the round in flight
         self.payload_key = None if cfg.method == "local" else ARRAYS
         self.c_global: dict[str, torch.Tensor] | None = None
         self.last_keys: list[str] = []  # payload keys of the last accepted reply
@@ -67,6 +74,8 @@ class WeightStrategy(RoundLoop):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord | None,
                         config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        if arrays is not None and self.cfg.robust.enabled:
+            self.sent = {k: v.numpy() for k, v in arrays.items()}
         if self.cfg.method == "local":
             conf = ConfigRecord({**config, "server-round": server_round})
             return self._messages(MessageType.TRAIN, RecordDict({CONFIG: conf}))
@@ -99,15 +108,18 @@ class WeightStrategy(RoundLoop):
             if required:
                 self.last_keys = sorted(msg.content[ARRAYS].keys())
             msgs.append(msg)
-        if not msgs:
-            raise RuntimeError(f"round {server_round}: no valid reply from any client "
-                               f"({'; '.join(self.rejected[-len(self.node_ids):])})")
+        if self.cfg.robust.enabled and self.cfg.method != "local":
+            vectors = [flat_update({k: v.numpy() for k, v in m.content[ARRAYS].items()},
+                                   self.sent) for m in msgs]
+            keep = self.robust_keep(server_round, msgs, vectors)
+            msgs = [m for m, k in zip(msgs, keep, strict=True) if k]
+        self.require_enough(server_round, msgs)
         t = time.perf_counter()
         arrays = None
         if self.cfg.method == "scaffold":
             arrays = self._scaffold(msgs)
         elif self.cfg.method != "local":
-            arrays, _ = self.inner.aggregate_train(server_round, msgs)
+            arrays, _ = self.averaging.aggregate_train(server_round, msgs)
         self.last_aggregate_seconds = time.perf_counter() - t
         return arrays, self.train_summary(msgs)
 
@@ -123,9 +135,19 @@ class WeightStrategy(RoundLoop):
         self._x = x_new
         return ArrayRecord(torch_state_dict=x_new)
 
+    def checkpoint_state(self) -> dict:
+        return {**super().checkpoint_state(), "x": self._x, "c_global": self.c_global,
+                "reference": self.reference, "last_keys": self.last_keys}
+
+    def restore(self, ckpt: dict) -> None:
+        super().restore(ckpt)
+        self._x, self.c_global = ckpt["x"], ckpt["c_global"]
+        self.reference, self.last_keys = dict(ckpt["reference"]), list(ckpt["last_keys"])
+
     def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None,  # type: ignore[override]
               **kwargs) -> ArrayRecord | None:
-        self._x = initial_arrays.to_torch_state_dict() if initial_arrays is not None else {}
-        if initial_arrays is not None:
-            self.reference[ARRAYS] = shapes(self._x)
+        if self.done_round is None:  # a fresh run (a resumed one restored these)
+            self._x = initial_arrays.to_torch_state_dict() if initial_arrays is not None else {}
+            if initial_arrays is not None:
+                self.reference[ARRAYS] = shapes(self._x)
         return super().start(grid, initial_arrays, **kwargs)

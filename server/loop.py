@@ -9,13 +9,14 @@ import time
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedad.config import RunConfig
 from fedad.detectors.registry import evaluated, label, schedule
-from fedad.payload import CONFIG, METRICS
+from fedad.payload import CONFIG, FILES, METRICS
+from fedad.robust import median_outliers
 from server.transport import Exchange, exchange
 
 log = logging.getLogger("fedad")
@@ -23,6 +24,7 @@ log = logging.getLogger("fedad")
 # with too few images hold none out and do not report them)
 EVAL_KEYS = ("i_auroc", "p_auroc", "pro", "i_f1_max", "p_f1_max", "val_i_auroc",
              "val_p_auroc")
+STARTUP = "start-up"  # what rejections before round 1 are filed under
 TRAIN_SECONDS = ("seconds-features", "seconds-train", "seconds-reduce")
 
 
@@ -34,6 +36,15 @@ def who(msg: Message) -> str:
         if pid is not None:
             name += f" (partition {int(pid)})"
     return name
+
+
+def short_reason(reason: str, limit: int = 300) -> str:
+    """The gist of a Flower error reply: the client's exception message without the Ray and
+    Flower tracebacks around it (simulation wraps it as ``... Message: <text>'>``)."""
+    text = reason.rsplit("Message:", 1)[-1] if "Message:" in reason else reason
+    lines = [ln.strip() for ln in text.strip().strip("'>").splitlines() if ln.strip()]
+    text = lines[-1] if lines else reason.strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def mean_std(values: Iterable[float]) -> dict[str, float]:
@@ -59,6 +70,37 @@ class RoundLoop(Strategy):
         self.rejected: list[str] = []  # "round r, client ...: reason", in order
         self.rejected_per_client: dict[str, int] = {}
         self.last_aggregate_seconds = 0.0
+        self.partition_of: dict[int, int] = {}  # node id -> partition, from replies seen
+        self.robust_log: list[dict] = []  # per round: distances, threshold, dropped
+        self.skipped_files: dict[str, list[str]] = {}  # client -> files it left out
+        self.global_state: ArrayRecord | None = None  # after the last finished round
+        self.done_round: int | None = None
+
+    # -- checkpoint (fedad/checkpoint.py) -------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        """What a resumed run needs of this strategy (subclasses add their own state)."""
+        g = self.global_state
+        return {"round": self.done_round, "history": self.history, "rejected": self.rejected,
+                "rejected_per_client": self.rejected_per_client,
+                "robust_log": self.robust_log, "partition_of": self.partition_of,
+                "global": None if g is None else {k: v.numpy() for k, v in g.items()}}
+
+    def restore(self, ckpt: dict) -> None:
+        """Take back what :meth:`checkpoint_state` saved."""
+        self.done_round = int(ckpt["round"])
+        self.history = list(ckpt["history"])
+        self.rejected = list(ckpt["rejected"])
+        self.rejected_per_client = dict(ckpt["rejected_per_client"])
+        self.robust_log = list(ckpt["robust_log"])
+        self.partition_of = dict(ckpt["partition_of"])
+        g = ckpt["global"]
+        self.global_state = None if g is None else ArrayRecord(
+            {k: Array(np.ascontiguousarray(v)) for k, v in g.items()})
+
+    def name(self, node: int) -> str:
+        """``client node <id>`` with its partition once a reply has named it."""
+        pid = self.partition_of.get(node)
+        return f"client node {node}" + (f" (partition {pid})" if pid is not None else "")
 
     def summary(self) -> None:
         log.info("%s: %d clients, %s", label(self.cfg), len(self.node_ids),
@@ -68,22 +110,61 @@ class RoundLoop(Strategy):
         return [Message(content=content, message_type=kind, dst_node_id=n)
                 for n in self.node_ids]
 
-    def _reject(self, rnd: int, client: str, reason: str) -> None:
+    def _reject(self, rnd: int | str, client: str, reason: str) -> None:
         """Leave a client's reply out, saying which round, which client and why."""
-        why = f"round {rnd}, {client}: {reason}"
+        why = f"{f'round {rnd}' if isinstance(rnd, int) else rnd}, {client}: {reason}"
         log.warning("left out of aggregation: %s", why)
         self.rejected.append(why)
         self.rejected_per_client[client] = self.rejected_per_client.get(client, 0) + 1
 
-    def ok_replies(self, replies: Iterable[Message], rnd: int, what: str = "") -> list[Message]:
+    def ok_replies(self, replies: Iterable[Message], rnd: int | str, what: str = ""
+                   ) -> list[Message]:
         """Replies without error; errors are logged and recorded."""
         out = []
         for msg in replies:
+            if msg.has_content() and METRICS in msg.content.metric_records:
+                pid = msg.content.metric_records[METRICS].get("partition-id")
+                if pid is not None:
+                    self.partition_of[msg.metadata.src_node_id] = int(pid)
             if msg.has_error():
-                self._reject(rnd, who(msg), f"{what}error reply: {msg.error.reason}")
+                self._reject(rnd, self.name(msg.metadata.src_node_id),
+                             f"{what}error reply: {short_reason(msg.error.reason)}")
             else:
                 out.append(msg)
         return out
+
+    def robust_keep(self, rnd: int, msgs: list[Message], vectors: list) -> list[bool]:
+        """Which uploads robust aggregation keeps (all when ``robust.enabled`` is off); the
+        dropped ones are recorded with the reason, the round's distances in
+        :attr:`robust_log`."""
+        if not self.cfg.robust.enabled or not msgs:
+            return [True] * len(msgs)
+        r = self.cfg.robust
+        verdict = median_outliers(vectors, r.k, r.spread)
+        entry = {"round": rnd, "threshold": verdict.threshold,
+                 "distances": {who(m): float(d) for m, d in zip(msgs, verdict.distances,
+                                                                strict=True)},
+                 "dropped": [who(m) for m, k in zip(msgs, verdict.keep, strict=True) if not k]}
+        self.robust_log.append(entry)
+        for i, msg in enumerate(msgs):
+            if not verdict.keep[i]:
+                self._reject(rnd, who(msg), verdict.reason(i))
+        return [bool(k) for k in verdict.keep]
+
+    def require_enough(self, rnd: int | str, msgs: list[Message]) -> None:
+        """Go on only with at least ``min_clients`` valid replies; else stop the run naming
+        the clients that did not count this round and why."""
+        need = max(1, self.cfg.min_clients)
+        if len(msgs) >= need:
+            return
+        got = {m.metadata.src_node_id for m in msgs}
+        missing = [self.name(n) for n in self.node_ids if n not in got]
+        where = f"round {rnd}" if isinstance(rnd, int) else rnd
+        reasons = [r for r in self.rejected if r.startswith(f"{where},")]
+        raise RuntimeError(
+            f"{where}: {len(msgs)} valid replies, fewer than min_clients={need}; "
+            f"missing or rejected: {', '.join(missing)}"
+            + (f" ({'; '.join(reasons)})" if reasons else ""))
 
     def train_summary(self, msgs: list[Message]) -> dict:
         metrics = [m.content[METRICS] for m in msgs]
@@ -133,18 +214,28 @@ class RoundLoop(Strategy):
               train_config: ConfigRecord | None = None,
               evaluate_config: ConfigRecord | None = None, evaluate_fn=None,
               on_round=None) -> ArrayRecord | None:
-        """Rounds ``first_round..num_rounds`` of train + aggregate (+ evaluate). Returns the
-        final global state. ``on_round(record)`` runs after each round (results writing)."""
+        """Rounds ``first_round..num_rounds`` of train + aggregate (+ evaluate), or, after
+        :meth:`restore`, the rounds after the checkpointed one (the clients are told which
+        round to restore their state from). Returns the final global state.
+        ``on_round(record)`` runs after each round (results writing, checkpoint)."""
         num_rounds = self.last_round if num_rounds is None else num_rounds
         timeout = self.cfg.round_timeout if timeout is None else timeout
         train_config = train_config or ConfigRecord()
         evaluate_config = evaluate_config or ConfigRecord()
         self.summary()
+        self.check_data(grid, timeout)
         state = initial_arrays
-        for rnd in range(self.first_round, num_rounds + 1):
+        first, resumed = self.first_round, self.done_round
+        if resumed is not None:
+            first, state = resumed + 1, self.global_state
+            log.info("resuming after round %d (checkpoint)", resumed)
+        for rnd in range(first, num_rounds + 1):
             t0 = time.perf_counter()
             record: dict = {"round": rnd}
-            tx = exchange(grid, list(self.configure_train(rnd, state, train_config, grid)),
+            conf = train_config
+            if resumed is not None and rnd == resumed + 1:
+                conf = ConfigRecord({**train_config, "resume-round": resumed})
+            tx = exchange(grid, list(self.configure_train(rnd, state, conf, grid)),
                           timeout, f"round {rnd}/{num_rounds} train")
             self._note_missing(tx, rnd)
             new_state, record["train"] = self.aggregate_train(rnd, tx.replies)
@@ -165,14 +256,43 @@ class RoundLoop(Strategy):
             record["evaluate"] = ev
             record["seconds"]["round"] = time.perf_counter() - t0
             self.history.append(record)
+            self.global_state, self.done_round = state, rnd
             self._log_round(record, num_rounds)
             if on_round is not None:
                 on_round(record)
         return state
 
-    def _note_missing(self, ex: Exchange, rnd: int) -> None:
+    # -- start-up data check (clients/check.py) --------------------------------------------------
+    def check_data(self, grid: Grid, timeout: float) -> None:
+        """Before any round: every client loads its data and names the files it cannot read.
+        Any refusal (``dataset.on_bad=refuse``) stops the run with every client's list;
+        skipped files are kept in :attr:`skipped_files`."""
+        msgs = self._messages(MessageType.QUERY, RecordDict({CONFIG: ConfigRecord({})}))
+        ex = exchange(grid, msgs, timeout, "start-up data check")
+        self._note_missing(ex, STARTUP)
+        refused, ok = [], []
+        for msg in self.ok_replies(ex.replies, STARTUP, "data check "):
+            files = msg.content.config_records.get(FILES, {})
+            if int(msg.content[METRICS]["refused"]):
+                bad = list(files.get("bad-files", []))
+                refused.append(f"{who(msg)}: {len(bad)} unreadable file(s):\n    "
+                               + "\n    ".join(bad[:20])
+                               + (f"\n    ... and {len(bad) - 20} more" if len(bad) > 20 else ""))
+                continue
+            if files.get("skipped-files"):
+                self.skipped_files[who(msg)] = list(files["skipped-files"])
+                log.warning("%s skips %d unreadable file(s) (dataset.on_bad=skip)", who(msg),
+                            len(self.skipped_files[who(msg)]))
+            ok.append(msg)
+        if refused:
+            raise RuntimeError("start-up data check: clients refused their data "
+                               "(dataset.on_bad=refuse); fix or remove these files, or set "
+                               "dataset.on_bad=skip:\n  " + "\n  ".join(refused))
+        self.require_enough(STARTUP, ok)
+
+    def _note_missing(self, ex: Exchange, rnd: int | str) -> None:
         for node in ex.missing:
-            self._reject(rnd, f"client node {node}", "no reply (timeout)")
+            self._reject(rnd, self.name(node), "no reply (timeout)")
 
     def _log_round(self, record: dict, num_rounds: int) -> None:
         tr = record["train"]

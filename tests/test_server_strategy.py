@@ -63,7 +63,7 @@ def test_misbehaving_clients_are_left_out_and_named():
 
 def test_no_valid_bank_is_an_error_that_says_why():
     s = strategy()
-    with pytest.raises(RuntimeError, match="no valid upload.*disk full"):
+    with pytest.raises(RuntimeError, match="fewer than min_clients=1.*disk full"):
         s.aggregate_train(0, [reply(1, error="disk full")])
 
 

@@ -168,7 +168,8 @@ class LocalDeployment:
         out = Path(cfg.output_dir)
         cfg.output_dir = str(out if out.is_absolute() else self.work / out)
         toml = write_run_config(cfg, self.work / "run_config.toml")
-        run_id = flwr_run(app_dir, CONNECTION, toml, self.env)
+        run_id = flwr_run(app_dir, CONNECTION, toml, self.env,
+                          pending_timeout=cfg.pending_timeout)
         if run_id is None:
             return None, "not started"
         return run_id, run_status(run_id, CONNECTION, self.env)

@@ -7,30 +7,78 @@ import logging
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger("fedad")
 
 
+WAITING = ("pending", "starting")  # Flower's run states before the ServerApp runs
+
+
+class PendingWatch:
+    """Stops ``flwr run`` when its run never leaves Flower's ``pending``/``starting`` state
+    (or no run id appears) within ``timeout`` seconds: e.g. no SuperExec picks the ServerApp
+    up. Without it, ``flwr run --stream`` waits forever."""
+
+    def __init__(self, proc: subprocess.Popen, connection: str, env: dict[str, str],
+                 timeout: float, poll: float = 2.0) -> None:
+        self.proc, self.connection, self.env = proc, connection, env
+        self.timeout, self.poll = timeout, poll
+        self.run_id: str | None = None
+        self.stuck: str | None = None  # why the run was stopped
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> PendingWatch:
+        if self.timeout > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        start = time.monotonic()
+        while not self._done.wait(self.poll) and self.proc.poll() is None:
+            waited = time.monotonic() - start
+            if waited < self.timeout:
+                continue
+            status = run_status(self.run_id, self.connection, self.env) if self.run_id else None
+            if self.run_id is None or (status or "").startswith(WAITING):
+                what = (f"run {self.run_id} stayed {status}" if self.run_id
+                        else "no run started")
+                self.stuck = (f"{what} for {waited:.0f}s (pending_timeout={self.timeout:g}): "
+                              "no ServerApp was started; check that the SuperLink runs a "
+                              "SuperExec for the ServerApp (isolation) and its log")
+                log.error("%s; stopping flwr run", self.stuck)
+                self.proc.kill()
+            return  # running (or finished): nothing more to watch
+
+
 def flwr_run(app_dir: Path, connection: str, run_config: Path, env: dict[str, str],
-             extra: list[str] = ()) -> str | None:
+             extra: list[str] = (), pending_timeout: float = 600.0) -> str | None:
     """``flwr run <app_dir> <connection> --stream --run-config <file>``, its output passed
-    through; returns the run id, or ``None`` when no run started."""
+    through; returns the run id, or ``None`` when no run started or it stayed pending
+    longer than ``pending_timeout`` seconds (0: wait forever)."""
     cmd = ["flwr", "run", str(app_dir), connection, "--stream", "--run-config", str(run_config),
            *extra]
     log.info("launching: %s", " ".join(cmd))
-    run_id = None
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, bufsize=1) as proc:
+                          text=True, bufsize=1) as proc, \
+            PendingWatch(proc, connection, env, pending_timeout) as watch:
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stdout.write(line)
             m = re.search(r"started run (\d+)", line)
             if m:
-                run_id = m.group(1)
-    if run_id is None:
+                watch.run_id = m.group(1)
+    if watch.stuck:
+        return None
+    if watch.run_id is None:
         log.error("flwr run did not start a run (exit code %s)", proc.returncode)
-    return run_id
+    return watch.run_id
 
 
 def run_status(run_id: str, connection: str, env: dict[str, str]) -> str:

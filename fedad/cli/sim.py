@@ -29,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from fedad.checkpoint import load_server
 from fedad.cli.flwr_run import flwr_run, run_status
 from fedad.cli.processes import exit_on_sigterm
 from fedad.cli.superlink import CONNECTION, LocalSuperLink
@@ -98,17 +99,22 @@ def launch(sim: SimConfig, out: Path) -> int:
                           "from its source tree; install with pip install -e <repo>)")
     cfg = run_config_of(sim)
     cfg.output_dir = str(out)
+    if cfg.resume:  # fail before Flower starts when there is nothing to resume
+        cfg.resume = str(Path(cfg.resume).expanduser().resolve())
+        ckpt = load_server(cfg.resume)
+        log.info("resuming %s after round %d", cfg.resume, ckpt["round"])
     out.mkdir(parents=True, exist_ok=True)
     write_versions(out, app_dir)
     toml = write_run_config(cfg, out / "run_config.toml")
     show_partition(cfg, out)
     with LocalSuperLink(out / ".flwr", out / "superlink.log") as link:
         run_id = flwr_run(app_dir, CONNECTION, toml, link.env,
-                          ["--federation-config", federation_config(sim)])
+                          ["--federation-config", federation_config(sim)],
+                          pending_timeout=cfg.pending_timeout)
         if run_id is None:
             return 1
         status = run_status(run_id, CONNECTION, link.env)
-    result = out / f"run-{run_id}"
+    result = Path(cfg.resume) if cfg.resume else out / f"run-{run_id}"
     if status != "finished:completed":
         log.error("run %s ended as %s; see %s and %s", run_id, status, out / "superlink.log",
                   result)

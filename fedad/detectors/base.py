@@ -6,7 +6,8 @@ A federated bank-exchange run is, for any detector, the same loop:
   ``summarize(t)``: the arrays that leave the site (a memory bank, a coreset, Gaussian
   statistics; never images or weights);
 * **server**: ``validate(summary, who)`` every upload (a malformed one raises
-  :class:`~fedad.errors.BankError` naming ``who`` and is left out), then
+  :class:`~fedad.errors.BankError` naming ``who`` and is left out), optionally drop outliers
+  among the ``descriptor`` s of the valid ones (``robust.enabled``), then
   ``merge(valid summaries, t)`` into the global summary that is sent back;
 * **client**, evaluation: ``score(test features, global summary, image_size)`` gives
   anomaly maps and image scores (:class:`Scores`).
@@ -119,6 +120,12 @@ class Detector(Protocol):
         """The global summary from the clients' validated summaries."""
         ...
 
+    def descriptor(self, summary: Summary) -> np.ndarray:
+        """One vector of the same length for every validated upload, what robust
+        aggregation (:mod:`fedad.robust`) compares across clients (e.g. the mean and spread
+        of a bank's features)."""
+        ...
+
 
 # -- helpers for validate() ---------------------------------------------------------------------
 def require_keys(summary: Mapping[str, np.ndarray], keys: Sequence[str], who: str) -> None:
@@ -168,6 +175,13 @@ def check_array(value: object, who: str, key: str, ndim: int | None = None,
         if bad:
             raise BankError(f"{who}: '{key}' holds {bad} non-finite values (NaN or inf)")
     return value
+
+
+def row_moments(rows: np.ndarray) -> np.ndarray:
+    """Mean and standard deviation over the rows of ``(..., C)`` features, ``(2C,)``: a
+    descriptor of a bank (a far-shifted bank moves the mean, a scaled one the spread)."""
+    x = np.asarray(rows, dtype=np.float64).reshape(-1, np.shape(rows)[-1])
+    return np.concatenate([x.mean(axis=0), x.std(axis=0)])
 
 
 def summary_nbytes(summary: Mapping[str, np.ndarray]) -> int:

@@ -21,7 +21,14 @@ import numpy as np
 import torch
 
 from fedad.config import RunConfig
-from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, require_keys
+from fedad.detectors.base import (
+    FeatureShape,
+    FitInfo,
+    Scores,
+    Summary,
+    require_keys,
+    row_moments,
+)
 from fedad.detectors.feddymem.client import FedDyMemClient
 from fedad.detectors.feddymem.set_reduce import SET_REDUCES
 from fedad.detectors.patchcore.coreset import greedy_coreset
@@ -142,6 +149,10 @@ class FedDyMem:
                                 f"{c})")
             bank = validate_bank(arr[:, None, :], who, (arr.shape[0], 1, c))[:, 0, :]
         return {BANK: np.ascontiguousarray(bank.numpy())}
+
+    def descriptor(self, summary: Summary) -> np.ndarray:
+        """Mean and spread of the bank's features (:func:`row_moments`)."""
+        return row_moments(summary[BANK])
 
     def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
         """Alg. 3: K-means of the ``N*H*W`` uploaded features into ``H*W`` centres (set

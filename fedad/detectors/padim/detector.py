@@ -172,6 +172,14 @@ class PaDiM:
         _check_consistency(total, outer, n, rtol, who)
         return {"count": np.array([n], dtype=np.int64), "sum": total, "outer": outer}
 
+    def descriptor(self, summary: Summary) -> np.ndarray:
+        """Per-position mean and per-channel variance of the client's features (from its
+        sums), flattened."""
+        n = float(summary["count"][0])
+        mean = np.asarray(summary["sum"], dtype=np.float64) / n
+        second = np.asarray(summary["outer"], dtype=np.float64)[:, diagonal_positions(self.d)] / n
+        return np.concatenate([mean.ravel(), (second - mean**2).ravel()])
+
     def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
         """Exact sums of the validated statistics (float64, ``outer`` packed): the global
         summary is the statistics of all clients' images together."""

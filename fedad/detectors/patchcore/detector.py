@@ -33,6 +33,7 @@ from fedad.detectors.base import (
     Summary,
     check_array,
     require_keys,
+    row_moments,
 )
 from fedad.detectors.patchcore.coreset import greedy_coreset
 from fedad.errors import BankError, ConfigError
@@ -197,6 +198,10 @@ class PatchCore:
         if not np.isfinite(bank32).all():  # e.g. float64 values beyond float32's range
             raise BankError(f"{who}: '{BANK}' overflows float32")
         return {BANK: bank32, COUNT: count.astype(np.int64)}
+
+    def descriptor(self, summary: Summary) -> np.ndarray:
+        """Mean and spread of the coreset's features (:func:`row_moments`)."""
+        return row_moments(summary[BANK])
 
     def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
         """The global bank: ``ceil(global_ratio * total patches)`` rows (within ``[1, union

@@ -1,0 +1,63 @@
+"""Unreadable files found while a dataset is read, one by one, so a run reports every bad
+image or mask at once (``dataset.on_bad``: refuse the data with the list, or skip them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset
+
+from fedad.data.dataset import AnomalyDataset, collate_samples
+from fedad.errors import BadFilesError, ConfigError, DataError
+
+ON_BAD = ("refuse", "skip")
+LISTED = 20  # files named in an error message (all of them are in ``files``)
+
+
+@dataclass(frozen=True)
+class BadFile:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason if self.path in self.reason else f"{self.path}: {self.reason}"
+
+
+class Guarded(Dataset):
+    """``dataset[i]``, or a :class:`BadFile` when its image or mask cannot be read."""
+
+    def __init__(self, dataset: AnomalyDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except DataError as exc:
+            return BadFile(self.dataset.records[index].path, str(exc))
+
+
+def collate_guarded(batch: Sequence) -> tuple[dict | None, list[BadFile]]:
+    """The readable samples of ``batch`` collated (``None`` if none) and the bad ones."""
+    good = [b for b in batch if not isinstance(b, BadFile)]
+    return (collate_samples(good) if good else None,
+            [b for b in batch if isinstance(b, BadFile)])
+
+
+def check_on_bad(on_bad: str) -> str:
+    if on_bad not in ON_BAD:
+        raise ConfigError(f"dataset.on_bad must be one of {', '.join(ON_BAD)}, got {on_bad!r}")
+    return on_bad
+
+
+def refuse(bad: Sequence[BadFile], desc: str) -> BadFilesError:
+    """The error that lists ``bad`` (``dataset.on_bad=refuse``)."""
+    files = [str(b) for b in bad]
+    more = f"\n  ... and {len(files) - LISTED} more" if len(files) > LISTED else ""
+    return BadFilesError(
+        f"{desc}: {len(files)} unreadable file(s); fix or remove them, or set "
+        "dataset.on_bad=skip to leave them out:\n  " + "\n  ".join(files[:LISTED]) + more,
+        files)

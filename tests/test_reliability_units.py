@@ -1,0 +1,166 @@
+"""Reliability pieces on tiny inputs: unreadable files (refuse / skip), the start-up data
+check, checkpoint files, and ``flwr run`` stuck in Flower's pending state."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from PIL import Image
+
+from fedad.checkpoint import (
+    client_file,
+    config_changes,
+    load_client,
+    load_server,
+    save_client,
+    save_server,
+)
+from fedad.data.dataset import AnomalyDataset
+from fedad.data.io import FileSource
+from fedad.data.sample import SampleRecord
+from fedad.errors import BadFilesError, ConfigError
+from fedad.feature_cache import extract_features
+from fedad.payload import FILES, METRICS
+from server.loop import STARTUP
+from tests.test_server_strategy import reply, strategy
+
+
+class _Mean(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1, keepdim=True)
+
+
+def file_dataset(root: Path) -> AnomalyDataset:
+    """Five normal images, one corrupt image, one anomalous image whose mask has the wrong
+    size."""
+    records = []
+    for i in range(5):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / f"ok{i}.png")
+        records.append(SampleRecord(path=str(root / f"ok{i}.png"), label=0, product_type="a",
+                                    defect_type="good"))
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    records.append(SampleRecord(path=str(root / "broken.png"), label=0, product_type="a",
+                                defect_type="good"))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "bad.png")
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "bad_mask.png")
+    records.append(SampleRecord(path=str(root / "bad.png"), label=1, product_type="a",
+                                defect_type="x", mask_path=str(root / "bad_mask.png")))
+    return AnomalyDataset(records, FileSource(), image_size=8)
+
+
+def test_unreadable_files_are_all_listed_or_skipped(tmp_path: Path):
+    ds = file_dataset(tmp_path)
+    kw = dict(device=torch.device("cpu"), signature="s", cache="none", batch_size=2,
+              desc="client 3 train features")
+    with pytest.raises(BadFilesError) as info:
+        extract_features(_Mean(), ds, on_bad="refuse", **kw)
+    text = str(info.value)
+    assert text.startswith("client 3 train features: 2 unreadable file(s)")
+    assert "broken.png" in text and "bad_mask.png is 5x5" in text and "dataset.on_bad=skip" in text
+    assert len(info.value.files) == 2
+    kept = extract_features(_Mean(), ds, on_bad="skip", **kw)
+    assert len(kept) == 5 and kept.paths == [str(tmp_path / f"ok{i}.png") for i in range(5)]
+    assert kept.masks.shape == (5, 8, 8)  # masks still line up with the images kept
+    assert len(kept.skipped) == 2
+    assert "not a readable image" in kept.skipped[0] and "broken.png" in kept.skipped[0]
+    assert "mask size differs" in kept.skipped[1] and "bad_mask.png" in kept.skipped[1]
+    with pytest.raises(ConfigError, match="on_bad"):
+        extract_features(_Mean(), ds, on_bad="ignore", **kw)
+
+
+def check_reply(node: int, pid: int, refused: bool, files: list[str] | None = None):
+    msg = reply(node, metrics={"partition-id": pid, "refused": int(refused),
+                               "train-images": 3, "test-images": 2})
+    if files:
+        msg.content[FILES] = ConfigRecord(
+            {"bad-files" if refused else "skipped-files": files})
+    return msg
+
+
+class _Sent:
+    """A pushed message as the exchange sees it (Flower's need a running ServerApp)."""
+
+    def __init__(self, node: int) -> None:
+        self.metadata = type("Meta", (), {"dst_node_id": node})()
+
+    def has_content(self) -> bool:
+        return False
+
+
+def checking(nodes: list[int]):
+    s = strategy()
+    s.node_ids = nodes
+    s._messages = lambda kind, content: [_Sent(n) for n in nodes]
+    return s
+
+
+class _Grid:
+    """What the data check uses of Flower's Grid: push, then pull the canned replies."""
+
+    def __init__(self, replies):
+        self.replies = replies
+
+    def push_messages(self, messages):
+        return [f"i{m.metadata.dst_node_id}" for m in messages]
+
+    def pull_messages(self, ids):
+        out, self.replies = self.replies, []
+        return out
+
+
+def test_start_up_check_refuses_with_every_clients_list_or_records_skips():
+    s = checking([1, 2, 3])
+    grid = _Grid([check_reply(1, 0, False), check_reply(2, 1, True, ["/d/a.png: corrupt"]),
+                  check_reply(3, 2, True, ["/d/b.png: truncated", "/d/c.png: corrupt"])])
+    with pytest.raises(RuntimeError) as info:
+        s.check_data(grid, timeout=5)
+    text = str(info.value)
+    assert "(partition 1): 1 unreadable file(s)" in text and "/d/a.png: corrupt" in text
+    assert "(partition 2): 2 unreadable file(s)" in text and "/d/c.png" in text
+    s = checking([1, 2])
+    s.check_data(_Grid([check_reply(1, 0, False, ["/d/x.png: corrupt"]),
+                        check_reply(2, 1, False)]), timeout=5)
+    assert s.skipped_files == {"client node 1 (partition 0)": ["/d/x.png: corrupt"]}
+    s = checking([1, 2])
+    s.check_data(_Grid([check_reply(1, 0, False), reply(2, error="no data root")]), timeout=5)
+    assert s.rejected[-1] == f"{STARTUP}, client node 2: data check error reply: no data root"
+    assert RecordDict and MetricRecord and METRICS  # record types the replies are built of
+
+
+def test_checkpoints_are_atomic_files_and_clients_keep_two_rounds(tmp_path: Path):
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        load_server(tmp_path)
+    save_server(tmp_path, {"round": 2, "history": [{"round": 1}]})
+    ck = load_server(tmp_path)
+    assert ck["round"] == 2 and "rng" in ck and not list(tmp_path.glob("*.tmp"))
+    for r in range(4):
+        save_client(tmp_path, 1, r, {"w": torch.full((2,), float(r))})
+    kept = sorted(p.name for p in (tmp_path / "site-1").glob("checkpoint-*.pt"))
+    assert kept == ["checkpoint-2.pt", "checkpoint-3.pt"]
+    assert load_client(tmp_path, 1, 2)["w"].tolist() == [2.0, 2.0]
+    with pytest.raises(ConfigError, match="site 1 has no checkpoint of round 0"):
+        load_client(tmp_path, 1, 0)
+    assert client_file(tmp_path, 1, 3).is_file()
+    assert config_changes({"train.lr": 0.1, "resume": ""}, {"train.lr": 0.2,
+                                                            "resume": "/x"}) == ["train.lr"]
+
+
+def test_a_run_stuck_pending_is_stopped_with_a_message(tmp_path: Path, monkeypatch, caplog):
+    """A fake ``flwr``: ``run`` starts run 42 and then waits forever, ``ls`` says pending."""
+    from fedad.cli.flwr_run import flwr_run
+
+    fake = tmp_path / "flwr"
+    fake.write_text("#!/bin/sh\nif [ \"$1\" = run ]; then echo 'started run 42'; exec sleep 30; "
+                    "else echo '{\"runs\": [{\"status\": \"pending\"}]}'; fi\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    with caplog.at_level("ERROR", logger="fedad"):
+        run_id = flwr_run(tmp_path, "x", tmp_path / "c.toml", env, pending_timeout=1)
+    assert run_id is None
+    assert "run 42 stayed pending" in caplog.text and "pending_timeout=1" in caplog.text
