@@ -3,7 +3,8 @@ it moves Flower records in and out and calls the detector contract
 (:mod:`fedad.detectors.base`); the work is the detector's.
 
 A detector's client state (FedDyMem's head and Adam moments) stays on the client, in
-``context.state``, so it survives rounds on real SuperNodes too; only summaries travel.
+``context.state``, so it survives rounds on real SuperNodes too (and in a per-round
+checkpoint under the run folder, for ``resume``); only summaries travel.
 At the final evaluation each client also calibrates its threshold on its held-out normal
 images and leaves what ``fedad-predict`` needs under ``<run dir>/site-<id>/``.
 """

@@ -16,6 +16,7 @@ Node config keys (``flower-supernode --node-config '...'``):
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ from fedad.detectors.registry import feature_config
 from fedad.errors import ConfigError
 from fedad.payload import CONFIG
 from fedad.runconfig import from_flat
+
+log = logging.getLogger("fedad")
 
 
 @dataclass(frozen=True)
@@ -129,5 +132,10 @@ def checkpoint(msg: Message, site: int, rnd: int, state: dict[str, torch.Tensor]
     """Keep the client's state after round ``rnd`` in ``<run dir>/site-<id>/`` (when the
     server named the run folder), so a killed run can resume."""
     conf = msg.content[CONFIG] if CONFIG in msg.content else {}
-    if str(conf.get("out", "")):
+    if not str(conf.get("out", "")):
+        return
+    try:
         save_client(str(conf["out"]), site, rnd, state)
+    except OSError as exc:  # e.g. the server's run folder is not writable on this host
+        log.warning("site %d: no checkpoint of round %d (%s); a resumed run cannot restore "
+                    "this client's state", site, rnd, exc)

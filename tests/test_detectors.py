@@ -64,6 +64,9 @@ def test_conformance(name: str):
             uploads.append(server.validate(summary, "client x"))
         glob = server.merge(uploads, r)
         assert all(np.isfinite(v).all() for v in glob.values() if v.dtype.kind == "f")
+        # robust aggregation compares one finite vector of one length per upload
+        desc = [server.descriptor(u) for u in uploads]
+        assert len({d.shape for d in desc}) == 1 and all(np.isfinite(d).all() for d in desc)
     test = features(4, 99, shape)
     test[0, :, 1, 2] += 25.0  # one far-off patch: the first image must score highest
     scores = clients[0].score(test, glob, 32)

@@ -22,3 +22,6 @@ class ToyMean:
 
     def merge(self, summaries, round_t):
         return {"mean": np.mean([s["mean"] for s in summaries], axis=0).astype(np.float32)}
+
+    def descriptor(self, summary):
+        return np.asarray(summary["mean"], dtype=np.float64)
