@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from PIL import Image
 
 from fedad.checkpoint import (
@@ -164,3 +164,33 @@ def test_a_run_stuck_pending_is_stopped_with_a_message(tmp_path: Path, monkeypat
         run_id = flwr_run(tmp_path, "x", tmp_path / "c.toml", env, pending_timeout=1)
     assert run_id is None
     assert "run 42 stayed pending" in caplog.text and "pending_timeout=1" in caplog.text
+
+
+def test_scaffold_server_state_survives_a_checkpoint(tmp_path: Path):
+    """The weight strategy's own state (global weights, SCAFFOLD's control variate, the
+    reference shapes) comes back from the checkpoint file as it was."""
+    from fedad.config import RunConfig
+    from fedad.payload import CV_DELTA
+    from server.baselines import WeightStrategy
+    from tests.test_server_strategy import weight_reply
+
+    s = WeightStrategy(RunConfig(method="scaffold"), node_ids=[1, 2])
+    s._x = {"w": torch.zeros(2, 2)}
+    s.c_global = {"w": torch.zeros(2, 2)}
+    s.reference["arrays"] = {"w": (2, 2)}
+    replies = []
+    for node, value in ((1, 1.0), (2, 3.0)):
+        msg = weight_reply(node, value, 1)
+        msg.content[CV_DELTA] = ArrayRecord({"w": Array(np.full((2, 2), value, np.float32))})
+        replies.append(msg)
+    arrays, _ = s.aggregate_train(1, replies)
+    s.history.append({"round": 1})
+    s.global_state, s.done_round = arrays, 1
+    save_server(tmp_path, s.checkpoint_state())
+    t = WeightStrategy(RunConfig(method="scaffold"), node_ids=[1, 2])
+    t.restore(load_server(tmp_path))
+    assert t.done_round == 1 and t.history == [{"round": 1}]
+    assert torch.equal(t._x["w"], s._x["w"]) and torch.equal(t.c_global["w"], s.c_global["w"])
+    assert float(t.c_global["w"].abs().sum()) > 0  # the control variate moved and was kept
+    assert np.array_equal(t.global_state["w"].numpy(), arrays["w"].numpy())
+    assert t.reference == s.reference

@@ -103,11 +103,14 @@ def test_frozen_feature_detectors_through_flower(tmp_path: Path, detector: str):
 
 
 @pytest.mark.slow
-def test_failed_run_is_detected(tmp_path: Path):
-    # Every client fails in round 1 (top_k above the bank size), so the ServerApp raises
-    # "no valid bank": Flower's exit code says nothing, fedad-sim must.
-    sim = tiny_sim(**{"train.top_k": 100000})
+def test_failed_run_is_detected(tmp_path: Path, capsys):
+    # Every client fails in round 0, so the ServerApp raises (fewer valid replies than
+    # min_clients) naming them: Flower's exit code says nothing, fedad-sim must.
+    sim = tiny_sim(num_clients=2, faults=["0:raise", "1:raise"])
     assert launch(sim, tmp_path) == 1
+    out = capsys.readouterr().out
+    assert "round 0: 0 valid replies, fewer than min_clients=1" in out
+    assert "(partition 0): error reply: fault injection: partition 0 fails in round 0" in out
 
 
 def test_impossible_partition_fails_before_flower_starts(tmp_path: Path):
