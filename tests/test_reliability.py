@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedad.cli.crash import checkpointed_round, run_and_kill
+from fedad.cli.crash import checkpointed_round, processes_of, run_and_kill
 from fedad.cli.sim import launch
 from tests.test_simulation import TINY, tiny_sim
 
@@ -65,7 +65,12 @@ def test_a_run_killed_after_round_2_resumes_to_the_same_metrics(tmp_path: Path):
     overrides = [f"{k}={v}" for k, v in changes.items()] + [
         "partition.min_samples=1", *(f"dataset.{k}={v}" for k, v in TINY.items())]
     run = run_and_kill(overrides, tmp_path / "killed", after_round=2, timeout=900)
+    # nothing of the killed run goes on writing into its folder (Flower's simulation and Ray
+    # run in sessions of their own: killing the launcher's group alone would leave them)
+    assert processes_of(tmp_path / "killed") == []
     assert checkpointed_round(tmp_path / "killed") == 2
+    assert {p.name for p in run.glob("site-*/checkpoint-*.pt")} == {
+        "checkpoint-1.pt", "checkpoint-2.pt"}
     assert launch(tiny_sim(**changes, resume=str(run)), tmp_path / "resumed") == 0
     assert launch(tiny_sim(**changes), tmp_path / "full") == 0
     full = only_run(tmp_path / "full")

@@ -32,20 +32,78 @@ def checkpointed_round(out: Path) -> int:
     return best
 
 
-def kill_processes_naming(folder: Path) -> int:
-    """SIGKILL the process groups of processes whose command line names ``folder`` (the
-    SuperLink runs in its own session, with its SuperExec, simulation and Ray under it, so
-    killing the launcher alone leaves it running). Linux ``/proc`` only. Returns how many."""
-    killed = 0
+def _parents() -> dict[int, int]:
+    """``{pid: parent pid}`` of every process (Linux ``/proc``)."""
+    out = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if str(folder) in cmd and int(pid) != os.getpid():
-                os.killpg(os.getpgid(int(pid)), signal.SIGKILL)
-                killed += 1
-        except (OSError, ProcessLookupError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            out[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-    return killed
+    return out
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below ``root`` (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _parents().items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def kill_tree(root: int) -> int:
+    """SIGKILL ``root`` and everything below it. Flower's simulation process and Ray's
+    workers live in sessions of their own under the SuperLink, so a kill of the launcher's
+    process group alone leaves the run going (it would write into the run folder while a
+    resumed run does too). The tree is frozen (SIGSTOP) until no new process appears, then
+    killed, so nothing escapes by being re-parented. Returns how many processes."""
+    frozen: set[int] = set()
+    while True:
+        new = ({root} | descendants(root)) - frozen
+        if not new:
+            break
+        for pid in new:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        frozen |= new
+    for pid in frozen:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(frozen)
+
+
+def processes_of(folder: Path) -> list[int]:
+    """Processes whose command line or environment names ``folder``: a SuperLink started for
+    a run folder and, since they inherit its ``FLWR_HOME``, everything it started. Linux
+    ``/proc`` only (processes of other users are not readable and not listed)."""
+    key = str(folder).encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            if (key in Path(f"/proc/{pid}/cmdline").read_bytes()
+                    or key in Path(f"/proc/{pid}/environ").read_bytes()):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def kill_processes_naming(folder: Path) -> int:
+    """SIGKILL the trees of :func:`processes_of` ``folder``. Returns how many processes."""
+    return sum(kill_tree(pid) for pid in processes_of(folder))
 
 
 def run_and_kill(overrides: Sequence[str], out: Path, after_round: int,
@@ -69,8 +127,9 @@ def run_and_kill(overrides: Sequence[str], out: Path, after_round: int,
                and time.monotonic() - start < timeout):
             time.sleep(0.1)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
     finally:
+        kill_tree(proc.pid)
         proc.wait()
         kill_processes_naming(out)
     done = checkpointed_round(out)
