@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from fedad.checkpoint import SERVER_FILE
+from fedad.cli.processes import descendants
 
 log = logging.getLogger("fedad")
 
@@ -32,32 +33,6 @@ def checkpointed_round(out: Path) -> int:
     return best
 
 
-def _parents() -> dict[int, int]:
-    """``{pid: parent pid}`` of every process (Linux ``/proc``)."""
-    out = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            out[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
-def descendants(root: int) -> set[int]:
-    """Every process below ``root`` (children, their children, ...)."""
-    children: dict[int, list[int]] = {}
-    for pid, ppid in _parents().items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
 def kill_tree(root: int) -> int:
     """SIGKILL ``root`` and everything below it. Flower's simulation process and Ray's
     workers live in sessions of their own under the SuperLink, so a kill of the launcher's
@@ -66,7 +41,7 @@ def kill_tree(root: int) -> int:
     killed, so nothing escapes by being re-parented. Returns how many processes."""
     frozen: set[int] = set()
     while True:
-        new = ({root} | descendants(root)) - frozen
+        new = ({root} | set(descendants(root))) - frozen
         if not new:
             break
         for pid in new:
