@@ -194,3 +194,27 @@ def test_scaffold_server_state_survives_a_checkpoint(tmp_path: Path):
     assert float(t.c_global["w"].abs().sum()) > 0  # the control variate moved and was kept
     assert np.array_equal(t.global_state["w"].numpy(), arrays["w"].numpy())
     assert t.reference == s.reference
+
+
+def test_leftovers_of_a_killed_run_are_found_by_their_flwr_home(tmp_path: Path):
+    """What a SIGKILLed launcher leaves (a SuperLink, its simulation: they inherit
+    FLWR_HOME=<run folder>/.flwr) is found and killed; a resume refuses while it runs."""
+    import subprocess
+
+    from fedad.cli.crash import kill_processes_naming, processes_of
+    from fedad.cli.sim import SimConfig, launch
+
+    proc = subprocess.Popen(["sleep", "60"], env={**os.environ,
+                                                  "FLWR_HOME": str(tmp_path / ".flwr")})
+    try:
+        assert processes_of(tmp_path) == [proc.pid]
+        save_server(tmp_path / "run-1", {"round": 1})
+        sim = SimConfig()
+        sim.resume = str(tmp_path / "run-1")
+        with pytest.raises(ConfigError, match="processes of the killed run still run"):
+            launch(sim, tmp_path / "again")
+        assert kill_processes_naming(tmp_path) == 1
+        assert proc.wait(timeout=30) == -9
+    finally:
+        proc.kill()
+    assert processes_of(tmp_path) == []

@@ -62,6 +62,8 @@ def processes_of(folder: Path) -> list[int]:
     """Processes whose command line or environment names ``folder``: a SuperLink started for
     a run folder and, since they inherit its ``FLWR_HOME``, everything it started. Linux
     ``/proc`` only (processes of other users are not readable and not listed)."""
+    if not Path("/proc").is_dir():
+        return []
     key = str(folder).encode()
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):

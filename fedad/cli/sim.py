@@ -30,6 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedad.checkpoint import load_server
+from fedad.cli.crash import processes_of
 from fedad.cli.flwr_run import flwr_run, run_status
 from fedad.cli.processes import exit_on_sigterm
 from fedad.cli.superlink import CONNECTION, LocalSuperLink
@@ -102,6 +103,11 @@ def launch(sim: SimConfig, out: Path) -> int:
     if cfg.resume:  # fail before Flower starts when there is nothing to resume
         cfg.resume = str(Path(cfg.resume).expanduser().resolve())
         ckpt = load_server(cfg.resume)
+        running = processes_of(Path(cfg.resume).parent)
+        if running:
+            raise ConfigError(f"resume: processes of the killed run still run (pids "
+                              f"{running[:8]}) and would write into {cfg.resume}; stop them "
+                              "first (fedad.cli.crash.kill_processes_naming)")
         log.info("resuming %s after round %d", cfg.resume, ckpt["round"])
     out.mkdir(parents=True, exist_ok=True)
     write_versions(out, app_dir)
