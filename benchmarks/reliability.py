@@ -4,13 +4,16 @@
 
 On the embedded textures (5 clients, Dirichlet alpha 0.1), FedDyMem as the paper describes
 it and FedAvg, each scenario is one run: clean; clean with robust aggregation on (does it
-drop honest clients?); client 0 uploads NaNs and client 1 a wrong-shaped bank; client 2
-fails in round 2; the run SIGKILLed after round 2 and resumed; client 3 uploads its bank
+drop honest clients? For weights it also swaps FedAvg's example-weighted mean for a
+trimmed mean); client 0 uploads NaNs and client 1 a wrong-shaped bank; client 2 fails in
+round 2; the run SIGKILLed after round 2 and resumed; client 3 uploads its bank
 shifted far away (robust off, then on); FedAvg with client 3's weights scaled by 100 (robust
 off, then on). For each: did the run complete, was anything lost (every round recorded,
 every client evaluated, the global state finite), who was left out, and the final I-AUROC /
-P-AUROC against the clean run of the same method. Writes ``reliability.json`` and
-``reliability.md``. Finished runs in ``--work`` are reused.
+P-AUROC against the clean run of the same method, and, for runs with robust aggregation,
+against the clean run with it (same aggregation rule: what the fault alone changed).
+Writes ``reliability.json`` and ``reliability.md``. Finished runs in ``--work`` are
+reused.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ SCENARIOS = [
     ("poisoned-bank-robust", "feddymem", ["faults=[3:shift]", "robust.enabled=true"],
      "client 3 uploads its bank + 100, robust on"),
     ("clean", "fedavg", [], "nothing"),
+    ("clean-robust", "fedavg", ["robust.enabled=true"], "nothing, robust aggregation on"),
     ("scaled-weights", "fedavg", ["faults=[3:scale]"],
      "client 3 uploads its weights x 100, robust off"),
     ("scaled-weights-robust", "fedavg", ["faults=[3:scale]", "robust.enabled=true"],
@@ -135,27 +139,32 @@ def main() -> int:
         code, run = run_scenario(base, name, method, extra, args.rounds, work)
         rows.append({"scenario": name, "method": method, "injected": what,
                      "overrides": extra, **assess(code, run, args.rounds, args.clients)})
-    clean = {r["method"]: r for r in rows if r["scenario"] == "clean" and r["completed"]}
+    clean = {(r["method"], "robust.enabled=true" in r["overrides"]): r for r in rows
+             if r["scenario"] in ("clean", "clean-robust") and r["completed"]}
     lines = [f"Faults injected into Flower simulation runs: embedded textures, "
              f"{args.clients} clients, Dirichlet alpha 0.1, {args.rounds} rounds; base "
              f"overrides `{' '.join(base)}`. Left out = rejected uploads per client "
              "(partition: count); dropped = robust aggregation's outliers. Metrics after the "
-             "last round, mean over clients; change against the clean run of the same method.",
+             "last round, mean over clients; change against the clean run of the same method "
+             "(robust off) and against the clean run with the same aggregation rule.",
              "", "| method | scenario | injected | completed | data lost | left out | dropped "
-             "| I-AUROC | change | P-AUROC | change |", "|---|---|---|---|---|---|---|---|---|"
-             "---|---|"]
+             "| I-AUROC | change | change, same rule | P-AUROC | change |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if not r["completed"]:
             lines.append(f"| {r['method']} | {r['scenario']} | {r['injected']} | no | "
-                         f"{r['lost']} | | | | | | |")
+                         f"{r['lost']} | | | | | | | |")
             continue
-        ref = clean.get(r["method"])
+        ref = clean.get((r["method"], False))
+        same = clean.get((r["method"], "robust.enabled=true" in r["overrides"]))
         delta = {k: (f"{r[k] - ref[k]:+.4f}" if ref else "n/a") for k in ("i_auroc", "p_auroc")}
+        delta_same = f"{r['i_auroc'] - same['i_auroc']:+.4f}" if same else "n/a"
         left = ", ".join(f"{short(c)}: {n}" for c, n in sorted(r["rejected_per_client"].items()))
         dropped = ", ".join(short(c) for c in r["robust_dropped"])
         lines.append(f"| {r['method']} | {r['scenario']} | {r['injected']} | yes | {r['lost']} "
                      f"| {left or '-'} | {dropped or '-'} | {r['i_auroc']:.4f} | "
-                     f"{delta['i_auroc']} | {r['p_auroc']:.4f} | {delta['p_auroc']} |")
+                     f"{delta['i_auroc']} | {delta_same} | {r['p_auroc']:.4f} | "
+                     f"{delta['p_auroc']} |")
     lines += ["", f"Command: `{command_line()}`"]
     write_results(args.out, "reliability", {"command": command_line(), "machine": machine(),
                                             "base": base, "rows": rows}, "\n".join(lines))
