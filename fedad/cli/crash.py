@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from fedad.checkpoint import SERVER_FILE
-from fedad.cli.processes import descendants
+from fedad.cli.processes import alive, descendants
 
 log = logging.getLogger("fedad")
 
@@ -55,6 +55,9 @@ def kill_tree(root: int) -> int:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    deadline = time.monotonic() + 30  # SIGKILL is delivered, not yet done: wait for it
+    while time.monotonic() < deadline and any(alive(pid) for pid in frozen):
+        time.sleep(0.05)
     return len(frozen)
 
 
@@ -70,8 +73,8 @@ def processes_of(folder: Path) -> list[int]:
         if int(pid) == os.getpid():
             continue
         try:
-            if (key in Path(f"/proc/{pid}/cmdline").read_bytes()
-                    or key in Path(f"/proc/{pid}/environ").read_bytes()):
+            if ((key in Path(f"/proc/{pid}/cmdline").read_bytes()
+                 or key in Path(f"/proc/{pid}/environ").read_bytes()) and alive(int(pid))):
                 found.append(int(pid))
         except OSError:
             continue
