@@ -43,7 +43,8 @@ def setup(context: Context, msg: Message) -> tuple[RunConfig, ClientData, Detect
     _, c, h, w = data.train.features.shape
     detector = create(cfg, FeatureShape(c, h, w), data.device,
                       seed=client_seed(cfg, data.partition_id))
-    state = restored_state(context, msg, STATE, data.partition_id, bool(detector.state()))
+    state = restored_state(context, msg, STATE, data.partition_id,
+                           lambda: bool(detector.state()))
     if state is not None:
         detector.load_state(state)
     return cfg, data, detector, seconds_features

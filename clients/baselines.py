@@ -22,7 +22,7 @@ def setup(context: Context, msg: Message) -> tuple[RunConfig, ClientData, Weight
     cfg, data, seconds = client_setup(context)
     client = WeightClient(data.channels, cfg, data.device,
                           seed=cfg.train.seed + 1000 * data.partition_id)
-    state = restored_state(context, msg, STATE, data.partition_id, True)
+    state = restored_state(context, msg, STATE, data.partition_id, lambda: True)
     if state is not None:
         client.load_arrays(state)
     return cfg, data, client, seconds

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -106,13 +107,14 @@ def client_setup(context: Context) -> tuple[RunConfig, ClientData, float]:
 
 
 def restored_state(context: Context, msg: Message, key: str, site: int,
-                   stateful: bool) -> dict[str, torch.Tensor] | None:
+                   stateful: Callable[[], bool]) -> dict[str, torch.Tensor] | None:
     """The client's state between rounds: ``context.state[key]``, or, in the first round of
     a resumed run (the message carries ``resume-round``; a fresh process has no state), the
     site's checkpoint of that round (:mod:`fedad.checkpoint`). ``None``: nothing to restore.
 
     Raises:
-        ConfigError: a resumed run, a ``stateful`` client and no checkpoint of the round.
+        ConfigError: a resumed run, a client with state (``stateful()``, asked only then)
+            and no checkpoint of the round.
     """
     if key in context.state:
         return context.state[key].to_torch_state_dict()
@@ -122,7 +124,7 @@ def restored_state(context: Context, msg: Message, key: str, site: int,
     try:
         state = load_client(str(conf["out"]), site, int(conf["resume-round"]))
     except ConfigError:
-        if stateful:
+        if stateful():
             raise
         return None
     return state
