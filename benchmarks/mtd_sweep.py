@@ -66,19 +66,26 @@ def completed(sweep: Path, part: str) -> tuple[int, int]:
 
 
 def write_parts(out: Path, sweep: Path) -> None:
-    """``parts.md``: what was run into ``sweep``, from ``<sweep>/parts.jsonl``."""
+    """``parts.md``: every part's runs as found in ``sweep`` (a part stopped mid-way shows
+    what completed) and every invocation logged in ``<sweep>/parts.jsonl``."""
     log = sweep / "parts.jsonl"
     entries = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() \
         else []
     lines = ["# MTD sweep: the parts run so far", "",
              f"Settings (fixed before the sweep's numbers were seen): `{' '.join(SETTINGS)}`.",
-             "", "| part | runs completed | wall s | commit | command |", "|---|---|---|---|---|"]
+             "", "| part | swept | runs completed | runs in the part |", "|---|---|---|---|"]
+    for part, swept in PARTS.items():
+        done, started = completed(sweep, part)
+        total = 1
+        for arg in swept:
+            total *= len(arg.split("=", 1)[1].split(","))
+        lines.append(f"| {part} | `{' '.join(swept)}` | {done} (of {started} started) | "
+                     f"{total} |")
+    lines += ["", "Invocations that ran to their end:", "",
+              "| part | runs completed | wall s | commit | command |", "|---|---|---|---|---|"]
     for e in entries:
         lines.append(f"| {e['part']} | {e['completed']} of {e['runs']} | {e['wall']:.0f} | "
                      f"{e['commit']} | `{e['command']}` |")
-    missing = [p for p in PARTS if p not in {e["part"] for e in entries}]
-    if missing:
-        lines += ["", f"Not run yet: {', '.join(missing)}."]
     (out / "parts.md").write_text("\n".join(lines) + "\n")
 
 
