@@ -148,7 +148,10 @@ def cells(runs: list[Run]) -> tuple[list[str], list[dict]]:
 
 
 def _fmt(s: dict | None) -> str:
-    return "n/a" if not s else f"{s['mean']:.4f} ± {s['std']:.4f}"
+    """``mean ± std``; one seed has no spread to show, so its value stands alone."""
+    if not s:
+        return "n/a"
+    return f"{s['mean']:.4f}" if s["n"] == 1 else f"{s['mean']:.4f} ± {s['std']:.4f}"
 
 
 def _short(key: str) -> str:
@@ -159,7 +162,8 @@ def markdown(sweep: Path, keys: list[str], rows: list[dict], runs: list[Run]) ->
     done = sum(r.status == "completed" for r in runs)
     head = ["method", *map(_short, keys), "seeds", *(NAMES[k] for k in METRICS), "MB / round"]
     lines = [f"# Sweep {sweep.name}: {done} of {len(runs)} runs completed", "",
-             "Mean ± std (ddof 0) over seeds of the mean over clients after the last round.",
+             "Mean ± std (ddof 0) over seeds of the mean over clients after the last round "
+             "(a cell with one seed shows its value alone).",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         mb = "n/a" if row["mb_per_round"] is None else f"{row['mb_per_round']:.3f}"

@@ -94,3 +94,11 @@ def test_report_names_what_is_wrong(tmp_path: Path):
         make_report(tmp_path / "missing")
     with pytest.raises(FedadError, match="no run folders"):
         make_report(tmp_path)
+
+
+def test_a_cell_with_one_seed_shows_no_spread():
+    from fedad.sweep_report import _fmt, _stat
+
+    assert _fmt(_stat([0.75])) == "0.7500"  # not "0.7500 ± 0.0000": one seed has no spread
+    assert _fmt(_stat([0.7, 0.8])) == "0.7500 ± 0.0500"
+    assert _fmt(None) == "n/a"
