@@ -13,8 +13,9 @@ re-running a part skips the jobs that completed and runs the others again):
 - ``report``: none; only the report below.
 
 After a part, ``fedad-report`` writes the table and figures of everything in the folder to
-``--out`` (default ``benchmarks/results/mtd_sweep/``), and ``parts.md`` there lists every
-part run so far with its command, wall time and how many of its runs completed.
+``--out`` (default ``benchmarks/results/mtd_sweep/``), and ``parts.md`` there counts each
+part's completed runs in the folder (a part stopped mid-way included) and lists every
+invocation that ran to its end with its command, wall time and commit.
 
 The settings were fixed before any of the sweep's numbers were seen (SETTINGS below): 5
 clients, Dirichlet partition seed 0, 10 rounds, evaluation after rounds 5 and 10, 128 px
