@@ -12,10 +12,10 @@ re-running a part skips the jobs that completed and runs the others again):
 - ``frozen``: PatchCore and PaDiM (one round each) at every alpha, seeds 0-2.
 - ``report``: none; only the report below.
 
-After a part, ``fedad-report`` writes the table and figures of everything in the folder to
-``--out`` (default ``benchmarks/results/mtd_sweep/``), and ``parts.md`` there counts each
-part's completed runs in the folder (a part stopped mid-way included) and lists every
-invocation that ran to its end with its command, wall time and commit.
+After a part, fedad-report's ``make_report`` writes the table and figures of everything in
+the folder to ``--out`` (default ``benchmarks/results/mtd_sweep/``), and ``parts.md`` there
+counts each part's completed runs in the folder (a part stopped mid-way included) and lists
+every invocation that ran to its end with its command, wall time and commit.
 
 The settings were fixed before any of the sweep's numbers were seen (SETTINGS below): 5
 clients, Dirichlet partition seed 0, 10 rounds, evaluation after rounds 5 and 10, 128 px
@@ -37,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, command_line, machine  # noqa: E402
 
+from fedad.run_status import read_status  # noqa: E402
+from fedad.sweep_report import make_report  # noqa: E402
+
 SETTINGS = ["dataset=mtd", "num_clients=5", "partition.seed=0", "train.rounds=10",
             "eval_every=5", "dataset.image_size=128", "client_cpus=2", "backbone.cache=disk"]
 ALPHAS = "partition.alpha=0.05,0.1,0.5,1.0"
@@ -57,12 +60,7 @@ def part_command(part: str, root: Path, sweep: Path, cache: Path) -> list[str]:
 def completed(sweep: Path, part: str) -> tuple[int, int]:
     """(completed, all) run folders of ``part``."""
     folders = [p for p in sweep.glob(f"{part}-*") if p.is_dir()]
-    done = 0
-    for p in folders:
-        try:
-            done += json.loads((p / "status.json").read_text())["status"] == "completed"
-        except (OSError, json.JSONDecodeError, KeyError):
-            pass
+    done = sum((read_status(p) or {}).get("status") == "completed" for p in folders)
     return done, len(folders)
 
 
@@ -113,11 +111,8 @@ def main() -> int:
                  "command": command_line()}
         with open(sweep / "parts.jsonl", "a") as fh:
             fh.write(json.dumps(entry) + "\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = [str(Path(sys.executable).parent / "fedad-report"), str(sweep), "--out",
-              str(args.out)]
-    if subprocess.run(report, check=False).returncode != 0:
-        return 1
+    files = make_report(sweep, args.out)
+    print(files["md"].read_text())
     write_parts(args.out, sweep)
     return 0
 

@@ -106,9 +106,7 @@ def run_and_kill(overrides: Sequence[str], out: Path, after_round: int,
         while (proc.poll() is None and checkpointed_round(out) < after_round
                and time.monotonic() - start < timeout):
             time.sleep(0.1)
-        if proc.poll() is None:
-            kill_tree(proc.pid)
-    finally:
+    finally:  # the tree goes whether the round came, the run ended or the wait timed out
         kill_tree(proc.pid)
         proc.wait()
         kill_processes_naming(out)
