@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from fedad.cli.app_stage import staged_app
+
 log = logging.getLogger("fedad")
 
 
@@ -61,12 +63,15 @@ def flwr_run(app_dir: Path, connection: str, run_config: Path, env: dict[str, st
              extra: list[str] = (), pending_timeout: float = 600.0) -> str | None:
     """``flwr run <app_dir> <connection> --stream --run-config <file>``, its output passed
     through; returns the run id, or ``None`` when no run started or it stayed pending
-    longer than ``pending_timeout`` seconds (0: wait forever)."""
+    longer than ``pending_timeout`` seconds (0: wait forever). Flower packs the app from a
+    staged copy of its sources (:mod:`fedad.cli.app_stage`: same FAB, no walk of .venv)."""
     cmd = ["flwr", "run", str(app_dir), connection, "--stream", "--run-config", str(run_config),
            *extra]
     log.info("launching: %s", " ".join(cmd))
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, bufsize=1) as proc, \
+    with staged_app(app_dir) as staged, \
+            subprocess.Popen([*cmd[:2], str(staged), *cmd[3:]], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             bufsize=1) as proc, \
             PendingWatch(proc, connection, env, pending_timeout) as watch:
         assert proc.stdout is not None
         for line in proc.stdout:
