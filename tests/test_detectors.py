@@ -90,7 +90,11 @@ def test_conformance(name: str):
 
 def test_feddymem_metrics_pinned_across_the_move_to_the_contract():
     """Numbers measured with the code before the detector contract (commit 027b642, tiny
-    textures, holdout off): the same seed must give the same metrics after the move."""
+    textures, holdout off): the same seed must give the same metrics after the move.
+
+    Exact on the host they were measured on; another host's CPU kernels round differently
+    (measured: P-AUROC and PRO move by 2e-7 on an AMX host and with oneDNN capped at AVX2,
+    I-AUROC not at all), hence the 1e-5 tolerance."""
     from fedad.centralized import run_centralized
 
     clear_memory_cache()  # features depend (in float rounding) on the batch they came in
@@ -100,13 +104,20 @@ def test_feddymem_metrics_pinned_across_the_move_to_the_contract():
     cfg.train.rounds, cfg.calibration.holdout = 2, 0.0
     r = run_centralized(cfg)
     assert r["i_auroc"] == pytest.approx(0.7777777777777778, abs=1e-9)
-    assert r["p_auroc"] == pytest.approx(0.7982002078971445, abs=1e-7)
-    assert r["pro"] == pytest.approx(0.5094935819899958, abs=1e-7)
+    assert r["p_auroc"] == pytest.approx(0.7982002078971445, abs=1e-5)
+    assert r["pro"] == pytest.approx(0.5094935819899958, abs=1e-5)
 
 
 def test_feddymem_federated_rounds_pinned_across_the_move_to_the_contract():
     """Three clients, rounds 0-2, through validate/merge in one process (no Flower): the
-    losses and I-AUROC per client measured with the old FedDyMemClient + K-means code."""
+    losses and I-AUROC per client measured with the old FedDyMemClient + K-means code.
+
+    Exact on the host they were measured on. Two rounds of training on 12 tiny images are
+    chaotic in float rounding, and another host's CPU kernels round differently: measured
+    on an AMX host and with oneDNN/MKL/ATen capped at AVX2, each client's loss moved by up
+    to 3.3% and its I-AUROC by up to 2/36, the means over clients by at most 0.3% and
+    0.019. So the means are held tight and each client loosely; a broken move changes far
+    more (same-host exactness is tests/test_reliability.py's)."""
     from clients.data import load_client_data
     from fedad.metrics import evaluate
 
@@ -135,8 +146,10 @@ def test_feddymem_federated_rounds_pinned_across_the_move_to_the_contract():
               2: ([1.347551703453064, 1.2364364862442017, 1.9870104789733887],
                   [0.6388888888888888, 0.5555555555555556, 0.8055555555555556])}
     for r, (losses, aurocs) in pinned.items():
-        assert got[r][0] == pytest.approx(losses, rel=1e-5)
-        assert got[r][1] == pytest.approx(aurocs, abs=1e-9)
+        assert np.mean(got[r][0]) == pytest.approx(np.mean(losses), rel=0.01)
+        assert np.mean(got[r][1]) == pytest.approx(np.mean(aurocs), abs=0.04)
+        assert got[r][0] == pytest.approx(losses, rel=0.06)
+        assert got[r][1] == pytest.approx(aurocs, abs=0.09)
 
 
 def test_registry_resolves_methods_and_detectors():
