@@ -141,7 +141,7 @@ def main() -> int:
         print(f"the run failed; see {work / 'run'}", file=sys.stderr)
         return 1
     wall = time.perf_counter() - t0
-    # the host's speed drifts (a shared VM: 92-193 GFLOP/s across sessions): probe again
+    # the host's speed drifts (a shared VM: 92-213 GFLOP/s across sessions): probe again
     # after the run and keep the faster machine state, as a floor should
     probes = [low, floor(sim)]
     low = min(probes, key=lambda f: f["seconds"]["floor"])

@@ -65,11 +65,10 @@ def flwr_run(app_dir: Path, connection: str, run_config: Path, env: dict[str, st
     through; returns the run id, or ``None`` when no run started or it stayed pending
     longer than ``pending_timeout`` seconds (0: wait forever). Flower packs the app from a
     staged copy of its sources (:mod:`fedad.cli.app_stage`: same FAB, no walk of .venv)."""
-    cmd = ["flwr", "run", str(app_dir), connection, "--stream", "--run-config", str(run_config),
-           *extra]
-    log.info("launching: %s", " ".join(cmd))
+    args = [connection, "--stream", "--run-config", str(run_config), *extra]
+    log.info("launching: flwr run %s %s", app_dir, " ".join(args))
     with staged_app(app_dir) as staged, \
-            subprocess.Popen([*cmd[:2], str(staged), *cmd[3:]], env=env,
+            subprocess.Popen(["flwr", "run", str(staged), *args], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              bufsize=1) as proc, \
             PendingWatch(proc, connection, env, pending_timeout) as watch:
