@@ -5,7 +5,7 @@
 
 Builds the training features with the repo's own pipeline (backbone levels at strides 8 and
 16, 3x3 locally aware averaging, fused; cached on disk so a second run skips the backbone),
-flattens them to patches and times :func:`fedad.detectors.patchcore.greedy_coreset` at
+flattens them to patches and times :func:`fedad.components.coreset.greedy_coreset` at
 ``--ratio``. Also: the textbook loop (one distance update of every row per pick) for the
 first ``--check-steps`` picks, to check they agree and to extrapolate its time; the covering
 radius (original space, exact) of the coreset, of its first row and of a random subset of
@@ -29,10 +29,14 @@ import torch  # noqa: E402
 from _common import RESULTS, command_line, machine, write_results  # noqa: E402
 
 from fedad.cli.overrides import compose  # noqa: E402
+from fedad.components.coreset import (  # noqa: E402
+    covering_radius,
+    default_start,
+    greedy_coreset,
+    project,
+)
 from fedad.config import RunConfig  # noqa: E402
 from fedad.data.factory import build_dataset  # noqa: E402
-from fedad.detectors.patchcore import covering_radius, greedy_coreset  # noqa: E402
-from fedad.detectors.patchcore.coreset import default_start, project  # noqa: E402
 from fedad.device import resolve_device  # noqa: E402
 from fedad.feature_cache import dataset_features  # noqa: E402
 from fedad.features import (

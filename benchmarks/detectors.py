@@ -45,9 +45,10 @@ def centralized(base: SimConfig, work: Path) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     r = run_centralized(run_config_of(base))
+    # image-level-only data (no masks) has no p_auroc / pro: those keys are then absent
     row = {k: r[k] for k in ("i_auroc", "p_auroc", "pro", "upload_bytes", "summary_bytes",
                              "summary_shapes", "train_images", "holdout_images",
-                             "test_images", "threshold")}
+                             "test_images", "threshold") if k in r}
     row["seconds"] = r["seconds"]
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=2))
@@ -68,7 +69,7 @@ def federated(base: SimConfig, work: Path) -> dict:
     rounds, final = result["rounds"], result["final"]
     s = breakdown(rounds, wall)
     row = {"i_auroc": final["i_auroc"]["mean"], "i_auroc_std": final["i_auroc"]["std"],
-           "p_auroc": final["p_auroc"]["mean"], "pro": final["pro"]["mean"],
+           **{k: final[k]["mean"] for k in ("p_auroc", "pro") if final.get(k)},
            "rounds": len(rounds),
            "upload_bytes_per_client": rounds[-1]["bytes"]["received_per_client"],
            "rejected": result.get("rejected", []),
@@ -78,6 +79,11 @@ def federated(base: SimConfig, work: Path) -> dict:
            "run_dir": str(run)}
     path.write_text(json.dumps(row, indent=2))
     return row
+
+
+def cell(row: dict, key: str) -> str:
+    """A metric, or ``-`` where the data has none (image-level-only sets: no masks)."""
+    return f"{row[key]:.4f}" if key in row else "-"
 
 
 def markdown(rows: dict, base: SimConfig) -> str:
@@ -95,11 +101,11 @@ def markdown(rows: dict, base: SimConfig) -> str:
     for name, r in rows.items():
         c, f = r["centralized"], r["federated"]
         cs, fs = c["seconds"], f["seconds"]
-        lines.append(f"| {name} | centralized | {c['i_auroc']:.4f} | {c['p_auroc']:.4f} | "
-                     f"{c['pro']:.4f} | - | {cs['features']:.1f} | {cs['fit']:.1f} | "
+        lines.append(f"| {name} | centralized | {c['i_auroc']:.4f} | {cell(c, 'p_auroc')} | "
+                     f"{cell(c, 'pro')} | - | {cs['features']:.1f} | {cs['fit']:.1f} | "
                      f"{cs['merge']:.1f} | {cs['scoring']:.1f} | {cs['total']:.1f} |")
         lines.append(f"| {name} | federated | {f['i_auroc']:.4f} ± {f['i_auroc_std']:.4f} | "
-                     f"{f['p_auroc']:.4f} | {f['pro']:.4f} | "
+                     f"{cell(f, 'p_auroc')} | {cell(f, 'pro')} | "
                      f"{f['upload_bytes_per_client'] / 1e6:.2f} | {fs['features']:.1f} | "
                      f"{fs['fit']:.1f} | {fs['merge']:.1f} | {fs['scoring']:.1f} | "
                      f"{fs['wall']:.1f} |")
@@ -115,8 +121,9 @@ def markdown(rows: dict, base: SimConfig) -> str:
         lines += ["", f"Best federated detector: **{best}**, I-AUROC {b['i_auroc']:.4f} "
                   f"(target >= 0.97: {'met' if b['i_auroc'] >= 0.97 else 'missed'}; anomalib "
                   f"PaDiM {ANOMALIB_PADIM}: {above}),"
-                  f" P-AUROC {b['p_auroc']:.4f} (target >= 0.80: "
-                  f"{'met' if b['p_auroc'] >= 0.80 else 'missed'})."]
+                  + (f" P-AUROC {b['p_auroc']:.4f} (target >= 0.80: "
+                     f"{'met' if b['p_auroc'] >= 0.80 else 'missed'})." if "p_auroc" in b
+                     else " no pixel masks in this dataset (image level only).")]
     lines += ["", f"Command: `{command_line()}`"]
     return "\n".join(lines)
 

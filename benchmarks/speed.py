@@ -40,9 +40,9 @@ from clients.data import extractor_for, load_client_data  # noqa: E402
 from fedad.cli.overrides import compose  # noqa: E402
 from fedad.cli.processes import exit_on_sigterm  # noqa: E402
 from fedad.cli.sim import SimConfig, launch, run_config_of  # noqa: E402
+from fedad.detectors.feddymem.aggregate import kmeans_aggregate  # noqa: E402
 from fedad.detectors.feddymem.client import FedDyMemClient  # noqa: E402
 from fedad.detectors.registry import evaluated, feature_config  # noqa: E402
-from fedad.memory import kmeans_aggregate  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
 
 TARGET_SECONDS = 400.0

@@ -1,12 +1,56 @@
 """Typed configuration: one dataclass per concern, composed into :class:`RunConfig`.
 
 Hydra (``conf/``) and Flower's run config both resolve to these objects, so every value
-has one source of truth: the defaults below.
+has one source of truth: the defaults below. A field that takes one of a few values is a
+:func:`choice`; :func:`check_choices` checks every such field of a composed config at once
+(every command calls it before any process starts), naming the field and what it allows.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from fedad.errors import ConfigError
+
+
+def choice(default: str, *others: str) -> Any:
+    """A string field that takes ``default`` or one of ``others``."""
+    return field(default=default, metadata={"choices": (default, *others)})
+
+
+def choices_of(cls: type, name: str) -> tuple[str, ...]:
+    """The values field ``name`` of config dataclass ``cls`` allows."""
+    (f,) = [f for f in dataclasses.fields(cls) if f.name == name]
+    return tuple(f.metadata["choices"])
+
+
+def _choice_fields(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Any, Sequence[str]]]:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if "choices" in f.metadata:
+            yield prefix + f.name, value, f.metadata["choices"]
+        elif dataclasses.is_dataclass(value):
+            yield from _choice_fields(value, f"{prefix}{f.name}.")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    yield from _choice_fields(item, f"{prefix}{f.name}[{i}].")
+
+
+def check_choices(cfg: Any) -> Any:
+    """``cfg``, after checking every :func:`choice` field (nested sections included).
+
+    Raises:
+        ConfigError: naming every field whose value is not allowed, with what it allows.
+    """
+    bad = [f"{key}={value!r} is not one of: {', '.join(allowed)}"
+           for key, value, allowed in _choice_fields(cfg) if value not in allowed]
+    if bad:
+        raise ConfigError("; ".join(bad))
+    return cfg
 
 
 @dataclass
@@ -18,7 +62,7 @@ class DataConfig:
     prefixed with each part's name).
     """
 
-    name: str = "textures"
+    name: str = choice("textures", "mtd", "mvtec", "visa", "mixed")
     root: str | None = None
     categories: list[str] = field(default_factory=list)
     image_size: int = 224
@@ -33,7 +77,7 @@ class DataConfig:
     mtd_train_list: str | None = None
     # unreadable images or masks (corrupt, truncated, wrong-sized mask): "refuse" stops the
     # run before any round with the list of files; "skip" leaves them out and reports them
-    on_bad: str = "refuse"
+    on_bad: str = choice("refuse", "skip")
     parts: list[DataConfig] = field(default_factory=list)
 
 
@@ -47,7 +91,7 @@ class BackboneConfig:
     weights: str = "offline"
     layers: list[int] = field(default_factory=lambda: [1, 2, 3])
     avg_pool: bool = True
-    cache: str = "memory"  # memory | disk | none
+    cache: str = choice("memory", "disk", "none")
     cache_dir: str | None = None
     half: bool = False
 
@@ -64,7 +108,7 @@ class HeadConfig:
     # default: PyTorch's initialisation (the paper names none) | identity (beyond the paper:
     # the head starts as the frozen features, M = sigma(F), so training refines the bank-only
     # detector instead of starting from a random mixing of channels)
-    init: str = "default"
+    init: str = choice("default", "identity")
 
 
 @dataclass
@@ -74,7 +118,7 @@ class TrainConfig:
     rounds: int = 10
     local_epochs: int = 1
     batch_size: int = 8
-    optimizer: str = "adam"  # adam (paper) | sgd (SCAFFOLD always uses sgd)
+    optimizer: str = choice("adam", "sgd")  # adam (paper); SCAFFOLD always uses sgd
     lr: float = 1e-3
     proximal_mu: float = 0.01  # FedProx: (mu/2)||w - w_global||^2
     global_lr: float = 1.0  # SCAFFOLD: server step on the mean client update
@@ -86,11 +130,11 @@ class TrainConfig:
     threshold_scale: float = 0.0
     # Server step: kmeans (Alg. 3) | average (Table III's ablation, positional banks only)
     # | coreset (beyond the paper: greedy coreset of the union, keeps what clients kept)
-    aggregation: str = "kmeans"
+    aggregation: str = choice("kmeans", "average", "coreset")
     # Client memory-reduce: positional (paper, Eq. 14-16: one (H, W, C) map) | coreset |
     # kmeans (beyond the paper: bank_size representatives of all memory features, see
     # fedad/detectors/feddymem/set_reduce.py)
-    reduce: str = "positional"
+    reduce: str = choice("positional", "coreset", "kmeans")
     bank_size: int = 0  # features in a set bank (0: H*W, the paper's upload size)
     rema: bool = True  # Eq. 16's rEMA (set banks: each representative with its match)
     # Beyond the paper: CFA's repulsive term on the K+1..K+J nearest bank features with
@@ -100,7 +144,7 @@ class TrainConfig:
     repulsion_j: int = 3
     repulsion_margin: float = 1.0
     kmeans_iters: int = 20
-    kmeans_init: str = "positional"  # positional | kmeans++ | random (see memory.py)
+    kmeans_init: str = choice("positional", "kmeans++", "random")  # feddymem/aggregate.py
     # False (paper, Alg. 4 line 2): each client draws its own head (seed + 1000 * id).
     # True: every client starts from the same draw, as FL models often share their start.
     shared_init: bool = False
@@ -111,7 +155,7 @@ class TrainConfig:
 class ScoreConfig:
     """Anomaly maps (PatchCore/CFA style scoring)."""
 
-    mode: str = "softmin"  # softmin (CFA, over top_k) | nearest
+    mode: str = choice("softmin", "nearest")  # softmin: CFA's, over top_k
     top_k: int = 3
     sigma: float = 4.0
 
@@ -131,25 +175,30 @@ class PatchCoreConfig:
     upload_ratio: float = 0.1  # fraction of a client's patches it uploads (its coreset)
     global_ratio: float = 0.01  # global bank size as a fraction of all clients' patches
     projection_dim: int = 128  # random projection used only to select the coreset
-    merge: str = "coreset"  # coreset | kmeans | concat
+    merge: str = choice("coreset", "kmeans", "concat")
     reweight: bool = False  # PatchCore's Eq. 7 re-weighting of the nearest distance
     reweight_k: int = 9  # neighbours of the nearest bank feature used by the re-weighting
     max_upload_rows: int = 2_000_000  # bound the server enforces on one upload
+    avg_pool: bool = True  # locally aware patches: each level averaged over 3x3 (Sec. 3.1)
 
 
 @dataclass
 class PaDiMConfig:
     """PaDiM (Defard et al. 2021): a Gaussian per position over a random channel subset.
 
-    Federated by exact sufficient statistics: count, sum and sum of outer products per
-    position in float64, so the server's Gaussian equals the centralized one.
+    Federated by exact statistics: count, mean and centred scatter per position in float64,
+    combined by the pairwise update, so the server's Gaussian equals the centralized one up
+    to rounding.
     """
 
     strides: list[int] = field(default_factory=lambda: [4, 8, 16])  # backbone levels used
     channels: int = 100  # size of the random channel subset (shared by every client)
     channel_seed: int = 0  # seed of that subset: every client and the server draw the same
     epsilon: float = 0.01  # covariance regularisation: Sigma + epsilon * I (paper)
-    upload_dtype: str = "float64"  # float64 (exact) | float32 (half the bytes)
+    # float64: exact up to rounding; float32: half the bytes, the federated covariance then
+    # within about 1e-7 of float64's (relative to its largest entry; tests/test_padim.py)
+    upload_dtype: str = choice("float64", "float32")
+    avg_pool: bool = False  # raw layer features, as published (true: 3x3 averaged first)
 
 
 @dataclass
@@ -175,7 +224,8 @@ class CalibrationConfig:
 class PartitionConfig:
     """How training samples are split over clients (paper Sec. VI-A 2)."""
 
-    method: str = "dirichlet"  # dirichlet | iid | pathological (one product type per client)
+    # pathological: one product type per client
+    method: str = choice("dirichlet", "iid", "pathological")
     alpha: float = 0.1
     min_samples: int = 2
     seed: int = 0

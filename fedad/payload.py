@@ -1,18 +1,7 @@
-"""What travels between clients and server, as plain arrays (no Flower here).
-
-``clients/`` and ``server/`` wrap these in Flower records; both use the names and checks
-below so a bank is packed and validated the same way on each side.
-"""
+"""Names of what travels between clients and server (no Flower here): ``clients/`` and
+``server/`` wrap the arrays in Flower records under these names."""
 
 from __future__ import annotations
-
-from collections.abc import Mapping, Sequence
-
-import numpy as np
-import torch
-
-from fedad.errors import BankError
-from fedad.memory import validate_bank
 
 BANK = "bank"  # ArrayRecord name and array key of a memory bank
 CONFIG = "config"  # ConfigRecord name of per-round instructions
@@ -25,21 +14,4 @@ CV_DELTA = "cv-delta"  # SCAFFOLD: a client's control-variate change, sent with 
 
 PHASE_INIT = "init"  # round 0: build the first reduced bank (Alg. 4)
 PHASE_TRAIN = "train"  # rounds >= 1: Alg. 5 ClientUpdate
-
-
-def bank_to_arrays(bank: torch.Tensor) -> dict[str, np.ndarray]:
-    """A bank ``(H, W, C)`` as ``{"bank": float32 ndarray}``."""
-    return {BANK: np.ascontiguousarray(bank.detach().cpu().to(torch.float32).numpy())}
-
-
-def bank_from_arrays(arrays: Mapping[str, np.ndarray], who: str,
-                     shape: Sequence[int] | None = None) -> torch.Tensor:
-    """The bank in ``arrays``, validated (shape, dtype, finite).
-
-    Raises:
-        BankError: naming ``who`` when the bank is missing or malformed.
-    """
-    if BANK not in arrays:
-        raise BankError(f"{who}: no '{BANK}' array in the message (got {sorted(arrays)})")
-    return validate_bank(arrays[BANK], who, shape)
 

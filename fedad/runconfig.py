@@ -17,7 +17,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from fedad.config import RunConfig
+from fedad.config import RunConfig, check_choices
 from fedad.errors import ConfigError
 
 Scalar = str | int | float | bool
@@ -109,7 +109,8 @@ def from_flat(flat: Mapping[str, Scalar], cls: type = RunConfig) -> Any:
     """Build the config dataclass from dotted keys; missing keys keep their defaults.
 
     Raises:
-        ConfigError: a key that is not a config field, or a value of the wrong type.
+        ConfigError: a key that is not a config field, a value of the wrong type, or a
+            choice field (:func:`~fedad.config.choice`) set to a value it does not allow.
     """
     nested: dict[str, Any] = {}
     for key, value in flat.items():
@@ -120,7 +121,7 @@ def from_flat(flat: Mapping[str, Scalar], cls: type = RunConfig) -> Any:
             if not isinstance(node, dict):
                 raise ConfigError(f"run config key {key!r} clashes with a scalar key")
         node[leaf] = value
-    return _build(cls, nested, "")
+    return check_choices(_build(cls, nested, ""))
 
 
 def toml_value(value: Scalar) -> str:
@@ -145,4 +146,4 @@ def from_dict(data: Mapping[str, Any], cls: type = RunConfig) -> Any:
     Raises:
         ConfigError: a key that is not a config field, or a value of the wrong type.
     """
-    return _build(cls, data, "")
+    return check_choices(_build(cls, data, ""))

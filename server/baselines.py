@@ -13,37 +13,28 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, FedProx, FedTrimmedAvg
+from flwr.serverapp.strategy import FedAvg, FedTrimmedAvg
 
 from fedad.baselines.scaffold import server_update, zeros_like_state
+from fedad.components.validate import check_state
 from fedad.config import RunConfig
+from fedad.errors import BankError
 from fedad.payload import ARRAYS, CONFIG, CV_DELTA, CV_SERVER
 from fedad.robust import flat_update
 from server.loop import RoundLoop, who
 
 
-def upload_problem(content: RecordDict, key: str, reference: dict[str, tuple] | None
-                   ) -> str | None:
-    """What is wrong with the ArrayRecord ``key`` of a reply, or ``None``: missing, keys or
-    shapes other than ``reference`` (``{name: shape}``; ``None`` checks keys and shapes
-    against nothing), a non-float dtype, non-finite values."""
+def upload_problem(content: RecordDict, key: str, reference: dict[str, tuple] | None,
+                   who: str) -> str | None:
+    """What is wrong with the ArrayRecord ``key`` of a reply (:func:`check_state`: keys and
+    shapes of ``reference``, float, finite), or ``None``."""
     if key not in content.array_records:
         return f"no {key!r} in the reply"
-    record = content.array_records[key]
-    if reference is not None:
-        missing = sorted(set(reference) - set(record))
-        extra = sorted(set(record) - set(reference))
-        if missing or extra:
-            return (f"{key}: keys differ from the global model (missing {missing[:3]}, "
-                    f"unexpected {extra[:3]})")
-    for name, arr in record.items():
-        value = arr.numpy()
-        if reference is not None and tuple(value.shape) != tuple(reference[name]):
-            return f"{key}[{name}]: shape {tuple(value.shape)}, expected {reference[name]}"
-        if not np.issubdtype(value.dtype, np.floating):
-            return f"{key}[{name}]: dtype {value.dtype}, expected a float"
-        if not np.isfinite(value).all():
-            return f"{key}[{name}]: non-finite values"
+    try:
+        check_state({k: v.numpy() for k, v in content.array_records[key].items()}, who,
+                    reference, what=key)
+    except BankError as exc:
+        return str(exc).removeprefix(f"{who}: ")
     return None
 
 
@@ -59,8 +50,9 @@ class WeightStrategy(RoundLoop):
         n = len(node_ids)
         common = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=n,
                       min_evaluate_nodes=n, min_available_nodes=n)
-        self.inner = (FedProx(proximal_mu=cfg.train.proximal_mu, **common)
-                      if cfg.method == "fedprox" else FedAvg(**common))
+        # Flower's weighted mean for FedAvg, FedProx and FedBN (FedProx differs only on the
+        # client); messages go to this run's nodes only (configure_train below)
+        self.inner = FedAvg(**common)
         # robust aggregation: the kept uploads' coordinate-wise trimmed mean (Flower's)
         self.averaging = (FedTrimmedAvg(beta=cfg.robust.trim, **common)
                           if cfg.robust.enabled else self.inner)
@@ -79,8 +71,12 @@ class WeightStrategy(RoundLoop):
         if self.cfg.method == "local":
             conf = ConfigRecord({**config, "server-round": server_round})
             return self._messages(MessageType.TRAIN, RecordDict({CONFIG: conf}))
-        if self.cfg.method != "scaffold":
-            return self.inner.configure_train(server_round, arrays, config, grid)
+        if self.cfg.method != "scaffold":  # FedAvg's message, to this run's nodes only
+            conf = ConfigRecord({**config, "server-round": server_round})
+            if self.cfg.method == "fedprox":
+                conf["proximal-mu"] = self.cfg.train.proximal_mu
+            return self._messages(MessageType.TRAIN,
+                                  RecordDict({ARRAYS: arrays, CONFIG: conf}))
         if self.c_global is None:  # control variates cover trainable parameters only
             params = arrays.to_torch_state_dict()
             self.c_global = zeros_like_state(
@@ -99,7 +95,8 @@ class WeightStrategy(RoundLoop):
         msgs = []
         for msg in self.ok_replies(replies, server_round):
             problems = [p for k in required
-                        if (p := upload_problem(msg.content, k, self.reference.get(k)))]
+                        if (p := upload_problem(msg.content, k, self.reference.get(k),
+                                                who(msg)))]
             if problems:
                 self._reject(server_round, who(msg), "; ".join(problems))
                 continue

@@ -314,3 +314,19 @@ def test_split_merge_round_trip_and_fedbn_round():
         split_state(sd, {"nope"})
     with pytest.raises(ValueError, match="projection.norm.bias"):
         merge_state({**shared, "projection.norm.bias": torch.zeros(8)}, local)
+
+
+def test_fedbn_refuses_a_model_without_batchnorm():
+    """FedBN on a head without BatchNorm would silently be FedAvg: refused when the config
+    is resolved and again by the model itself, naming the fix."""
+    from fedad.baselines.client import WeightClient, exchanged_keys
+    from fedad.config import HeadConfig, RunConfig
+    from fedad.detectors.registry import resolve
+    from fedad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="head.batch_norm=true"):
+        resolve(RunConfig(method="fedbn"))
+    resolve(RunConfig(method="fedbn", head=HeadConfig(batch_norm=True)))  # accepted
+    plain = WeightClient(8, RunConfig(method="fedavg", head=HeadConfig(grid_size=4))).model.head
+    with pytest.raises(ConfigError, match="has none"):
+        exchanged_keys(plain, "fedbn")

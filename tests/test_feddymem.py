@@ -174,3 +174,20 @@ def test_client_with_batchnorm_trains():
     bank = client.initial_bank(feats)
     losses = client.train_epochs(feats, bank)  # last batch has 1 image: skipped, no crash
     assert len(losses) == 1 and math.isfinite(losses[0])
+
+
+def test_a_client_draws_its_head_without_touching_the_global_rng():
+    """Clients sharing a process (a Ray actor hosts several) must not reseed each other:
+    building one leaves the global generator as it was, and the same seed still gives the
+    same head."""
+    from fedad.detectors.feddymem.client import FedDyMemClient
+
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = FedDyMemClient(8, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    b = FedDyMemClient(8, seed=3)
+    c = FedDyMemClient(8, seed=4)
+    sa, sb, sc = (x.head.state_dict() for x in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from fedad.components import coreset as cs
+from fedad.components.coreset import covering_radius, greedy_coreset
 from fedad.config import RunConfig
 from fedad.detectors.base import Detector, FeatureShape
-from fedad.detectors.patchcore import PatchCore, covering_radius, greedy_coreset
-from fedad.detectors.patchcore import coreset as cs
+from fedad.detectors.patchcore import PatchCore
 from fedad.detectors.patchcore.detector import coreset_size
 from fedad.errors import BankError, ConfigError
 
@@ -283,7 +284,7 @@ def test_reweight_weights_are_bounded():
     det = make(reweight=True, reweight_k=4)
     bank = torch.randn(30, 8, generator=torch.Generator().manual_seed(0))
     rows = torch.randn(3, 25, 8, generator=torch.Generator().manual_seed(1))
-    from fedad.memory import NearestNeighbours
+    from fedad.components.knn import NearestNeighbours
 
     nn = NearestNeighbours(bank)
     dist, near = nn.search(rows.reshape(-1, 8), 1)
@@ -311,3 +312,31 @@ def test_fit_respects_the_upload_bound():
     det.fit(features(2), None, 1)
     assert det.summarize(1)["bank"].shape == (17, 8)
     assert math.isclose(det.summarize(1)["count"][0], 50)
+
+
+@pytest.mark.parametrize("reweight", [False, True])
+def test_image_score_is_the_largest_raw_patch_distance(reweight):
+    """Eq. 6-7 as published (and in patchcore-inspection, anomalib): the image score is the
+    largest nearest-bank distance over the image's patches, re-weighted at that patch; the
+    upsampled, blurred map (pixel metrics) does not decide it. A lone far-off patch makes
+    the two differ: blurring spreads its peak."""
+    det = make(upload_ratio=0.5, global_ratio=0.5, reweight=reweight, reweight_k=4)
+    train = features(12, seed=0)
+    det.fit(train, None, 1)
+    glob = det.merge([det.validate(det.summarize(1), "client 0")], 1)
+    test = features(3, seed=5)
+    test[1, :, 2, 3] += 6.0
+    scores = det.score(test, glob, image_size=20)
+    bank = torch.from_numpy(glob["bank"])
+    rows = test.permute(0, 2, 3, 1).reshape(3, 25, 8)
+    raw = torch.cdist(rows, bank[None].expand(3, -1, -1)).amin(dim=2)  # (3, 25) brute force
+    want = raw.amax(dim=1)
+    if reweight:
+        from fedad.components.knn import NearestNeighbours
+
+        nn = NearestNeighbours(bank)
+        dist, near = nn.search(rows.reshape(-1, 8), 1)
+        want = want * det.reweight(rows, dist[:, 0].view(3, 25), near[:, 0].view(3, 25),
+                                   bank, nn)
+    assert torch.allclose(scores.image, want, rtol=1e-4, atol=1e-4)
+    assert float(scores.maps[1].max()) < 0.9 * float(scores.image[1])  # the map is blurred

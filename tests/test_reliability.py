@@ -43,8 +43,8 @@ def test_bad_uploads_a_failing_client_and_a_poisoned_bank_in_one_federation(tmp_
         (0, 3), (1, 3), (2, 2)]
     assert by_partition(result["rejected_per_client"]) == {0: 3, 1: 3, 2: 1, 3: 3}
     reasons = "\n".join(result["rejected"])
-    assert "(partition 0): bank holds" in reasons and "non-finite" in reasons
-    assert "(partition 1): bank has shape (16, 16, 175), expected (16, 16, 176)" in reasons
+    assert "(partition 0): 'bank' holds" in reasons and "non-finite" in reasons
+    assert "(partition 1): 'bank' has shape (16, 16, 175), expected (16, 16, 176)" in reasons
     assert "partition 2 fails in round 2" in reasons
     assert [[by_partition({d: 0}) for d in e["dropped"]] for e in result["robust"]] == [
         [{3: 0}]] * 3

@@ -151,5 +151,35 @@ def test_weight_uploads_of_the_wrong_keys_shape_or_dtype_are_left_out(method: st
     assert "node 4" in text and "non-finite" in text
     assert "node 5" in text and "missing ['w'], unexpected ['v']" in text
     if method == "scaffold":
-        assert "node 6" in text and f"{CV_DELTA}[w]: shape (3,)" in text
+        assert "node 6" in text and f"'{CV_DELTA}[w]' has shape (3,)" in text
     assert sum(s.rejected_per_client.values()) == len(s.rejected) == len(replies) - 1
+
+
+@pytest.mark.parametrize("method", ["fedavg", "fedprox", "fedbn", "scaffold", "local"])
+def test_weight_exchange_addresses_its_own_nodes_only(method: str, monkeypatch):
+    """A weight strategy sends its round to the nodes it was given, not to every node the
+    grid knows (Flower's FedAvg.configure_train samples from all connected nodes: a
+    SuperLink shared with another federation, or extra SuperNodes, would get its model)."""
+    from flwr.app import ConfigRecord
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.baselines import WeightStrategy
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # what a ServerApp process has
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+    class Grid:
+        def get_node_ids(self):
+            return list(range(1, 9))
+
+    cfg = RunConfig(method=method)
+    cfg.head.batch_norm = method == "fedbn"
+    s = WeightStrategy(cfg, node_ids=[2, 5])
+    arrays = ArrayRecord({"w": Array(np.zeros((2, 2), np.float32))})
+    msgs = list(s.configure_train(1, arrays, ConfigRecord({"out": ""}), Grid()))
+    assert sorted(m.metadata.dst_node_id for m in msgs) == [2, 5]
+    conf = msgs[0].content["config"]
+    assert int(conf["server-round"]) == 1
+    assert ("proximal-mu" in conf) == (method == "fedprox")
+    assert ("arrays" in msgs[0].content) == (method != "local")

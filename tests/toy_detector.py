@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedad.detectors.base import check_array, require_keys
+from fedad.components.validate import check_array, require_keys
 
 
 class ToyMean:

@@ -48,6 +48,10 @@ def exchanged_keys(head: torch.nn.Module, method: str) -> list[str]:
     keys = [k for k in head.state_dict() if not k.endswith("num_batches_tracked")]
     if method == "fedbn":
         local = batchnorm_keys(head)
+        if not local:  # FedBN without BatchNorm would be FedAvg under another name
+            raise ConfigError(f"fedbn keeps BatchNorm layers local, but the "
+                              f"{type(head).__name__} has none (head.batch_norm=true adds "
+                              "BatchNorm to FedDyMem's projection)")
         keys = [k for k in keys if k not in local]
     return keys
 

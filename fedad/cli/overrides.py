@@ -16,7 +16,8 @@ def compose(overrides: Sequence[str] = (), base: RunConfig | None = None) -> Run
     ``train.local_epochs=3 dataset.name=mtd dataset.root=/abs/mtd``.
 
     Raises:
-        ConfigError: naming the override that is unknown or has the wrong type.
+        ConfigError: naming the override that is unknown or has the wrong type, or a
+            choice field set to a value it does not allow (with the values it allows).
     """
     cfg = OmegaConf.structured(base or RunConfig())
     for item in overrides:
@@ -27,4 +28,6 @@ def compose(overrides: Sequence[str] = (), base: RunConfig | None = None) -> Run
         except OmegaConfBaseException as exc:
             raise ConfigError(f"override {item!r}: {exc.msg if hasattr(exc, 'msg') else exc}"
                               ) from exc
-    return OmegaConf.to_object(cfg)
+    from fedad.detectors.registry import check
+
+    return check(OmegaConf.to_object(cfg))

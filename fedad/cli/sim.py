@@ -36,6 +36,7 @@ from fedad.cli.processes import exit_on_sigterm
 from fedad.cli.superlink import CONNECTION, LocalSuperLink
 from fedad.config import RunConfig
 from fedad.data.factory import build_dataset
+from fedad.detectors.registry import check
 from fedad.errors import ConfigError, FedadError
 from fedad.progress import setup_logging
 from fedad.provenance import write_versions
@@ -94,6 +95,7 @@ def show_partition(cfg: RunConfig, out: Path) -> None:
 
 def launch(sim: SimConfig, out: Path) -> int:
     """Run the app once; 0 when Flower reports the run ``finished:completed``."""
+    check(sim)  # choice fields, detector x method: before anything starts
     app_dir = Path(sim.app_dir)
     if not (app_dir / "pyproject.toml").is_file():
         raise ConfigError(f"app_dir: no pyproject.toml in {app_dir} (fedad-sim runs the app "

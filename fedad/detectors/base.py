@@ -31,8 +31,6 @@ from typing import ClassVar, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from fedad.errors import BankError
-
 Summary = dict[str, np.ndarray]
 
 
@@ -125,63 +123,6 @@ class Detector(Protocol):
         aggregation (:mod:`fedad.robust`) compares across clients (e.g. the mean and spread
         of a bank's features)."""
         ...
-
-
-# -- helpers for validate() ---------------------------------------------------------------------
-def require_keys(summary: Mapping[str, np.ndarray], keys: Sequence[str], who: str) -> None:
-    """Raise naming ``who`` unless ``summary`` has exactly ``keys``."""
-    if not isinstance(summary, Mapping):
-        raise BankError(f"{who}: upload is a {type(summary).__name__}, not a mapping of arrays")
-    missing = [k for k in keys if k not in summary]
-    extra = [k for k in summary if k not in keys]
-    if missing or extra:
-        raise BankError(f"{who}: upload has arrays {sorted(summary)}, expected {sorted(keys)}"
-                        + (f" (missing {missing})" if missing else "")
-                        + (f" (unexpected {extra})" if extra else ""))
-
-
-def check_array(value: object, who: str, key: str, ndim: int | None = None,
-                shape: Sequence[int | None] | None = None, kind: str = "f",
-                max_elements: int | None = None, finite: bool = True) -> np.ndarray:
-    """One uploaded array, checked: an ``ndarray`` of dtype kind ``kind`` (``f`` float,
-    ``i`` integer), ``ndim`` dimensions, ``shape`` (``None`` entries are free), at most
-    ``max_elements`` values, all finite.
-
-    Raises:
-        BankError: naming ``who`` and ``key``.
-    """
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    if not isinstance(value, np.ndarray):
-        raise BankError(f"{who}: '{key}' is a {type(value).__name__}, not an array")
-    if value.dtype.kind not in kind:
-        raise BankError(f"{who}: '{key}' has dtype {value.dtype}, expected "
-                        + {"f": "floating point", "i": "integer"}.get(kind, kind))
-    want = len(shape) if shape is not None else ndim
-    if want is not None and value.ndim != want:
-        raise BankError(f"{who}: '{key}' has shape {value.shape}, expected {want} dimensions"
-                        + (f" {tuple(shape)}" if shape is not None else ""))
-    if shape is not None and any(s is not None and s != v for s, v in zip(shape, value.shape,
-                                                                          strict=True)):
-        free = tuple("*" if s is None else s for s in shape)
-        raise BankError(f"{who}: '{key}' has shape {value.shape}, expected {free}")
-    if value.size == 0:
-        raise BankError(f"{who}: '{key}' is empty")
-    if max_elements is not None and value.size > max_elements:
-        raise BankError(f"{who}: '{key}' has {value.size} values, more than the bound "
-                        f"{max_elements}")
-    if finite and value.dtype.kind == "f":
-        bad = int(value.size - np.count_nonzero(np.isfinite(value)))
-        if bad:
-            raise BankError(f"{who}: '{key}' holds {bad} non-finite values (NaN or inf)")
-    return value
-
-
-def row_moments(rows: np.ndarray) -> np.ndarray:
-    """Mean and standard deviation over the rows of ``(..., C)`` features, ``(2C,)``: a
-    descriptor of a bank (a far-shifted bank moves the mean, a scaled one the spread)."""
-    x = np.asarray(rows, dtype=np.float64).reshape(-1, np.shape(rows)[-1])
-    return np.concatenate([x.mean(axis=0), x.std(axis=0)])
 
 
 def summary_nbytes(summary: Mapping[str, np.ndarray]) -> int:

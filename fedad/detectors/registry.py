@@ -9,13 +9,14 @@ an optional ``strides`` list choosing the backbone levels it reads).
 
 from __future__ import annotations
 
+import copy
 import importlib
 from dataclasses import replace
 from functools import lru_cache
 
 import torch
 
-from fedad.config import RunConfig
+from fedad.config import RunConfig, check_choices
 from fedad.detectors.base import Detector, FeatureShape
 from fedad.errors import ConfigError
 
@@ -52,6 +53,22 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.method in WEIGHT_METHODS and cfg.detector != "feddymem":
         raise ConfigError(f"method={cfg.method} exchanges the weights of FedDyMem's head; "
                           f"detector={cfg.detector} has none (use method=bank)")
+    if cfg.method == "fedbn" and not cfg.head.batch_norm:
+        raise ConfigError("method=fedbn keeps BatchNorm layers local, but head.batch_norm="
+                          "false gives FedDyMem's head none (FedBN would be FedAvg); set "
+                          "head.batch_norm=true (conf/method/fedbn.yaml does)")
+    return cfg
+
+
+def check(cfg: RunConfig) -> RunConfig:
+    """``cfg`` (unchanged) after checking every choice field and the detector x method
+    pair: what every command calls once a config is composed, before any process starts.
+
+    Raises:
+        ConfigError: naming the field(s) and the values they allow.
+    """
+    check_choices(cfg)
+    resolve(copy.deepcopy(cfg))
     return cfg
 
 
@@ -82,17 +99,24 @@ def _layers_for(backbone: str, strides: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def feature_config(cfg: RunConfig) -> RunConfig:
-    """The config whose ``backbone.layers`` are the levels the detector reads: its
-    section's ``strides`` when it has them (PatchCore 8/16, PaDiM 4/8/16), else
-    ``backbone.layers``. Feature caches key on these layers, so detectors never share a
-    wrongly shaped feature."""
+    """The config whose backbone settings are what the detector reads: ``backbone.layers``
+    from its section's ``strides`` when it has them (PatchCore 8/16, PaDiM 4/8/16) and
+    ``backbone.avg_pool`` from its section's ``avg_pool`` (PaDiM: raw features, as
+    published), else the ``backbone`` section's. Feature caches key on these, so detectors
+    never share a wrongly shaped or wrongly pooled feature."""
     resolve(cfg)
+    if cfg.method in WEIGHT_METHODS:
+        return cfg
     section = getattr(cfg, cfg.detector, None)
     strides = list(getattr(section, "strides", []) or [])
-    if not strides or cfg.method in WEIGHT_METHODS:
-        return cfg
-    layers = list(_layers_for(cfg.backbone.name, tuple(int(s) for s in strides)))
-    return replace(cfg, backbone=replace(cfg.backbone, layers=layers))
+    backbone = cfg.backbone
+    if strides:
+        layers = list(_layers_for(backbone.name, tuple(int(s) for s in strides)))
+        backbone = replace(backbone, layers=layers)
+    pool = getattr(section, "avg_pool", None)
+    if pool is not None:
+        backbone = replace(backbone, avg_pool=bool(pool))
+    return cfg if backbone == cfg.backbone else replace(cfg, backbone=backbone)
 
 
 def feature_shape(cfg: RunConfig) -> FeatureShape:

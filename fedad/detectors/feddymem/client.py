@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from fedad.components.knn import NearestNeighbours
+from fedad.components.rows import as_rows
 from fedad.config import HeadConfig, ScoreConfig, TrainConfig
 from fedad.detectors.base import Scores
 from fedad.detectors.feddymem.head import FedDyMemHead
@@ -19,7 +21,6 @@ from fedad.detectors.feddymem.loss import bank_spacing, metric_loss, positions, 
 from fedad.detectors.feddymem.reduce import MemoryReducer
 from fedad.detectors.feddymem.set_reduce import set_reduce
 from fedad.errors import ConfigError
-from fedad.memory import NearestNeighbours, as_features
 from fedad.scoring import anomaly_maps, image_scores, patch_scores
 
 
@@ -35,8 +36,11 @@ class FedDyMemClient:
         self.head_cfg = head or HeadConfig()
         self.train_cfg = train or TrainConfig()
         self.device = torch.device(device)
-        torch.manual_seed(seed)
-        self.head = FedDyMemHead(channels, self.head_cfg).to(self.device)
+        # the head is drawn from its own seed inside a forked RNG: clients that share a
+        # process (a Ray actor) neither reseed nor advance each other's global generator
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.head = FedDyMemHead(channels, self.head_cfg).to(self.device)
         self.optimizer = (make_optimizer(self.head, self.train_cfg.optimizer, self.train_cfg.lr)
                           if self.head.trainable else None)
         self.shuffle = torch.Generator().manual_seed(seed)
@@ -90,7 +94,7 @@ class FedDyMemClient:
         cfg = self.train_cfg
         k, th, bs = cfg.top_k, cfg.threshold, cfg.batch_size
         index = NearestNeighbours(bank)
-        bank_feats = as_features(bank).to(self.device, torch.float32)
+        bank_feats = as_rows(bank).to(self.device, torch.float32)
         j = cfg.repulsion_j if cfg.repulsion > 0 else 0
         if k + j > index.size:
             raise ConfigError(f"train.top_k + train.repulsion_j = {k + j} exceeds the bank "

@@ -20,20 +20,16 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from fedad.components.coreset import greedy_coreset
+from fedad.components.kmeans import kmeans
+from fedad.components.rows import as_rows, row_moments
+from fedad.components.validate import check_bank, require_keys
 from fedad.config import RunConfig
-from fedad.detectors.base import (
-    FeatureShape,
-    FitInfo,
-    Scores,
-    Summary,
-    require_keys,
-    row_moments,
-)
+from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary
+from fedad.detectors.feddymem.aggregate import aggregate
 from fedad.detectors.feddymem.client import FedDyMemClient
 from fedad.detectors.feddymem.set_reduce import SET_REDUCES
-from fedad.detectors.patchcore.coreset import greedy_coreset
 from fedad.errors import BankError, ConfigError
-from fedad.memory import aggregate, as_features, kmeans_aggregate, validate_bank
 from fedad.payload import BANK
 
 REDUCES = ("positional", *SET_REDUCES)
@@ -137,17 +133,13 @@ class FedDyMem:
         """One finite float bank of :attr:`bank_shape`."""
         require_keys(summary, (BANK,), who)
         if self.positional:
-            bank = validate_bank(summary[BANK], who, self.bank_shape)
-        else:  # (k, C), 1 <= k <= K (a small client uploads all it has), seen as (k, 1, C)
-            arr = summary[BANK]
+            bank = check_bank(summary[BANK], who, self.bank_shape)
+        else:  # (k, C), 1 <= k <= K (a small client uploads all it has)
             k_max, c = self.bank_shape
-            if not isinstance(arr, np.ndarray) or arr.ndim != 2:
-                raise BankError(f"{who}: bank has shape {getattr(arr, 'shape', None)}, "
-                                f"expected (k <= {k_max}, {c})")
-            if not 1 <= arr.shape[0] <= k_max or arr.shape[1] != c:
-                raise BankError(f"{who}: bank has shape {arr.shape}, expected (k <= {k_max}, "
-                                f"{c})")
-            bank = validate_bank(arr[:, None, :], who, (arr.shape[0], 1, c))[:, 0, :]
+            bank = check_bank(summary[BANK], who, (None, c))
+            if bank.shape[0] > k_max:
+                raise BankError(f"{who}: '{BANK}' has {bank.shape[0]} rows, expected at most "
+                                f"{k_max}")
         return {BANK: np.ascontiguousarray(bank.numpy())}
 
     def descriptor(self, summary: Summary) -> np.ndarray:
@@ -162,7 +154,7 @@ class FedDyMem:
         banks = [torch.from_numpy(np.asarray(s[BANK], dtype=np.float32)) for s in summaries]
         train = self.cfg.train
         seed = train.seed + round_t
-        rows = torch.cat([as_features(b) for b in banks])
+        rows = torch.cat([as_rows(b) for b in banks])
         size = min(int(np.prod(self.bank_shape[:-1])), rows.shape[0])  # set banks: <= K
         if train.aggregation == "coreset":
             shape = self.bank_shape if self.positional else (size, rows.shape[1])
@@ -171,7 +163,5 @@ class FedDyMem:
             bank = aggregate(banks, train.aggregation, seed=seed, niter=train.kmeans_iters,
                              init=train.kmeans_init)
         else:  # kmeans of a set bank (__init__ refused average)
-            bank = kmeans_aggregate([rows[None]], k=size, seed=seed,
-                                    niter=train.kmeans_iters,
-                                    init="kmeans++").reshape(size, rows.shape[1])
+            bank = kmeans(rows, size, seed=seed, niter=train.kmeans_iters, init="kmeans++")
         return {BANK: np.ascontiguousarray(bank.numpy())}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from fedad.memory import NearestNeighbours
+from fedad.components.knn import NearestNeighbours
 
 
 def positions(memory: torch.Tensor) -> torch.Tensor:

@@ -30,9 +30,9 @@ import faiss
 import numpy as np
 import torch
 
-from fedad.detectors.patchcore.coreset import greedy_coreset
+from fedad.components.coreset import greedy_coreset
+from fedad.components.knn import NearestNeighbours
 from fedad.errors import BankError, ConfigError
-from fedad.memory import NearestNeighbours
 
 SET_REDUCES = ("coreset", "kmeans")
 # K-means trains on at most this many samples per centre (a seeded subsample, faiss-style).

@@ -1,17 +1,7 @@
-"""PaDiM (Defard et al. 2021): a Gaussian per patch position, federated by exact sums."""
+"""PaDiM (Defard et al. 2021): a Gaussian per patch position, federated by exact
+statistics (count, mean, centred scatter)."""
 
 from fedad.detectors.padim.detector import PaDiM, upload_nbytes
-from fedad.detectors.padim.statistics import (
-    add_statistics,
-    channel_subset,
-    gaussian,
-    inverse_covariance,
-    mahalanobis,
-    pack_upper,
-    sufficient_statistics,
-    unpack_upper,
-)
+from fedad.detectors.padim.statistics import channel_subset, position_rows
 
-__all__ = ["PaDiM", "add_statistics", "channel_subset", "gaussian", "inverse_covariance",
-           "mahalanobis", "pack_upper", "sufficient_statistics", "unpack_upper",
-           "upload_nbytes"]
+__all__ = ["PaDiM", "channel_subset", "position_rows", "upload_nbytes"]

@@ -1,10 +1,15 @@
 """PaDiM (Defard et al. 2021) on the :class:`~fedad.detectors.base.Detector` contract.
 
-Federated by exact sufficient statistics: each client uploads ``count``, ``sum`` and the
-upper triangle of ``outer`` (sum of ``x x^T``) per position on a shared random channel
-subset; the server adds them up; every client turns the sums into the Gaussian of Eq. 1 and
-scores test patches by the Mahalanobis distance of Eq. 2. One round gives exactly the
-centralized model (``iterative = False``).
+Federated by exact Gaussian statistics: each client uploads ``count``, ``mean`` and the
+upper triangle of its *centred* ``scatter`` (``sum_k (x_k - mu)(x_k - mu)^T``) per position
+on a shared random channel subset; the server combines them by the pairwise update
+(:func:`~fedad.components.gaussian.combine_statistics`); every client turns the result into
+the Gaussian of Eq. 1 and scores test patches by the Mahalanobis distance of Eq. 2. One
+round gives the centralized model up to float64 rounding (``iterative = False``).
+
+Features are the raw backbone levels, upsampled and concatenated, as published and as
+anomalib does (``padim.avg_pool=false``; ``true`` averages each level over 3x3 first, as
+PatchCore does).
 """
 
 from __future__ import annotations
@@ -17,23 +22,24 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from fedad.config import RunConfig
-from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, check_array, require_keys
-from fedad.detectors.padim.statistics import (
-    add_statistics,
-    channel_subset,
+from fedad.components.gaussian import (
+    combine_statistics,
     diagonal_positions,
     gaussian,
     inverse_covariance,
     mahalanobis,
     pack_upper,
     packed_size,
-    sufficient_statistics,
+    position_statistics,
 )
+from fedad.components.validate import check_array, require_keys
+from fedad.config import RunConfig
+from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary
+from fedad.detectors.padim.statistics import channel_subset, position_rows
 from fedad.errors import BankError, ConfigError
 from fedad.scoring import anomaly_maps, image_scores
 
-KEYS = ("count", "sum", "outer")
+KEYS = ("count", "mean", "scatter")
 MAX_COUNT = 10**9  # images one upload may claim
 UPLOAD_DTYPES = {"float64": np.float64, "float32": np.float32}
 
@@ -43,8 +49,8 @@ def _subset(shape: FeatureShape, cfg: RunConfig) -> np.ndarray:
 
 
 def upload_nbytes(shape: FeatureShape, cfg: RunConfig) -> int:
-    """Bytes of one client's upload: ``count`` (int64), ``sum`` ``(P, d)`` and the packed
-    ``outer`` ``(P, d(d+1)/2)`` in ``cfg.padim.upload_dtype``."""
+    """Bytes of one client's upload: ``count`` (int64), ``mean`` ``(P, d)`` and the packed
+    ``scatter`` ``(P, d(d+1)/2)`` in ``cfg.padim.upload_dtype``."""
     if cfg.padim.upload_dtype not in UPLOAD_DTYPES:
         raise ConfigError(f"padim.upload_dtype must be one of {sorted(UPLOAD_DTYPES)}, "
                           f"got {cfg.padim.upload_dtype!r}")
@@ -78,7 +84,7 @@ class PaDiM:
         self.seed = seed
         self.idx = _subset(shape, cfg)
         self.d = len(self.idx)
-        self._stats: dict[str, np.ndarray] | None = None  # this client's, outer full
+        self._stats: dict[str, np.ndarray] | None = None  # this client's, scatter full
         self._cache: tuple[bytes, torch.Tensor, torch.Tensor] | None = None
         self.inversions = 0  # how many times score() inverted covariances (cache misses)
 
@@ -91,36 +97,37 @@ class PaDiM:
 
     def fit(self, features: torch.Tensor, global_summary: Summary | None,
             round_t: int) -> FitInfo:
-        """This client's sufficient statistics (the global summary is not needed)."""
+        """This client's Gaussian statistics (the global summary is not needed)."""
         self._check_features(features)
         start = time.perf_counter()
-        self._stats = sufficient_statistics(features, self.idx, device=self.device)
+        self._stats = position_statistics(position_rows(features, self.idx),
+                                          device=self.device)
         return FitInfo(loss=0.0, seconds={"statistics": time.perf_counter() - start})
 
     def summarize(self, round_t: int) -> Summary:
-        """``count`` int64 ``(1,)``, ``sum`` ``(P, d)`` and packed ``outer``
+        """``count`` int64 ``(1,)``, ``mean`` ``(P, d)`` and packed centred ``scatter``
         ``(P, d(d+1)/2)`` in ``cfg.padim.upload_dtype``."""
         if self._stats is None:
             raise RuntimeError("padim: summarize() before fit()")
         dt = UPLOAD_DTYPES[self.cfg.padim.upload_dtype]
         return {"count": self._stats["count"].astype(np.int64),
-                "sum": self._stats["sum"].astype(dt),
-                "outer": pack_upper(self._stats["outer"], dt)}
+                "mean": self._stats["mean"].astype(dt),
+                "scatter": pack_upper(self._stats["scatter"], dt)}
 
     def model(self, global_summary: Summary, chunk: int = 512
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean ``(P, d)`` and inverse covariance ``(P, d, d)`` (float32, on the device) of
         the global statistics; cached, so scoring twice against them inverts once."""
         key = _fingerprint(global_summary)
-        if key is None or self._cache is None or self._cache[0] != key:
+        if self._cache is None or self._cache[0] != key:
             stats = self.validate(global_summary, "global summary")
             p, d = self.shape.positions, self.d
             mean = torch.empty(p, d, dtype=torch.float32, device=self.device)
             inv = torch.empty(p, d, d, dtype=torch.float32, device=self.device)
             for start in range(0, p, chunk):  # bounded float64 temporaries
                 part = slice(start, start + chunk)
-                mu, cov = gaussian({"count": stats["count"], "sum": stats["sum"][part],
-                                    "outer": stats["outer"][part]}, self.cfg.padim.epsilon)
+                mu, cov = gaussian({"count": stats["count"], "mean": stats["mean"][part],
+                                    "scatter": stats["scatter"][part]}, self.cfg.padim.epsilon)
                 mean[part] = torch.from_numpy(mu).to(self.device, torch.float32)
                 inv[part] = inverse_covariance(cov, torch.float32, self.device)
             self._cache = (key, mean, inv)
@@ -129,13 +136,16 @@ class PaDiM:
 
     @torch.no_grad()
     def score(self, features: torch.Tensor, global_summary: Summary,
-              image_size: int) -> Scores:
+              image_size: int, batch_size: int = 32) -> Scores:
         """Eq. 2 Mahalanobis map ``(N, H, W)``, upsampled and smoothed to ``(N, S, S)``;
         image score = the map's maximum."""
         self._check_features(features)
         mean, inv = self.model(global_summary)
-        dist = mahalanobis(features, self.idx, mean, inv)
-        maps = anomaly_maps(dist, image_size, self.cfg.score.sigma).cpu()
+        s = self.shape
+        dist = [mahalanobis(position_rows(features[a:a + batch_size], self.idx)
+                            .transpose(0, 1), mean, inv).T.reshape(-1, s.height, s.width)
+                for a in range(0, features.shape[0], batch_size)]
+        maps = anomaly_maps(torch.cat(dist), image_size, self.cfg.score.sigma).cpu()
         return Scores(maps=maps, image=image_scores(maps))
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -148,11 +158,11 @@ class PaDiM:
 
     # -- server side (pure) --------------------------------------------------------------------
     def validate(self, summary: Mapping[str, np.ndarray], who: str) -> Summary:
-        """Keys, shapes, dtypes, finite values, ``1 <= count <= MAX_COUNT``, and consistency:
-        sums of squares ``>= 0``, ``sum^2 <= count * sum of squares`` and
-        ``outer_ij^2 <= outer_ii * outer_jj`` (Cauchy-Schwarz) per position.
+        """Keys, shapes, dtypes, finite values, ``1 <= count <= MAX_COUNT``, and a scatter
+        that real vectors could give: sums of squares ``>= 0`` and
+        ``s_ij^2 <= s_ii * s_jj`` (Cauchy-Schwarz) per position.
 
-        Returns float64 ``sum``/``outer`` and int64 ``count``.
+        Returns float64 ``mean``/``scatter`` and int64 ``count``.
 
         Raises:
             BankError: naming ``who`` and what is wrong.
@@ -163,77 +173,62 @@ class PaDiM:
         n = int(count[0])
         if not 1 <= n <= MAX_COUNT:
             raise BankError(f"{who}: 'count' is {n}, expected between 1 and {MAX_COUNT}")
-        total = check_array(summary["sum"], who, "sum", shape=(p, d))
-        outer = check_array(summary["outer"], who, "outer", shape=(p, packed_size(d)))
-        coarse = max(np.finfo(total.dtype).eps, np.finfo(outer.dtype).eps)
-        rtol = max(1e-9, 64 * float(coarse))
-        total = total.astype(np.float64)
-        outer = outer.astype(np.float64)
-        _check_consistency(total, outer, n, rtol, who)
-        return {"count": np.array([n], dtype=np.int64), "sum": total, "outer": outer}
+        mean = check_array(summary["mean"], who, "mean", shape=(p, d))
+        scatter = check_array(summary["scatter"], who, "scatter", shape=(p, packed_size(d)))
+        rtol = max(1e-9, 64 * float(np.finfo(scatter.dtype).eps))
+        scatter = scatter.astype(np.float64)
+        _check_scatter(scatter, d, rtol, who)
+        return {"count": np.array([n], dtype=np.int64), "mean": mean.astype(np.float64),
+                "scatter": scatter}
 
     def descriptor(self, summary: Summary) -> np.ndarray:
-        """Per-position mean and per-channel variance of the client's features (from its
-        sums), flattened."""
+        """Per-position mean and per-channel variance of the client's features, flattened."""
         n = float(summary["count"][0])
-        mean = np.asarray(summary["sum"], dtype=np.float64) / n
-        second = np.asarray(summary["outer"], dtype=np.float64)[:, diagonal_positions(self.d)] / n
-        return np.concatenate([mean.ravel(), (second - mean**2).ravel()])
+        mean = np.asarray(summary["mean"], dtype=np.float64)
+        var = np.asarray(summary["scatter"], dtype=np.float64)[:, diagonal_positions(self.d)]
+        return np.concatenate([mean.ravel(), (var / max(n - 1.0, 1.0)).ravel()])
 
     def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
-        """Exact sums of the validated statistics (float64, ``outer`` packed): the global
-        summary is the statistics of all clients' images together."""
+        """The statistics of all clients' images together (pairwise update in float64,
+        ``scatter`` packed)."""
         if not summaries:
             raise BankError("padim: no valid uploads to merge")
-        merged = add_statistics(summaries)
-        if not (np.isfinite(merged["sum"]).all() and np.isfinite(merged["outer"]).all()):
-            raise BankError("padim: merged statistics overflow (non-finite sums)")
+        merged = combine_statistics(summaries)
+        if not (np.isfinite(merged["mean"]).all() and np.isfinite(merged["scatter"]).all()):
+            raise BankError("padim: merged statistics overflow (non-finite values)")
         if int(merged["count"][0]) > MAX_COUNT:
             raise BankError(f"padim: merged count {int(merged['count'][0])} exceeds {MAX_COUNT}")
         return merged
 
 
-def _check_consistency(total: np.ndarray, outer: np.ndarray, n: int, rtol: float, who: str,
-                       chunk: int = 256) -> None:
-    """Raise unless the statistics could come from real vectors (see :meth:`PaDiM.validate`)."""
-    d = total.shape[1]
-    diag = outer[:, diagonal_positions(d)]
+def _check_scatter(scatter: np.ndarray, d: int, rtol: float, who: str,
+                   chunk: int = 256) -> None:
+    """Raise unless ``scatter`` could come from real vectors (see :meth:`PaDiM.validate`)."""
+    diag = scatter[:, diagonal_positions(d)]
     if (diag < 0).any():
         p, c = np.argwhere(diag < 0)[0]
-        raise BankError(f"{who}: 'outer' has {int((diag < 0).sum())} negative sums of squares "
-                        f"(e.g. position {p}, channel {c})")
+        raise BankError(f"{who}: 'scatter' has {int((diag < 0).sum())} negative sums of "
+                        f"squares (e.g. position {p}, channel {c})")
     root = np.sqrt(diag)
     tiny = 1e-100
-    bad = np.abs(total) > np.sqrt(n) * root * (1 + rtol) + tiny
-    if bad.any():
-        p, c = np.argwhere(bad)[0]
-        raise BankError(f"{who}: inconsistent statistics: sum^2 > count * sum of squares "
-                        f"(Cauchy-Schwarz) at {int(bad.sum())} position-channels (e.g. "
-                        f"position {p}, channel {c})")
     rows, cols = np.triu_indices(d)
-    for start in range(0, outer.shape[0], chunk):
+    for start in range(0, scatter.shape[0], chunk):
         part = slice(start, start + chunk)
         bound = root[part][:, rows] * root[part][:, cols] * (1 + rtol) + tiny
-        bad = np.abs(outer[part]) > bound
+        bad = np.abs(scatter[part]) > bound
         if bad.any():
             p, k = np.argwhere(bad)[0]
-            raise BankError(f"{who}: inconsistent statistics: outer_ij^2 > outer_ii * outer_jj "
-                            f"(Cauchy-Schwarz) at position {start + p}, channels "
+            raise BankError(f"{who}: inconsistent statistics: scatter_ij^2 > scatter_ii * "
+                            f"scatter_jj (Cauchy-Schwarz) at position {start + p}, channels "
                             f"({rows[k]}, {cols[k]})")
 
 
-def _fingerprint(summary: Mapping[str, np.ndarray]) -> bytes | None:
-    """Cheap content key of a global summary: count, sum and the diagonal of ``outer``
-    (``None`` when it is malformed; :meth:`PaDiM.validate` then says how)."""
+def _fingerprint(summary: Mapping[str, np.ndarray]) -> bytes:
+    """Content key of a global summary: every array's name, dtype, shape and bytes (a
+    summary that differs anywhere, not only on its diagonal, is a different model)."""
     h = hashlib.blake2b(digest_size=16)
-    try:
-        total = np.ascontiguousarray(np.asarray(summary["sum"], dtype=np.float64))
-        diag = np.asarray(summary["outer"])[:, diagonal_positions(total.shape[-1])]
-        parts = (np.asarray(summary["count"], dtype=np.int64), total,
-                 np.ascontiguousarray(diag, dtype=np.float64))
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
-    for part in parts:
-        h.update(str(part.shape).encode())
-        h.update(part.tobytes())
+    for key in sorted(summary):
+        part = np.ascontiguousarray(np.asarray(summary[key]))
+        h.update(f"{key}:{part.dtype.str}:{part.shape}".encode())
+        h.update(memoryview(part).cast("B"))
     return h.digest()

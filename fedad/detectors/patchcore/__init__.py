@@ -2,7 +2,6 @@
 federated detector contract: clients upload greedy coresets of their locally aware patch
 features, the server reduces their union to the global memory bank."""
 
-from fedad.detectors.patchcore.coreset import covering_radius, greedy_coreset
 from fedad.detectors.patchcore.detector import PatchCore
 
-__all__ = ["PatchCore", "covering_radius", "greedy_coreset"]
+__all__ = ["PatchCore"]

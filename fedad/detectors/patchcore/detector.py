@@ -8,8 +8,9 @@ Client: ``fit`` keeps a greedy coreset (Alg. 1) of ``upload_ratio`` of its patch
 coreset and the client's patch count are its upload. Server: ``merge`` reduces the union of
 the coresets to ``global_ratio`` of all clients' patches (greedy coreset, K-means centres or
 the plain union). Scoring: a patch's score is its distance to the nearest bank feature
-(Eq. 6), the map is upsampled and smoothed, the image score is the map's maximum, optionally
-re-weighted (Eq. 7).
+(Eq. 6); the image score is its largest patch score, optionally re-weighted (Eq. 7) at that
+patch, as in the paper, patchcore-inspection and anomalib; the map (for pixel metrics) is
+the patch scores upsampled and smoothed.
 
 Every client and the server select in the same random projection (seed ``train.seed``) from
 the same start rule (largest norm), so with one client ``merge`` returns exactly the
@@ -25,20 +26,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from fedad.components.coreset import greedy_coreset
+from fedad.components.kmeans import kmeans
+from fedad.components.knn import NearestNeighbours
+from fedad.components.rows import patch_rows, row_moments
+from fedad.components.validate import check_array, require_keys
 from fedad.config import RunConfig
-from fedad.detectors.base import (
-    FeatureShape,
-    FitInfo,
-    Scores,
-    Summary,
-    check_array,
-    require_keys,
-    row_moments,
-)
-from fedad.detectors.patchcore.coreset import greedy_coreset
+from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary
 from fedad.errors import BankError, ConfigError
-from fedad.memory import NearestNeighbours, kmeans_aggregate
-from fedad.scoring import anomaly_maps, image_scores
+from fedad.scoring import anomaly_maps
 
 BANK = "bank"
 COUNT = "count"
@@ -93,8 +89,7 @@ class PatchCore:
         if features.ndim != 4 or tuple(features.shape[1:]) != (s.channels, s.height, s.width):
             raise ConfigError(f"patchcore: features of shape {tuple(features.shape)}, expected "
                               f"(N, {s.channels}, {s.height}, {s.width})")
-        x = features.detach().to("cpu", torch.float32)
-        return x.permute(0, 2, 3, 1).reshape(-1, s.channels).contiguous()
+        return patch_rows(features)
 
     def select(self, rows: torch.Tensor, size: int) -> torch.Tensor:
         """Indices of the greedy coreset (Alg. 1) of ``rows``: the run's projection and seed."""
@@ -123,8 +118,9 @@ class PatchCore:
 
     def score(self, features: torch.Tensor, global_summary: Summary,
               image_size: int) -> Scores:
-        """Nearest-bank-feature distance per patch (Eq. 6), upsampled and smoothed maps, image
-        score = map maximum, re-weighted by Eq. 7 with ``patchcore.reweight``. Images are
+        """Nearest-bank-feature distance per patch (Eq. 6); image score = the largest raw
+        patch distance, re-weighted by Eq. 7 at that patch with ``patchcore.reweight``;
+        maps = patch distances upsampled and smoothed (pixel metrics only). Images are
         scored in batches of about ``65,536`` patches."""
         bank = torch.from_numpy(np.ascontiguousarray(global_summary[BANK], dtype=np.float32))
         nn = NearestNeighbours(bank)
@@ -139,7 +135,7 @@ class PatchCore:
             dist, near = dist[:, 0].view(n, s.positions), near[:, 0].view(n, s.positions)
             batch = anomaly_maps(dist.view(n, s.height, s.width), image_size,
                                  self.cfg.score.sigma)
-            image = image_scores(batch)
+            image = dist.amax(dim=1)  # the raw maximum, never the blurred map's
             if self.cfg.patchcore.reweight:
                 image = image * self.reweight(rows.view(n, s.positions, -1), dist, near, bank,
                                               nn)
@@ -218,9 +214,8 @@ class PatchCore:
             bank = rows[self.select(rows, size)]
         elif pc.merge == "kmeans":
             train = self.cfg.train
-            bank = kmeans_aggregate([rows[None]], k=size, seed=train.seed,
-                                    niter=train.kmeans_iters, init="random")
-            bank = bank.reshape(-1, union.shape[1])
+            bank = kmeans(rows, size, seed=train.seed, niter=train.kmeans_iters,
+                          init="random")
         else:
             bank = rows
         return {BANK: np.ascontiguousarray(bank.numpy(), dtype=np.float32),
