@@ -24,6 +24,7 @@ from fedad.config import RunConfig
 from fedad.detectors.base import FeatureShape, summary_nbytes
 from fedad.detectors.registry import client_seed, create, feature_config, rounds
 from fedad.metrics import evaluate
+from fedad.shared_scores import score_shared
 
 log = logging.getLogger("fedad")
 
@@ -50,12 +51,15 @@ def _weighted(val: list[dict], key: str) -> float:
     return float(np.average([v[key] for v in val], weights=[v["images"] for v in val]))
 
 
-def _test(clients, data: list[ClientData], summary, size: int, pixels: bool) -> dict:
+def _test(clients, data: list[ClientData], summary, size: int, pixels: bool,
+          cfg: RunConfig) -> dict:
     per = []
     for c, d in zip(clients, data, strict=True):
-        s = c.score(d.test.features, summary, size)
-        per.append(evaluate(s.image, d.test.labels, s.maps if pixels else None,
-                            d.test.masks if pixels else None))
+        s, memo = score_shared(c, cfg, d.test, summary, size)  # stateless: once for all
+        if "metrics" not in memo:
+            memo["metrics"] = evaluate(s.image, d.test.labels, s.maps if pixels else None,
+                                       d.test.masks if pixels else None)
+        per.append(memo["metrics"])
     out = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
     out["i_auroc_std"] = float(np.std([p["i_auroc"] for p in per]))
     out["per_client_i_auroc"] = [p["i_auroc"] for p in per]
@@ -112,13 +116,13 @@ def run_in_process(cfg: RunConfig, pixels: bool = True, also_last: bool = True) 
               "upload_bytes_per_client": upload}
     if best[1] == last:
         result["test"] = result["test_last_round"] = _test(clients, data, summary, size,
-                                                           pixels)
+                                                           pixels, cfg)
     else:
-        result["test_last_round"] = (_test(clients, data, summary, size, pixels)
+        result["test_last_round"] = (_test(clients, data, summary, size, pixels, cfg)
                                      if also_last else None)
         for c, state in zip(clients, best[2], strict=True):
             c.load_state(state)
-        result["test"] = _test(clients, data, best[3], size, pixels)
+        result["test"] = _test(clients, data, best[3], size, pixels, cfg)
     seconds["scoring"] = time.perf_counter() - t
     seconds["wall"] = time.perf_counter() - t0
     result["seconds"] = seconds

@@ -23,6 +23,7 @@ from fedad.detectors.base import Detector, FeatureShape, Summary
 from fedad.detectors.registry import client_seed, create
 from fedad.metrics import evaluate as compute_metrics
 from fedad.payload import BANK, CONFIG, METRICS, NUM_EXAMPLES
+from fedad.shared_scores import score_shared
 from fedad.site import save_site
 
 STATE = "detector-state"
@@ -85,8 +86,14 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg, data, detector, sec_features = setup(context, msg)
     global_summary = arrays_of(msg.content[BANK])
     t = time.perf_counter()
-    scores = detector.score(data.test.features, global_summary, cfg.dataset.image_size)
-    values = compute_metrics(scores.image, data.test.labels, scores.maps, data.test.masks)
+    # a stateless detector's scores of the shared test set are the same on every client of
+    # this process: scored (and measured) once (fedad/shared_scores.py)
+    scores, memo = score_shared(detector, cfg, data.test, global_summary,
+                                cfg.dataset.image_size)
+    if "metrics" not in memo:
+        memo["metrics"] = compute_metrics(scores.image, data.test.labels, scores.maps,
+                                          data.test.masks)
+    values = dict(memo["metrics"])
     if data.validation is not None:  # the validation split: what choices are made on
         values.update(validation_metrics(data, detector.score(
             data.validation.features, global_summary, cfg.dataset.image_size)))

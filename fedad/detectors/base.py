@@ -24,6 +24,7 @@ class with no features at all.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
@@ -128,3 +129,14 @@ class Detector(Protocol):
 def summary_nbytes(summary: Mapping[str, np.ndarray]) -> int:
     """Bytes of a summary's arrays (what travels, before Flower's small headers)."""
     return int(sum(np.asarray(v).nbytes for v in summary.values()))
+
+
+def summary_fingerprint(summary: Mapping[str, np.ndarray]) -> bytes:
+    """A content key of a summary: every array's name, dtype, shape and bytes (two
+    summaries that differ anywhere have different keys)."""
+    h = hashlib.blake2b(digest_size=16)
+    for key in sorted(summary):
+        part = np.ascontiguousarray(np.asarray(summary[key]))
+        h.update(f"{key}:{part.dtype.str}:{part.shape}".encode())
+        h.update(memoryview(part).cast("B"))
+    return h.digest()

@@ -14,7 +14,6 @@ PatchCore does).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
@@ -34,7 +33,7 @@ from fedad.components.gaussian import (
 )
 from fedad.components.validate import check_array, require_keys
 from fedad.config import RunConfig
-from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary
+from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, summary_fingerprint
 from fedad.detectors.padim.statistics import channel_subset, position_rows
 from fedad.errors import BankError, ConfigError
 from fedad.scoring import anomaly_maps, image_scores
@@ -118,7 +117,7 @@ class PaDiM:
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean ``(P, d)`` and inverse covariance ``(P, d, d)`` (float32, on the device) of
         the global statistics; cached, so scoring twice against them inverts once."""
-        key = _fingerprint(global_summary)
+        key = summary_fingerprint(global_summary)
         if self._cache is None or self._cache[0] != key:
             stats = self.validate(global_summary, "global summary")
             p, d = self.shape.positions, self.d
@@ -221,14 +220,3 @@ def _check_scatter(scatter: np.ndarray, d: int, rtol: float, who: str,
             raise BankError(f"{who}: inconsistent statistics: scatter_ij^2 > scatter_ii * "
                             f"scatter_jj (Cauchy-Schwarz) at position {start + p}, channels "
                             f"({rows[k]}, {cols[k]})")
-
-
-def _fingerprint(summary: Mapping[str, np.ndarray]) -> bytes:
-    """Content key of a global summary: every array's name, dtype, shape and bytes (a
-    summary that differs anywhere, not only on its diagonal, is a different model)."""
-    h = hashlib.blake2b(digest_size=16)
-    for key in sorted(summary):
-        part = np.ascontiguousarray(np.asarray(summary[key]))
-        h.update(f"{key}:{part.dtype.str}:{part.shape}".encode())
-        h.update(memoryview(part).cast("B"))
-    return h.digest()
