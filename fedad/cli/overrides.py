@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedad.config import RunConfig
+from fedad.detectors.registry import check
 from fedad.errors import ConfigError
 
 
@@ -28,6 +29,4 @@ def compose(overrides: Sequence[str] = (), base: RunConfig | None = None) -> Run
         except OmegaConfBaseException as exc:
             raise ConfigError(f"override {item!r}: {exc.msg if hasattr(exc, 'msg') else exc}"
                               ) from exc
-    from fedad.detectors.registry import check
-
     return check(OmegaConf.to_object(cfg))

@@ -7,7 +7,7 @@ scatter ``S = sum_k (x_k - mu)(x_k - mu)^T``; ``Sigma = S / (n - 1) + epsilon I`
 Two sets of statistics combine exactly by the pairwise update of Chan, Golub and LeVeque
 (1979): with ``delta = mu_b - mu_a`` and ``n = n_a + n_b``,
 ``mu = mu_a + delta n_b / n`` and ``S = S_a + S_b + delta delta^T n_a n_b / n``.
-Accumulating centred scatter this way never forms ``sum x x^T - n mu mu^T``, whose
+Neither this nor :func:`position_statistics` forms ``sum x x^T - n mu mu^T``, whose
 cancellation loses about ``log10(|mu|^2 / var)`` digits (the raw-moment formula lost them
 wherever features sit far from zero relative to their spread).
 
@@ -57,27 +57,33 @@ def position_statistics(rows: ArrayLike, batch_size: int = 16,
     """``count``, ``mean`` ``(P, d)`` and centred ``scatter`` ``(P, d, d)`` of ``rows``
     ``(N, P, d)`` (``N`` samples of ``P`` positions), in float64.
 
-    Batches of ``batch_size`` samples are centred on their own mean and combined by the
-    pairwise update: no per-sample outer product is materialised, no raw second moment
-    formed.
+    The rows are shifted by their first batch's mean ``K`` before the sums (the shifted-data
+    algorithm): ``S = sum (x - K)(x - K)^T - n (mu - K)(mu - K)^T``, whose second term is
+    tiny because ``K`` is close to ``mu``, so nothing cancels as in the raw moments
+    ``sum x x^T - n mu mu^T``. Accumulated ``batch_size`` rows at a time, in place
+    (``baddbmm``): no per-sample outer product is materialised.
     """
     rows = torch.as_tensor(rows)
     if rows.ndim != 3:
         raise ValueError(f"rows must be (N, P, d), got shape {tuple(rows.shape)}")
     dev = _float64_device(device)
-    n_total, p, d = rows.shape
-    n = 0
-    mean = torch.zeros(p, d, dtype=torch.float64, device=dev)
-    scatter = torch.zeros(p, d, d, dtype=torch.float64, device=dev)
-    for start in range(0, n_total, batch_size):
+    n, p, d = rows.shape
+    shift = total = None
+    outer = torch.zeros(p, d, d, dtype=torch.float64, device=dev)
+    for start in range(0, n, batch_size):
         x = rows[start:start + batch_size].to(dev, torch.float64).permute(1, 0, 2)  # (P,B,d)
-        b = x.shape[1]
-        mu = x.mean(dim=1)
-        xc = (x - mu[:, None]).contiguous()
-        s = torch.bmm(xc.transpose(1, 2), xc)
-        n, mean, scatter = _combine(n, mean, scatter, b, mu, s)
-    return {"count": np.array([n], dtype=np.int64), "mean": mean.cpu().numpy(),
-            "scatter": scatter.cpu().numpy()}
+        if shift is None:
+            shift = x.mean(dim=1, keepdim=True)
+            total = torch.zeros(p, d, dtype=torch.float64, device=dev)
+        x = (x - shift).contiguous()
+        total += x.sum(dim=1)
+        outer.baddbmm_(x.transpose(1, 2), x)  # (P, d, B) @ (P, B, d)
+    if shift is None:
+        raise ValueError("position_statistics: no rows")
+    offset = total / n  # mu - K
+    scatter = outer - n * offset[:, :, None] * offset[:, None, :]
+    return {"count": np.array([n], dtype=np.int64),
+            "mean": (shift[:, 0] + offset).cpu().numpy(), "scatter": scatter.cpu().numpy()}
 
 
 def combine_statistics(stats: Sequence[Mapping[str, np.ndarray]]) -> Stats:
