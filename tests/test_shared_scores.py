@@ -33,7 +33,8 @@ def test_stateless_scores_are_shared_and_equal_and_stateful_ones_are_not(monkeyp
         test = feature_set(5, 9)
         for c in clients:
             original = c.score
-            monkeypatch.setattr(c, "score", lambda *a, _o=original: calls.append(name) or _o(*a))
+            monkeypatch.setattr(c, "score",
+                                lambda *a, _o=original, _n=name: calls.append(_n) or _o(*a))
         a, memo_a = shared_scores.score_shared(clients[0], cfg, test, glob, 16)
         memo_a["metrics"] = {"i_auroc": 0.5}
         b, memo_b = shared_scores.score_shared(clients[1], cfg, test, glob, 16)
