@@ -16,7 +16,10 @@ BN = "projection.norm."
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["local", "fedavg", "fedprox", "scaffold", "fedbn"])
+# local and fedprox share fedavg's client and server paths except for what is tested
+# without Flower below and in tests/test_server_strategy.py (no payload; the mu message):
+# every Flower run costs ~45 s of the suite's 10 minutes
+@pytest.mark.parametrize("method", ["fedavg", "scaffold", "fedbn"])
 def test_two_rounds_through_flower(tmp_path: Path, method: str):
     sim = tiny_sim(method=method, **{"head.batch_norm": True})
     assert launch(sim, tmp_path) == 0
@@ -78,3 +81,30 @@ def test_fedprox_with_huge_mu_stays_at_the_global_weights():
     free, pinned = moved("fedavg", 0.0), moved("fedprox", 100.0)  # lr * mu = 1
     assert free > 1e-4
     assert pinned < free / 10
+
+
+def test_a_local_client_sends_nothing_and_fedprox_pulls_towards_the_global_model():
+    """What the Flower runs of local and fedprox showed, without Flower: a Local round
+    returns no weights; a FedProx round with a large mu stays near the global model where
+    FedAvg's moves away."""
+    import torch
+
+    from fedad.detectors.base import FeatureShape
+    from tests.test_detectors import features
+
+    x = features(6, 0, FeatureShape(8, 4, 4))
+    head = HeadConfig(grid_size=4, phi_hidden=8)
+    local = WeightClient(8, RunConfig(method="local", head=head), seed=1)
+    assert local.train_round(x).weights is None
+    moved = {}
+    for method, mu in (("fedavg", 0.0), ("fedprox", 50.0)):
+        cfg = RunConfig(method=method, head=head)
+        # plain SGD, 10 epochs: lr * mu = 0.5 contracts towards the global model each step
+        cfg.train.proximal_mu, cfg.train.lr, cfg.train.optimizer = mu, 0.01, "sgd"
+        cfg.train.local_epochs = 10
+        client = WeightClient(8, cfg, seed=1)
+        start = client.weights()
+        after = client.train_round(x, start).weights
+        moved[method] = max(float((after[k] - start[k]).abs().max()) for k in start)
+    assert moved["fedprox"] < 0.5 * moved["fedavg"] and moved["fedavg"] > 0  # measured 0.2
+    assert torch.is_tensor(after[next(iter(after))])

@@ -34,13 +34,14 @@ def rounds_json(job: Path) -> dict:
 @pytest.mark.slow
 def test_sweep_runs_every_combination_reports_and_resumes(tmp_path: Path):
     folder = tmp_path / "sweep"
-    # a 2x2 sweep (alpha x E) plus alpha=-1, which fails for both E before Flower starts
-    res = sweep(folder, "partition.alpha=0.5,1.0,-1", "train.local_epochs=1,2")
+    # alpha=0.5 x E=1,2 plus alpha=-1, which fails for both E before Flower starts (two real
+    # runs: every Flower run costs ~40 s of the suite's 10 minutes)
+    res = sweep(folder, "partition.alpha=0.5,-1", "train.local_epochs=1,2")
     log = res.stdout + res.stderr
     assert res.returncode == 1, log  # some combinations failed, after all of them ran
-    assert "4 of 6 runs completed" in log, log[-3000:]
+    assert "2 of 4 runs completed" in log, log[-3000:]
     jobs = sorted(p for p in folder.iterdir() if (p / ".hydra").is_dir())
-    assert len(jobs) == 6
+    assert len(jobs) == 4
     status = {j.name: json.loads((j / "status.json").read_text()) for j in jobs}
     failed = sorted(n for n, s in status.items() if s["status"] == "failed")
     assert len(failed) == 2
@@ -55,7 +56,7 @@ def test_sweep_runs_every_combination_reports_and_resumes(tmp_path: Path):
     files = make_report(folder)
     table = json.loads(files["json"].read_text())
     cells = {(r["partition.alpha"], r["train.local_epochs"]): r for r in table["rows"]}
-    assert set(cells) == {(0.5, 1), (0.5, 2), (1.0, 1), (1.0, 2), (-1.0, 1), (-1.0, 2)}
+    assert set(cells) == {(0.5, 1), (0.5, 2), (-1.0, 1), (-1.0, 2)}
     for (alpha, e), row in cells.items():
         assert row["method"] == "feddymem"
         if alpha < 0:
@@ -67,7 +68,7 @@ def test_sweep_runs_every_combination_reports_and_resumes(tmp_path: Path):
         assert row["i_auroc"]["mean"] == rounds_json(job)["final"]["i_auroc"]["mean"]
         assert row["curve"]["rounds"] == [1, 2]
     md = files["md"].read_text()
-    assert "4 of 6 runs completed" in md and "## Failed runs" in md
+    assert "2 of 4 runs completed" in md and "## Failed runs" in md
     assert md.count("partition.alpha=-1") == 2
     for name in ("rounds", "epochs", "alpha", "bytes"):
         assert files[name].stat().st_size > 5000, name
@@ -80,9 +81,9 @@ def test_sweep_runs_every_combination_reports_and_resumes(tmp_path: Path):
     # combinations again (a run killed mid-way has no status.json and is run anew). That the
     # same config and seed reproduce every metric is tests/test_reliability.py's kill test.
     mtimes = {j.name: (j / "status.json").stat().st_mtime_ns for j in jobs}
-    res = sweep(folder, "partition.alpha=0.5,1.0,-1", "train.local_epochs=1,2")
+    res = sweep(folder, "partition.alpha=0.5,-1", "train.local_epochs=1,2")
     assert res.returncode == 1
-    assert (res.stdout + res.stderr).count("completed before with these overrides") == 4
+    assert (res.stdout + res.stderr).count("completed before with these overrides") == 2
     for j in jobs:
         changed = (j / "status.json").stat().st_mtime_ns != mtimes[j.name]
         assert changed == (j.name in failed), j.name
