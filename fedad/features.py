@@ -39,6 +39,11 @@ class FeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fuse(images)
+
+    def fuse(self, images: torch.Tensor) -> torch.Tensor:
+        """Eq. 8's fused features with autograd on: gradients flow to ``images`` (the
+        weights stay frozen), what a refinement that optimises the image needs."""
         maps = self.backbone(images)
         if self.avg_pool:
             maps = [F.avg_pool2d(m, kernel_size=3, stride=1, padding=1) for m in maps]

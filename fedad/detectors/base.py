@@ -126,6 +126,18 @@ class Detector(Protocol):
         ...
 
 
+@runtime_checkable
+class DifferentiableDetector(Detector, Protocol):
+    """A detector that also scores with gradients (what a refinement that optimises the
+    input image, such as F2PAD, needs; :mod:`fedad.differentiable`)."""
+
+    def score_features(self, features: torch.Tensor, global_summary: Summary,
+                       image_size: int) -> Scores:
+        """:meth:`score` on features that carry gradients: torch operations only (no faiss,
+        no ``no_grad``), equal to :meth:`score` within float32 rounding."""
+        ...
+
+
 def summary_nbytes(summary: Mapping[str, np.ndarray]) -> int:
     """Bytes of a summary's arrays (what travels, before Flower's small headers)."""
     return int(sum(np.asarray(v).nbytes for v in summary.values()))

@@ -147,6 +147,18 @@ class PaDiM:
         maps = anomaly_maps(torch.cat(dist), image_size, self.cfg.score.sigma).cpu()
         return Scores(maps=maps, image=image_scores(maps))
 
+    def score_features(self, features: torch.Tensor, global_summary: Summary,
+                       image_size: int) -> Scores:
+        """:meth:`score` with gradients to ``features``: the same Gaussian (cached, no
+        gradient), Eq. 2 in torch; equal to :meth:`score` within float32 rounding."""
+        self._check_features(features)
+        mean, inv = self.model(global_summary)
+        s = self.shape
+        rows = position_rows(features.to(inv.device, inv.dtype), self.idx).transpose(0, 1)
+        dist = mahalanobis(rows, mean, inv).T.reshape(-1, s.height, s.width)
+        maps = anomaly_maps(dist, image_size, self.cfg.score.sigma)
+        return Scores(maps=maps, image=image_scores(maps))
+
     def state(self) -> dict[str, torch.Tensor]:
         """Nothing: scoring needs only the global statistics, and a frozen-feature detector
         has no later round (the client's own statistics leave with its upload)."""

@@ -28,7 +28,7 @@ import torch
 
 from fedad.components.coreset import greedy_coreset
 from fedad.components.kmeans import kmeans
-from fedad.components.knn import NearestNeighbours
+from fedad.components.knn import NearestNeighbours, torch_knn
 from fedad.components.rows import patch_rows, row_moments
 from fedad.components.validate import check_array, require_keys
 from fedad.config import RunConfig
@@ -142,6 +142,45 @@ class PatchCore:
             maps.append(batch)
             images.append(image)
         return Scores(maps=torch.cat(maps), image=torch.cat(images))
+
+    def score_features(self, features: torch.Tensor, global_summary: Summary,
+                       image_size: int) -> Scores:
+        """:meth:`score` with gradients to ``features`` (``(N, C, H, W)``, any float dtype
+        and device): the nearest bank rows by :func:`~fedad.components.knn.torch_knn` in
+        place of faiss, the same Eq. 6-7 and maps; equal to :meth:`score` within float32
+        rounding (``tests/test_differentiable.py``)."""
+        s = self.shape
+        if features.ndim != 4 or tuple(features.shape[1:]) != (s.channels, s.height, s.width):
+            raise ConfigError(f"patchcore: features of shape {tuple(features.shape)}, expected "
+                              f"(N, {s.channels}, {s.height}, {s.width})")
+        bank = torch.from_numpy(np.ascontiguousarray(global_summary[BANK], dtype=np.float32))
+        bank = bank.to(features.device)
+        n = features.shape[0]
+        rows = features.float().permute(0, 2, 3, 1).reshape(n, s.positions, s.channels)
+        dist, near = torch_knn(rows.reshape(-1, s.channels), bank, 1)
+        dist, near = dist[:, 0].view(n, s.positions), near[:, 0].view(n, s.positions)
+        maps = anomaly_maps(dist.view(n, s.height, s.width), image_size, self.cfg.score.sigma)
+        image = dist.amax(dim=1)
+        if self.cfg.patchcore.reweight:
+            image = image * self._reweight_torch(rows, dist, near, bank)
+        return Scores(maps=maps, image=image)
+
+    def _reweight_torch(self, rows: torch.Tensor, dist: torch.Tensor, near: torch.Tensor,
+                        bank: torch.Tensor) -> torch.Tensor:
+        """Eq. 7's weight as :meth:`reweight` computes it, differentiable in ``rows``."""
+        k = min(self.cfg.patchcore.reweight_k, bank.shape[0])
+        if k < 2:
+            return rows.new_ones(rows.shape[0])
+        pick = torch.arange(rows.shape[0], device=rows.device)
+        worst = dist.detach().argmax(dim=1)
+        test, star = rows[pick, worst], near[pick, worst]
+        with torch.no_grad():
+            _, support = torch_knn(bank[star], bank, k)
+            missing = ~(support == star[:, None]).any(dim=1)
+            support[missing, -1] = star[missing]
+        dists = torch.linalg.vector_norm(bank[support] - test[:, None], dim=-1).double()
+        own = (support == star[:, None]).double()
+        return (1.0 - (torch.softmax(dists, dim=1) * own).sum(dim=1)).float()
 
     def reweight(self, rows: torch.Tensor, dist: torch.Tensor, near: torch.Tensor,
                  bank: torch.Tensor, nn: NearestNeighbours) -> torch.Tensor:
