@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import FedAvg, FedTrimmedAvg
 from fedad.baselines.scaffold import server_update, zeros_like_state
 from fedad.components.validate import check_state
 from fedad.config import RunConfig
+from fedad.detectors.registry import round_config
 from fedad.errors import BankError
 from fedad.payload import ARRAYS, CONFIG, CV_DELTA, CV_SERVER
 from fedad.robust import flat_update
@@ -71,10 +72,10 @@ class WeightStrategy(RoundLoop):
         if self.cfg.method == "local":
             conf = ConfigRecord({**config, "server-round": server_round})
             return self._messages(MessageType.TRAIN, RecordDict({CONFIG: conf}))
-        if self.cfg.method != "scaffold":  # FedAvg's message, to this run's nodes only
-            conf = ConfigRecord({**config, "server-round": server_round})
-            if self.cfg.method == "fedprox":
-                conf["proximal-mu"] = self.cfg.train.proximal_mu
+        if self.cfg.method != "scaffold":
+            # FedAvg's message (FedProx's mu added), to this run's nodes only
+            conf = ConfigRecord({**config, "server-round": server_round,
+                                 **round_config(self.cfg)})
             return self._messages(MessageType.TRAIN,
                                   RecordDict({ARRAYS: arrays, CONFIG: conf}))
         if self.c_global is None:  # control variates cover trainable parameters only

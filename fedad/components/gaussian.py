@@ -37,20 +37,6 @@ def _float64_device(device: torch.device | str | None) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
-def _combine(n_a: int, mean_a, scatter_a, n_b: int, mean_b, scatter_b):
-    """Chan et al.'s pairwise update (works on numpy arrays and torch tensors alike)."""
-    n = n_a + n_b
-    if n_a == 0:
-        return n_b, mean_b, scatter_b
-    if n_b == 0:
-        return n_a, mean_a, scatter_a
-    delta = mean_b - mean_a
-    mean = mean_a + delta * (n_b / n)
-    scatter = scatter_a + scatter_b + (delta[..., :, None] * delta[..., None, :]) * (
-        n_a * n_b / n)
-    return n, mean, scatter
-
-
 @torch.no_grad()
 def position_statistics(rows: ArrayLike, batch_size: int = 16,
                         device: torch.device | str | None = None) -> Stats:
@@ -94,26 +80,28 @@ def combine_statistics(stats: Sequence[Mapping[str, np.ndarray]]) -> Stats:
     n = 0
     mean = np.zeros_like(np.asarray(stats[0]["mean"], dtype=np.float64))
     scatter = np.zeros_like(np.asarray(stats[0]["scatter"], dtype=np.float64))
+    rows, cols = np.triu_indices(mean.shape[-1])
     packed = scatter.ndim == 2
-    d = mean.shape[-1]
+
+    def outer(delta: np.ndarray) -> np.ndarray:  # delta delta^T, packed like the scatter
+        if packed:
+            return delta[:, rows] * delta[:, cols]
+        return delta[..., :, None] * delta[..., None, :]
+
     for s in stats:
         nb = int(np.asarray(s["count"]).reshape(-1)[0])
         mb = np.asarray(s["mean"], dtype=np.float64)
         sb = np.asarray(s["scatter"], dtype=np.float64)
-        if packed:  # combine in packed form: delta delta^T's upper triangle
-            rows, cols = np.triu_indices(d)
-            if n == 0:
-                n, mean, scatter = nb, mb.copy(), sb.copy()
-                continue
-            if nb == 0:
-                continue
-            total = n + nb
-            delta = mb - mean
-            scatter = scatter + sb + delta[:, rows] * delta[:, cols] * (n * nb / total)
-            mean = mean + delta * (nb / total)
-            n = total
-        else:
-            n, mean, scatter = _combine(n, mean, scatter, nb, mb, sb)
+        if nb == 0:
+            continue
+        if n == 0:
+            n, mean, scatter = nb, mb.copy(), sb.copy()
+            continue
+        total = n + nb
+        delta = mb - mean
+        scatter = scatter + sb + outer(delta) * (n * nb / total)
+        mean = mean + delta * (nb / total)
+        n = total
     return {"count": np.array([n], dtype=np.int64), "mean": mean, "scatter": scatter}
 
 

@@ -19,9 +19,8 @@ def as_rows(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
 def patch_rows(features: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W)`` features as float32 patch rows ``(N*H*W, C)`` on the CPU, image by
     image, position by position (row-major)."""
-    n, c = features.shape[:2]
     x = features.detach().to("cpu", torch.float32)
-    return x.permute(0, 2, 3, 1).reshape(-1, c).contiguous()
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).contiguous()
 
 
 def row_moments(rows: np.ndarray) -> np.ndarray:

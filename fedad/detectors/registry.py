@@ -72,6 +72,13 @@ def check(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def round_config(cfg: RunConfig) -> dict[str, float]:
+    """What a weight-exchange server adds to every round's config for its clients:
+    FedProx's ``proximal-mu`` (the server's mu wins over the client's), else nothing."""
+    extra = {"fedprox": lambda c: {"proximal-mu": float(c.train.proximal_mu)}}
+    return extra.get(resolve(cfg).method, lambda c: {})(cfg)
+
+
 def exchanges_weights(cfg: RunConfig) -> bool:
     """True for the weight-exchanging baselines (FedDyMem head + weight exchange)."""
     return resolve(cfg).method in WEIGHT_METHODS

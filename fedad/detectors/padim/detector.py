@@ -137,14 +137,11 @@ class PaDiM:
     def score(self, features: torch.Tensor, global_summary: Summary,
               image_size: int, batch_size: int = 32) -> Scores:
         """Eq. 2 Mahalanobis map ``(N, H, W)``, upsampled and smoothed to ``(N, S, S)``;
-        image score = the map's maximum."""
+        image score = the map's maximum. ``batch_size`` images at a time."""
         self._check_features(features)
         mean, inv = self.model(global_summary)
-        s = self.shape
-        dist = [mahalanobis(position_rows(features[a:a + batch_size], self.idx)
-                            .transpose(0, 1), mean, inv).T.reshape(-1, s.height, s.width)
-                for a in range(0, features.shape[0], batch_size)]
-        maps = anomaly_maps(torch.cat(dist), image_size, self.cfg.score.sigma).cpu()
+        maps = torch.cat([self._maps(features[a:a + batch_size], mean, inv, image_size).cpu()
+                          for a in range(0, features.shape[0], batch_size)])
         return Scores(maps=maps, image=image_scores(maps))
 
     def score_features(self, features: torch.Tensor, global_summary: Summary,
@@ -152,12 +149,16 @@ class PaDiM:
         """:meth:`score` with gradients to ``features``: the same Gaussian (cached, no
         gradient), Eq. 2 in torch; equal to :meth:`score` within float32 rounding."""
         self._check_features(features)
-        mean, inv = self.model(global_summary)
+        maps = self._maps(features, *self.model(global_summary), image_size)
+        return Scores(maps=maps, image=image_scores(maps))
+
+    def _maps(self, features: torch.Tensor, mean: torch.Tensor, inv: torch.Tensor,
+              image_size: int) -> torch.Tensor:
+        """Eq. 2 per position, upsampled and smoothed (gradients if ``features`` has them)."""
         s = self.shape
         rows = position_rows(features.to(inv.device, inv.dtype), self.idx).transpose(0, 1)
         dist = mahalanobis(rows, mean, inv).T.reshape(-1, s.height, s.width)
-        maps = anomaly_maps(dist, image_size, self.cfg.score.sigma)
-        return Scores(maps=maps, image=image_scores(maps))
+        return anomaly_maps(dist, image_size, self.cfg.score.sigma)
 
     def state(self) -> dict[str, torch.Tensor]:
         """Nothing: scoring needs only the global statistics, and a frozen-feature detector

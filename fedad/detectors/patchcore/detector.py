@@ -30,7 +30,7 @@ from fedad.components.coreset import greedy_coreset
 from fedad.components.kmeans import kmeans
 from fedad.components.knn import NearestNeighbours, torch_knn
 from fedad.components.rows import patch_rows, row_moments
-from fedad.components.validate import check_array, require_keys
+from fedad.components.validate import check_array, check_bank, require_keys
 from fedad.config import RunConfig
 from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary
 from fedad.errors import BankError, ConfigError
@@ -83,12 +83,15 @@ class PatchCore:
         self.count = 0  # patches it was selected from
 
     # -- helpers -------------------------------------------------------------------------------
-    def patches(self, features: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` features as float32 patch rows ``(N*H*W, C)`` on the CPU."""
+    def _check_features(self, features: torch.Tensor) -> None:
         s = self.shape
         if features.ndim != 4 or tuple(features.shape[1:]) != (s.channels, s.height, s.width):
             raise ConfigError(f"patchcore: features of shape {tuple(features.shape)}, expected "
                               f"(N, {s.channels}, {s.height}, {s.width})")
+
+    def patches(self, features: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` features as float32 patch rows ``(N*H*W, C)`` on the CPU."""
+        self._check_features(features)
         return patch_rows(features)
 
     def select(self, rows: torch.Tensor, size: int) -> torch.Tensor:
@@ -149,10 +152,8 @@ class PatchCore:
         and device): the nearest bank rows by :func:`~fedad.components.knn.torch_knn` in
         place of faiss, the same Eq. 6-7 and maps; equal to :meth:`score` within float32
         rounding (``tests/test_differentiable.py``)."""
+        self._check_features(features)
         s = self.shape
-        if features.ndim != 4 or tuple(features.shape[1:]) != (s.channels, s.height, s.width):
-            raise ConfigError(f"patchcore: features of shape {tuple(features.shape)}, expected "
-                              f"(N, {s.channels}, {s.height}, {s.width})")
         bank = torch.from_numpy(np.ascontiguousarray(global_summary[BANK], dtype=np.float32))
         bank = bank.to(features.device)
         n = features.shape[0]
@@ -220,7 +221,7 @@ class PatchCore:
         require_keys(summary, (BANK, COUNT), who)
         c = self.shape.channels
         bound = self.cfg.patchcore.max_upload_rows
-        bank = check_array(summary[BANK], who, BANK, shape=(None, c), kind="f")
+        bank = check_bank(summary[BANK], who, (None, c), key=BANK)
         if bank.shape[0] > bound:
             raise BankError(f"{who}: '{BANK}' has {bank.shape[0]} rows, more than the bound "
                             f"patchcore.max_upload_rows={bound}")
@@ -228,11 +229,7 @@ class PatchCore:
         if int(count[0]) < bank.shape[0]:
             raise BankError(f"{who}: '{COUNT}' is {int(count[0])}, fewer patches than the "
                             f"{bank.shape[0]} bank rows")
-        with np.errstate(over="ignore"):
-            bank32 = np.ascontiguousarray(bank, dtype=np.float32)
-        if not np.isfinite(bank32).all():  # e.g. float64 values beyond float32's range
-            raise BankError(f"{who}: '{BANK}' overflows float32")
-        return {BANK: bank32, COUNT: count.astype(np.int64)}
+        return {BANK: np.ascontiguousarray(bank.numpy()), COUNT: count.astype(np.int64)}
 
     def descriptor(self, summary: Summary) -> np.ndarray:
         """Mean and spread of the coreset's features (:func:`row_moments`)."""
