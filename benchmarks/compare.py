@@ -117,9 +117,7 @@ def main() -> int:
                      f"{fmt(r.get('pro'))} | {r['bytes_per_round'] / 1e6:.2f} | "
                      f"{fmt(r['final_loss'])} |")
     lead = max(rows, key=lambda m: rows[m]["i_auroc"]["mean"])
-    note = ("" if lead == "feddymem" or "feddymem" not in rows
-            else " (FedDyMem does not lead here)")
-    lines += ["", f"Highest I-AUROC: {lead}{note}", "",
+    lines += ["", f"Highest I-AUROC: {lead}", "",
               f"Command: `{command_line()}`"]
     write_results(args.out, "compare", {"command": command_line(), "machine": machine(),
                                         "base": base, "rows": rows, "curves": curves},

@@ -23,12 +23,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import RESULTS, command_line, machine, write_results  # noqa: E402
 
-from clients.data import load_client_data  # noqa: E402
 from fedad.cli.overrides import compose  # noqa: E402
 from fedad.components.gaussian import gaussian  # noqa: E402
 from fedad.detectors.base import FeatureShape  # noqa: E402
 from fedad.detectors.registry import create, feature_config  # noqa: E402
+from fedad.federation.site_data import load_client_data  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
+from partitions import site_indices  # noqa: E402
 
 
 def relative(a: np.ndarray, b: np.ndarray) -> float:
@@ -51,7 +52,8 @@ def main() -> int:
     central = None
     for dtype in ("float64", "float32"):
         cfg = feature_config(compose([f"padim.upload_dtype={dtype}"], base=base))
-        data = [load_client_data(cfg, i, cfg.num_clients) for i in range(cfg.num_clients)]
+        n = cfg.num_clients
+        data = [load_client_data(cfg, i, n, site_indices(cfg, i, n)) for i in range(n)]
         shape = FeatureShape(*data[0].train.features.shape[1:])
         server = create(cfg, shape)
         ups, sent = [], 0

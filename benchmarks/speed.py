@@ -36,14 +36,15 @@ from _common import RESULTS, command_line, machine, write_results  # noqa: E402
 from federated import breakdown  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from clients.data import extractor_for, load_client_data  # noqa: E402
 from fedad.cli.overrides import compose  # noqa: E402
 from fedad.cli.processes import exit_on_sigterm  # noqa: E402
 from fedad.cli.sim import SimConfig, launch, run_config_of  # noqa: E402
 from fedad.detectors.feddymem.aggregate import kmeans_aggregate  # noqa: E402
 from fedad.detectors.feddymem.client import FedDyMemClient  # noqa: E402
 from fedad.detectors.registry import evaluated, feature_config  # noqa: E402
+from fedad.federation.site_data import extractor_for, load_client_data  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
+from partitions import site_indices  # noqa: E402
 
 TARGET_SECONDS = 400.0
 
@@ -69,7 +70,8 @@ def floor(sim: SimConfig) -> dict:
     """The floor's parts in seconds, and what they are made of."""
     cfg = feature_config(run_config_of(sim))
     n = cfg.num_clients
-    data = [load_client_data(cfg, i, n) for i in range(n)]  # also warms the disk cache
+    # also warms the disk cache
+    data = [load_client_data(cfg, i, n, site_indices(cfg, i, n)) for i in range(n)]
     train = [d.train.features for d in data]
     n_train = sum(len(t) for t in train)
     n_other = sum(len(d.holdout) + len(d.validation) for d in data

@@ -1,54 +1,55 @@
-"""The fedad ClientApp (Flower Message API). Bank-exchange detectors share one handler
-(:mod:`clients.bank`); the weight-exchanging baselines have theirs (:mod:`clients.baselines`).
-Faults named in the run config (``faults``, for reliability tests) are injected here
-(:mod:`clients.faults`).
-"""
+"""The fedad ClientApp (Flower Message API): it moves Flower records to and from
+:func:`fedad.federation.site.handle`, which does the site's work for every detector and
+exchange. The site's state lives in ``context.state`` between rounds."""
 
 from __future__ import annotations
 
-from flwr.app import Context, Message
+import torch
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import bank, baselines
-from clients.check import data_check
-from clients.context import node_data
-from clients.faults import active, inject
-from fedad.detectors.registry import exchanges_weights
-from fedad.payload import CONFIG
+from clients.codec import envelope_of, reply_message
+from fedad.federation.records import EVALUATE, QUERY, TRAIN
+from fedad.federation.site import handle
+from fedad.federation.site_data import node_data
 from fedad.runconfig import from_flat
+from partitions import partition_node
 
 app = ClientApp()
+STATE = "site-state"
 
 
-def _handlers(context: Context):
-    return baselines if exchanges_weights(from_flat(context.run_config)) else bank
+class ContextStore:
+    """The site's state in Flower's ``context.state``."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def get(self) -> dict[str, torch.Tensor] | None:
+        rec = self.context.state.array_records.get(STATE)
+        return None if rec is None else rec.to_torch_state_dict()
+
+    def put(self, state: dict[str, torch.Tensor]) -> None:
+        self.context.state[STATE] = ArrayRecord(torch_state_dict=state)
 
 
-def _faults(msg: Message, context: Context) -> list[str]:
-    specs = from_flat(context.run_config).faults
-    if not specs:
-        return []
-    conf = msg.content[CONFIG] if CONFIG in msg.content else {}
-    rnd = int(conf.get("round", conf.get("server-round", -1)))
-    kinds = active(specs, node_data(context).site, rnd)
-    if "raise" in kinds:
-        raise RuntimeError(f"fault injection: partition {node_data(context).site} fails in "
-                           f"round {rnd}")
-    return kinds
+def _handle(kind: str, msg: Message, context: Context) -> Message:
+    cfg = from_flat(context.run_config)  # parsed once per message
+    node = partition_node(cfg, node_data(context.node_config, context.node_id))
+    return reply_message(handle(kind, envelope_of(msg), cfg, node, ContextStore(context)), msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    kinds = _faults(msg, context)
-    return inject(_handlers(context).train(msg, context), kinds)
+    return _handle(TRAIN, msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    return _handlers(context).evaluate(msg, context)
+    return _handle(EVALUATE, msg, context)
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """The start-up data check (:mod:`clients.check`)."""
-    return data_check(msg, context)
+    """The start-up data check."""
+    return _handle(QUERY, msg, context)

@@ -265,11 +265,20 @@ class RunConfig:
     patchcore: PatchCoreConfig = field(default_factory=PatchCoreConfig)
     padim: PaDiMConfig = field(default_factory=PaDiMConfig)
     robust: RobustConfig = field(default_factory=RobustConfig)
-    # detector: feddymem | patchcore | padim (fedad/detectors/registry.py)
+    # a run is a detector x an exchange (fedad/detectors/registry.py, which checks the pair)
+    # detector: feddymem | patchcore | padim (fedad/detectors/registry.py DETECTORS)
     detector: str = "feddymem"
-    # method: bank (exchange what the detector summarises) | local | fedavg | fedprox |
-    # scaffold | fedbn (FedDyMem head + weight exchange). "feddymem" = bank + FedDyMem.
-    method: str = "bank"
+    # exchange: summary (what the detector summarises travels) | local | fedavg | fedprox |
+    # scaffold | fedbn (a trained module's weights travel); fedad/federation/exchanges/
+    exchange: str = "summary"
+    # method: a shorthand resolved into the two above (and then cleared): an exchange name
+    # (method=fedavg: that exchange, detector unchanged), a detector name (method=patchcore:
+    # that detector with the summary exchange) or "bank" (the summary exchange)
+    method: str = ""
+    # modules imported before the registries are read: each may add a detector or an
+    # exchange of its own (one line: DETECTORS["name"] = "module:Class"), e.g. a lab's
+    # detector kept outside fedad ("mylab.detectors"); they must import on every host
+    plugins: list[str] = field(default_factory=list)
     num_clients: int = 5
     eval_every: int = 1  # evaluate every n rounds (the last round always)
     wait_for_nodes: float = 300.0  # seconds the server waits for num_clients nodes
@@ -282,7 +291,8 @@ class RunConfig:
     pending_timeout: float = 600.0
     # resume=<run dir>: go on from the last round that run checkpointed (see server/checkpoint.py)
     resume: str | None = None
-    # fault injection for reliability tests (clients/faults.py), e.g. ["0:nan", "2:raise@2"]:
+    # fault injection for reliability tests (fedad/federation/faults.py), e.g.
+    # ["0:nan", "2:raise@2"]:
     # "<partition>:<fault>[@<round>]" with fault nan | shape | raise | shift | scale
     faults: list[str] = field(default_factory=list)
     examples: int = 4  # anomaly-map examples plotted at the end

@@ -18,7 +18,7 @@ from fedad.data.dataset import AnomalyDataset
 from fedad.data.io import FileSource, list_images, read_image, require_dir
 from fedad.data.sample import SampleRecord
 from fedad.detectors.base import FeatureShape
-from fedad.detectors.registry import client_seed, create, exchanges_weights, feature_config
+from fedad.detectors.registry import client_seed, create, feature_config
 from fedad.device import resolve_device
 from fedad.errors import ConfigError, DataError
 from fedad.feature_cache import extract_features
@@ -44,11 +44,7 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path}: missing (is {run_dir} a fedad run directory?)")
-    cfg = from_dict(json.loads(path.read_text()))
-    if exchanges_weights(cfg):
-        raise ConfigError(f"{run_dir}: method={cfg.method} keeps no global summary to score "
-                          "with; fedad-predict serves bank-exchange runs (method=bank)")
-    return feature_config(cfg)
+    return feature_config(from_dict(json.loads(path.read_text())))
 
 
 def readable_images(folder: str | Path, skip_bad: bool = False) -> tuple[list[Path], list[str]]:
@@ -80,7 +76,7 @@ def predict(run_dir: str | Path, folder: str | Path, site: int = 0,
             ) -> tuple[list[Prediction], torch.Tensor, AnomalyDataset]:
     """Scores, decisions and anomaly maps ``(N, S, S)`` of every image in ``folder``."""
     cfg = load_run_config(run_dir)
-    summary = load_summary(run_dir)
+    summary = load_summary(run_dir, site)
     state, cal = load_site(run_dir, site)
     files, _ = readable_images(folder, skip_bad)
     dev = resolve_device(device)

@@ -6,6 +6,8 @@ state and its anomaly threshold, calibrated on its held-out normal training imag
     <run dir>/global_summary.npz    what the server sent back last
     <run dir>/site-<id>/state.pt    the site's detector state (e.g. FedDyMem's head)
     <run dir>/site-<id>/calibration.json  threshold, quantile, held-out scores
+    <run dir>/site-<id>/summary.npz the site's own summary, when it scored against one
+                                    (weight exchanges: FedDyMem's local bank)
 """
 
 from __future__ import annotations
@@ -53,11 +55,14 @@ def calibrate(scores: np.ndarray | torch.Tensor | None, quantile: float) -> Cali
 
 
 def save_site(out: str | Path, site: int, detector: Detector,
-              holdout_scores: np.ndarray | torch.Tensor | None, quantile: float) -> Calibration:
-    """Write ``<out>/site-<site>/state.pt`` and ``calibration.json``; return the
-    calibration."""
+              holdout_scores: np.ndarray | torch.Tensor | None, quantile: float,
+              summary: Summary | None = None) -> Calibration:
+    """Write ``<out>/site-<site>/state.pt`` and ``calibration.json`` (and ``summary.npz``
+    when the site scores against its own ``summary``); return the calibration."""
     folder = Path(out) / f"site-{site}"
     folder.mkdir(parents=True, exist_ok=True)
+    if summary is not None:
+        save_summary(folder, summary)
     cal = calibrate(holdout_scores, quantile)
     atomic_write(folder / "state.pt", lambda p: torch.save(detector.state(), p))
     atomic_write(folder / "calibration.json",
@@ -75,16 +80,19 @@ def save_summary(out: str | Path, summary: Summary) -> Path:
     return path
 
 
-def load_summary(run_dir: str | Path) -> Summary:
-    """The global summary a run left behind.
+def load_summary(run_dir: str | Path, site: int | None = None) -> Summary:
+    """The summary site ``site`` scores against: its own (``site-<id>/``) when it kept one,
+    else the global summary the run left behind.
 
     Raises:
-        ConfigError: the file is missing, naming it.
+        ConfigError: neither file exists, naming them.
     """
     path = Path(run_dir) / SUMMARY_FILE
+    if site is not None and (Path(run_dir) / f"site-{site}" / SUMMARY_FILE).is_file():
+        path = Path(run_dir) / f"site-{site}" / SUMMARY_FILE
     if not path.is_file():
-        raise ConfigError(f"{path}: no global summary (is {run_dir} a finished bank-exchange "
-                          "run directory?)")
+        raise ConfigError(f"{path}: no global summary and site-{site} kept none (is "
+                          f"{run_dir} a finished run directory?)")
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
 

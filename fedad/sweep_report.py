@@ -32,7 +32,7 @@ METRICS = ("i_auroc", "p_auroc", "pro")
 NAMES = {"i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "pro": "PRO"}
 ALPHA, EPOCHS, SEED = "partition.alpha", "train.local_epochs", "train.seed"
 # keys that differ between runs without making them different experiments
-IGNORED = {SEED, "output_dir", "method", "detector"}
+IGNORED = {SEED, "output_dir", "method", "detector", "exchange"}
 
 
 @dataclass

@@ -6,19 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from fedad.baselines import (
-    batchnorm_keys,
-    client_control_update,
-    correct_gradients,
-    merge_state,
-    proximal_term,
-    server_update,
-    split_state,
-    weighted_mean,
-    zeros_like_state,
-)
+from fedad.components.states import weighted_mean
 from fedad.config import HeadConfig
 from fedad.detectors.feddymem.head import FedDyMemHead
+from fedad.federation.exchanges.fedbn import batchnorm_keys, merge_state, split_state
+from fedad.federation.exchanges.fedprox import proximal_term
+from fedad.federation.exchanges.scaffold import (
+    client_control_update,
+    correct_gradients,
+    server_update,
+    zeros_like_state,
+)
 
 # ---- FedAvg ---------------------------------------------------------------------------------
 
@@ -318,15 +316,16 @@ def test_split_merge_round_trip_and_fedbn_round():
 
 def test_fedbn_refuses_a_model_without_batchnorm():
     """FedBN on a head without BatchNorm would silently be FedAvg: refused when the config
-    is resolved and again by the model itself, naming the fix."""
-    from fedad.baselines.client import WeightClient, exchanged_keys
+    is composed (registry.check) and by the exchange itself, naming the fix."""
     from fedad.config import HeadConfig, RunConfig
-    from fedad.detectors.registry import resolve
+    from fedad.detectors.base import FeatureShape
+    from fedad.detectors.registry import check, create, exchange_for, resolve
     from fedad.errors import ConfigError
 
     with pytest.raises(ConfigError, match="head.batch_norm=true"):
-        resolve(RunConfig(method="fedbn"))
-    resolve(RunConfig(method="fedbn", head=HeadConfig(batch_norm=True)))  # accepted
-    plain = WeightClient(8, RunConfig(method="fedavg", head=HeadConfig(grid_size=4))).model.head
+        check(RunConfig(method="fedbn"))
+    check(RunConfig(method="fedbn", head=HeadConfig(batch_norm=True)))  # accepted
+    cfg = resolve(RunConfig(method="fedbn", head=HeadConfig(grid_size=4)))
+    exchange = exchange_for(cfg, create(cfg, FeatureShape(8, 4, 4)))
     with pytest.raises(ConfigError, match="has none"):
-        exchanged_keys(plain, "fedbn")
+        exchange.keys()

@@ -14,9 +14,9 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from fedad.cli.overrides import compose
-from fedad.cli.sim import SimConfig  # registers the run_schema structured config
+from fedad.cli.sim import SimConfig, run_config_of  # registers the run_schema config
 from fedad.config import RunConfig, check_choices, choices_of
-from fedad.detectors.registry import check
+from fedad.detectors.registry import check, resolve
 from fedad.errors import ConfigError
 from fedad.runconfig import from_flat, to_flat
 
@@ -38,9 +38,12 @@ def test_every_option_of_every_conf_group_composes(group: str, option: str):
         dcfg = hydra_compose(config_name="config", overrides=[f"{group}={option}"])
     sim = OmegaConf.to_object(dcfg)
     assert isinstance(sim, SimConfig)
-    check(sim)  # choice fields and the detector x method pair
-    if group == "method":
-        assert sim.method == option or sim.detector == option
+    check(sim)  # choice fields and the detector x exchange pair
+    if group == "method":  # the group and the method= alias name the same run
+        alias = resolve(run_config_of(sim))
+        plain = resolve(RunConfig(method=option))
+        assert (alias.detector, alias.exchange) == (plain.detector, plain.exchange)
+        assert option in (alias.detector, alias.exchange)
 
 
 @pytest.mark.parametrize(("override", "field", "allowed"), [
@@ -71,7 +74,7 @@ def test_every_bad_choice_is_named_at_once_and_nested_parts_are_checked():
 
 
 def test_a_bad_detector_method_pair_fails_at_compose():
-    with pytest.raises(ConfigError, match="detector=padim has none"):
+    with pytest.raises(ConfigError, match="detector=padim does not support exchange=fedavg"):
         compose(["method=fedavg", "detector=padim"])
 
 

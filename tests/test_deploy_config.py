@@ -10,9 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
-from flwr.app import Context, RecordDict
 
-from clients.context import node_config_applied, node_data
 from fedad.cli.certs import make_certificates
 from fedad.cli.connections import Connection, write_connections
 from fedad.cli.connections import main as connections_main
@@ -20,6 +18,7 @@ from fedad.cli.sites import make_sites
 from fedad.config import DataConfig, RunConfig
 from fedad.data.factory import build_dataset
 from fedad.errors import ConfigError, FedadError
+from fedad.federation.site_data import node_config_applied, node_data
 from tests.test_deployment import TINY
 
 
@@ -65,20 +64,19 @@ def test_connections_are_read_by_flower(tmp_path: Path, monkeypatch):
         write_connections(home, [Connection("x", "h:1", str(tmp_path / "missing.crt"))])
 
 
-def _context(node_config: dict) -> Context:
-    return Context(run_id=1, node_id=12345678901234567, node_config=node_config,
-                   state=RecordDict(), run_config={})
+def _context(node_config: dict) -> tuple[dict, int]:
+    return node_config, 12345678901234567
 
 
 def test_node_config_chooses_partition_or_own_data():
-    part = node_data(_context({"partition-id": 2, "num-partitions": 5}))
+    part = node_data(*_context({"partition-id": 2, "num-partitions": 5}))
     assert (part.site, part.num_partitions, part.data_root) == (2, 5, None)
-    own = node_data(_context({"data-root": "/data", "partition-id": 1, "cache-dir": "/c"}))
+    own = node_data(*_context({"data-root": "/data", "partition-id": 1, "cache-dir": "/c"}))
     assert (own.site, own.data_root, own.cache_dir) == (1, "/data", "/c")
-    anonymous = node_data(_context({"data-root": "/data"}))
+    anonymous = node_data(*_context({"data-root": "/data"}))
     assert 0 <= anonymous.site < 2**31  # from the node id: fits seeds and int64 metrics
     with pytest.raises(ConfigError, match="node 12345678901234567.*data-root"):
-        node_data(_context({}))
+        node_data(*_context({}))
 
     cfg = node_config_applied(RunConfig(), part)
     assert cfg.dataset.name == "textures" and cfg.backbone.cache == "memory"

@@ -52,7 +52,7 @@ def test_conformance(name: str):
     assert isinstance(server, Detector)
     clients = [create(cfg, shape, "cpu", seed=client_seed(cfg, i)) for i in range(3)]
     data = [features(n, i, shape) for i, n in enumerate((3, 5, 4))]
-    first, last = rounds(cfg, server)
+    first, last = rounds(cfg)
     last = min(last, first + 1)
     glob = None
     for r in range(first, last + 1):
@@ -118,15 +118,16 @@ def test_feddymem_federated_rounds_pinned_across_the_move_to_the_contract():
     to 3.3% and its I-AUROC by up to 2/36, the means over clients by at most 0.3% and
     0.019. So the means are held tight and each client loosely; a broken move changes far
     more (same-host exactness is tests/test_reliability.py's)."""
-    from clients.data import load_client_data
+    from fedad.federation.site_data import load_client_data
     from fedad.metrics import evaluate
+    from partitions import site_indices
 
     clear_memory_cache()  # features depend (in float rounding) on the batch they came in
     cfg = RunConfig(num_clients=3)
     cfg.partition.min_samples, cfg.calibration.holdout = 1, 0.0
     for k, v in TINY.items():
         setattr(cfg.dataset, k, v)
-    data = [load_client_data(cfg, i, 3) for i in range(3)]
+    data = [load_client_data(cfg, i, 3, site_indices(cfg, i, 3)) for i in range(3)]
     shape = FeatureShape(*data[0].train.features.shape[1:])
     server = create(cfg, shape, "cpu", cfg.train.seed)
     clients = [create(cfg, shape, "cpu", client_seed(cfg, i)) for i in range(3)]
@@ -154,10 +155,17 @@ def test_feddymem_federated_rounds_pinned_across_the_move_to_the_contract():
 
 def test_registry_resolves_methods_and_detectors():
     cfg = resolve(RunConfig(method="feddymem", detector="padim"))
-    assert (cfg.method, cfg.detector) == ("bank", "feddymem")  # the paper's method
+    assert (cfg.exchange, cfg.detector, cfg.method) == ("summary", "feddymem", "")  # paper
+    cfg = resolve(RunConfig(method="fedavg"))
+    assert (cfg.exchange, cfg.detector) == ("fedavg", "feddymem")  # a weight baseline
+    assert resolve(RunConfig(method="bank", detector="padim")).exchange == "summary"
+    scaffold = resolve(RunConfig(method="scaffold"))
+    assert scaffold.train.optimizer == "sgd"  # what its option II update assumes
+    with pytest.raises(ConfigError, match="method must be one of"):
+        resolve(RunConfig(method="fedsgd"))
     with pytest.raises(ConfigError, match="detector must be one of"):
         resolve(RunConfig(detector="nope"))
-    with pytest.raises(ConfigError, match="has none"):
+    with pytest.raises(ConfigError, match="detector=patchcore does not support exchange=fedavg"):
         resolve(RunConfig(method="fedavg", detector="patchcore"))
     for name in DETECTORS:
         cls = detector_class(name)
@@ -166,7 +174,8 @@ def test_registry_resolves_methods_and_detectors():
     assert feature_config(RunConfig(detector="patchcore")).backbone.layers == [2, 3]
     assert feature_config(RunConfig(detector="padim")).backbone.layers == [1, 2, 3]
     assert feature_config(RunConfig()).backbone.layers == [1, 2, 3]
-    assert rounds(RunConfig(detector="patchcore"), detector_class("patchcore")) == (1, 1)
+    assert rounds(RunConfig(detector="patchcore")) == (1, 1)
+    assert rounds(RunConfig()) == (0, 10) and rounds(RunConfig(method="fedavg")) == (1, 10)
     assert schedule(RunConfig(detector="padim")) == "1 round (frozen features)"
     assert schedule(RunConfig(method="fedavg")) == "10 rounds x 1 epoch(s)"
 
@@ -178,43 +187,61 @@ def _names_in(path: Path) -> set[str]:
 
 
 def test_client_and_server_adapters_name_no_detector():
-    """The bank handler and strategy are generic: the registry, not a name, picks the
-    detector (a new detector is one folder, one registry line, one config section)."""
-    for rel in ("clients/bank.py", "server/bank.py", "clients/app.py", "server/app.py",
-                "fedad/centralized.py"):
-        strings = _names_in(ROOT / rel)
-        assert not strings & set(DETECTORS), f"{rel} names a detector"
+    """The adapters and the engine are generic: the registries, not a name, pick the
+    detector and the exchange (a new one is one folder or module and one registry line)."""
+    from fedad.federation.exchanges import EXCHANGES
+
+    names = set(DETECTORS) | set(EXCHANGES) | {"bank"}
+    files = [*ROOT.glob("clients/*.py"), *ROOT.glob("server/*.py"),
+             *(ROOT / "fedad/federation").glob("*.py"), ROOT / "fedad/centralized.py",
+             ROOT / "fedad/predict.py", ROOT / "benchmarks/_inprocess.py"]
+    for path in files:
+        strings = _names_in(path)
+        assert not strings & names, f"{path.relative_to(ROOT)} names {strings & names}"
 
 
-def test_registry_drives_the_server_strategy(monkeypatch):
-    """A new detector registered in one line is what the bank strategy validates and
-    merges with (real Flower messages, no runtime)."""
-    from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+def test_no_name_is_compared_outside_the_registries():
+    """No ``x == "fedavg"`` (or ``in (...)``) on a detector, exchange or method name
+    anywhere in the code but the two registries."""
+    from fedad.federation.exchanges import EXCHANGES
 
+    names = set(DETECTORS) | set(EXCHANGES) | {"bank"}
+    allowed = {ROOT / "fedad/detectors/registry.py",
+               ROOT / "fedad/federation/exchanges/__init__.py"}
+    for path in [*ROOT.glob("fedad/**/*.py"), *ROOT.glob("clients/*.py"),
+                 *ROOT.glob("server/*.py"), *ROOT.glob("benchmarks/*.py")]:
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                consts = {c.value for c in ast.walk(node) if isinstance(c, ast.Constant)}
+                bad = consts & names
+                assert not bad, f"{path.relative_to(ROOT)}:{node.lineno} compares to {bad}"
+
+
+def test_registry_drives_the_server(monkeypatch):
+    """A new detector registered in one line is what the server validates and merges with
+    (the summary exchange; no Flower)."""
     import fedad.detectors.registry as registry
-    from fedad.payload import BANK, METRICS
-    from server.bank import BankStrategy
+    from fedad.federation.exchanges.summary import SUMMARY
+    from fedad.federation.records import Reply
+    from fedad.federation.server import Delivery, Server
 
     monkeypatch.setitem(registry.DETECTORS, "toymean", "tests.toy_detector:ToyMean")
     monkeypatch.syspath_prepend(str(ROOT))
     cfg = RunConfig(detector="toymean")
-    strategy = BankStrategy(cfg, [1, 2, 3])
-    assert strategy.detector.name == "toymean" and (strategy.first_round,
-                                                    strategy.last_round) == (1, 1)
+    server = Server(cfg, [1, 2, 3])
+    assert server.detector.name == "toymean" and (server.first_round,
+                                                  server.last_round) == (1, 1)
 
-    def reply(node: int, value: np.ndarray) -> Message:
-        meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0,
-                        reply_to_message_id=f"i{node}", group_id="", created_at=0.0, ttl=60.0,
-                        message_type="train")
-        return Message(metadata=meta, content=RecordDict({
-            BANK: ArrayRecord({"mean": Array(value)}),
-            METRICS: MetricRecord({"loss": 0.0, "seconds-features": 0.0,
-                                   "seconds-train": 0.0, "seconds-reduce": 0.0})}))
+    def reply(key: int, value: np.ndarray) -> Reply:
+        return Reply(key=key, records={SUMMARY: {"mean": value}}, metrics={"loss": 0.0})
 
     c = feature_config(cfg)
     assert c.backbone.layers == [1, 2, 3]
-    replies = [reply(1, np.full(176, 1.0, np.float32)), reply(2, np.full(176, 3.0, np.float32)),
-               reply(3, np.full(176, np.nan, np.float32))]
-    record, summary = strategy.aggregate_train(1, replies)
-    assert np.allclose(record["mean"].numpy(), 2.0) and summary["clients"] == 2
-    assert len(strategy.rejected) == 1 and "client node 3" in strategy.rejected[0]
+    summary = server.accept(1, Delivery([reply(1, np.full(176, 1.0, np.float32)),
+                                         reply(2, np.full(176, 3.0, np.float32)),
+                                         reply(3, np.full(176, np.nan, np.float32))]))
+    assert np.allclose(server.exchange.global_summary()["mean"], 2.0)
+    assert summary["clients"] == 2
+    assert len(server.rejected) == 1 and "client node 3" in server.rejected[0]

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.data import load_site_data
 from fedad.cli.predict import main as predict_main
 from fedad.config import RunConfig
 from fedad.data.export import write_mvtec
@@ -20,6 +19,7 @@ from fedad.data.factory import build_dataset
 from fedad.detectors.base import FeatureShape
 from fedad.detectors.registry import client_seed, create, feature_config
 from fedad.errors import ConfigError, DataError
+from fedad.federation.site_data import load_site_data
 from fedad.predict import false_alarm_rate, predict
 from fedad.site import calibrate, save_site, save_summary
 

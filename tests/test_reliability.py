@@ -1,6 +1,6 @@
 """Faults injected through Flower's real simulation runtime (issue 12): bad uploads and a
 failing client, a run killed with SIGKILL and resumed, a poisoned client under robust
-aggregation. What the faults do is clients/faults.py; the numbers at scale are
+aggregation. What the faults do is fedad/federation/faults.py; the numbers at scale are
 benchmarks/reliability.py's."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_bad_uploads_a_failing_client_and_a_poisoned_bank_in_one_federation(tmp_
     assert "partition 2 fails in round 2" in reasons
     assert [[by_partition({d: 0}) for d in e["dropped"]] for e in result["robust"]] == [
         [{3: 0}]] * 3
-    bank = np.load(run / "global_bank.npy")
+    bank = np.load(run / "global_summary.npz")["bank"]
     assert np.isfinite(bank).all() and np.abs(bank).max() < 50  # the shift is +100
     # nothing lost: every round recorded, every client evaluated at the end
     assert set(result["final"]["per_client"]) == {str(i) for i in range(6)}
@@ -89,4 +89,5 @@ def test_a_run_killed_after_round_1_resumes_to_the_same_metrics(tmp_path: Path,
         assert (ra.get("evaluate") or {}).get("per_client") == (
             rb.get("evaluate") or {}).get("per_client")
     assert a["rounds"][-1]["evaluate"]["per_client"]  # the last round was evaluated
-    assert np.array_equal(np.load(run / "global_bank.npy"), np.load(full / "global_bank.npy"))
+    assert np.array_equal(np.load(run / "global_summary.npz")["bank"],
+                          np.load(full / "global_summary.npz")["bank"])

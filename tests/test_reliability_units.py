@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from PIL import Image
 
 from fedad.checkpoint import (
@@ -26,9 +25,8 @@ from fedad.data.io import FileSource
 from fedad.data.sample import SampleRecord
 from fedad.errors import BadFilesError, ConfigError
 from fedad.feature_cache import extract_features
-from fedad.payload import FILES, METRICS
-from server.loop import STARTUP
-from tests.test_server_strategy import reply, strategy
+from fedad.federation.server import STARTUP, delivered
+from tests.test_server import reply, strategy
 
 
 class _Mean(torch.nn.Module):
@@ -74,63 +72,46 @@ def test_unreadable_files_are_all_listed_or_skipped(tmp_path: Path):
         extract_features(_Mean(), ds, on_bad="ignore", **kw)
 
 
-def check_reply(node: int, pid: int, refused: bool, files: list[str] | None = None):
-    msg = reply(node, metrics={"partition-id": pid, "refused": int(refused),
-                               "train-images": 3, "test-images": 2})
+def check_reply(key: int, pid: int, refused: bool, files: list[str] | None = None):
+    r = reply(key, metrics={"partition-id": pid, "refused": int(refused),
+                            "train-images": 3, "test-images": 2})
     if files:
-        msg.content[FILES] = ConfigRecord(
-            {"bad-files" if refused else "skipped-files": files})
-    return msg
+        r.lists = {"bad-files" if refused else "skipped-files": files}
+    return r
 
 
-class _Sent:
-    """A pushed message as the exchange sees it (Flower's need a running ServerApp)."""
+class _Canned:
+    """A transport that answers with canned replies."""
 
-    def __init__(self, node: int) -> None:
-        self.metadata = type("Meta", (), {"dst_node_id": node})()
+    def __init__(self, *replies):
+        self.replies = list(replies)
 
-    def has_content(self) -> bool:
-        return False
+    def send(self, kind, envelopes, timeout, desc):
+        return delivered(self.replies, [], envelopes, 0.0)
 
 
-def checking(nodes: list[int]):
+def checking(keys: list[int]):
     s = strategy()
-    s.node_ids = nodes
-    s._messages = lambda kind, content: [_Sent(n) for n in nodes]
+    s.keys = keys
     return s
-
-
-class _Grid:
-    """What the data check uses of Flower's Grid: push, then pull the canned replies."""
-
-    def __init__(self, replies):
-        self.replies = replies
-
-    def push_messages(self, messages):
-        return [f"i{m.metadata.dst_node_id}" for m in messages]
-
-    def pull_messages(self, ids):
-        out, self.replies = self.replies, []
-        return out
 
 
 def test_start_up_check_refuses_with_every_clients_list_or_records_skips():
     s = checking([1, 2, 3])
-    grid = _Grid([check_reply(1, 0, False), check_reply(2, 1, True, ["/d/a.png: corrupt"]),
-                  check_reply(3, 2, True, ["/d/b.png: truncated", "/d/c.png: corrupt"])])
+    grid = _Canned(check_reply(1, 0, False), check_reply(2, 1, True, ["/d/a.png: corrupt"]),
+                   check_reply(3, 2, True, ["/d/b.png: truncated", "/d/c.png: corrupt"]))
     with pytest.raises(RuntimeError) as info:
         s.check_data(grid, timeout=5)
     text = str(info.value)
     assert "(partition 1): 1 unreadable file(s)" in text and "/d/a.png: corrupt" in text
     assert "(partition 2): 2 unreadable file(s)" in text and "/d/c.png" in text
     s = checking([1, 2])
-    s.check_data(_Grid([check_reply(1, 0, False, ["/d/x.png: corrupt"]),
-                        check_reply(2, 1, False)]), timeout=5)
+    s.check_data(_Canned(check_reply(1, 0, False, ["/d/x.png: corrupt"]),
+                         check_reply(2, 1, False)), timeout=5)
     assert s.skipped_files == {"client node 1 (partition 0)": ["/d/x.png: corrupt"]}
     s = checking([1, 2])
-    s.check_data(_Grid([check_reply(1, 0, False), reply(2, error="no data root")]), timeout=5)
+    s.check_data(_Canned(check_reply(1, 0, False), reply(2, error="no data root")), timeout=5)
     assert s.rejected[-1] == f"{STARTUP}, client node 2: data check error reply: no data root"
-    assert RecordDict and MetricRecord and METRICS  # record types the replies are built of
 
 
 def test_checkpoints_are_atomic_files_and_clients_keep_two_rounds(tmp_path: Path):
@@ -167,33 +148,27 @@ def test_a_run_stuck_pending_is_stopped_with_a_message(tmp_path: Path, monkeypat
 
 
 def test_scaffold_server_state_survives_a_checkpoint(tmp_path: Path):
-    """The weight strategy's own state (global weights, SCAFFOLD's control variate, the
-    reference shapes) comes back from the checkpoint file as it was."""
+    """The server's own state (global weights, SCAFFOLD's control variate, the reference
+    shapes, the history) comes back from the checkpoint file as it was."""
     from fedad.config import RunConfig
-    from fedad.payload import CV_DELTA
-    from server.baselines import WeightStrategy
-    from tests.test_server_strategy import weight_reply
+    from fedad.federation.server import Delivery, Server
+    from tests.test_server import toy_weights, weight_reply
 
-    s = WeightStrategy(RunConfig(method="scaffold"), node_ids=[1, 2])
-    s._x = {"w": torch.zeros(2, 2)}
-    s.c_global = {"w": torch.zeros(2, 2)}
-    s.reference["arrays"] = {"w": (2, 2)}
-    replies = []
-    for node, value in ((1, 1.0), (2, 3.0)):
-        msg = weight_reply(node, value, 1)
-        msg.content[CV_DELTA] = ArrayRecord({"w": Array(np.full((2, 2), value, np.float32))})
-        replies.append(msg)
-    arrays, _ = s.aggregate_train(1, replies)
+    s = Server(RunConfig(method="scaffold"), keys=[1, 2])
+    toy_weights(s)
+    s.accept(1, Delivery([weight_reply(1, 1.0, 1, control=True),
+                          weight_reply(2, 3.0, 1, control=True)]))
     s.history.append({"round": 1})
-    s.global_state, s.done_round = arrays, 1
+    s.done_round = 1
     save_server(tmp_path, s.checkpoint_state())
-    t = WeightStrategy(RunConfig(method="scaffold"), node_ids=[1, 2])
+    t = Server(RunConfig(method="scaffold"), keys=[1, 2])
     t.restore(load_server(tmp_path))
     assert t.done_round == 1 and t.history == [{"round": 1}]
-    assert torch.equal(t._x["w"], s._x["w"]) and torch.equal(t.c_global["w"], s.c_global["w"])
-    assert float(t.c_global["w"].abs().sum()) > 0  # the control variate moved and was kept
-    assert np.array_equal(t.global_state["w"].numpy(), arrays["w"].numpy())
-    assert t.reference == s.reference
+    a, b = s.exchange, t.exchange
+    assert np.array_equal(a.weights["w"], b.weights["w"])
+    assert np.array_equal(a.control["w"], b.control["w"])
+    assert float(np.abs(b.control["w"]).sum()) > 0  # the control variate moved and was kept
+    assert b.reference == a.reference
 
 
 def test_leftovers_of_a_killed_run_are_found_by_their_flwr_home(tmp_path: Path):

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Message
 
-from clients.faults import active, corrupt, inject, parse_faults
 from fedad.config import RunConfig
 from fedad.errors import ConfigError
+from fedad.federation.exchanges.summary import SUMMARY
+from fedad.federation.faults import active, corrupt, inject, parse_faults
+from fedad.federation.server import Server, short_reason
 from fedad.payload import BANK
 from fedad.robust import median_outliers
-from server.bank import BankStrategy
-from server.baselines import WeightStrategy
-from server.loop import short_reason
-from tests.test_server_strategy import C, good, reply, strategy, weight_reply
+from tests.test_server import C, delivery, good, reply, strategy, toy_weights, weight_reply
 
 
 def test_median_outliers_drop_the_far_vector_only():
@@ -38,53 +36,53 @@ def test_median_outliers_keep_near_identical_clients_and_small_federations():
         median_outliers([np.ones(3), np.ones(4), np.ones(3)])
 
 
-def robust_strategy(nodes: int) -> BankStrategy:
+def robust_strategy(nodes: int) -> Server:
     s = strategy()
     s.cfg.robust.enabled = True
-    s.node_ids = list(range(1, nodes + 1))
+    s.keys = list(range(1, nodes + 1))
     return s
 
 
 def test_a_shifted_bank_is_dropped_with_the_reason_and_kept_out_of_the_merge():
     s = robust_strategy(5)
     replies = [reply(n, good(n)) for n in range(1, 5)] + [reply(5, good(5) + 100.0)]
-    record, summary = s.aggregate_train(1, replies)
+    summary = s.accept(1, delivery(*replies))
     assert summary["clients"] == 4
-    assert np.abs(record[BANK].numpy()).max() < 20  # no shifted feature in the global bank
+    assert np.abs(s.exchange.global_summary()[BANK]).max() < 20  # no shifted feature
     (entry,) = s.robust_log
     assert entry["dropped"] == ["client node 5"] and len(entry["distances"]) == 5
     assert s.rejected_per_client == {"client node 5": 1}
     assert "robust aggregation" in s.rejected[-1] and s.rejected[-1].startswith("round 1, ")
     # off: the same uploads all count
     off = strategy()
-    off.node_ids = list(range(1, 6))
-    _, summary = off.aggregate_train(1, replies)
+    off.keys = list(range(1, 6))
+    summary = off.accept(1, delivery(*replies))
     assert summary["clients"] == 5 and not off.rejected
 
 
 def test_robust_weight_exchange_drops_scaled_weights_then_trims():
     cfg = RunConfig(method="fedavg")
     cfg.robust.enabled = True
-    s = WeightStrategy(cfg, node_ids=[1, 2, 3, 4])
-    s.sent = {"w": np.zeros((2, 2), np.float32)}  # what configure_train sent this round
+    s = Server(cfg, keys=[1, 2, 3, 4])
+    toy_weights(s)  # the global model sent this round: zeros
     replies = [weight_reply(1, 1.0, 1), weight_reply(2, 1.1, 1), weight_reply(3, 0.9, 1),
                weight_reply(4, 100.0, 1)]
-    arrays, summary = s.aggregate_train(1, replies)
+    summary = s.accept(1, delivery(*replies))
     assert summary["clients"] == 3
-    assert np.allclose(arrays["w"].numpy(), 1.0, atol=1e-6)  # trimmed mean of 0.9, 1, 1.1
+    assert np.allclose(s.exchange.weights["w"], 1.0, atol=1e-6)  # trimmed mean of 0.9, 1, 1.1
     assert s.robust_log[0]["dropped"] == ["client node 4"]
 
 
 def test_fewer_valid_replies_than_min_clients_stops_the_run_naming_the_missing():
     s = strategy()
     s.cfg.min_clients = 2
-    s.node_ids = [1, 2, 3]
+    s.keys = [1, 2, 3]
     with pytest.raises(RuntimeError, match=r"1 valid replies, fewer than min_clients=2; "
                                            r"missing or rejected: client node 2, client node 3"
                                            r".*out of memory"):
-        s.aggregate_train(1, [reply(1, good(1)), reply(2, error="out of memory")])
+        s.accept(1, delivery(reply(1, good(1)), reply(2, error="out of memory")))
     s.cfg.min_clients = 1
-    _, summary = s.aggregate_train(2, [reply(1, good(1)), reply(2, error="out of memory")])
+    summary = s.accept(2, delivery(reply(1, good(1)), reply(2, error="out of memory")))
     assert summary["clients"] == 1
 
 
@@ -100,10 +98,10 @@ def test_fault_specs_and_what_they_do_to_an_upload():
     assert corrupt(bank, "shape").shape == (3, 3, C - 1)
     assert np.allclose(corrupt(bank, "shift"), bank + 100.0)
     assert np.allclose(corrupt(bank, "scale"), bank * 100.0)
-    msg = reply(1, bank)
-    out = inject(msg, ["nan"])
-    assert isinstance(out, Message) and np.isnan(out.content[BANK][BANK].numpy()).all()
-    assert inject(reply(2, bank), []).content[BANK][BANK].numpy().tolist() == bank.tolist()
+    upload = {SUMMARY: {BANK: bank}}
+    assert np.isnan(inject(upload, ["nan"])[SUMMARY][BANK]).all()
+    assert inject(upload, [])[SUMMARY][BANK].tolist() == bank.tolist()
+    assert np.isnan(bank).sum() == 0  # the upload it was given is left as it was
 
 
 def test_error_replies_are_shortened_to_the_clients_message():

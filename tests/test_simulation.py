@@ -52,7 +52,7 @@ def test_hydra_composes_the_same_run_config():
 def test_three_clients_two_rounds_through_flower(three_clients_run: Path):
     run = three_clients_run  # conftest.py: tiny_sim(client_cpus=1), two actors at once
     result = json.loads((run / "rounds.json").read_text())
-    bank = np.load(run / "global_bank.npy")
+    bank = np.load(run / "global_summary.npz")["bank"]
     h, w, c = bank.shape
     assert (h, w, c) == (16, 16, 176) and np.isfinite(bank).all()  # K = H*W features
     assert [r["round"] for r in result["rounds"]] == [0, 1, 2]

@@ -52,13 +52,14 @@ def test_validation_starts_from_normal_images_only():
 
 
 def test_each_client_gets_its_validation_features():
-    from clients.data import load_client_data
+    from fedad.federation.site_data import load_client_data
+    from partitions import site_indices
 
     cfg = RunConfig(num_clients=2)
     cfg.dataset.texture_train_per_type, cfg.dataset.image_size = 10, 64
     cfg.dataset.texture_test_normal_per_type = cfg.dataset.texture_test_anomalous_per_type = 2
     cfg.calibration.holdout = 0.3
-    d = load_client_data(cfg, 0, 2)
+    d = load_client_data(cfg, 0, 2, site_indices(cfg, 0, 2))
     assert d.validation is not None and len(d.validation) == 2 * len(d.holdout)
     assert d.validation.labels.tolist() == [0] * len(d.holdout) + [1] * len(d.holdout)
     assert not set(d.validation.paths) & set(d.test.paths)

@@ -12,6 +12,7 @@ class ToyMean:
     name = "toymean"
     iterative = False
     first_round = 1
+    exchanges = ("summary",)
 
     def __init__(self, cfg, shape, device="cpu", seed=0):
         self.shape = shape

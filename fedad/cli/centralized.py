@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(not args.quiet)
     try:
         cfg = compose(args.overrides)
-        result = run_centralized(cfg)
+        out = Path(cfg.output_dir) / "centralized" / time.strftime("%Y%m%d-%H%M%S")
+        result = run_centralized(cfg, out)
     except FedadError as exc:
         print(f"fedad-centralized: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(cfg.output_dir) / "centralized" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     table = format_table(result)

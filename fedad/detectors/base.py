@@ -25,7 +25,7 @@ class with no features at all.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -60,10 +60,35 @@ class FeatureShape:
 @dataclass
 class FitInfo:
     """What a client reports about its ``fit``: the last epoch's loss (0 for detectors that
-    do not train) and seconds spent per stage (``train``, ``summarize``, ...)."""
+    do not train), seconds spent per stage (``train``, ``summarize``, ...) and the number of
+    optimiser steps (SCAFFOLD's control update divides by it)."""
 
     loss: float = 0.0
     seconds: dict[str, float] | None = None
+    steps: int = 0
+
+
+@dataclass
+class TrainHooks:
+    """What a weight exchange changes in a trained detector's optimiser steps:
+    ``extra_loss(module)`` is added to every step's loss (FedProx's proximal term),
+    ``after_backward(module)`` may change the gradients before the step (SCAFFOLD's
+    correction). A detector's training loop calls them through :func:`step`."""
+
+    extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None
+    after_backward: Callable[[torch.nn.Module], None] | None = None
+
+
+def step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+         hooks: TrainHooks | None = None) -> None:
+    """One optimiser step on ``loss`` with the exchange's ``hooks`` applied."""
+    if hooks is not None and hooks.extra_loss is not None:
+        loss = loss + hooks.extra_loss(module)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if hooks is not None and hooks.after_backward is not None:
+        hooks.after_backward(module)
+    optimizer.step()
 
 
 @runtime_checkable
@@ -76,11 +101,15 @@ class Detector(Protocol):
             detector (``False``) needs exactly one round.
         first_round: ``0`` when round 0 only builds the first summary (FedDyMem's Alg. 4),
             else ``1``.
+        exchanges: the exchanges it can be federated by (:mod:`fedad.registry` refuses any
+            other pair when a config is composed); weight exchanges need a
+            :class:`TrainableDetector`.
     """
 
     name: ClassVar[str]
     iterative: ClassVar[bool]
     first_round: ClassVar[int]
+    exchanges: ClassVar[tuple[str, ...]]
 
     # -- client side -------------------------------------------------------------------------
     def fit(self, features: torch.Tensor, global_summary: Summary | None,
@@ -123,6 +152,29 @@ class Detector(Protocol):
         """One vector of the same length for every validated upload, what robust
         aggregation (:mod:`fedad.robust`) compares across clients (e.g. the mean and spread
         of a bank's features)."""
+        ...
+
+
+@runtime_checkable
+class TrainableDetector(Detector, Protocol):
+    """A detector with a trainable module whose weights a weight exchange moves (FedAvg,
+    FedProx, SCAFFOLD, FedBN, Local)."""
+
+    def module(self) -> torch.nn.Module:
+        """The trained network (its ``state_dict`` keys are what travel)."""
+        ...
+
+    def fit(self, features: torch.Tensor, global_summary: Summary | None, round_t: int,
+            hooks: TrainHooks | None = None) -> FitInfo:
+        """With ``global_summary=None`` after round 0 (a weight exchange): train the module
+        on the site's features against what the site alone holds, each optimiser step
+        through :func:`step` with ``hooks``; report the steps taken."""
+        ...
+
+    def own_summary(self, features: torch.Tensor) -> Summary:
+        """What the site scores against when nothing but weights is shared, from its
+        training ``features`` and the current module (FedDyMem: its own reduced bank;
+        ``{}`` for a network that scores alone)."""
         ...
 
 

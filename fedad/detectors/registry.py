@@ -1,7 +1,9 @@
-"""The one list of detectors and exchange methods. Everything that depends on *which*
-detector or method a run uses asks here; nothing else compares their names.
+"""The one list of detectors, and the run's pair: a run is a detector x an exchange
+(:mod:`fedad.federation.exchanges` lists those). Everything that depends on *which*
+detector or exchange a run uses asks here or the object itself; nothing else compares
+their names.
 
-Add a bank-exchange detector: write ``fedad/detectors/<name>/`` with a class that follows
+Add a detector: write ``fedad/detectors/<name>/`` with a class that follows
 :class:`~fedad.detectors.base.Detector`, add one line to :data:`DETECTORS` and one config
 section (a dataclass field of :class:`~fedad.config.RunConfig` named like the detector, with
 an optional ``strides`` list choosing the backbone levels it reads).
@@ -27,67 +29,94 @@ DETECTORS: dict[str, str] = {
     "padim": "fedad.detectors.padim.detector:PaDiM",
 }
 
-BANK = "bank"  # exchange what the detector summarises (its bank, coreset or statistics)
-# FedDyMem's head trained by each client, with its weights exchanged instead of a bank.
-WEIGHT_METHODS = ("local", "fedavg", "fedprox", "scaffold", "fedbn")
-METHODS = (BANK, *WEIGHT_METHODS)
-# method=<detector>: that detector's summaries exchanged (method=feddymem: the paper's method)
-ALIASES = {name: (BANK, name) for name in DETECTORS}
+BANK = "bank"  # method=bank: the summary exchange (the name before exchanges had their own)
+
+
+def load_plugins(cfg: RunConfig) -> None:
+    """Import ``cfg.plugins`` (once each): modules that register detectors or exchanges.
+
+    Raises:
+        ConfigError: a plugin that cannot be imported, naming it.
+    """
+    for name in cfg.plugins:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"plugins: cannot import {name!r} ({exc})") from exc
+
+
+def _apply_method(cfg: RunConfig) -> None:
+    """``method`` (a shorthand) into ``detector`` and ``exchange``, then cleared."""
+    from fedad.federation.exchanges import EXCHANGES
+
+    m = cfg.method
+    if not m:
+        return
+    if m in DETECTORS:
+        cfg.detector, cfg.exchange = m, "summary"
+    elif m == BANK:
+        cfg.exchange = "summary"
+    elif m in EXCHANGES:
+        cfg.exchange = m
+    else:
+        raise ConfigError(f"method must be one of {', '.join((BANK, *EXCHANGES, *DETECTORS))}"
+                          f", got {m!r}")
+    cfg.method = ""
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with ``method`` and ``detector`` checked and aliases resolved (in place).
+    """``cfg`` with ``method`` resolved into ``detector`` x ``exchange``, the pair checked
+    and the exchange's own settings applied (in place; idempotent).
 
     Raises:
-        ConfigError: an unknown method or detector, or a weight-exchange method with a
-            detector that has no trainable head.
+        ConfigError: an unknown method, detector or exchange, or a pair the detector does
+            not support (naming both and what it supports).
     """
-    if cfg.method in ALIASES:
-        cfg.method, cfg.detector = ALIASES[cfg.method]
-    if cfg.method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join((*METHODS, *ALIASES))}, got "
-                          f"{cfg.method!r}")
-    if cfg.detector not in DETECTORS:
-        raise ConfigError(f"detector must be one of {', '.join(DETECTORS)}, got "
-                          f"{cfg.detector!r}")
-    if cfg.method in WEIGHT_METHODS and cfg.detector != "feddymem":
-        raise ConfigError(f"method={cfg.method} exchanges the weights of FedDyMem's head; "
-                          f"detector={cfg.detector} has none (use method=bank)")
-    if cfg.method == "fedbn" and not cfg.head.batch_norm:
-        raise ConfigError("method=fedbn keeps BatchNorm layers local, but head.batch_norm="
-                          "false gives FedDyMem's head none (FedBN would be FedAvg); set "
-                          "head.batch_norm=true (conf/method/fedbn.yaml does)")
+    from fedad.federation.exchanges import exchange_class
+
+    load_plugins(cfg)
+    _apply_method(cfg)
+    detector = detector_class(cfg.detector)
+    exchange = exchange_class(cfg.exchange)
+    if cfg.exchange not in detector.exchanges:
+        raise ConfigError(f"detector={cfg.detector} does not support exchange={cfg.exchange}"
+                          f" (it supports: {', '.join(detector.exchanges)})")
+    exchange.adjust(cfg)
     return cfg
 
 
 def check(cfg: RunConfig) -> RunConfig:
-    """``cfg`` (unchanged) after checking every choice field and the detector x method
-    pair: what every command calls once a config is composed, before any process starts.
+    """``cfg`` (unchanged) after checking every choice field, the detector x exchange pair
+    and whether the exchange can run on that detector (FedBN needs BatchNorm): what every
+    command calls once a config is composed, before any process starts.
 
     Raises:
         ConfigError: naming the field(s) and the values they allow.
     """
+    from fedad.federation.exchanges import exchange_class
+
     check_choices(cfg)
-    resolve(copy.deepcopy(cfg))
+    resolved = resolve(copy.deepcopy(cfg))
+    if exchange_class(resolved.exchange).needs == "module":  # built only when it matters
+        exchange_for(resolved, create(resolved, feature_shape(resolved))).check()
     return cfg
 
 
-def round_config(cfg: RunConfig) -> dict[str, float]:
-    """What a weight-exchange server adds to every round's config for its clients:
-    FedProx's ``proximal-mu`` (the server's mu wins over the client's), else nothing."""
-    extra = {"fedprox": lambda c: {"proximal-mu": float(c.train.proximal_mu)}}
-    return extra.get(resolve(cfg).method, lambda c: {})(cfg)
+def exchange_for(cfg: RunConfig, detector: Detector):
+    """The run's exchange on one side (``detector``: that side's detector)."""
+    from fedad.federation.exchanges import exchange_class
 
-
-def exchanges_weights(cfg: RunConfig) -> bool:
-    """True for the weight-exchanging baselines (FedDyMem head + weight exchange)."""
-    return resolve(cfg).method in WEIGHT_METHODS
+    return exchange_class(resolve(cfg).exchange)(cfg, detector)
 
 
 def label(cfg: RunConfig) -> str:
-    """A run's name in tables and logs: the detector, or ``feddymem-head+<method>``."""
+    """A run's name in tables and logs: the detector with the summary exchange, else
+    ``<detector>+<exchange>`` (FedDyMem's head: ``feddymem-head+fedavg``)."""
     resolve(cfg)
-    return cfg.detector if cfg.method == BANK else f"feddymem-head+{cfg.method}"
+    if cfg.exchange == "summary":
+        return cfg.detector
+    cls = detector_class(cfg.detector)
+    return f"{getattr(cls, 'weights_label', cls.name)}+{cfg.exchange}"
 
 
 def detector_class(name: str) -> type[Detector]:
@@ -112,8 +141,6 @@ def feature_config(cfg: RunConfig) -> RunConfig:
     published), else the ``backbone`` section's. Feature caches key on these, so detectors
     never share a wrongly shaped or wrongly pooled feature."""
     resolve(cfg)
-    if cfg.method in WEIGHT_METHODS:
-        return cfg
     section = getattr(cfg, cfg.detector, None)
     strides = list(getattr(section, "strides", []) or [])
     backbone = cfg.backbone
@@ -147,11 +174,11 @@ def create(cfg: RunConfig, shape: FeatureShape, device: torch.device | str = "cp
     return detector_class(cfg.detector)(cfg, shape, device, seed)
 
 
-def rounds(cfg: RunConfig, detector: type[Detector] | Detector) -> tuple[int, int]:
-    """First and last round of a bank-exchange run: a frozen-feature detector needs one
-    round whatever ``train.rounds`` says."""
-    last = cfg.train.rounds if detector.iterative else 1
-    return detector.first_round, last
+def rounds(cfg: RunConfig) -> tuple[int, int]:
+    """First and last round of the run (the exchange decides: a frozen-feature detector
+    with the summary exchange needs one round whatever ``train.rounds`` says)."""
+    resolve(cfg)
+    return exchange_for(cfg, detector_class(cfg.detector)).rounds()
 
 
 def evaluated(rnd: int, last: int, eval_every: int) -> bool:
@@ -162,7 +189,5 @@ def evaluated(rnd: int, last: int, eval_every: int) -> bool:
 
 def schedule(cfg: RunConfig) -> str:
     """How many rounds a run makes, in words (log lines and summary headings)."""
-    cfg = resolve(cfg)
-    if cfg.method == BANK and not detector_class(cfg.detector).iterative:
-        return "1 round (frozen features)"
-    return f"{cfg.train.rounds} rounds x {cfg.train.local_epochs} epoch(s)"
+    resolve(cfg)
+    return exchange_for(cfg, detector_class(cfg.detector)).schedule()

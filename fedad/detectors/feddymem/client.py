@@ -8,14 +8,14 @@ Everything runs on precomputed frozen features ``(N, C, H, W)`` (see
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 
 from fedad.components.knn import NearestNeighbours
 from fedad.components.rows import as_rows
 from fedad.config import HeadConfig, ScoreConfig, TrainConfig
-from fedad.detectors.base import Scores
+from fedad.detectors.base import Scores, TrainHooks, step
 from fedad.detectors.feddymem.head import FedDyMemHead
 from fedad.detectors.feddymem.loss import bank_spacing, metric_loss, positions, repulsive_loss
 from fedad.detectors.feddymem.reduce import MemoryReducer
@@ -78,16 +78,15 @@ class FedDyMemClient:
 
     # -- training ------------------------------------------------------------------------
     def train_epochs(self, features: torch.Tensor, bank: torch.Tensor,
-                     epochs: int | None = None,
-                     extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None,
-                     after_backward: Callable[[torch.nn.Module], None] | None = None,
+                     epochs: int | None = None, hooks: TrainHooks | None = None,
                      ) -> list[float]:
         """E epochs of the optimiser on the metric loss (Eq. 12) against ``bank``; mean loss
-        per epoch. A head with nothing to train (both ablation switches off) is skipped.
+        per epoch (of Eq. 12 alone). A head with nothing to train (both ablation switches
+        off) is skipped.
 
-        ``extra_loss(head)`` is added to each step's loss (e.g. FedProx's proximal term);
-        ``after_backward(head)`` may change the gradients before the step (e.g. SCAFFOLD's
-        correction). The number of optimiser steps is left in ``self.last_steps``."""
+        ``hooks`` are a weight exchange's changes to each step (FedProx's proximal term,
+        SCAFFOLD's correction). The number of optimiser steps is left in
+        ``self.last_steps``."""
         epochs = self.train_cfg.local_epochs if epochs is None else epochs
         if self.optimizer is None or epochs <= 0:
             return []
@@ -122,12 +121,7 @@ class FedDyMemClient:
                 if j:
                     loss = loss + cfg.repulsion * repulsive_loss(feats, bank_feats,
                                                                  nn_idx[:, k:], margin)
-                total_loss = loss + extra_loss(self.head) if extra_loss is not None else loss
-                self.optimizer.zero_grad(set_to_none=True)
-                total_loss.backward()
-                if after_backward is not None:
-                    after_backward(self.head)
-                self.optimizer.step()
+                step(self.head, self.optimizer, loss, hooks)
                 self.last_steps += 1
                 total += float(loss.detach()) * len(idx)
                 n += len(idx)

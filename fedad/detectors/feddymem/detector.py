@@ -7,6 +7,11 @@ Server: K-means of the uploaded banks into ``K = H*W`` centres (Alg. 3), or the
 position-wise average (``train.aggregation=average``, Table III's ablation). The head's
 weights and Adam state never leave the client; they are its ``state()``.
 
+With a weight exchange (``local``, ``fedavg``, ``fedprox``, ``scaffold``, ``fedbn``: the
+paper's baselines) the head's weights travel instead and each client keeps its own bank:
+every round it memory-reduces its training memories with the current head (against its
+previous bank), trains against that bank, and scores against a bank rebuilt the same way.
+
 Beyond the paper (switches, off by default): ``train.reduce=coreset|kmeans`` uploads a
 *set* bank ``(k <= K, C)`` instead of the ``(H, W, C)`` map (:mod:`.set_reduce`), and
 ``train.aggregation=coreset`` merges by a greedy coreset of the union.
@@ -25,7 +30,7 @@ from fedad.components.kmeans import kmeans
 from fedad.components.rows import as_rows, row_moments
 from fedad.components.validate import check_bank, require_keys
 from fedad.config import RunConfig
-from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary
+from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, TrainHooks
 from fedad.detectors.feddymem.aggregate import aggregate
 from fedad.detectors.feddymem.client import FedDyMemClient
 from fedad.detectors.feddymem.set_reduce import SET_REDUCES
@@ -42,6 +47,10 @@ class FedDyMem:
     name = "feddymem"
     iterative = True
     first_round = 0  # round 0: the initial banks (Alg. 4)
+    exchanges = ("summary", "local", "fedavg", "fedprox", "scaffold", "fedbn")
+    weights_label = "feddymem-head"  # a weight-exchange run's name: feddymem-head+fedavg
+    batch_norm_hint = (" (head.batch_norm=true adds BatchNorm to FedDyMem's projection; "
+                       "conf/method/fedbn.yaml sets it)")
 
     def __init__(self, cfg: RunConfig, shape: FeatureShape, device: torch.device | str = "cpu",
                  seed: int = 0) -> None:
@@ -60,6 +69,9 @@ class FedDyMem:
             raise ConfigError(f"train.aggregation=average averages positions; a set bank "
                               f"(train.reduce={cfg.train.reduce}) has none")
         self.bank: torch.Tensor | None = None
+        # a weight exchange: the client's own bank is kept (state) and rounds counted
+        self.own_bank: torch.Tensor | None = None
+        self.own_rounds = 0
 
     @property
     def client(self) -> FedDyMemClient:
@@ -91,11 +103,31 @@ class FedDyMem:
                                       seed=self.seed + round_t)
 
     # -- client side -------------------------------------------------------------------------
+    def module(self) -> torch.nn.Module:
+        """The head (projection + memory generator): what a weight exchange moves."""
+        return self.client.head
+
+    def own_summary(self, features: torch.Tensor) -> Summary:
+        """The client's own bank rebuilt from its training memories with the current head."""
+        bank = self._reduce(features, self.own_bank, self.own_rounds)
+        return {BANK: np.ascontiguousarray(bank.cpu().numpy())}
+
     def fit(self, features: torch.Tensor, global_summary: Summary | None,
-            round_t: int) -> FitInfo:
+            round_t: int, hooks: TrainHooks | None = None) -> FitInfo:
         """Round 0: the first reduced bank (Alg. 4 lines 4-8). Round t: E epochs of the
-        metric loss against ``M^{t-1}``, then memory-reduce (Alg. 5)."""
+        metric loss against ``M^{t-1}``, then memory-reduce (Alg. 5). No global bank after
+        round 0 (a weight exchange): reduce into the client's own bank with the current
+        head, then train against it with the exchange's ``hooks``."""
         t = time.perf_counter()
+        if global_summary is None and round_t > 0:
+            self.own_bank = self._reduce(features, self.own_bank, self.own_rounds)
+            sec_reduce = time.perf_counter() - t
+            t = time.perf_counter()
+            losses = self.client.train_epochs(features, self.own_bank, hooks=hooks)
+            self.own_rounds += 1
+            return FitInfo(losses[-1] if losses else 0.0,
+                           {"train": time.perf_counter() - t, "reduce": sec_reduce},
+                           steps=self.client.last_steps)
         if round_t == 0 or global_summary is None:
             self.bank = self._reduce(features, None, 0)
             return FitInfo(0.0, {"train": 0.0, "reduce": time.perf_counter() - t})
@@ -119,11 +151,18 @@ class FedDyMem:
                                  self.cfg.score)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return self.client.to_arrays()
+        out = self.client.to_arrays()
+        if self.own_bank is not None:
+            out["own.bank"] = self.own_bank.clone()
+            out["own.rounds"] = torch.tensor(self.own_rounds)
+        return out
 
     def load_state(self, arrays: Mapping[str, torch.Tensor]) -> None:
         if arrays:
-            self.client.load_arrays(dict(arrays))
+            self.client.load_arrays({k: v for k, v in arrays.items()
+                                     if not k.startswith("own.")})
+        self.own_bank = arrays.get("own.bank")
+        self.own_rounds = int(arrays.get("own.rounds", torch.tensor(0)))
 
     # -- server side ---------------------------------------------------------------------------
     def global_bank(self, summary: Mapping[str, np.ndarray]) -> torch.Tensor:

@@ -68,6 +68,7 @@ class PaDiM:
 
     name: ClassVar[str] = "padim"
     iterative: ClassVar[bool] = False
+    exchanges: ClassVar[tuple[str, ...]] = ("summary",)
     first_round: ClassVar[int] = 1
 
     def __init__(self, cfg: RunConfig, shape: FeatureShape, device: torch.device | str = "cpu",

@@ -56,6 +56,7 @@ class PatchCore:
     name = "patchcore"
     iterative = False
     first_round = 1
+    exchanges = ("summary",)  # frozen features: nothing to train, its summary travels
 
     def __init__(self, cfg: RunConfig, shape: FeatureShape, device: torch.device | str = "cpu",
                  seed: int = 0) -> None:

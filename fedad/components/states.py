@@ -1,5 +1,7 @@
-"""FedAvg aggregation (McMahan et al., 2017, "Communication-Efficient Learning of Deep
-Networks from Decentralized Data", Alg. 1): ``w <- sum_k n_k w_k / sum_k n_k``.
+"""Arithmetic on state dicts shared by the weight exchanges: checking that states can be
+combined, casting back to each entry's dtype, and FedAvg's weighted mean (McMahan et al.,
+2017, "Communication-Efficient Learning of Deep Networks from Decentralized Data", Alg. 1):
+``w <- sum_k n_k w_k / sum_k n_k``.
 
 States are plain dicts of tensors keyed by parameter/buffer name (``module.state_dict()``).
 """
@@ -83,3 +85,4 @@ def weighted_mean(states: Sequence[Mapping[str, Tensor]],
                     acc += state[k].detach().to(device=ref.device, dtype=torch.float64) * w
             out[k] = cast_like(acc / total, ref)
     return out
+

@@ -1,29 +1,45 @@
-"""A client's data as cached frozen features: either its partition of a shared training set
+"""A site's data as cached frozen features: either its partition of a shared training set
 and the global test set (simulation), or a site's own data root (deployment). Built once per
 process and run (Ray actors live across rounds; on real SuperNodes every message is a fresh
-process, so use the disk feature cache there)."""
+process, so use the disk feature cache there). No Flower here: every runner (Flower's
+ClientApp, the in-process runner, ``fedad-centralized``) prepares its sites here.
+
+Where a site's data comes from is its *node config* (``flower-supernode --node-config``,
+or what a runner in one process makes up):
+
+* ``partition-id`` / ``num-partitions``: this node's partition of the run's dataset (what
+  simulation gives every node; also a quick way to split one shared dataset across hosts).
+* ``data-root="/data"``: this host's *own* data (deployment). The whole training split and
+  the test split under that root are used; ``partition-id``, if given, only names the site in
+  metrics and seeds (else a number derived from the node id does). ``dataset-name``
+  overrides the run's ``dataset.name`` for this node (a data root needs a file layout:
+  ``mvtec``, ``mtd`` or ``visa``).
+* ``cache-dir="/cache"``: keep frozen features on this node's disk (``backbone.cache=disk``):
+  on a real SuperNode each message runs in a fresh process, so an in-memory cache is lost.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
 from fedad.config import RunConfig
 from fedad.data.dataset import AnomalyDataset
-from fedad.data.factory import build_dataset
+from fedad.data.factory import FILE_DATASETS, build_dataset
 from fedad.data.holdout import holdout_split
 from fedad.data.synthetic import with_synthetic_anomalies
 from fedad.device import resolve_device
-from fedad.errors import DataError
+from fedad.errors import ConfigError, DataError
 from fedad.feature_cache import FeatureSet, dataset_features
 from fedad.features import FeatureExtractor, build_feature_extractor
 from fedad.metrics import evaluate
 from fedad.runconfig import to_flat
-from partitions import partition_indices
 
 log = logging.getLogger("fedad")
 
@@ -103,22 +119,30 @@ def _client_data(cfg: RunConfig, site: int, who: str, train: AnomalyDataset,
     )
 
 
-def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
+def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int,
+                     indices: Sequence[int] | None = None) -> ClientData:
     """Partition ``partition_id`` of ``num_partitions`` of the training set (paper Sec. VI-A
-    2) and the global test set (Eq. 4: the union of every client's test data).
+    2): the training images at ``indices`` (what :mod:`partitions` splits; ``None`` with one
+    partition: all of them), and the global test set (Eq. 4: the union of every client's
+    test data).
 
     Raises:
         DataError: the partition id is out of range.
+        ConfigError: several partitions and no indices.
     """
     if not 0 <= partition_id < num_partitions:
         raise DataError(f"partition-id {partition_id} is not in [0, {num_partitions})")
-    key = _key(cfg, ("dataset", "backbone", "partition", "calibration"), partition_id,
-               num_partitions)
+    if indices is None and num_partitions != 1:
+        raise ConfigError(f"partition {partition_id} of {num_partitions}: which training "
+                          "images it holds is not given (partitions.partition_node splits "
+                          "them)")
+    key = _key(cfg, ("dataset", "backbone", "calibration"), partition_id, num_partitions,
+               None if indices is None else list(map(int, indices)))
     if key in _DATA:
         return _DATA[key]
-    train_all = build_dataset(cfg.dataset, "train")
-    parts = partition_indices(train_all.product_types, num_partitions, cfg.partition)
-    train = train_all.subset(parts[partition_id])
+    train = build_dataset(cfg.dataset, "train")
+    if indices is not None:
+        train = train.subset(list(indices))
     log.info("client %d: %d training images (%s)", partition_id, len(train),
              ", ".join(f"{t}={train.product_types.count(t)}"
                        for t in sorted(set(train.product_types))))
@@ -146,3 +170,76 @@ def validation_metrics(data: ClientData, scores) -> dict[str, float]:
     """``val_i_auroc`` and ``val_p_auroc`` of ``scores`` of ``data.validation``."""
     v = evaluate(scores.image, data.validation.labels, scores.maps, data.validation.masks)
     return {"val_i_auroc": v["i_auroc"], "val_p_auroc": v["p_auroc"]}
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """What the node config says about this node's data."""
+
+    site: int
+    num_partitions: int | None = None  # partition mode
+    indices: tuple[int, ...] | None = None  # partition mode: its training images
+    data_root: str | None = None  # own-data mode
+    dataset_name: str | None = None
+    cache_dir: str | None = None
+
+
+def node_data(node_config: Mapping[str, object], node_id: int) -> NodeData:
+    """Parse a node config (see the module docstring).
+
+    Raises:
+        ConfigError: neither a data root nor a partition, naming the node and the fix.
+    """
+    nc = node_config
+
+    def text(key: str) -> str | None:
+        return str(nc[key]) if key in nc and str(nc[key]) else None
+
+    cache = text("cache-dir")
+    if text("data-root"):
+        # without partition-id, a site number from the node id (small enough for seeds and
+        # int64 metrics)
+        site = int(nc["partition-id"]) if "partition-id" in nc else int(node_id) % 2**31
+        return NodeData(site, data_root=text("data-root"), dataset_name=text("dataset-name"),
+                        cache_dir=cache)
+    try:
+        return NodeData(int(nc["partition-id"]), int(nc["num-partitions"]), cache_dir=cache)
+    except KeyError as exc:
+        raise ConfigError(
+            f"node {node_id}: node config lacks {exc} and has no data-root; start the "
+            "SuperNode with --node-config 'data-root=\"/path/to/site/data\"' (its own data) "
+            "or 'partition-id=<i> num-partitions=<n>' (a partition of the run's dataset)"
+        ) from exc
+
+
+def node_config_applied(cfg: RunConfig, node: NodeData) -> RunConfig:
+    """The run config as this node uses it (its data root, dataset layout, cache dir); a
+    copy, ``cfg`` is left as it is."""
+    if not (node.cache_dir or node.data_root):
+        return cfg
+    backbone, dataset = cfg.backbone, cfg.dataset
+    if node.cache_dir:
+        backbone = replace(backbone, cache="disk", cache_dir=node.cache_dir)
+    if node.data_root:
+        dataset = replace(dataset, root=node.data_root,
+                          name=node.dataset_name or cfg.dataset.name)
+        if dataset.name not in FILE_DATASETS:
+            raise ConfigError(
+                f"site {node.site}: node config data-root={node.data_root!r} needs a file "
+                f"layout, but dataset.name is {dataset.name!r}; set dataset.name to one of "
+                f"{', '.join(FILE_DATASETS)} in the run config or dataset-name in the node "
+                "config")
+    return replace(cfg, backbone=backbone, dataset=dataset)
+
+
+def load_node_data(cfg: RunConfig, node: NodeData) -> tuple[ClientData, float]:
+    """This node's data (``cfg`` as :func:`node_config_applied` gives it, features as the
+    detector reads them) and the seconds spent getting it (feature extraction on the first
+    call in a process, a cache hit after)."""
+    t0 = time.perf_counter()
+    if node.data_root:
+        data = load_site_data(cfg, node.site)
+    else:
+        assert node.num_partitions is not None
+        data = load_client_data(cfg, node.site, node.num_partitions, node.indices)
+    return data, time.perf_counter() - t0

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from fedad.baselines.fedavg import StateError, cast_like, check_compatible, weighted_mean
+from fedad.components.states import StateError, cast_like, check_compatible, weighted_mean
 from fedad.errors import ConfigError
 
 
@@ -133,3 +133,105 @@ def server_update(
     x_new = apply(x_global, delta_ys, float(global_lr), "model delta")
     c_new = apply(c_global, delta_cs, n_s / num_clients, "control-variate delta")
     return x_new, c_new
+
+
+# -- the exchange ----------------------------------------------------------------------------
+import numpy as np  # noqa: E402
+
+from fedad.components.validate import check_state  # noqa: E402
+from fedad.config import RunConfig  # noqa: E402
+from fedad.detectors.base import FitInfo, TrainHooks  # noqa: E402
+from fedad.federation.exchanges.base import Upload  # noqa: E402
+from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange  # noqa: E402
+from fedad.federation.records import Records, arrays, tensors  # noqa: E402
+
+CONTROL = "control"  # the server's control variate c, sent with the weights
+CONTROL_DELTA = "control-delta"  # a site's delta c_i, uploaded with its weights
+SITE_CONTROL = "c_i"  # prefix of the site's own control variate in its state
+
+
+class ScaffoldExchange(WeightExchange):
+    """Alg. 1 with option II: sites correct every gradient by ``c - c_i`` (plain SGD) and
+    upload their weights and ``delta c_i``; the server steps ``x`` by ``eta_g`` times the
+    mean update and ``c`` by ``sum(delta c_i) / N``."""
+
+    name = "scaffold"
+    upload_records = (WEIGHTS, CONTROL_DELTA)
+
+    def __init__(self, cfg, detector) -> None:
+        super().__init__(cfg, detector)
+        self.control: dict[str, np.ndarray] = {}  # the server's c
+
+    @classmethod
+    def adjust(cls, cfg: RunConfig) -> None:
+        cfg.train.optimizer = "sgd"  # option II's control update assumes plain SGD steps
+
+    def control_keys(self) -> list[str]:
+        """Trainable parameters among the exchanged keys (what control variates cover)."""
+        keys = set(self.keys())
+        return [k for k, _ in self.detector.module().named_parameters() if k in keys]
+
+    # -- server ----------------------------------------------------------------------------
+    def start(self) -> None:
+        super().start()
+        self.control = {k: np.zeros_like(self.weights[k]) for k in self.control_keys()}
+
+    def payload(self, key: int, round_t: int) -> Records:
+        return {WEIGHTS: self.weights, CONTROL: self.control}
+
+    def evaluation_payload(self, key: int) -> Records:
+        return {WEIGHTS: self.weights}
+
+    def validate(self, upload: Records, who: str) -> Records:
+        out = super().validate(upload, who)
+        shapes = {k: tuple(v.shape) for k, v in self.control.items()}
+        return {**out, CONTROL_DELTA: check_state(upload[CONTROL_DELTA], who, shapes,
+                                                  CONTROL_DELTA)}
+
+    def aggregate(self, uploads: Sequence[Upload], round_t: int) -> None:
+        x = tensors(self.weights)
+        delta_ys = [{k: torch.from_numpy(np.asarray(u.records[WEIGHTS][k])) - x[k] for k in x}
+                    for u in uploads]
+        x_new, c_new = server_update(x, tensors(self.control), delta_ys,
+                                     [tensors(u.records[CONTROL_DELTA]) for u in uploads],
+                                     self.cfg.num_clients, self.cfg.train.global_lr)
+        self.weights, self.control = arrays(x_new), arrays(c_new)
+
+    def state(self) -> dict:
+        return {**super().state(), "control": self.control}
+
+    def load_state(self, state) -> None:
+        super().load_state(state)
+        self.control = dict(state["control"])
+
+    # -- site ------------------------------------------------------------------------------
+    def _site_control(self, site_state: dict[str, Tensor]) -> dict[str, Tensor]:
+        mine = {k[len(SITE_CONTROL) + 1:]: v for k, v in site_state.items()
+                if k.startswith(SITE_CONTROL + ".")}
+        if not mine:  # c_i = 0 at the start (Alg. 1 line 1)
+            params = dict(self.detector.module().named_parameters())
+            mine = zeros_like_state({k: params[k].detach() for k in self.control_keys()})
+        return mine
+
+    def hooks(self, site_state: dict[str, Tensor], payload: Records) -> TrainHooks:
+        if CONTROL not in payload:
+            raise ConfigError("scaffold: the server sent no control variate")
+        c_local, c_global = self._site_control(site_state), tensors(payload[CONTROL])
+        self._x = {k: v.detach().clone() for k, v in self.detector.module().named_parameters()
+                   if k in c_local}
+        self._c = (c_local, c_global)
+        return TrainHooks(after_backward=lambda m: correct_gradients(m.named_parameters(),
+                                                                     c_local, c_global))
+
+    def upload(self, site_state: dict[str, Tensor], payload: Records,
+               info: FitInfo) -> Records:
+        c_local, c_global = self._c
+        if info.steps > 0:
+            y = {k: v.detach().clone() for k, v in self.detector.module().named_parameters()
+                 if k in c_local}
+            c_local, delta_c, _ = client_control_update(c_local, c_global, self._x, y,
+                                                        info.steps, self.cfg.train.lr)
+        else:  # no step taken (e.g. a one-image site with BatchNorm): c_i unchanged
+            delta_c = zeros_like_state(c_local)
+        site_state.update({f"{SITE_CONTROL}.{k}": v.clone() for k, v in c_local.items()})
+        return {**super().upload(site_state, payload, info), CONTROL_DELTA: arrays(delta_c)}

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.data import ClientData
 from fedad.config import RunConfig
 from fedad.data.factory import build_dataset
 from fedad.detectors.base import Scores
+from fedad.federation.site_data import ClientData
 from fedad.plots import plot_examples
 
 

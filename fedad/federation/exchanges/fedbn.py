@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fedad.baselines.fedavg import StateError
+from fedad.components.states import StateError
 
 
 def batchnorm_keys(model: nn.Module) -> set[str]:
@@ -51,3 +51,23 @@ def merge_state(shared: Mapping[str, Tensor], local: Mapping[str, Tensor]) -> di
     if both:
         raise StateError(f"key {both[0]!r} is both shared and local")
     return {**shared, **local}
+
+
+# -- the exchange ----------------------------------------------------------------------------
+from fedad.errors import ConfigError  # noqa: E402
+from fedad.federation.exchanges.weights import WeightExchange  # noqa: E402
+
+
+class FedBNExchange(WeightExchange):
+    """FedAvg over every tensor but the BatchNorm layers', which stay at each site."""
+
+    name = "fedbn"
+
+    def local_keys(self, module: nn.Module) -> set[str]:
+        local = batchnorm_keys(module)
+        if not local:  # FedBN without BatchNorm would be FedAvg under another name
+            raise ConfigError(
+                f"exchange=fedbn keeps BatchNorm layers local, but detector="
+                f"{self.detector.name}'s {type(module).__name__} has none"
+                + getattr(self.detector, "batch_norm_hint", ""))
+        return local

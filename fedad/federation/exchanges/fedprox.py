@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,3 +47,29 @@ def proximal_term(named_params: Iterable[tuple[str, Tensor]],
     if total is None:
         return torch.zeros((), device=device)
     return 0.5 * mu * total
+
+
+# -- the exchange (imported here so the term above stays importable on its own) -------------
+from fedad.detectors.base import TrainHooks  # noqa: E402
+from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange  # noqa: E402
+from fedad.federation.records import Records  # noqa: E402
+
+MU = "fedprox"  # record carrying the server's mu (the server's value wins over a site's)
+
+
+class FedProxExchange(WeightExchange):
+    """FedAvg's aggregation; each site adds the proximal term to its loss (Eq. 2)."""
+
+    name = "fedprox"
+
+    def payload(self, key: int, round_t: int) -> Records:
+        return {**super().payload(key, round_t),
+                MU: {"mu": np.asarray(float(self.cfg.train.proximal_mu))}}
+
+    def hooks(self, site_state: dict[str, Tensor], payload: Records) -> TrainHooks:
+        module = self.detector.module()
+        # anchor: the global weights just loaded (w_t, constant during the round)
+        anchor = {k: v.detach().clone() for k, v in module.named_parameters()
+                  if k in payload.get(WEIGHTS, {})}
+        mu = float(payload[MU]["mu"]) if MU in payload else self.cfg.train.proximal_mu
+        return TrainHooks(extra_loss=lambda m: proximal_term(m.named_parameters(), anchor, mu))

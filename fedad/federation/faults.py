@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
 
 from fedad.errors import ConfigError
+from fedad.federation.records import Records
 
 KINDS = ("raise", "nan", "shape", "shift", "scale")
 SHIFT = 100.0
@@ -74,15 +74,9 @@ def corrupt(values: np.ndarray, kind: str) -> np.ndarray:
     return values
 
 
-def inject(reply: Message, kinds: Sequence[str]) -> Message:
-    """``reply`` with every ArrayRecord it carries corrupted by ``kinds`` (in place)."""
-    upload = [k for k in kinds if k != "raise"]
-    if not upload or not reply.has_content():
-        return reply
-    for name, record in list(reply.content.array_records.items()):
-        arrays = {k: v.numpy() for k, v in record.items()}
-        for kind in upload:
-            arrays = {k: corrupt(v, kind) for k, v in arrays.items()}
-        reply.content[name] = ArrayRecord({k: Array(np.ascontiguousarray(v))
-                                           for k, v in arrays.items()})
-    return reply
+def inject(upload: Records, kinds: Sequence[str]) -> Records:
+    """``upload`` with every array it carries corrupted by ``kinds``."""
+    for kind in (k for k in kinds if k != "raise"):
+        upload = {name: {k: np.ascontiguousarray(corrupt(v, kind)) for k, v in rec.items()}
+                  for name, rec in upload.items()}
+    return upload

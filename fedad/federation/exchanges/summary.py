@@ -1,0 +1,74 @@
+"""The summary exchange: each site uploads what its detector summarises (FedDyMem's memory
+bank, PatchCore's coreset, PaDiM's Gaussian statistics; never images or weights), the
+server checks every upload with the detector's ``validate`` and combines the valid ones with
+its ``merge`` (FedDyMem: K-means, Alg. 3), and every site scores against that one global
+summary. A detector of frozen features (``iterative = False``) needs one round."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedad.detectors.base import FitInfo, Summary
+from fedad.errors import BankError
+from fedad.federation.exchanges.base import Exchange, Upload
+from fedad.federation.records import Records
+
+SUMMARY = "summary"  # the record that carries a summary, both ways
+
+
+class SummaryExchange(Exchange):
+    name = "summary"
+    needs = "summary"
+    upload_records = (SUMMARY,)
+
+    def __init__(self, cfg, detector) -> None:
+        super().__init__(cfg, detector)
+        self.summary: Summary | None = None
+
+    def rounds(self) -> tuple[int, int]:
+        d = self.detector
+        return d.first_round, (self.cfg.train.rounds if d.iterative else 1)
+
+    def schedule(self) -> str:
+        if not self.detector.iterative:
+            return "1 round (frozen features)"
+        return super().schedule()
+
+    # -- server ----------------------------------------------------------------------------
+    def payload(self, key: int, round_t: int) -> Records:
+        return {} if self.summary is None else {SUMMARY: self.summary}
+
+    def validate(self, upload: Records, who: str) -> Records:
+        super().validate(upload, who)
+        return {SUMMARY: self.detector.validate(upload[SUMMARY], who)}
+
+    def descriptor(self, upload: Records) -> np.ndarray:
+        return self.detector.descriptor(upload[SUMMARY])
+
+    def aggregate(self, uploads: Sequence[Upload], round_t: int) -> None:
+        self.summary = self.detector.merge([u.records[SUMMARY] for u in uploads], round_t)
+
+    def state(self) -> dict[str, Any]:
+        return {"summary": self.summary}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.summary = state["summary"]
+
+    def global_summary(self) -> Summary | None:
+        return self.summary
+
+    # -- site ------------------------------------------------------------------------------
+    def fit(self, features: torch.Tensor, payload: Records, round_t: int,
+            site_state: dict[str, torch.Tensor]) -> tuple[Records, FitInfo]:
+        info = self.detector.fit(features, payload.get(SUMMARY), round_t)
+        return {SUMMARY: self.detector.summarize(round_t)}, info
+
+    def scoring_summary(self, train_features: torch.Tensor, payload: Records) -> Summary:
+        if SUMMARY not in payload:
+            raise BankError("summary exchange: the server sent no global summary to score "
+                            "with")
+        return payload[SUMMARY]

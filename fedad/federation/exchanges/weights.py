@@ -1,0 +1,140 @@
+"""What every weight exchange shares: the detector's trainable module (``module()``) is
+trained at each site and its weights travel; each site scores against its own summary,
+rebuilt from its training features with the current module (``own_summary``: FedDyMem's
+local bank; nothing for a network that scores alone, e.g. an autoencoder).
+
+Server: the global weights start as the module of a detector drawn with ``train.seed``;
+uploads are checked against their keys and shapes; the valid ones are combined by
+:meth:`WeightExchange.combine` (FedAvg's weighted mean unless an exchange says otherwise;
+with ``robust.enabled``, the coordinate-wise trimmed mean of the kept uploads, as Flower's
+``FedTrimmedAvg``). BatchNorm's ``num_batches_tracked`` counters never travel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedad.components.states import weighted_mean
+from fedad.components.validate import check_state
+from fedad.detectors.base import FitInfo, Summary, TrainHooks
+from fedad.errors import ConfigError
+from fedad.federation.exchanges.base import Exchange, Upload
+from fedad.federation.records import Arrays, Records, arrays, tensors
+from fedad.robust import flat_update
+
+WEIGHTS = "weights"  # the record of model weights, both ways
+
+
+def trimmed_mean(values: Sequence[np.ndarray], beta: float) -> np.ndarray:
+    """Coordinate-wise mean after cutting the ``int(beta * n)`` smallest and largest of the
+    ``n`` values (Flower's ``FedTrimmedAvg``; unweighted)."""
+    x = np.stack([np.asarray(v, dtype=np.float64) for v in values])
+    cut = int(beta * len(values))
+    if 2 * cut >= len(values):
+        raise ConfigError(f"robust.trim={beta} cuts all of {len(values)} uploads")
+    x = np.sort(x, axis=0)[cut:len(values) - cut]
+    return x.mean(axis=0)
+
+
+class WeightExchange(Exchange):
+    """Weights of ``detector.module()`` travel; the server averages them."""
+
+    needs = "module"
+    upload_records = (WEIGHTS,)
+
+    def __init__(self, cfg, detector) -> None:
+        super().__init__(cfg, detector)
+        self.weights: Arrays = {}  # the global model (server)
+        self.reference: dict[str, tuple[int, ...]] = {}  # its shapes, what uploads match
+
+    # -- what travels ------------------------------------------------------------------------
+    def local_keys(self, module: torch.nn.Module) -> set[str]:
+        """State-dict keys that never leave a site (FedBN: its BatchNorm layers)."""
+        return set()
+
+    def keys(self) -> list[str]:
+        module = self.detector.module()
+        local = self.local_keys(module)
+        return [k for k in module.state_dict()
+                if not k.endswith("num_batches_tracked") and k not in local]
+
+    def check(self) -> None:
+        if not callable(getattr(self.detector, "module", None)):
+            raise ConfigError(f"exchange={self.name} trains and exchanges a module's weights; "
+                              f"detector={self.detector.name} has no module()")
+        self.keys()
+
+    def module_weights(self) -> Arrays:
+        state = self.detector.module().state_dict()
+        return arrays({k: state[k] for k in self.keys()})
+
+    def load_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """The exchanged keys of ``weights`` into the site's module (the others stay)."""
+        module = self.detector.module()
+        state = module.state_dict()
+        missing = [k for k in self.keys() if k not in weights]
+        if missing:
+            raise ConfigError(f"global weights lack {missing[:3]} ({len(missing)} keys)")
+        for k in self.keys():
+            state[k] = torch.from_numpy(np.array(weights[k])).to(state[k].dtype).reshape(
+                state[k].shape)
+        module.load_state_dict(state)
+
+    # -- server ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.weights = self.module_weights()
+        self.reference = {k: tuple(v.shape) for k, v in self.weights.items()}
+
+    def payload(self, key: int, round_t: int) -> Records:
+        return {WEIGHTS: self.weights}
+
+    def validate(self, upload: Records, who: str) -> Records:
+        super().validate(upload, who)
+        return {WEIGHTS: check_state(upload[WEIGHTS], who, self.reference, WEIGHTS)}
+
+    def descriptor(self, upload: Records) -> np.ndarray:
+        return flat_update(upload[WEIGHTS], self.weights)
+
+    def combine(self, uploads: Sequence[Upload]) -> Arrays:
+        """The new global weights from valid uploads."""
+        states = [u.records[WEIGHTS] for u in uploads]
+        if self.cfg.robust.enabled:
+            return {k: trimmed_mean([s[k] for s in states], self.cfg.robust.trim).astype(
+                self.weights[k].dtype) for k in self.weights}
+        mean = weighted_mean([tensors(s) for s in states],
+                             [u.num_examples for u in uploads])
+        return arrays(mean)
+
+    def aggregate(self, uploads: Sequence[Upload], round_t: int) -> None:
+        self.weights = self.combine(uploads)
+
+    def state(self) -> dict[str, Any]:
+        return {"weights": self.weights, "reference": self.reference}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.weights, self.reference = dict(state["weights"]), dict(state["reference"])
+
+    # -- site ------------------------------------------------------------------------------
+    def hooks(self, site_state: dict[str, torch.Tensor], payload: Records) -> TrainHooks | None:
+        """What the exchange changes in the site's training steps (None: nothing)."""
+        return None
+
+    def fit(self, features: torch.Tensor, payload: Records, round_t: int,
+            site_state: dict[str, torch.Tensor]) -> tuple[Records, FitInfo]:
+        if WEIGHTS in payload:
+            self.load_weights(payload[WEIGHTS])
+        info = self.detector.fit(features, None, round_t, self.hooks(site_state, payload))
+        return self.upload(site_state, payload, info), info
+
+    def upload(self, site_state: dict[str, torch.Tensor], payload: Records,
+               info: FitInfo) -> Records:
+        return {WEIGHTS: self.module_weights()}
+
+    def scoring_summary(self, train_features: torch.Tensor, payload: Records) -> Summary:
+        if WEIGHTS in payload:
+            self.load_weights(payload[WEIGHTS])
+        return self.detector.own_summary(train_features)

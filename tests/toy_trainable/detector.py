@@ -1,0 +1,83 @@
+"""A toy trained detector: a small convolutional autoencoder on the frozen features. The
+anomaly map is the squared reconstruction error per feature position; nothing but the
+autoencoder's weights can travel (weight exchanges), and it scores alone (no summary)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedad.detectors.base import FitInfo, Scores, TrainHooks, step
+from fedad.scoring import anomaly_maps, image_scores
+
+
+class AutoEncoder(nn.Module):
+    def __init__(self, channels: int, hidden: int = 8) -> None:
+        super().__init__()
+        self.encode = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU())
+        self.decode = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+class ToyAE:
+    name = "toyae"
+    iterative = True
+    first_round = 1
+    exchanges = ("local", "fedavg", "fedprox", "scaffold", "toypersonal")
+
+    def __init__(self, cfg, shape, device="cpu", seed=0):
+        self.cfg, self.shape = cfg, shape
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = AutoEncoder(shape.channels)
+        make = torch.optim.SGD if cfg.train.optimizer == "sgd" else torch.optim.Adam
+        self.optimizer = make(self.net.parameters(), lr=cfg.train.lr)
+
+    def module(self) -> nn.Module:
+        return self.net
+
+    def fit(self, features, global_summary, round_t, hooks: TrainHooks | None = None):
+        self.net.train()
+        steps, loss = 0, torch.zeros(())
+        for _ in range(self.cfg.train.local_epochs):
+            for start in range(0, len(features), self.cfg.train.batch_size):
+                x = features[start:start + self.cfg.train.batch_size].float()
+                loss = (self.net(x) - x).pow(2).mean()
+                step(self.net, self.optimizer, loss, hooks)
+                steps += 1
+        return FitInfo(float(loss.detach()), steps=steps)
+
+    def own_summary(self, features):
+        return {}
+
+    @torch.no_grad()
+    def score(self, features, global_summary, image_size):
+        self.net.eval()
+        x = features.float()
+        patch = (self.net(x) - x).pow(2).mean(dim=1)
+        maps = anomaly_maps(patch, image_size, self.cfg.score.sigma)
+        return Scores(maps=maps, image=image_scores(maps))
+
+    def state(self):
+        return {f"net.{k}": v.clone() for k, v in self.net.state_dict().items()}
+
+    def load_state(self, arrays):
+        if arrays:
+            self.net.load_state_dict({k[4:]: v for k, v in arrays.items()
+                                      if k.startswith("net.")})
+
+    # a summary never travels: these exist for the contract only
+    def summarize(self, round_t):
+        return {}
+
+    def validate(self, summary, who):
+        return {}
+
+    def merge(self, summaries, round_t):
+        return {}
+
+    def descriptor(self, summary):
+        return np.zeros(0)
