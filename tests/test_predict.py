@@ -6,22 +6,21 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fedad.centralized import run_centralized
 from fedad.cli.predict import main as predict_main
 from fedad.config import RunConfig
 from fedad.data.export import write_mvtec
 from fedad.data.factory import build_dataset
-from fedad.detectors.base import FeatureShape
-from fedad.detectors.registry import client_seed, create, feature_config
+from fedad.detectors.registry import feature_config, resolve
 from fedad.errors import ConfigError, DataError
-from fedad.federation.site_data import load_site_data
+from fedad.federation.site_data import load_client_data
 from fedad.predict import false_alarm_rate, predict
-from fedad.site import calibrate, save_site, save_summary
+from fedad.site import calibrate
 
 TINY = dict(texture_train_per_type=8, texture_test_normal_per_type=1,
             texture_test_anomalous_per_type=1, image_size=64)
@@ -37,9 +36,11 @@ def site_folder(root: Path) -> Path:
     return root
 
 
-def make_run(tmp: Path, detector: str, **train) -> tuple[Path, RunConfig, np.ndarray, list[str]]:
-    """A one-site run done in-process: what the ServerApp and the client leave behind."""
-    cfg = RunConfig(detector=detector)
+def make_run(tmp: Path, detector: str, exchange: str = "summary",
+             **train) -> tuple[Path, RunConfig, np.ndarray, list[str]]:
+    """A one-site run on the engine (fedad-centralized): what the server and the site
+    leave behind in the run folder."""
+    cfg = RunConfig(detector=detector, exchange=exchange)
     for k, v in train.items():
         setattr(cfg.train, k, v)
     cfg.dataset.name, cfg.dataset.root = "mvtec", str(site_folder(tmp / "site"))
@@ -47,31 +48,27 @@ def make_run(tmp: Path, detector: str, **train) -> tuple[Path, RunConfig, np.nda
     cfg.padim.channels = 16
     cfg.calibration.holdout, cfg.calibration.quantile = 0.35, 0.75
     cfg.train.rounds = 1
-    cfg = feature_config(cfg)
-    data = load_site_data(cfg, 0)
+    run = tmp / "run-1"
+    run_centralized(cfg, run)
+    data = load_client_data(feature_config(resolve(cfg)), 0, 1)
     assert data.holdout is not None and len(data.holdout) >= 4
     # the held-out images are training images the detector never fits on, never test ones
     assert not set(data.holdout.paths) & set(data.train.paths)
     assert not set(data.holdout.paths) & set(data.test.paths)
-    shape = FeatureShape(*data.train.features.shape[1:])
-    det = create(cfg, shape, "cpu", client_seed(cfg, 0))
-    glob = None
-    for r in range(det.first_round, 2):
-        det.fit(data.train.features, glob, r)
-        glob = det.merge([det.validate(det.summarize(r), "site 0")], r)
-    run = tmp / "run-1"
-    save_summary(run, glob)
-    held = det.score(data.holdout.features, glob, 64).image.numpy()
-    save_site(run, 0, det, held, cfg.calibration.quantile)
-    (run / "config.json").write_text(json.dumps(asdict(cfg)))
-    return run, cfg, held, data.holdout.paths
+    cal = json.loads((run / "site-0" / "calibration.json").read_text())
+    return run, cfg, np.asarray(cal["holdout_scores"]), data.holdout.paths
 
 
-@pytest.mark.parametrize("detector", ["padim", "feddymem", "feddymem-set-bank"])
+@pytest.mark.parametrize("detector", ["padim", "feddymem", "feddymem-set-bank",
+                                      "feddymem-fedavg"])
 def test_predict_reproduces_held_out_scores_and_false_alarm_rate(tmp_path: Path, detector):
+    """Bank runs score with the global summary; a weight run (fedavg) with the site's own
+    bank, kept in its folder."""
     train = ({"reduce": "coreset", "aggregation": "coreset"}
              if detector == "feddymem-set-bank" else {})
-    run, cfg, held, paths = make_run(tmp_path, detector.split("-")[0], **train)
+    exchange = "fedavg" if detector.endswith("fedavg") else "summary"
+    run, cfg, held, paths = make_run(tmp_path, detector.split("-")[0], exchange, **train)
+    assert (run / "site-0" / "global_summary.npz").is_file() == (exchange == "fedavg")
     cal = json.loads((run / "site-0" / "calibration.json").read_text())
     thr = cal["threshold"]
     # at most 1 - quantile of the held-out normals score above the threshold

@@ -176,4 +176,4 @@ def test_every_exchange_addresses_its_own_sites_only(method: str):
     assert (CONTROL in records) == (method == "scaffold")
     assert (WEIGHTS in records) == (method != "local")
     if method == "fedprox":
-        assert float(records["fedprox"]["mu"]) == cfg.train.proximal_mu
+        assert float(records["fedprox"]["mu"][0]) == cfg.train.proximal_mu

@@ -73,15 +73,21 @@ def test_three_clients_two_rounds_through_flower(three_clients_run: Path):
     assert np.array_equal(np.load(run / "global_summary.npz")["bank"], bank)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("detector", ["patchcore", "padim"])
-def test_frozen_feature_detectors_through_flower(tmp_path: Path, detector: str):
+def test_frozen_feature_detectors_on_the_engine(tmp_path: Path, detector: str):
     """One round is all a frozen-feature detector needs: the run says so, sends each
-    client's summary once, merges, evaluates and leaves calibrated sites."""
-    sim = tiny_sim(**{"detector": detector, "calibration.holdout": 0.5,
-                      "padim.channels": 32})
-    assert launch(sim, tmp_path) == 0
-    (run,) = list(tmp_path.glob("run-*"))
+    client's summary once, merges, evaluates and leaves calibrated sites. On the engine in
+    one process: the summary exchange through Flower is the FedDyMem run above, and the
+    engine is what the ClientApp and ServerApp call."""
+    from fedad.federation.in_process import InProcess
+    from fedad.federation.run import federate
+    from partitions import partition_nodes
+
+    cfg = run_config_of(tiny_sim(**{"detector": detector, "calibration.holdout": 0.5,
+                                    "padim.channels": 32, "examples": 0}))
+    run = tmp_path / "run-1"
+    transport = InProcess(cfg, partition_nodes(cfg))
+    federate(cfg, transport, transport.keys, run)
     result = json.loads((run / "rounds.json").read_text())
     assert [r["round"] for r in result["rounds"]] == [1] and result["label"] == detector
     assert set(result["final"]["per_client"]) == {"0", "1", "2"} and not result["rejected"]

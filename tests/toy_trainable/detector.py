@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
 from fedad.detectors.base import FitInfo, Scores, TrainHooks, step
 from fedad.scoring import anomaly_maps, image_scores
 
@@ -61,13 +62,15 @@ class ToyAE:
         maps = anomaly_maps(patch, image_size, self.cfg.score.sigma)
         return Scores(maps=maps, image=image_scores(maps))
 
-    def state(self):
-        return {f"net.{k}": v.clone() for k, v in self.net.state_dict().items()}
+    def state(self):  # weights and the optimiser's moments: a resumed run steps the same
+        return {**{f"net.{k}": v.clone() for k, v in self.net.state_dict().items()},
+                **optimizer_arrays(self.optimizer)}
 
     def load_state(self, arrays):
         if arrays:
             self.net.load_state_dict({k[4:]: v for k, v in arrays.items()
                                       if k.startswith("net.")})
+            load_optimizer_arrays(self.optimizer, arrays)
 
     # a summary never travels: these exist for the contract only
     def summarize(self, round_t):

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from fedad.components.knn import NearestNeighbours
+from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
 from fedad.components.rows import as_rows
 from fedad.config import HeadConfig, ScoreConfig, TrainConfig
 from fedad.detectors.base import Scores, TrainHooks, step
@@ -162,9 +163,7 @@ class FedDyMemClient:
         Adam moments, shuffling state), e.g. for Flower's ``context.state``."""
         out = {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
         if self.optimizer is not None:
-            for pid, st in self.optimizer.state_dict()["state"].items():
-                for name, value in st.items():
-                    out[f"optim.{pid}.{name}"] = torch.as_tensor(value).detach().cpu().clone()
+            out.update(optimizer_arrays(self.optimizer))
         out["shuffle"] = self.shuffle.get_state()
         return out
 
@@ -173,14 +172,7 @@ class FedDyMemClient:
         head = {k[5:]: v for k, v in arrays.items() if k.startswith("head.")}
         self.head.load_state_dict(head)
         if self.optimizer is not None:
-            opt = self.optimizer.state_dict()
-            state: dict[int, dict[str, torch.Tensor]] = {}
-            for k, v in arrays.items():
-                if k.startswith("optim."):
-                    _, pid, name = k.split(".", 2)
-                    state.setdefault(int(pid), {})[name] = v
-            opt["state"] = state
-            self.optimizer.load_state_dict(opt)
+            load_optimizer_arrays(self.optimizer, arrays)
         if "shuffle" in arrays:
             self.shuffle.set_state(arrays["shuffle"].to(torch.uint8))
 

@@ -64,12 +64,13 @@ class FedProxExchange(WeightExchange):
 
     def payload(self, key: int, round_t: int) -> Records:
         return {**super().payload(key, round_t),
-                MU: {"mu": np.asarray(float(self.cfg.train.proximal_mu))}}
+                MU: {"mu": np.asarray([float(self.cfg.train.proximal_mu)])}}
 
     def hooks(self, site_state: dict[str, Tensor], payload: Records) -> TrainHooks:
         module = self.detector.module()
         # anchor: the global weights just loaded (w_t, constant during the round)
         anchor = {k: v.detach().clone() for k, v in module.named_parameters()
                   if k in payload.get(WEIGHTS, {})}
-        mu = float(payload[MU]["mu"]) if MU in payload else self.cfg.train.proximal_mu
+        mu = (float(payload[MU]["mu"].reshape(-1)[0]) if MU in payload
+              else self.cfg.train.proximal_mu)
         return TrainHooks(extra_loss=lambda m: proximal_term(m.named_parameters(), anchor, mu))
