@@ -45,24 +45,24 @@ log = logging.getLogger("fedad")
 # upload), the nearest-distance score of PatchCore ([51], one of the two score functions
 # the paper cites), a coreset memory-reduce and merge, and a head that starts as the
 # frozen features (head.init=identity) so that training refines the bank-only detector.
-SET_BASE = ["backbone.layers=[2,3]", "train.reduce=coreset", "train.aggregation=coreset",
-            "train.bank_size=3136", "score.mode=nearest", "head.init=identity"]
+SET_BASE = ["backbone.layers=[2,3]", "feddymem.reduce=coreset", "feddymem.aggregation=coreset",
+            "feddymem.bank_size=3136", "score.mode=nearest", "head.init=identity"]
 CANDIDATES: dict[str, list[str]] = {
     "set, head off": [*SET_BASE, "head.projection=false", "head.generator=false"],
     "set + head": SET_BASE,
-    "set + head + repulsion": [*SET_BASE, "train.repulsion=1.0"],
+    "set + head + repulsion": [*SET_BASE, "feddymem.repulsion=1.0"],
     "set + head, lr 1e-4": [*SET_BASE, "train.lr=0.0001"],
-    "set + head, no rEMA": [*SET_BASE, "train.rema=false"],
-    "set + head, th = bank spacing": [*SET_BASE, "train.threshold_scale=1.0"],
-    "set + head, no rEMA, th = bank spacing": [*SET_BASE, "train.rema=false",
-                                               "train.threshold_scale=1.0"],
+    "set + head, no rEMA": [*SET_BASE, "feddymem.rema=false"],
+    "set + head, th = bank spacing": [*SET_BASE, "feddymem.threshold_scale=1.0"],
+    "set + head, no rEMA, th = bank spacing": [*SET_BASE, "feddymem.rema=false",
+                                               "feddymem.threshold_scale=1.0"],
 }
 # Table III: each row adds one component; the last adds the server's K-means (Alg. 3).
 FAITHFUL_ROWS: dict[str, list[str]] = {
     "bank only": ["head.projection=false", "head.generator=false",
-                  "train.aggregation=average"],
-    "+ projection": ["head.generator=false", "train.aggregation=average"],
-    "+ generator": ["train.aggregation=average"],
+                  "feddymem.aggregation=average"],
+    "+ projection": ["head.generator=false", "feddymem.aggregation=average"],
+    "+ generator": ["feddymem.aggregation=average"],
     "+ K-means (paper's FedDyMem)": [],
 }
 
@@ -76,7 +76,7 @@ def switch_rows(chosen: list[str]) -> dict[str, list[str]]:
         "bank only": [*rest, "head.projection=false", "head.generator=false"],
         "+ projection": [*rest, "head.generator=false"],
         "+ generator": rest,
-        "+ K-means (Alg. 3) as the server step": [*rest, "train.aggregation=kmeans"],
+        "+ K-means (Alg. 3) as the server step": [*rest, "feddymem.aggregation=kmeans"],
     }
 
 

@@ -87,7 +87,7 @@ def floor(sim: SimConfig) -> dict:
         extractor(batch)
         per_image = (time.perf_counter() - t) / 16
     c, h, w = train[0].shape[1:]
-    client = FedDyMemClient(c, cfg.head, cfg.train, seed=0)
+    client = FedDyMemClient(c, cfg.head, cfg.train, seed=0, memory=cfg.feddymem)
     bank = client.initial_bank(train[0][:8])
     bs = cfg.train.batch_size
     x = train[0][:bs]
@@ -102,7 +102,7 @@ def floor(sim: SimConfig) -> dict:
     evaluations = sum(evaluated(r, rounds, sim.eval_every) for r in range(1, rounds + 1))
     banks = [client.initial_bank(t[:8]) for t in train]
     t = time.perf_counter()
-    kmeans_aggregate(banks, seed=0, niter=cfg.train.kmeans_iters, init=cfg.train.kmeans_init)
+    kmeans_aggregate(banks, seed=0, niter=cfg.train.kmeans_iters, init=cfg.feddymem.kmeans_init)
     kmeans_once = time.perf_counter() - t
     parts = {
         "backbone_pass": per_image * images,

@@ -113,7 +113,7 @@ class HeadConfig:
 
 @dataclass
 class TrainConfig:
-    """Local training with the metric loss (Eq. 12) and memory-reduce (Eq. 14-16)."""
+    """Rounds and local training, for every trained detector and weight exchange."""
 
     rounds: int = 10
     local_epochs: int = 1
@@ -122,6 +122,18 @@ class TrainConfig:
     lr: float = 1e-3
     proximal_mu: float = 0.01  # FedProx: (mu/2)||w - w_global||^2
     global_lr: float = 1.0  # SCAFFOLD: server step on the mean client update
+    kmeans_iters: int = 20  # K-means iterations (FedDyMem's Alg. 3, PatchCore's kmeans merge)
+    # False (paper, Alg. 4 line 2): each client draws its own head (seed + 1000 * id).
+    # True: every client starts from the same draw, as FL models often share their start.
+    shared_init: bool = False
+    seed: int = 0
+
+
+@dataclass
+class FedDyMemConfig:
+    """FedDyMem's own knobs: the metric loss (Eq. 12), memory-reduce (Eq. 14-16) and the
+    server's aggregation (Alg. 3), with the switches beyond the paper (all off)."""
+
     top_k: int = 3
     threshold: float = 0.01
     # Beyond the paper: >0 sets Eq. 12's th to this multiple of the bank's median
@@ -143,12 +155,14 @@ class TrainConfig:
     repulsion: float = 0.0
     repulsion_j: int = 3
     repulsion_margin: float = 1.0
-    kmeans_iters: int = 20
     kmeans_init: str = choice("positional", "kmeans++", "random")  # feddymem/aggregate.py
-    # False (paper, Alg. 4 line 2): each client draws its own head (seed + 1000 * id).
-    # True: every client starts from the same draw, as FL models often share their start.
-    shared_init: bool = False
-    seed: int = 0
+
+
+# moved from ``train`` to ``feddymem``: old run configs (config.json, run_config.toml,
+# overrides) that name them under ``train`` are read as the new keys
+MOVED_TO_FEDDYMEM = ("top_k", "threshold", "threshold_scale", "aggregation", "reduce",
+                     "bank_size", "rema", "repulsion", "repulsion_j", "repulsion_margin",
+                     "kmeans_init")
 
 
 @dataclass
@@ -259,6 +273,7 @@ class RunConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    feddymem: FedDyMemConfig = field(default_factory=FedDyMemConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)

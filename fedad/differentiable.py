@@ -21,32 +21,21 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from fedad.detectors.base import Detector, DifferentiableDetector, Scores
-from fedad.errors import ConfigError
+from fedad.detectors.base import Detector, Scores
 from fedad.features import FeatureExtractor
+from fedad.scores import differentiable, score
+
+__all__ = ["Refinement", "differentiable", "refined_scores", "score_images"]
 
 ScoreFn = Callable[[torch.Tensor], Scores]
-
-
-def differentiable(detector: Detector) -> DifferentiableDetector:
-    """``detector`` if it scores with gradients.
-
-    Raises:
-        ConfigError: naming the detector, when it has no ``score_features``.
-    """
-    if not isinstance(detector, DifferentiableDetector):
-        raise ConfigError(f"{getattr(detector, 'name', type(detector).__name__)} has no "
-                          "differentiable score (score_features); a refinement cannot wrap it")
-    return detector
 
 
 def score_images(extractor: FeatureExtractor, detector: Detector, images: torch.Tensor,
                  global_summary: Mapping[str, np.ndarray], image_size: int | None = None
                  ) -> Scores:
     """Scores of normalised images ``(N, 3, S, S)`` with gradients to the pixels."""
-    det = differentiable(detector)
     size = int(images.shape[-1]) if image_size is None else int(image_size)
-    return det.score_features(extractor.fuse(images), dict(global_summary), size)
+    return score(detector, extractor.fuse(images), global_summary, size, gradients=True)
 
 
 @runtime_checkable
@@ -65,9 +54,9 @@ def refined_scores(extractor: FeatureExtractor, detector: Detector, images: torc
     """The base detector's scores of ``images``, refined by ``refinement``."""
     summary = dict(global_summary)
 
-    def score(x: torch.Tensor) -> Scores:
+    def scored(x: torch.Tensor) -> Scores:
         return score_images(extractor, detector, x, summary, image_size)
 
     with torch.no_grad():
-        base = score(images)
-    return refinement.refine(images, base, score)
+        base = scored(images)
+    return refinement.refine(images, base, scored)

@@ -24,6 +24,7 @@ from fedad.errors import ConfigError, DataError
 from fedad.feature_cache import extract_features
 from fedad.features import build_feature_extractor, extractor_signature
 from fedad.runconfig import from_dict
+from fedad.scores import score
 from fedad.site import load_site, load_summary
 
 log = logging.getLogger("fedad")
@@ -90,7 +91,7 @@ def predict(run_dir: str | Path, folder: str | Path, site: int = 0,
     _, c, h, w = feats.features.shape
     detector = create(cfg, FeatureShape(c, h, w), dev, seed=client_seed(cfg, site))
     detector.load_state(state)
-    scores = detector.score(feats.features, summary, cfg.dataset.image_size)
+    scores = score(detector, feats.features, summary, cfg.dataset.image_size)
     out = []
     for path, s in zip(feats.paths, scores.image.tolist(), strict=True):
         flag = None if cal.threshold is None else bool(s > cal.threshold)

@@ -17,7 +17,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from fedad.config import RunConfig, check_choices
+from fedad.config import MOVED_TO_FEDDYMEM, RunConfig, check_choices
 from fedad.errors import ConfigError
 
 Scalar = str | int | float | bool
@@ -105,6 +105,31 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _migrate(nested: dict[str, Any], cls: type) -> dict[str, Any]:
+    """Old keys read as their new names: FedDyMem's knobs under ``train`` (before they had
+    their own ``feddymem`` section) move there, unless the new key is given too."""
+    train = nested.get("train")
+    if not (isinstance(cls, type) and issubclass(cls, RunConfig)) or not isinstance(
+            train, Mapping):
+        return nested
+    moved = {k: train[k] for k in MOVED_TO_FEDDYMEM if k in train}
+    if not moved:
+        return nested
+    out = dict(nested)
+    out["train"] = {k: v for k, v in train.items() if k not in moved}
+    out["feddymem"] = {**moved, **dict(nested.get("feddymem") or {})}
+    return out
+
+
+def migrated_override(item: str) -> str:
+    """``train.reduce=coreset`` (an old override) as ``feddymem.reduce=coreset``."""
+    key, sep, value = item.partition("=")
+    head, _, leaf = key.lstrip("+~").partition(".")
+    if sep and head == "train" and leaf in MOVED_TO_FEDDYMEM:
+        return f"feddymem.{leaf}={value}"
+    return item
+
+
 def from_flat(flat: Mapping[str, Scalar], cls: type = RunConfig) -> Any:
     """Build the config dataclass from dotted keys; missing keys keep their defaults.
 
@@ -121,7 +146,7 @@ def from_flat(flat: Mapping[str, Scalar], cls: type = RunConfig) -> Any:
             if not isinstance(node, dict):
                 raise ConfigError(f"run config key {key!r} clashes with a scalar key")
         node[leaf] = value
-    return check_choices(_build(cls, nested, ""))
+    return check_choices(_build(cls, _migrate(nested, cls), ""))
 
 
 def toml_value(value: Scalar) -> str:
@@ -132,9 +157,12 @@ def toml_value(value: Scalar) -> str:
     return json.dumps(value)
 
 
-def toml_table(cfg: RunConfig | None = None) -> str:
-    """The ``[tool.flwr.app.config]`` table for ``pyproject.toml``."""
-    lines = ["[tool.flwr.app.config]"]
+def toml_table(cfg: RunConfig | None = None, header: str | None = "tool.flwr.app.config"
+               ) -> str:
+    """``cfg`` (default: the defaults) as TOML: the ``[tool.flwr.app.config]`` table of
+    ``pyproject.toml``, or with ``header=None`` the bare keys of a ``run_config.toml``
+    (what ``flwr run`` takes; the one codec for both)."""
+    lines = [f"[{header}]"] if header else []
     for key, value in to_flat(cfg or RunConfig()).items():
         lines.append(f"{key} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
@@ -146,4 +174,4 @@ def from_dict(data: Mapping[str, Any], cls: type = RunConfig) -> Any:
     Raises:
         ConfigError: a key that is not a config field, or a value of the wrong type.
     """
-    return check_choices(_build(cls, data, ""))
+    return check_choices(_build(cls, _migrate(dict(data), cls), ""))

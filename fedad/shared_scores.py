@@ -21,6 +21,7 @@ from fedad.config import RunConfig
 from fedad.detectors.base import Detector, Scores, summary_fingerprint
 from fedad.feature_cache import FeatureSet
 from fedad.runconfig import to_flat
+from fedad.scores import score
 
 # (key, the features it was computed on (kept so their id cannot be reused), scores, memo)
 _LAST: list[tuple[bytes, FeatureSet, Scores, dict]] = []
@@ -33,7 +34,7 @@ def score_shared(detector: Detector, cfg: RunConfig, data: FeatureSet,
     the same config. Returns the scores and a memo dict that lives as long as they do (a
     caller keeps what it derives from them there, e.g. their metrics)."""
     if detector.state():
-        return detector.score(data.features, dict(summary), image_size), {}
+        return score(detector, data.features, summary, image_size), {}
     h = hashlib.blake2b(digest_size=16)
     h.update(type(detector).__qualname__.encode())
     h.update(json.dumps(to_flat(cfg), sort_keys=True).encode())
@@ -42,7 +43,7 @@ def score_shared(detector: Detector, cfg: RunConfig, data: FeatureSet,
     key = h.digest()
     if _LAST and _LAST[0][0] == key and _LAST[0][1] is data:
         return _LAST[0][2], _LAST[0][3]
-    scores = detector.score(data.features, dict(summary), image_size)
+    scores = score(detector, data.features, summary, image_size)
     _LAST[:] = [(key, data, scores, {})]
     return scores, _LAST[0][3]
 

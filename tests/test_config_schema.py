@@ -48,7 +48,7 @@ def test_every_option_of_every_conf_group_composes(group: str, option: str):
 
 @pytest.mark.parametrize(("override", "field", "allowed"), [
     ("score.mode=nearst", "score.mode", "softmin, nearest"),
-    ("train.reduce=positionl", "train.reduce", "positional, coreset, kmeans"),
+    ("feddymem.reduce=positionl", "feddymem.reduce", "positional, coreset, kmeans"),
     ("patchcore.merge=union", "patchcore.merge", "coreset, kmeans, concat"),
     ("partition.method=random", "partition.method", "dirichlet, iid, pathological"),
     ("dataset.name=mvtech", "dataset.name", "textures, mtd, mvtec, visa, mixed"),

@@ -93,11 +93,11 @@ def test_repulsive_term_is_zero_beyond_the_margin_and_pushes_within_it():
     assert bank_spacing(bank) == pytest.approx(2.5)  # nearest other feature: 2.5, 3.04, 2.5
 
 
-def _set_detector(**train) -> FedDyMem:
+def _set_detector(**knobs) -> FedDyMem:
     cfg = RunConfig()
-    cfg.train.reduce, cfg.train.aggregation = "coreset", "coreset"
-    for k, v in train.items():
-        setattr(cfg.train, k, v)
+    cfg.feddymem.reduce, cfg.feddymem.aggregation = "coreset", "coreset"
+    for k, v in knobs.items():
+        setattr(cfg.feddymem, k, v)
     return FedDyMem(cfg, FeatureShape(8, 4, 4))
 
 
@@ -132,22 +132,22 @@ def test_set_bank_detector_uploads_k_rows_and_merges_by_coreset_or_kmeans():
 
 
 def test_set_bank_switches_are_checked():
-    with pytest.raises(ConfigError, match="train.reduce must be one of"):
+    with pytest.raises(ConfigError, match="feddymem.reduce must be one of"):
         _set_detector(reduce="median")
     with pytest.raises(ConfigError, match="has none"):
         _set_detector(aggregation="average")
-    with pytest.raises(ConfigError, match="train.aggregation must be one of"):
+    with pytest.raises(ConfigError, match="feddymem.aggregation must be one of"):
         _set_detector(aggregation="mean")
 
 
 def test_relative_threshold_leaves_patches_within_the_bank_spacing_alone():
-    from fedad.config import HeadConfig, TrainConfig
+    from fedad.config import FedDyMemConfig, HeadConfig, TrainConfig
     from fedad.detectors.feddymem.client import FedDyMemClient
 
     feats = torch.randn(4, 8, 4, 4, generator=torch.Generator().manual_seed(0))
     for scale, moves in ((100.0, False), (0.0, True)):
-        client = FedDyMemClient(8, HeadConfig(init="identity"),
-                                TrainConfig(threshold_scale=scale, batch_size=2), seed=0)
+        client = FedDyMemClient(8, HeadConfig(init="identity"), TrainConfig(batch_size=2),
+                                seed=0, memory=FedDyMemConfig(threshold_scale=scale))
         bank = client.initial_bank(feats)
         before = [p.detach().clone() for p in client.head.parameters()]
         loss = client.train_epochs(feats, bank, epochs=1)[0]

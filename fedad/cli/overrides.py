@@ -1,32 +1,76 @@
-"""Hydra-style ``key=value`` overrides onto the typed :class:`~fedad.config.RunConfig`."""
+"""One compose path for every command: Hydra's, over ``conf/`` (the groups ``method=``,
+``dataset=``, ``partition=``, ``backbone=``, ``variant=`` and dotted ``key=value``
+overrides), onto the typed :class:`~fedad.config.RunConfig`, then checked
+(:func:`fedad.detectors.registry.check`) before anything starts. ``fedad-sim`` composes the
+same way (``@hydra.main`` over the same folder and schema)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedad.config import RunConfig
 from fedad.detectors.registry import check
 from fedad.errors import ConfigError
+from fedad.runconfig import migrated_override
 
 
 def compose(overrides: Sequence[str] = (), base: RunConfig | None = None) -> RunConfig:
-    """``RunConfig`` defaults (or ``base``) updated by dotted overrides such as
-    ``train.local_epochs=3 dataset.name=mtd dataset.root=/abs/mtd``.
+    """The config of ``overrides`` such as ``variant=switches dataset=mtd
+    dataset.root=/abs/mtd train.local_epochs=3``: a :class:`~fedad.cli.sim.SimConfig`
+    when ``base`` is one (what ``fedad-sim`` launches), else a plain ``RunConfig``.
+    With a ``base`` config that is not a fresh default, the dotted overrides refine it
+    (no groups: they would reset what it already holds).
 
     Raises:
         ConfigError: naming the override that is unknown or has the wrong type, or a
             choice field set to a value it does not allow (with the values it allows).
     """
-    cfg = OmegaConf.structured(base or RunConfig())
+    from fedad.cli.sim import PROJECT, SimConfig, run_config_of
+
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
+    overrides = [migrated_override(o) for o in overrides]  # train.reduce= -> feddymem.
+    fresh = base is None or base == type(base)()
+    if not fresh:
+        return check(_refine(base, overrides))
+    if GlobalHydra.instance().is_initialized():  # e.g. called inside a Hydra app
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base=None):
+            sim = OmegaConf.to_object(hydra_compose("config", overrides=list(overrides)))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"overrides {' '.join(overrides)}: {_reason(exc)}") from exc
+    assert isinstance(sim, SimConfig)
+    return check(sim if isinstance(base, SimConfig) else run_config_of(sim))
+
+
+def _reason(exc: BaseException) -> str:
+    """Hydra's message without its hints about ``+key`` (the schema is closed) and the
+    search path, with the cause (e.g. the type a value failed to convert to)."""
+    lines = [ln for ln in str(exc).splitlines()
+             if ln.strip() and not ln.startswith(("To append", "Config search path"))
+             and not ln.startswith("\tprovider")]
+    text = " ".join(ln.strip() for ln in lines)
+    cause = exc.__cause__
+    if cause is not None and str(cause).splitlines():
+        text += f" ({str(cause).splitlines()[0]})"
+    return text
+
+
+def _refine(base: RunConfig, overrides: Sequence[str]) -> RunConfig:
+    cfg = OmegaConf.structured(base)
+    for item in overrides:
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
             raise ConfigError(f"override {item!r}: {exc.msg if hasattr(exc, 'msg') else exc}"
                               ) from exc
-    return check(OmegaConf.to_object(cfg))
+    return OmegaConf.to_object(cfg)

@@ -41,7 +41,7 @@ from fedad.errors import ConfigError, FedadError
 from fedad.progress import setup_logging
 from fedad.provenance import write_versions
 from fedad.run_status import completed_with, write_status
-from fedad.runconfig import to_flat, toml_value
+from fedad.runconfig import toml_table
 
 log = logging.getLogger("fedad")
 PROJECT = Path(__file__).resolve().parents[2]
@@ -65,7 +65,7 @@ def run_config_of(sim: SimConfig) -> RunConfig:
 
 
 def write_run_config(cfg: RunConfig, path: Path) -> Path:
-    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in to_flat(cfg).items()))
+    path.write_text(toml_table(cfg, header=None))
     return path
 
 

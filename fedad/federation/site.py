@@ -45,6 +45,7 @@ from fedad.federation.site_data import (
 )
 from fedad.metrics import evaluate as compute_metrics
 from fedad.payload import NUM_EXAMPLES
+from fedad.scores import score
 from fedad.shared_scores import score_shared
 from fedad.site import save_site
 
@@ -191,14 +192,14 @@ def evaluate(run: SiteRound, envelope: Envelope) -> Reply:
                                               data.test.masks)
         values.update(memo["metrics"])
     if data.validation is not None:  # the validation split: what choices are made on
-        values.update(validation_metrics(data, detector.score(data.validation.features,
-                                                              summary, size)))
+        values.update(validation_metrics(data, score(detector, data.validation.features,
+                                                     summary, size)))
         values["val-images"] = len(data.validation)
     seconds = time.perf_counter() - t
     out = str(envelope.config.get("out", ""))
     if bool(envelope.config.get("final", False)) and out:
-        held = None if data.holdout is None else detector.score(
-            data.holdout.features, summary, size).image
+        held = None if data.holdout is None else score(
+            detector, data.holdout.features, summary, size).image
         # a site that scores against its own summary keeps it (the server has none)
         own = summary if run.exchange.needs == "module" else None
         site = save_site(out, data.partition_id, detector, held, cfg.calibration.quantile,

@@ -31,7 +31,7 @@ def kmeans_aggregate(banks: Sequence[torch.Tensor], seed: int = 0, niter: int = 
     if not banks:
         raise BankError("kmeans_aggregate: no banks to aggregate")
     if init not in KMEANS_INITS:
-        raise ConfigError(f"train.kmeans_init must be one of {', '.join(KMEANS_INITS)}, got "
+        raise ConfigError(f"feddymem.kmeans_init must be one of {', '.join(KMEANS_INITS)}, got "
                           f"{init!r}")
     h, w, c = banks[0].shape
     rows = torch.cat([as_rows(b.to(torch.float32)) for b in banks])
@@ -56,4 +56,4 @@ def aggregate(banks: Sequence[torch.Tensor], method: str = "kmeans", seed: int =
         return kmeans_aggregate(banks, seed=seed, niter=niter, init=init)
     if method == "average":
         return average_aggregate(banks)
-    raise ConfigError(f"train.aggregation must be kmeans or average, got {method!r}")
+    raise ConfigError(f"feddymem.aggregation must be kmeans or average, got {method!r}")

@@ -15,7 +15,7 @@ import torch
 from fedad.components.knn import NearestNeighbours
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
 from fedad.components.rows import as_rows
-from fedad.config import HeadConfig, ScoreConfig, TrainConfig
+from fedad.config import FedDyMemConfig, HeadConfig, ScoreConfig, TrainConfig
 from fedad.detectors.base import Scores, TrainHooks, step
 from fedad.detectors.feddymem.head import FedDyMemHead
 from fedad.detectors.feddymem.loss import bank_spacing, metric_loss, positions, repulsive_loss
@@ -33,9 +33,10 @@ class FedDyMemClient:
 
     def __init__(self, channels: int, head: HeadConfig | None = None,
                  train: TrainConfig | None = None, device: torch.device | str = "cpu",
-                 seed: int = 0) -> None:
+                 seed: int = 0, memory: FedDyMemConfig | None = None) -> None:
         self.head_cfg = head or HeadConfig()
         self.train_cfg = train or TrainConfig()
+        self.mem_cfg = memory or FedDyMemConfig()
         self.device = torch.device(device)
         # the head is drawn from its own seed inside a forked RNG: clients that share a
         # process (a Ray actor) neither reseed nor advance each other's global generator
@@ -72,10 +73,10 @@ class FedDyMemClient:
 
     def reduce_set(self, features: torch.Tensor, previous: torch.Tensor | None,
                    round_t: int, size: int, seed: int = 0) -> torch.Tensor:
-        """Memory-reduce as a set (``train.reduce=coreset|kmeans``) -> ``(size, C)``."""
-        cfg = self.train_cfg
-        return set_reduce(self.memories(features), size, cfg.reduce, previous, round_t,
-                          rema=cfg.rema, seed=seed, niter=cfg.kmeans_iters)
+        """Memory-reduce as a set (``feddymem.reduce=coreset|kmeans``) -> ``(size, C)``."""
+        mem = self.mem_cfg
+        return set_reduce(self.memories(features), size, mem.reduce, previous, round_t,
+                          rema=mem.rema, seed=seed, niter=self.train_cfg.kmeans_iters)
 
     # -- training ------------------------------------------------------------------------
     def train_epochs(self, features: torch.Tensor, bank: torch.Tensor,
@@ -91,14 +92,14 @@ class FedDyMemClient:
         epochs = self.train_cfg.local_epochs if epochs is None else epochs
         if self.optimizer is None or epochs <= 0:
             return []
-        cfg = self.train_cfg
-        k, th, bs = cfg.top_k, cfg.threshold, cfg.batch_size
+        cfg = self.mem_cfg
+        k, th, bs = cfg.top_k, cfg.threshold, self.train_cfg.batch_size
         index = NearestNeighbours(bank)
         bank_feats = as_rows(bank).to(self.device, torch.float32)
         j = cfg.repulsion_j if cfg.repulsion > 0 else 0
         if k + j > index.size:
-            raise ConfigError(f"train.top_k + train.repulsion_j = {k + j} exceeds the bank "
-                              f"size {index.size}")
+            raise ConfigError(f"feddymem.top_k + feddymem.repulsion_j = {k + j} exceeds the "
+                              f"bank size {index.size}")
         spacing = bank_spacing(bank) if j or cfg.threshold_scale > 0 else 0.0
         margin = cfg.repulsion_margin * spacing
         if cfg.threshold_scale > 0:

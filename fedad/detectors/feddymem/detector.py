@@ -1,10 +1,10 @@
 """FedDyMem on the detector contract (paper Alg. 3-5).
 
 Client: round 0 builds the first reduced bank (Alg. 4); round ``t`` trains the head for
-``train.local_epochs`` epochs of the metric loss (Eq. 12) against the global bank, then
+``feddymem.local_epochs`` epochs of the metric loss (Eq. 12) against the global bank, then
 memory-reduces (Eq. 14-16) into the ``(H, W, C)`` bank it uploads (Alg. 5 ClientUpdate).
 Server: K-means of the uploaded banks into ``K = H*W`` centres (Alg. 3), or the
-position-wise average (``train.aggregation=average``, Table III's ablation). The head's
+position-wise average (``feddymem.aggregation=average``, Table III's ablation). The head's
 weights and Adam state never leave the client; they are its ``state()``.
 
 With a weight exchange (``local``, ``fedavg``, ``fedprox``, ``scaffold``, ``fedbn``: the
@@ -12,9 +12,9 @@ paper's baselines) the head's weights travel instead and each client keeps its o
 every round it memory-reduces its training memories with the current head (against its
 previous bank), trains against that bank, and scores against a bank rebuilt the same way.
 
-Beyond the paper (switches, off by default): ``train.reduce=coreset|kmeans`` uploads a
+Beyond the paper (switches, off by default): ``feddymem.reduce=coreset|kmeans`` uploads a
 *set* bank ``(k <= K, C)`` instead of the ``(H, W, C)`` map (:mod:`.set_reduce`), and
-``train.aggregation=coreset`` merges by a greedy coreset of the union.
+``feddymem.aggregation=coreset`` merges by a greedy coreset of the union.
 """
 
 from __future__ import annotations
@@ -59,15 +59,15 @@ class FedDyMem:
         self.device = torch.device(device)
         self.seed = seed
         self._client: FedDyMemClient | None = None  # built on first use (never on a server)
-        if cfg.train.reduce not in REDUCES:
-            raise ConfigError(f"train.reduce must be one of {', '.join(REDUCES)}, got "
-                              f"{cfg.train.reduce!r}")
-        if cfg.train.aggregation not in AGGREGATIONS:
-            raise ConfigError(f"train.aggregation must be one of {', '.join(AGGREGATIONS)}, "
-                              f"got {cfg.train.aggregation!r}")
-        if cfg.train.aggregation == "average" and cfg.train.reduce != "positional":
-            raise ConfigError(f"train.aggregation=average averages positions; a set bank "
-                              f"(train.reduce={cfg.train.reduce}) has none")
+        if cfg.feddymem.reduce not in REDUCES:
+            raise ConfigError(f"feddymem.reduce must be one of {', '.join(REDUCES)}, got "
+                              f"{cfg.feddymem.reduce!r}")
+        if cfg.feddymem.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"feddymem.aggregation must be one of {', '.join(AGGREGATIONS)}, "
+                              f"got {cfg.feddymem.aggregation!r}")
+        if cfg.feddymem.aggregation == "average" and cfg.feddymem.reduce != "positional":
+            raise ConfigError(f"feddymem.aggregation=average averages positions; a set bank "
+                              f"(feddymem.reduce={cfg.feddymem.reduce}) has none")
         self.bank: torch.Tensor | None = None
         # a weight exchange: the client's own bank is kept (state) and rounds counted
         self.own_bank: torch.Tensor | None = None
@@ -78,21 +78,22 @@ class FedDyMem:
         """The head, its optimiser and shuffling state (seeded by ``seed``)."""
         if self._client is None:
             self._client = FedDyMemClient(self.shape.channels, self.cfg.head, self.cfg.train,
-                                          self.device, seed=self.seed)
+                                          self.device, seed=self.seed,
+                                          memory=self.cfg.feddymem)
         return self._client
 
     @property
     def positional(self) -> bool:
-        """The paper's ``(H, W, C)`` bank (``train.reduce=positional``), else a set bank."""
-        return self.cfg.train.reduce == "positional"
+        """The paper's ``(H, W, C)`` bank (``feddymem.reduce=positional``), else a set bank."""
+        return self.cfg.feddymem.reduce == "positional"
 
     @property
     def bank_shape(self) -> tuple[int, ...]:
-        """``(H, W, C)`` (paper) or ``(K, C)`` for a set bank (``K = train.bank_size``,
+        """``(H, W, C)`` (paper) or ``(K, C)`` for a set bank (``K = feddymem.bank_size``,
         default ``H*W``: the same upload size)."""
         if self.positional:
             return self.shape.height, self.shape.width, self.shape.channels
-        k = self.cfg.train.bank_size or self.shape.height * self.shape.width
+        k = self.cfg.feddymem.bank_size or self.shape.height * self.shape.width
         return k, self.shape.channels
 
     def _reduce(self, features: torch.Tensor, previous: torch.Tensor | None,
@@ -189,18 +190,18 @@ class FedDyMem:
         """Alg. 3: K-means of the ``N*H*W`` uploaded features into ``H*W`` centres (set
         banks: ``N*K`` into ``K``, seeded k-means++ since positions mean nothing there);
         ``average`` (Table III's ablation) or ``coreset`` (greedy coreset of the union,
-        beyond the paper) by ``train.aggregation``."""
+        beyond the paper) by ``feddymem.aggregation``."""
         banks = [torch.from_numpy(np.asarray(s[BANK], dtype=np.float32)) for s in summaries]
-        train = self.cfg.train
+        train, mem = self.cfg.train, self.cfg.feddymem
         seed = train.seed + round_t
         rows = torch.cat([as_rows(b) for b in banks])
         size = min(int(np.prod(self.bank_shape[:-1])), rows.shape[0])  # set banks: <= K
-        if train.aggregation == "coreset":
+        if mem.aggregation == "coreset":
             shape = self.bank_shape if self.positional else (size, rows.shape[1])
             bank = rows[greedy_coreset(rows, size, seed=seed)].reshape(shape)
         elif self.positional:
-            bank = aggregate(banks, train.aggregation, seed=seed, niter=train.kmeans_iters,
-                             init=train.kmeans_init)
+            bank = aggregate(banks, mem.aggregation, seed=seed, niter=train.kmeans_iters,
+                             init=mem.kmeans_init)
         else:  # kmeans of a set bank (__init__ refused average)
             bank = kmeans(rows, size, seed=seed, niter=train.kmeans_iters, init="kmeans++")
         return {BANK: np.ascontiguousarray(bank.numpy())}

@@ -40,7 +40,7 @@ def metric_loss(
 def repulsive_loss(features: torch.Tensor, bank: torch.Tensor, negative_idx: torch.Tensor,
                    margin: float) -> torch.Tensor:
     """CFA's repulsive term (Lee et al. 2022, Eq. 5), beyond the paper: a switch
-    (``train.repulsion``) against the head collapsing every patch, anomalous ones included,
+    (``feddymem.repulsion``) against the head collapsing every patch, anomalous ones included,
     onto the bank.
 
     ``mean max(0, margin - ||m_hw - m'_j||_2)`` over the ``J`` bank features ranked
@@ -57,7 +57,7 @@ def repulsive_loss(features: torch.Tensor, bank: torch.Tensor, negative_idx: tor
 def bank_spacing(bank: torch.Tensor, sample: int = 4096, seed: int = 0) -> float:
     """Median distance of a bank feature to its nearest *other* bank feature (on a seeded
     sample of at most ``sample`` features): the scale of the repulsive margin and of the
-    relative threshold (``train.threshold_scale``)."""
+    relative threshold (``feddymem.threshold_scale``)."""
     feats = bank.reshape(-1, bank.shape[-1]).to(torch.float32)
     if feats.shape[0] < 2:
         return 0.0

@@ -1,4 +1,4 @@
-"""Memory-reduce as a *set* (``train.reduce=coreset|kmeans``): a switch beyond the paper.
+"""Memory-reduce as a *set* (``feddymem.reduce=coreset|kmeans``): a switch beyond the paper.
 
 The paper's memory-reduce (Eq. 14-16, :mod:`.reduce`) averages the clients' memory maps
 position by position into one ``(H, W, C)`` map. On real data whose images are neither
@@ -18,7 +18,7 @@ representatives (``K = H*W`` by default: the paper's upload size):
   instead of the one at the same position.
 
 Eq. 16's rEMA then mixes each representative with its nearest feature of the received
-bank (``train.rema``), the set analogue of mixing position ``(h, w)`` with position
+bank (``feddymem.rema``), the set analogue of mixing position ``(h, w)`` with position
 ``(h, w)``.
 """
 
