@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.detectors.registry import resolve
 from fedad.federation.in_process import InProcess
 from fedad.federation.records import EVALUATE, Envelope

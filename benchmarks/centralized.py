@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, command_line, machine, write_results  # noqa: E402
 
-from fedad.centralized import run_centralized  # noqa: E402
 from fedad.cli.overrides import compose
-from fedad.config import HeadConfig  # noqa: E402
+from fedad.config.schema import HeadConfig  # noqa: E402
+from fedad.federation.centralized import run_centralized  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
 
 METRICS = ("i_auroc", "p_auroc", "pro")

@@ -35,11 +35,11 @@ from fedad.components.coreset import (  # noqa: E402
     greedy_coreset,
     project,
 )
-from fedad.config import RunConfig  # noqa: E402
+from fedad.config.schema import RunConfig  # noqa: E402
 from fedad.data.factory import build_dataset  # noqa: E402
 from fedad.device import resolve_device  # noqa: E402
-from fedad.feature_cache import dataset_features  # noqa: E402
-from fedad.features import (
+from fedad.features.cache import dataset_features  # noqa: E402
+from fedad.features.extractor import (
     build_feature_extractor,  # noqa: E402
     layers_for_strides,  # noqa: E402
 )

@@ -3,7 +3,7 @@
     python benchmarks/detectors.py --root ../shared/data/mtd [--detectors patchcore padim]
         [--work DIR] [--out DIR] [key=value ...]
 
-Centralized: :func:`fedad.centralized.run_centralized` (one client holds all training
+Centralized: :func:`fedad.federation.centralized.run_centralized` (one client holds all training
 images, no Flower). Federated: ``fedad-sim``'s launcher through Flower's simulation runtime,
 5 clients, Dirichlet alpha 0.1 over product types, partition seed 0; FedDyMem runs 10
 rounds x E=1 (evaluated after rounds 5 and 10), frozen-feature detectors one round. Both
@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, command_line, machine, write_results  # noqa: E402
 from federated import breakdown  # noqa: E402
 
-from fedad.centralized import run_centralized  # noqa: E402
 from fedad.cli.overrides import compose  # noqa: E402
 from fedad.cli.processes import exit_on_sigterm  # noqa: E402
 from fedad.cli.sim import SimConfig, launch, run_config_of  # noqa: E402
 from fedad.detectors.registry import DETECTORS  # noqa: E402
+from fedad.federation.centralized import run_centralized  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
 
 log = logging.getLogger("fedad")

@@ -9,10 +9,10 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from clients.codec import envelope_of, reply_message
+from fedad.config.flat import from_flat
 from fedad.federation.records import EVALUATE, QUERY, TRAIN
 from fedad.federation.site import handle
 from fedad.federation.site_data import node_data
-from fedad.runconfig import from_flat
 from partitions import partition_node
 
 app = ClientApp()

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from fedad.federation.payload import CONFIG, FILES, METRICS
 from fedad.federation.records import Envelope, Records, Reply
-from fedad.payload import CONFIG, FILES, METRICS
 
 
 def content(records: Records, **named: dict) -> RecordDict:

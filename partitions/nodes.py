@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, replace
 
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.data.factory import build_dataset
 from fedad.federation.site_data import NodeData
 from partitions.split import partition_indices
-
 
 _PARTS: dict[str, tuple[tuple[int, ...], ...]] = {}
 

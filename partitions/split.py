@@ -51,7 +51,7 @@ from flwr_datasets.partitioner import (
     PathologicalPartitioner,
 )
 
-from fedad.config import PartitionConfig
+from fedad.config.schema import PartitionConfig
 from fedad.errors import ConfigError
 
 VALID_METHODS = ("dirichlet", "iid", "pathological")

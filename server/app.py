@@ -7,10 +7,10 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedad.config.flat import from_flat
 from fedad.detectors.registry import resolve
 from fedad.federation.run import federate, run_folder
 from fedad.progress import setup_logging
-from fedad.runconfig import from_flat
 from server.transport import GridTransport, wait_for_nodes
 
 app = ServerApp()

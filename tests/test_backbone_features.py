@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from skimage import data as skdata
 
-from fedad.backbones import create_backbone, normalisation, pair_state_dict_by_order
-from fedad.config import BackboneConfig, DataConfig
+from fedad.config.schema import BackboneConfig, DataConfig
 from fedad.data.factory import build_dataset
 from fedad.errors import ConfigError
-from fedad.feature_cache import clear_memory_cache, extract_features
-from fedad.features import FeatureExtractor, build_feature_extractor, extractor_signature
+from fedad.features.backbones import create_backbone, normalisation, pair_state_dict_by_order
+from fedad.features.cache import clear_memory_cache, extract_features
+from fedad.features.extractor import FeatureExtractor, build_feature_extractor, extractor_signature
 
 CAT_CLASSES = set(range(281, 286))  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fedad.cli.sim import run_config_of
-from fedad.config import HeadConfig, RunConfig
+from fedad.config.schema import HeadConfig, RunConfig
 from fedad.detectors.base import FeatureShape
 from fedad.detectors.registry import create, exchange_for, resolve
 from fedad.federation.exchanges.weights import WEIGHTS

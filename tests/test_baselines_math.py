@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fedad.components.states import weighted_mean
-from fedad.config import HeadConfig
+from fedad.config.schema import HeadConfig
 from fedad.detectors.feddymem.head import FedDyMemHead
 from fedad.federation.exchanges.fedbn import batchnorm_keys, merge_state, split_state
 from fedad.federation.exchanges.fedprox import proximal_term
@@ -317,7 +317,7 @@ def test_split_merge_round_trip_and_fedbn_round():
 def test_fedbn_refuses_a_model_without_batchnorm():
     """FedBN on a head without BatchNorm would silently be FedAvg: refused when the config
     is composed (registry.check) and by the exchange itself, naming the fix."""
-    from fedad.config import HeadConfig, RunConfig
+    from fedad.config.schema import HeadConfig, RunConfig
     from fedad.detectors.base import FeatureShape
     from fedad.detectors.registry import check, create, exchange_for, resolve
     from fedad.errors import ConfigError

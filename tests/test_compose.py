@@ -13,8 +13,8 @@ import yaml
 from flwr.common.config import parse_config_args
 
 from fedad.cli.certs import DEFAULT_HOSTS, make_certificates
-from fedad.config import RunConfig
-from fedad.runconfig import from_flat, to_flat
+from fedad.config.flat import from_flat, to_flat
+from fedad.config.schema import RunConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -15,10 +15,10 @@ from omegaconf import OmegaConf
 
 from fedad.cli.overrides import compose
 from fedad.cli.sim import SimConfig, run_config_of  # registers the run_schema config
-from fedad.config import RunConfig, check_choices, choices_of
+from fedad.config.flat import from_flat, to_flat
+from fedad.config.schema import RunConfig, check_choices, choices_of
 from fedad.detectors.registry import check, resolve
 from fedad.errors import ConfigError
-from fedad.runconfig import from_flat, to_flat
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fedad.config import DataConfig
+from fedad.config.schema import DataConfig
 from fedad.data import ANOMALOUS, NORMAL, AnomalyDataset, SampleRecord, build_dataset
 from fedad.data.factory import has_masks, part_names
 from fedad.data.io import FileSource, list_images, read_image, read_mask, require_dir

@@ -15,7 +15,7 @@ from fedad.cli.certs import make_certificates
 from fedad.cli.connections import Connection, write_connections
 from fedad.cli.connections import main as connections_main
 from fedad.cli.sites import make_sites
-from fedad.config import DataConfig, RunConfig
+from fedad.config.schema import DataConfig, RunConfig
 from fedad.data.factory import build_dataset
 from fedad.errors import ConfigError, FedadError
 from fedad.federation.site_data import node_config_applied, node_data

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.detectors.base import Detector, FeatureShape, Scores
 from fedad.detectors.registry import (
     DETECTORS,
@@ -24,7 +24,7 @@ from fedad.detectors.registry import (
     schedule,
 )
 from fedad.errors import BankError, ConfigError
-from fedad.feature_cache import clear_memory_cache
+from fedad.features.cache import clear_memory_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(texture_train_per_type=6, texture_test_normal_per_type=2,
@@ -95,7 +95,7 @@ def test_feddymem_metrics_pinned_across_the_move_to_the_contract():
     Exact on the host they were measured on; another host's CPU kernels round differently
     (measured: P-AUROC and PRO move by 2e-7 on an AMX host and with oneDNN capped at AVX2,
     I-AUROC not at all), hence the 1e-5 tolerance."""
-    from fedad.centralized import run_centralized
+    from fedad.federation.centralized import run_centralized
 
     clear_memory_cache()  # features depend (in float rounding) on the batch they came in
     cfg = RunConfig()
@@ -118,8 +118,8 @@ def test_feddymem_federated_rounds_pinned_across_the_move_to_the_contract():
     to 3.3% and its I-AUROC by up to 2/36, the means over clients by at most 0.3% and
     0.019. So the means are held tight and each client loosely; a broken move changes far
     more (same-host exactness is tests/test_reliability.py's)."""
+    from fedad.evaluation.metrics import evaluate
     from fedad.federation.site_data import load_client_data
-    from fedad.metrics import evaluate
     from partitions import site_indices
 
     clear_memory_cache()  # features depend (in float rounding) on the batch they came in
@@ -193,8 +193,8 @@ def test_client_and_server_adapters_name_no_detector():
 
     names = set(DETECTORS) | set(EXCHANGES) | {"bank"}
     files = [*ROOT.glob("clients/*.py"), *ROOT.glob("server/*.py"),
-             *(ROOT / "fedad/federation").glob("*.py"), ROOT / "fedad/centralized.py",
-             ROOT / "fedad/predict.py", ROOT / "benchmarks/_inprocess.py"]
+             *(ROOT / "fedad/federation").glob("*.py"), ROOT / "fedad/federation/centralized.py",
+             ROOT / "fedad/evaluation/predict.py", ROOT / "benchmarks/_inprocess.py"]
     for path in files:
         strings = _names_in(path)
         assert not strings & names, f"{path.relative_to(ROOT)} names {strings & names}"

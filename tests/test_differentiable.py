@@ -9,9 +9,9 @@ import torch
 
 from fedad.detectors.base import DifferentiableDetector, FeatureShape, Scores
 from fedad.detectors.registry import create, feature_config
-from fedad.differentiable import Refinement, differentiable, refined_scores, score_images
 from fedad.errors import ConfigError
-from fedad.features import build_feature_extractor
+from fedad.evaluation.differentiable import Refinement, differentiable, refined_scores, score_images
+from fedad.features.extractor import build_feature_extractor
 from tests.test_detectors import features, tiny_cfg
 
 SHAPE = FeatureShape(12, 4, 4)

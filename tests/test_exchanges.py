@@ -13,7 +13,6 @@ import torch
 
 import tests.toy_trainable  # noqa: F401  (registers the toy detector and exchange)
 from clients.codec import arrays_of, content
-from fedad.checkpoint import load_server, save_server
 from fedad.detectors.base import FeatureShape, Scores
 from fedad.detectors.registry import (
     DETECTORS,
@@ -24,6 +23,7 @@ from fedad.detectors.registry import (
     resolve,
 )
 from fedad.errors import BankError
+from fedad.federation.checkpoint import load_server, save_server
 from fedad.federation.exchanges.base import Upload
 from tests.test_detectors import features, tiny_cfg
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fedad.config import HeadConfig, ScoreConfig, TrainConfig
+from fedad.config.schema import HeadConfig, ScoreConfig, TrainConfig
 from fedad.detectors.feddymem import (
     FedDyMemClient,
     FedDyMemHead,

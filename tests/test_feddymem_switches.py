@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedad.components.knn import NearestNeighbours
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.detectors.base import FeatureShape
 from fedad.detectors.feddymem.detector import FedDyMem
 from fedad.detectors.feddymem.loss import bank_spacing, repulsive_loss
@@ -141,7 +141,7 @@ def test_set_bank_switches_are_checked():
 
 
 def test_relative_threshold_leaves_patches_within_the_bank_spacing_alone():
-    from fedad.config import FedDyMemConfig, HeadConfig, TrainConfig
+    from fedad.config.schema import FedDyMemConfig, HeadConfig, TrainConfig
     from fedad.detectors.feddymem.client import FedDyMemClient
 
     feats = torch.randn(4, 8, 4, 4, generator=torch.Generator().manual_seed(0))
@@ -157,7 +157,7 @@ def test_relative_threshold_leaves_patches_within_the_bank_spacing_alone():
 
 
 def test_identity_init_starts_the_head_as_the_activated_features():
-    from fedad.config import HeadConfig
+    from fedad.config.schema import HeadConfig
     from fedad.detectors.feddymem.head import FedDyMemHead
 
     x = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(1))

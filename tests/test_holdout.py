@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedad.config import DataConfig, PartitionConfig
+from fedad.config.schema import DataConfig, PartitionConfig
 from fedad.data.factory import build_dataset
 from fedad.data.holdout import holdout_split
 from fedad.errors import ConfigError

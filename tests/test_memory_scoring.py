@@ -10,11 +10,11 @@ from scipy.ndimage import gaussian_filter
 
 from fedad.components.kmeans import kmeans
 from fedad.components.knn import NearestNeighbours, torch_knn
+from fedad.components.maps import anomaly_maps, gaussian_blur, image_scores, patch_scores
 from fedad.components.validate import check_bank, check_state
 from fedad.detectors.base import summary_nbytes
 from fedad.detectors.feddymem.aggregate import aggregate, average_aggregate, kmeans_aggregate
 from fedad.errors import BankError
-from fedad.scoring import anomaly_maps, gaussian_blur, image_scores, patch_scores
 
 
 def test_knn_matches_brute_force():

@@ -1,4 +1,4 @@
-"""Metrics against brute-force references written independently of fedad.metrics."""
+"""Metrics against brute-force references written independently of fedad.evaluation.metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from fedad.metrics import evaluate, f1_max, image_auroc, pixel_auroc, pro_score
+from fedad.evaluation.metrics import evaluate, f1_max, image_auroc, pixel_auroc, pro_score
 
 # --------------------------------------------------------------------------------------------
 # Brute-force references

@@ -15,7 +15,7 @@ from fedad.components.gaussian import (
     position_statistics,
     unpack_upper,
 )
-from fedad.config import PaDiMConfig, RunConfig, ScoreConfig
+from fedad.config.schema import PaDiMConfig, RunConfig, ScoreConfig
 from fedad.detectors.base import Detector, FeatureShape, summary_nbytes
 from fedad.detectors.padim import PaDiM, channel_subset, position_rows, upload_nbytes
 from fedad.errors import BankError

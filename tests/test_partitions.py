@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from fedad.config import PartitionConfig
+from fedad.config.schema import PartitionConfig
 from fedad.errors import ConfigError
 from partitions import counts_table, partition_indices, plot_counts
 from partitions.report import count_matrix

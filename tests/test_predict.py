@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedad.centralized import run_centralized
 from fedad.cli.predict import main as predict_main
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.data.export import write_mvtec
 from fedad.data.factory import build_dataset
 from fedad.detectors.registry import feature_config, resolve
 from fedad.errors import ConfigError, DataError
+from fedad.evaluation.predict import false_alarm_rate, predict
+from fedad.federation.centralized import run_centralized
 from fedad.federation.site_data import load_client_data
-from fedad.predict import false_alarm_rate, predict
-from fedad.site import calibrate
+from fedad.federation.site_files import calibrate
 
 TINY = dict(texture_train_per_type=8, texture_test_normal_per_type=1,
             texture_test_anomalous_per_type=1, image_size=64)

@@ -12,7 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from fedad.checkpoint import (
+from fedad.data.dataset import AnomalyDataset
+from fedad.data.io import FileSource
+from fedad.data.sample import SampleRecord
+from fedad.errors import BadFilesError, ConfigError
+from fedad.features.cache import extract_features
+from fedad.federation.checkpoint import (
     client_file,
     config_changes,
     load_client,
@@ -20,11 +25,6 @@ from fedad.checkpoint import (
     save_client,
     save_server,
 )
-from fedad.data.dataset import AnomalyDataset
-from fedad.data.io import FileSource
-from fedad.data.sample import SampleRecord
-from fedad.errors import BadFilesError, ConfigError
-from fedad.feature_cache import extract_features
 from fedad.federation.server import STARTUP, delivered
 from tests.test_server import reply, strategy
 
@@ -150,7 +150,7 @@ def test_a_run_stuck_pending_is_stopped_with_a_message(tmp_path: Path, monkeypat
 def test_scaffold_server_state_survives_a_checkpoint(tmp_path: Path):
     """The server's own state (global weights, SCAFFOLD's control variate, the reference
     shapes, the history) comes back from the checkpoint file as it was."""
-    from fedad.config import RunConfig
+    from fedad.config.schema import RunConfig
     from fedad.federation.server import Delivery, Server
     from tests.test_server import toy_weights, weight_reply
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
+from fedad.detectors.base import BANK
 from fedad.errors import ConfigError
 from fedad.federation.exchanges.summary import SUMMARY
 from fedad.federation.faults import active, corrupt, inject, parse_faults
+from fedad.federation.robust import median_outliers
 from fedad.federation.server import Server, short_reason
-from fedad.payload import BANK
-from fedad.robust import median_outliers
 from tests.test_server import C, delivery, good, reply, strategy, toy_weights, weight_reply
 
 

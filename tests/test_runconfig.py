@@ -11,9 +11,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-from fedad.config import DataConfig, RunConfig
+from fedad.config.flat import from_flat, to_flat, toml_table
+from fedad.config.schema import DataConfig, RunConfig
 from fedad.errors import ConfigError
-from fedad.runconfig import from_flat, to_flat, toml_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,5 +57,5 @@ def test_pyproject_flower_config_equals_dataclass_defaults():
 
     assert dict(flatten(table)) == to_flat(RunConfig()), (
         "pyproject.toml [tool.flwr.app.config] is out of date; regenerate it with\n"
-        "python -c 'from fedad.runconfig import toml_table; print(toml_table())'\n"
+        "python -c 'from fedad.config.flat import toml_table; print(toml_table())'\n"
         + toml_table())

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
+from fedad.detectors.base import BANK
 from fedad.federation.exchanges.scaffold import CONTROL, CONTROL_DELTA, ScaffoldExchange
 from fedad.federation.exchanges.summary import SUMMARY
 from fedad.federation.exchanges.weights import WEIGHTS
 from fedad.federation.records import Reply
 from fedad.federation.server import Delivery, Server
-from fedad.payload import BANK
 
 H, W, C = 3, 3, 176  # Lite0 levels 1-3 at 12 px: what the server expects
 

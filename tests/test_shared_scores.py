@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from fedad import shared_scores
 from fedad.detectors.base import FeatureShape
 from fedad.detectors.registry import client_seed, create
-from fedad.feature_cache import FeatureSet
+from fedad.evaluation import shared_scores
+from fedad.features.cache import FeatureSet
 from tests.test_detectors import features, tiny_cfg
 
 SHAPE = FeatureShape(12, 4, 4)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fedad.errors import FedadError
-from fedad.sweep_report import make_report
+from fedad.evaluation.sweep_report import make_report
 
 TINY = ["num_clients=2", "client_cpus=2", "train.rounds=2", "partition.min_samples=1",
         "eval_every=1", "dataset.texture_train_per_type=6",
@@ -98,7 +98,7 @@ def test_report_names_what_is_wrong(tmp_path: Path):
 
 
 def test_a_cell_with_one_seed_shows_no_spread():
-    from fedad.sweep_report import _fmt, _stat
+    from fedad.evaluation.sweep_report import _fmt, _stat
 
     assert _fmt(_stat([0.75])) == "0.7500"  # not "0.7500 ± 0.0000": one seed has no spread
     assert _fmt(_stat([0.7, 0.8])) == "0.7500 ± 0.0500"

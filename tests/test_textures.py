@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fedad.config import DataConfig
+from fedad.config.schema import DataConfig
 from fedad.data import textures
 from fedad.data.sample import ANOMALOUS, NORMAL, SampleRecord
 from fedad.data.textures import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedad.config import DataConfig, RunConfig
+from fedad.config.schema import DataConfig, RunConfig
 from fedad.data.factory import build_dataset
 from fedad.data.holdout import holdout_split
 from fedad.data.synthetic import with_synthetic_anomalies

@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from fedad.centralized import run_centralized
 from fedad.cli.overrides import compose
 from fedad.errors import FedadError
+from fedad.federation.centralized import run_centralized
 from fedad.progress import setup_logging
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from fedad.checkpoint import SERVER_FILE
 from fedad.cli.processes import alive, descendants
+from fedad.federation.checkpoint import SERVER_FILE
 
 log = logging.getLogger("fedad")
 

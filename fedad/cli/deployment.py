@@ -26,7 +26,7 @@ from fedad.cli.flwr_run import flwr_run, run_status
 from fedad.cli.overrides import compose
 from fedad.cli.processes import ManagedProcess, exit_on_sigterm, flower_env, free_port
 from fedad.cli.sim import PROJECT, write_run_config
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.errors import FedadError
 from fedad.progress import setup_logging
 

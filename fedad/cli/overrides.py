@@ -1,6 +1,6 @@
 """One compose path for every command: Hydra's, over ``conf/`` (the groups ``method=``,
 ``dataset=``, ``partition=``, ``backbone=``, ``variant=`` and dotted ``key=value``
-overrides), onto the typed :class:`~fedad.config.RunConfig`, then checked
+overrides), onto the typed :class:`~fedad.config.schema.RunConfig`, then checked
 (:func:`fedad.detectors.registry.check`) before anything starts. ``fedad-sim`` composes the
 same way (``@hydra.main`` over the same folder and schema)."""
 
@@ -15,10 +15,10 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fedad.config import RunConfig
+from fedad.config.flat import migrated_override
+from fedad.config.schema import RunConfig
 from fedad.detectors.registry import check
 from fedad.errors import ConfigError
-from fedad.runconfig import migrated_override
 
 
 def compose(overrides: Sequence[str] = (), base: RunConfig | None = None) -> RunConfig:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from fedad.errors import FedadError
-from fedad.predict import predict, write_predictions
+from fedad.evaluation.predict import predict, write_predictions
 from fedad.progress import setup_logging
 
 

@@ -1,5 +1,5 @@
 """``fedad-report <sweep folder>``: one table (Markdown, CSV, JSON) and the figures of a
-``fedad-sim -m`` sweep (see :mod:`fedad.sweep_report`).
+``fedad-sim -m`` sweep (see :mod:`fedad.evaluation.sweep_report`).
 
     fedad-report multirun/2026-11-23/10-00-00              # writes <folder>/report/
     fedad-report multirun/2026-11-23/10-00-00 --out DIR
@@ -12,8 +12,8 @@ import logging
 import sys
 
 from fedad.errors import FedadError
+from fedad.evaluation.sweep_report import make_report
 from fedad.progress import setup_logging
-from fedad.sweep_report import make_report
 
 log = logging.getLogger("fedad")
 

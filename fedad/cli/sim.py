@@ -29,19 +29,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fedad.checkpoint import load_server
 from fedad.cli.crash import processes_of
 from fedad.cli.flwr_run import flwr_run, run_status
 from fedad.cli.processes import exit_on_sigterm
 from fedad.cli.superlink import CONNECTION, LocalSuperLink
-from fedad.config import RunConfig
+from fedad.config.flat import toml_table
+from fedad.config.schema import RunConfig
 from fedad.data.factory import build_dataset
 from fedad.detectors.registry import check
 from fedad.errors import ConfigError, FedadError
+from fedad.federation.checkpoint import load_server
+from fedad.federation.provenance import write_versions
+from fedad.federation.run_status import completed_with, write_status
 from fedad.progress import setup_logging
-from fedad.provenance import write_versions
-from fedad.run_status import completed_with, write_status
-from fedad.runconfig import toml_table
 
 log = logging.getLogger("fedad")
 PROJECT = Path(__file__).resolve().parents[2]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedad.config import DataConfig
+from fedad.config.schema import DataConfig
 from fedad.data.dataset import AnomalyDataset, ImageSource
 from fedad.data.io import FileSource, check_split
 from fedad.data.mixed import mixed_records

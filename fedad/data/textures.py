@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from fedad.config import DataConfig
+from fedad.config.schema import DataConfig
 from fedad.data.dataset import AnomalyDataset
 from fedad.data.sample import ANOMALOUS, NORMAL, SampleRecord
 from fedad.errors import ConfigError, DataError

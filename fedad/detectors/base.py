@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 Summary = dict[str, np.ndarray]
+BANK = "bank"  # the array of a summary that holds a memory bank (FedDyMem, PatchCore)
 
 
 @dataclass
@@ -150,8 +151,8 @@ class Detector(Protocol):
 
     def descriptor(self, summary: Summary) -> np.ndarray:
         """One vector of the same length for every validated upload, what robust
-        aggregation (:mod:`fedad.robust`) compares across clients (e.g. the mean and spread
-        of a bank's features)."""
+        aggregation (:mod:`fedad.federation.robust`) compares across clients (e.g. the
+        mean and spread of a bank's features)."""
         ...
 
 
@@ -181,7 +182,7 @@ class TrainableDetector(Detector, Protocol):
 @runtime_checkable
 class DifferentiableDetector(Detector, Protocol):
     """A detector that also scores with gradients (what a refinement that optimises the
-    input image, such as F2PAD, needs; :mod:`fedad.differentiable`)."""
+    input image, such as F2PAD, needs; :mod:`fedad.evaluation.differentiable`)."""
 
     def score_features(self, features: torch.Tensor, global_summary: Summary,
                        image_size: int) -> Scores:

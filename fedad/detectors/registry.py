@@ -5,7 +5,7 @@ their names.
 
 Add a detector: write ``fedad/detectors/<name>/`` with a class that follows
 :class:`~fedad.detectors.base.Detector`, add one line to :data:`DETECTORS` and one config
-section (a dataclass field of :class:`~fedad.config.RunConfig` named like the detector, with
+section (a dataclass field of :class:`~fedad.config.schema.RunConfig` named like the detector, with
 an optional ``strides`` list choosing the backbone levels it reads).
 """
 
@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import torch
 
-from fedad.config import RunConfig, check_choices
+from fedad.config.schema import RunConfig, check_choices
 from fedad.detectors.base import Detector, FeatureShape
 from fedad.errors import ConfigError
 
@@ -129,7 +129,7 @@ def detector_class(name: str) -> type[Detector]:
 
 @lru_cache(maxsize=32)
 def _layers_for(backbone: str, strides: tuple[int, ...]) -> tuple[int, ...]:
-    from fedad.features import layers_for_strides
+    from fedad.features.extractor import layers_for_strides
 
     return tuple(layers_for_strides(backbone, strides))
 
@@ -155,7 +155,7 @@ def feature_config(cfg: RunConfig) -> RunConfig:
 
 def feature_shape(cfg: RunConfig) -> FeatureShape:
     """Geometry of the features the detector reads, without loading weights."""
-    from fedad.features import feature_geometry
+    from fedad.features.extractor import feature_geometry
 
     c, h, w = feature_geometry(feature_config(cfg).backbone, cfg.dataset.image_size)
     return FeatureShape(c, h, w)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.data.factory import build_dataset
 from fedad.detectors.base import Scores
+from fedad.evaluation.plots import plot_examples
 from fedad.federation.site_data import ClientData
-from fedad.plots import plot_examples
 
 
 def save_examples(cfg: RunConfig, data: ClientData, scores: Scores, out: str, n: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.federation.records import Envelope, Reply
 from fedad.federation.server import Delivery, delivered
 from fedad.federation.site import DictStore, handle

@@ -2,7 +2,7 @@
 run folder after every round, then the checkpoint (the commit point), and, at the end,
 the global summary that ``fedad-predict`` scores with. A resumed run (``resume=<run
 dir>``) goes on in the killed run's folder from its checkpoint, refusing a config that
-differs in anything but how to run (:data:`fedad.checkpoint.OPERATIONAL`)."""
+differs in anything but how to run (:data:`fedad.federation.checkpoint.OPERATIONAL`)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedad.checkpoint import config_changes, load_server, save_server, set_rng_state
-from fedad.config import RunConfig
+from fedad.config.flat import to_flat
+from fedad.config.schema import RunConfig
 from fedad.detectors.registry import label, resolve
 from fedad.errors import ConfigError
+from fedad.evaluation.report import write_run
+from fedad.federation.checkpoint import config_changes, load_server, save_server, set_rng_state
 from fedad.federation.server import Server, Transport
-from fedad.report import write_run
-from fedad.runconfig import to_flat
-from fedad.site import save_summary
+from fedad.federation.site_files import save_summary
 
 log = logging.getLogger("fedad")
 

@@ -5,7 +5,7 @@ checks of every reply and the exchange's aggregation.
 Each round: send every site its payload (the exchange's; a personalised exchange sends
 each its own), collect the replies, leave out errors, timeouts and uploads the exchange's
 ``validate`` refuses (each logged, named and recorded), and with ``robust.enabled`` the
-outliers among the valid uploads' descriptors (:mod:`fedad.robust`); go on when at least
+outliers among the valid uploads' descriptors (:mod:`fedad.federation.robust`); go on when at least
 ``min_clients`` remain (else stop naming the missing ones), aggregate, and every
 ``eval_every`` rounds (always the last) ask the sites to score. Before round 1 each site
 checks its data (start-up data check).
@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.detectors.registry import (
     create,
     evaluated,
@@ -34,9 +34,9 @@ from fedad.detectors.registry import (
 )
 from fedad.errors import BankError
 from fedad.federation.exchanges.base import Upload
+from fedad.federation.payload import NUM_EXAMPLES
 from fedad.federation.records import EVALUATE, QUERY, TRAIN, Envelope, Reply, nbytes
-from fedad.payload import NUM_EXAMPLES
-from fedad.robust import median_outliers
+from fedad.federation.robust import median_outliers
 
 log = logging.getLogger("fedad")
 # test metrics, then validation metrics (held-out normals + synthetic defects; sites with

@@ -28,13 +28,17 @@ from typing import Protocol
 
 import torch
 
-from fedad.checkpoint import load_client, save_client
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.detectors.base import Detector, FeatureShape
 from fedad.detectors.registry import client_seed, create, exchange_for, feature_config
 from fedad.errors import BadFilesError, ConfigError
+from fedad.evaluation.metrics import evaluate as compute_metrics
+from fedad.evaluation.scores import score
+from fedad.evaluation.shared_scores import score_shared
+from fedad.federation.checkpoint import load_client, save_client
 from fedad.federation.exchanges.base import Exchange
 from fedad.federation.faults import active, inject
+from fedad.federation.payload import NUM_EXAMPLES
 from fedad.federation.records import EVALUATE, QUERY, TRAIN, Envelope, Reply
 from fedad.federation.site_data import (
     ClientData,
@@ -43,11 +47,7 @@ from fedad.federation.site_data import (
     node_config_applied,
     validation_metrics,
 )
-from fedad.metrics import evaluate as compute_metrics
-from fedad.payload import NUM_EXAMPLES
-from fedad.scores import score
-from fedad.shared_scores import score_shared
-from fedad.site import save_site
+from fedad.federation.site_files import save_site
 
 log = logging.getLogger("fedad")
 EXCHANGE_STATE = "exchange."  # prefix of the exchange's part of a site's state
@@ -101,7 +101,7 @@ def restored_state(store: StateStore, envelope: Envelope, site: int,
                    stateful: Callable[[], bool]) -> dict[str, torch.Tensor] | None:
     """The site's state: the store's, or, in the first round of a resumed run (the message
     carries ``resume-round``; a fresh process has none), the site's checkpoint of that round
-    (:mod:`fedad.checkpoint`). ``None``: nothing to restore.
+    (:mod:`fedad.federation.checkpoint`). ``None``: nothing to restore.
 
     Raises:
         ConfigError: a resumed run, a site with state (``stateful()``, asked only then) and
@@ -185,7 +185,7 @@ def evaluate(run: SiteRound, envelope: Envelope) -> Reply:
     values: dict = {}
     if bool(envelope.config.get("test", True)):  # False: the validation split only
         # a stateless detector's scores of the shared test set are the same on every site
-        # of this process: scored (and measured) once (fedad/shared_scores.py)
+        # of this process: scored (and measured) once (fedad/evaluation/shared_scores.py)
         scores, memo = score_shared(detector, cfg, data.test, summary, size)
         if "metrics" not in memo:
             memo["metrics"] = compute_metrics(scores.image, data.test.labels, scores.maps,

@@ -29,17 +29,17 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from fedad.config import RunConfig
+from fedad.config.flat import to_flat
+from fedad.config.schema import RunConfig
 from fedad.data.dataset import AnomalyDataset
 from fedad.data.factory import FILE_DATASETS, build_dataset
 from fedad.data.holdout import holdout_split
 from fedad.data.synthetic import with_synthetic_anomalies
 from fedad.device import resolve_device
 from fedad.errors import ConfigError, DataError
-from fedad.feature_cache import FeatureSet, dataset_features
-from fedad.features import FeatureExtractor, build_feature_extractor
-from fedad.metrics import evaluate
-from fedad.runconfig import to_flat
+from fedad.evaluation.metrics import evaluate
+from fedad.features.cache import FeatureSet, dataset_features
+from fedad.features.extractor import FeatureExtractor, build_feature_extractor
 
 log = logging.getLogger("fedad")
 

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedad.components.maps import anomaly_maps, image_scores
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
 from fedad.detectors.base import FitInfo, Scores, TrainHooks, step
-from fedad.scoring import anomaly_maps, image_scores
 
 
 class AutoEncoder(nn.Module):

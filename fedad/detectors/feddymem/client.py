@@ -3,7 +3,7 @@ round (Alg. 5 ``ClientUpdate``: E epochs of the metric loss, then memory-reduce)
 scoring a test set against a global bank.
 
 Everything runs on precomputed frozen features ``(N, C, H, W)`` (see
-:mod:`fedad.feature_cache`), so the backbone is never re-run across epochs or rounds.
+:mod:`fedad.features.cache`), so the backbone is never re-run across epochs or rounds.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from collections.abc import Iterator
 import torch
 
 from fedad.components.knn import NearestNeighbours
+from fedad.components.maps import anomaly_maps, image_scores, patch_scores
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
 from fedad.components.rows import as_rows
-from fedad.config import FedDyMemConfig, HeadConfig, ScoreConfig, TrainConfig
+from fedad.config.schema import FedDyMemConfig, HeadConfig, ScoreConfig, TrainConfig
 from fedad.detectors.base import Scores, TrainHooks, step
 from fedad.detectors.feddymem.head import FedDyMemHead
 from fedad.detectors.feddymem.loss import bank_spacing, metric_loss, positions, repulsive_loss
 from fedad.detectors.feddymem.reduce import MemoryReducer
 from fedad.detectors.feddymem.set_reduce import set_reduce
 from fedad.errors import ConfigError
-from fedad.scoring import anomaly_maps, image_scores, patch_scores
 
 
 class FedDyMemClient:

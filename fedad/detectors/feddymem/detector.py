@@ -29,13 +29,12 @@ from fedad.components.coreset import greedy_coreset
 from fedad.components.kmeans import kmeans
 from fedad.components.rows import as_rows, row_moments
 from fedad.components.validate import check_bank, require_keys
-from fedad.config import RunConfig
-from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, TrainHooks
+from fedad.config.schema import RunConfig
+from fedad.detectors.base import BANK, FeatureShape, FitInfo, Scores, Summary, TrainHooks
 from fedad.detectors.feddymem.aggregate import aggregate
 from fedad.detectors.feddymem.client import FedDyMemClient
 from fedad.detectors.feddymem.set_reduce import SET_REDUCES
 from fedad.errors import BankError, ConfigError
-from fedad.payload import BANK
 
 REDUCES = ("positional", *SET_REDUCES)
 AGGREGATIONS = ("kmeans", "average", "coreset")

@@ -31,12 +31,12 @@ from fedad.components.gaussian import (
     packed_size,
     position_statistics,
 )
+from fedad.components.maps import anomaly_maps, image_scores
 from fedad.components.validate import check_array, require_keys
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, summary_fingerprint
 from fedad.detectors.padim.statistics import channel_subset, position_rows
 from fedad.errors import BankError, ConfigError
-from fedad.scoring import anomaly_maps, image_scores
 
 KEYS = ("count", "mean", "scatter")
 MAX_COUNT = 10**9  # images one upload may claim

@@ -1,7 +1,7 @@
 """PatchCore (Roth et al. 2022) on the detector contract (:mod:`fedad.detectors.base`).
 
 Features arrive locally aware (3x3 averaged, levels at strides 8 and 16 fused: Sec. 3.1,
-done by :mod:`fedad.features`). Each patch position of each training image is one
+done by :mod:`fedad.features.extractor`). Each patch position of each training image is one
 row of the memory bank.
 
 Client: ``fit`` keeps a greedy coreset (Alg. 1) of ``upload_ratio`` of its patches; that
@@ -29,14 +29,13 @@ import torch
 from fedad.components.coreset import greedy_coreset
 from fedad.components.kmeans import kmeans
 from fedad.components.knn import NearestNeighbours, torch_knn
+from fedad.components.maps import anomaly_maps
 from fedad.components.rows import patch_rows, row_moments
 from fedad.components.validate import check_array, check_bank, require_keys
-from fedad.config import RunConfig
-from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary
+from fedad.config.schema import RunConfig
+from fedad.detectors.base import BANK, FeatureShape, FitInfo, Scores, Summary
 from fedad.errors import BankError, ConfigError
-from fedad.scoring import anomaly_maps
 
-BANK = "bank"
 COUNT = "count"
 MERGES = ("coreset", "kmeans", "concat")
 _SCORE_ROWS = 65_536  # test patches searched at once

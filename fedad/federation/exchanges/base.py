@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from fedad.components.validate import require_keys
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.detectors.base import Detector, FitInfo, Summary
 from fedad.federation.records import Records
 
@@ -93,7 +93,7 @@ class Exchange:
         return upload
 
     def descriptor(self, upload: Records) -> np.ndarray:
-        """One vector per valid upload, of equal length, for :mod:`fedad.robust`."""
+        """One vector per valid upload, of equal length, for :mod:`fedad.federation.robust`."""
         return np.zeros(0)
 
     def aggregate(self, uploads: Sequence[Upload], round_t: int) -> None:

@@ -139,7 +139,7 @@ def server_update(
 import numpy as np  # noqa: E402
 
 from fedad.components.validate import check_state  # noqa: E402
-from fedad.config import RunConfig  # noqa: E402
+from fedad.config.schema import RunConfig  # noqa: E402
 from fedad.detectors.base import FitInfo, TrainHooks  # noqa: E402
 from fedad.federation.exchanges.base import Upload  # noqa: E402
 from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange  # noqa: E402

@@ -24,7 +24,7 @@ from fedad.detectors.base import FitInfo, Summary, TrainHooks
 from fedad.errors import ConfigError
 from fedad.federation.exchanges.base import Exchange, Upload
 from fedad.federation.records import Arrays, Records, arrays, tensors
-from fedad.robust import flat_update
+from fedad.federation.robust import flat_update
 
 WEIGHTS = "weights"  # the record of model weights, both ways
 

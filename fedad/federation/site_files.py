@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedad.checkpoint import atomic_write
 from fedad.detectors.base import Detector, Summary
 from fedad.errors import ConfigError
+from fedad.federation.checkpoint import atomic_write
 
 SUMMARY_FILE = "global_summary.npz"
 

@@ -17,7 +17,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from fedad.config import MOVED_TO_FEDDYMEM, RunConfig, check_choices
+from fedad.config.schema import MOVED_TO_FEDDYMEM, RunConfig, check_choices
 from fedad.errors import ConfigError
 
 Scalar = str | int | float | bool
@@ -135,7 +135,7 @@ def from_flat(flat: Mapping[str, Scalar], cls: type = RunConfig) -> Any:
 
     Raises:
         ConfigError: a key that is not a config field, a value of the wrong type, or a
-            choice field (:func:`~fedad.config.choice`) set to a value it does not allow.
+            choice field (:func:`~fedad.config.schema.choice`) set to a value it does not allow.
     """
     nested: dict[str, Any] = {}
     for key, value in flat.items():

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedad.backbones import create_backbone, normalisation
-from fedad.config import BackboneConfig
+from fedad.config.schema import BackboneConfig
 from fedad.errors import ConfigError
+from fedad.features.backbones import create_backbone, normalisation
 
 
 class FeatureExtractor(nn.Module):

@@ -17,11 +17,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedad.config import RunConfig
+from fedad.config.flat import to_flat
+from fedad.config.schema import RunConfig
 from fedad.detectors.base import Detector, Scores, summary_fingerprint
-from fedad.feature_cache import FeatureSet
-from fedad.runconfig import to_flat
-from fedad.scores import score
+from fedad.evaluation.scores import score
+from fedad.features.cache import FeatureSet
 
 # (key, the features it was computed on (kept so their id cannot be reused), scores, memo)
 _LAST: list[tuple[bytes, FeatureSet, Scores, dict]] = []

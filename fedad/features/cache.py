@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.data.dataset import AnomalyDataset
 from fedad.data.screen import Guarded, check_on_bad, collate_guarded, refuse
 from fedad.errors import ConfigError
-from fedad.features import FeatureExtractor, extractor_signature
+from fedad.features.extractor import FeatureExtractor, extractor_signature
 from fedad.progress import progress
 
 log = logging.getLogger("fedad")

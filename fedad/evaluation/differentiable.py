@@ -3,7 +3,7 @@
 The fast path scores cached frozen features through faiss without gradients. A refinement
 that changes the *image* to explain the anomaly (F2PAD: ``x = n + a``, optimise ``n`` so
 that its features score as normal) needs the whole chain differentiable:
-images -> frozen backbone (:meth:`~fedad.features.FeatureExtractor.fuse`, gradients to the
+images -> frozen backbone (:meth:`~fedad.features.extractor.FeatureExtractor.fuse`, gradients to the
 pixels) -> the detector's :meth:`~fedad.detectors.base.DifferentiableDetector.score_features`
 (torch k-NN or Mahalanobis in place of faiss, the same numbers).
 
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from fedad.detectors.base import Detector, Scores
-from fedad.features import FeatureExtractor
-from fedad.scores import differentiable, score
+from fedad.evaluation.scores import differentiable, score
+from fedad.features.extractor import FeatureExtractor
 
 __all__ = ["Refinement", "differentiable", "refined_scores", "score_images"]
 

@@ -1,6 +1,6 @@
 """Score new images at a site after a run: the run's global summary, the site's own
 detector state and its threshold (calibrated on held-out normal training images, see
-:mod:`fedad.site`). No Flower and no test labels: a site's inspection step."""
+:mod:`fedad.federation.site_files`). No Flower and no test labels: a site's inspection step."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedad.config import RunConfig
+from fedad.config.flat import from_dict
+from fedad.config.schema import RunConfig
 from fedad.data.dataset import AnomalyDataset
 from fedad.data.io import FileSource, list_images, read_image, require_dir
 from fedad.data.sample import SampleRecord
@@ -21,11 +22,10 @@ from fedad.detectors.base import FeatureShape
 from fedad.detectors.registry import client_seed, create, feature_config
 from fedad.device import resolve_device
 from fedad.errors import ConfigError, DataError
-from fedad.feature_cache import extract_features
-from fedad.features import build_feature_extractor, extractor_signature
-from fedad.runconfig import from_dict
-from fedad.scores import score
-from fedad.site import load_site, load_summary
+from fedad.evaluation.scores import score
+from fedad.features.cache import extract_features
+from fedad.features.extractor import build_feature_extractor, extractor_signature
+from fedad.federation.site_files import load_site, load_summary
 
 log = logging.getLogger("fedad")
 
@@ -114,7 +114,7 @@ def write_predictions(preds: list[Prediction], maps: torch.Tensor, dataset: Anom
     (out / "predictions.json").write_text(json.dumps([p.__dict__ for p in preds], indent=2)
                                           + "\n")
     if heatmaps:
-        from fedad.plots import plot_heatmap  # matplotlib only when drawing
+        from fedad.evaluation.plots import plot_heatmap  # matplotlib only when drawing
 
         threshold = preds[0].threshold if preds else None
         vmax = 2.0 * threshold if threshold else float(maps.max())

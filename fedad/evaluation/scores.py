@@ -1,8 +1,9 @@
 """The one way to score a set of features with a detector, for every caller: a site's
 evaluation (test, validation and held-out splits, :mod:`fedad.federation.site`),
 ``fedad-predict``, the in-process runner (through the site) and refinements that need
-gradients (:mod:`fedad.differentiable`). Scores that every simulated site would compute
-identically are reused through :func:`fedad.shared_scores.score_shared`, which calls this.
+gradients (:mod:`fedad.evaluation.differentiable`). Scores that every simulated site would
+compute identically are reused through
+:func:`fedad.evaluation.shared_scores.score_shared`, which calls this.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Robust aggregation: which uploads of a round are outliers against the others (no Flower
-here). See :class:`fedad.config.RobustConfig` for the rule and why it departs from the
+here). See :class:`fedad.config.schema.RobustConfig` for the rule and why it departs from the
 paper (FedDyMem trusts every client)."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def median_outliers(vectors: Sequence[np.ndarray], k: float = 3.0,
                     spread: float = 0.5) -> OutlierVerdict:
     """Uploads whose vector ``v_i`` lies farther than ``max(median(d) + k * 1.4826 * MAD(d),
     spread * |m|)`` from the coordinate-wise median ``m`` (``d_i = |v_i - m|``;
-    :class:`~fedad.config.RobustConfig`).
+    :class:`~fedad.config.schema.RobustConfig`).
     With fewer than 3 vectors the median is not robust: all are kept.
 
     Raises:

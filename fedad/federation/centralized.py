@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.detectors.base import summary_nbytes
 from fedad.detectors.registry import feature_config, label, resolve
 from fedad.federation.in_process import InProcess

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import tomllib
 
+from fedad.config.flat import from_flat
 from fedad.detectors.registry import label
 from fedad.errors import FedadError
-from fedad.plots import plot_bars, plot_lines
-from fedad.run_status import read_status, run_folders
-from fedad.runconfig import from_flat
+from fedad.evaluation.plots import plot_bars, plot_lines
+from fedad.federation.run_status import read_status, run_folders
 
 METRICS = ("i_auroc", "p_auroc", "pro")
 NAMES = {"i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "pro": "PRO"}
@@ -201,7 +201,7 @@ def csv_text(keys: list[str], rows: list[dict]) -> str:
 
 def _lines_by(rows: list[dict], x_key: str, panel_key: str | None) -> dict:
     """``{panel: {method: {"x", "mean", "std"}}}`` of final I-AUROC, averaged over every
-    other key, for :func:`~fedad.plots.plot_lines`."""
+    other key, for :func:`~fedad.evaluation.plots.plot_lines`."""
     acc: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for row in rows:
         if row["i_auroc"] is None:

@@ -8,9 +8,9 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from fedad.config import RunConfig
+from fedad.config.schema import RunConfig
 from fedad.detectors.registry import label, schedule
-from fedad.plots import plot_metric_rounds
+from fedad.evaluation.plots import plot_metric_rounds
 
 METRICS = ("i_auroc", "p_auroc", "pro")
 

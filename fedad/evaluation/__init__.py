@@ -1,0 +1,5 @@
+"""Scoring and what is reported: the one scoring entry point (:mod:`.scores`, reused across
+simulated sites by :mod:`.shared_scores`), scoring with gradients and refinements
+(:mod:`.differentiable`), metrics (:mod:`.metrics`), a site scoring new images
+(:mod:`.predict`), a run's and a sweep's report (:mod:`.report`, :mod:`.sweep_report`) and
+their plots (:mod:`.plots`)."""
