@@ -1,6 +1,6 @@
-"""The contract every local detector implements (no Flower here).
-
-A federated bank-exchange run is, for any detector, the same loop:
+"""The contract every local detector implements (no Flower here). A run is a detector x an
+exchange (:mod:`fedad.detectors.registry`); with the summary exchange
+(:mod:`fedad.federation.exchanges.summary`) a run is, for any detector, the same loop:
 
 * **client**, round ``t``: ``fit(train features, global summary or None, t)``, then
   ``summarize(t)``: the arrays that leave the site (a memory bank, a coreset, Gaussian
@@ -16,6 +16,8 @@ Summaries are plain ``dict[str, numpy.ndarray]``: what Flower's ``ArrayRecord`` 
 what ``numpy.savez`` stores. A detector's client-side state between rounds (a trained head,
 its optimiser) is ``state()`` / ``load_state()`` as ``dict[str, torch.Tensor]`` (what
 Flower's ``context.state`` keeps, and what a run directory saves for ``fedad-predict``).
+A detector with a trainable module (:class:`TrainableDetector`) can also be federated by
+the weight exchanges, which move ``module()``'s weights instead of a summary.
 
 ``validate`` and ``merge`` are pure: they read only the detector's configuration and the
 feature geometry (:class:`FeatureShape`), never client state, so the server builds the same
@@ -102,8 +104,8 @@ class Detector(Protocol):
             detector (``False``) needs exactly one round.
         first_round: ``0`` when round 0 only builds the first summary (FedDyMem's Alg. 4),
             else ``1``.
-        exchanges: the exchanges it can be federated by (:mod:`fedad.registry` refuses any
-            other pair when a config is composed); weight exchanges need a
+        exchanges: the exchanges it can be federated by (:mod:`fedad.detectors.registry`
+            refuses any other pair when a config is composed); weight exchanges need a
             :class:`TrainableDetector`.
     """
 

@@ -1,5 +1,5 @@
 """The exchange contract: what travels between a site and the server, and how the server
-combines it (no Flower here). A run is a detector x an exchange (:mod:`fedad.registry`).
+combines it (no Flower here). A run is a detector x an exchange (:mod:`fedad.detectors.registry`).
 
 An exchange object lives on one side of one round:
 
