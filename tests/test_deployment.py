@@ -24,8 +24,10 @@ from fedad.data.holdout import holdout_split
 TINY = ["dataset.texture_train_per_type=6", "dataset.texture_test_normal_per_type=2",
         "dataset.texture_test_anomalous_per_type=2", "partition.min_samples=1"]
 # Rounds 0 and 1, evaluation after the last (each message is a fresh process here).
-RUN = ["dataset.name=mvtec", "dataset.image_size=64", "train.rounds=1", "eval_every=1",
-       "examples=0", "output_dir=out"]
+# PatchCore: one round (a query, a train and an evaluate message per node); with process
+# isolation every message is a fresh process, so FedDyMem's extra round 0 cost ~40 s here
+RUN = ["dataset.name=mvtec", "dataset.image_size=64", "detector=patchcore", "train.rounds=1",
+       "eval_every=1", "examples=0", "output_dir=out"]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def sites(tmp_path_factory) -> list[Path]:
 def _check_run(dep: LocalDeployment, run_id: str | None, status: str) -> dict:
     assert status == "finished:completed", f"run {run_id}: {status}; logs in {dep.work}/logs"
     result = json.loads((dep.work / "out" / f"run-{run_id}" / "rounds.json").read_text())
-    assert [r["round"] for r in result["rounds"]] == [0, 1]
+    assert [r["round"] for r in result["rounds"]] == [1]
     assert all(r["train"]["clients"] == 3 for r in result["rounds"])
     final = result["final"]
     assert set(final["per_client"]) == {"0", "1", "2"}  # metrics from every node
