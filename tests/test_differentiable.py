@@ -51,9 +51,30 @@ def test_differentiable_path_equals_the_fast_path_and_has_gradients(name, sectio
         assert float(g1.flatten().sort().values[-2]) == 0.0  # and nowhere else
 
 
+def test_feddymem_scores_with_gradients_through_its_head():
+    cfg = tiny_cfg("feddymem")
+    det, server = create(cfg, SHAPE), create(cfg, SHAPE)
+    det.fit(features(10, 0, SHAPE), None, 0)  # round 0: the first reduced bank (Alg. 4)
+    glob = server.merge([server.validate(det.summarize(0), "c")], 0)
+    assert isinstance(det, DifferentiableDetector)
+    x = features(3, 7, SHAPE)
+    x[1, :, 2, 1] += 5.0
+    fast = det.score(x, glob, 16)
+    xg = x.clone().requires_grad_(True)
+    slow = det.score_features(xg, glob, 16)
+    assert torch.allclose(slow.image.detach(), fast.image, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(slow.maps.detach(), fast.maps, rtol=1e-4, atol=1e-4)
+    slow.image.sum().backward()
+    assert torch.isfinite(xg.grad).all() and float(xg.grad.abs().sum()) > 0
+
+
 def test_a_detector_without_a_differentiable_score_is_named():
-    with pytest.raises(ConfigError, match="feddymem has no differentiable score"):
-        differentiable(create(tiny_cfg("feddymem"), SHAPE))
+    import tests.toy_trainable  # noqa: F401  (registers the toy autoencoder)
+
+    cfg = tiny_cfg("toyae")
+    cfg.exchange = "fedavg"  # a trained network: weights travel, no summary
+    with pytest.raises(ConfigError, match="toyae has no differentiable score"):
+        differentiable(create(cfg, SHAPE))
 
 
 class OneStep:

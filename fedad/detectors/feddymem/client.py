@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from fedad.components.knn import NearestNeighbours
+from fedad.components.knn import NearestNeighbours, torch_knn
 from fedad.components.maps import anomaly_maps, image_scores, patch_scores
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
 from fedad.components.rows import as_rows
@@ -152,6 +152,20 @@ class FedDyMemClient:
             maps.append(m)
             scores.append(image_scores(m))
         return Scores(maps=torch.cat(maps), image=torch.cat(scores))
+
+    def score_features(self, features: torch.Tensor, bank: torch.Tensor, image_size: int,
+                       cfg: ScoreConfig | None = None) -> Scores:
+        """:meth:`score` with gradients to ``features`` (through the head, in eval mode):
+        :func:`~fedad.components.knn.torch_knn` in place of faiss, the same patch scores
+        and maps; equal to :meth:`score` within float32 rounding."""
+        cfg = cfg or ScoreConfig()
+        self.head.eval()
+        mem = self.head(features.to(self.device, torch.float32)).permute(0, 2, 3, 1)
+        b, h, w, c = mem.shape
+        dist, _ = torch_knn(mem.reshape(-1, c), bank.to(mem.device), cfg.top_k)
+        patch = patch_scores(dist, cfg.mode).reshape(b, h, w)
+        maps = anomaly_maps(patch, image_size, cfg.sigma)
+        return Scores(maps=maps, image=image_scores(maps))
 
     # -- state kept between rounds ---------------------------------------------------------
     def state_dict(self) -> dict:

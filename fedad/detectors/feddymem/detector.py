@@ -150,6 +150,13 @@ class FedDyMem:
         return self.client.score(features, self.global_bank(global_summary), image_size,
                                  self.cfg.score)
 
+    def score_features(self, features: torch.Tensor, global_summary: Summary,
+                       image_size: int) -> Scores:
+        """:meth:`score` with gradients through the head to ``features`` (what a refinement
+        such as F2PAD optimises against)."""
+        return self.client.score_features(features, self.global_bank(global_summary),
+                                          image_size, self.cfg.score)
+
     def state(self) -> dict[str, torch.Tensor]:
         out = self.client.to_arrays()
         if self.own_bank is not None:
