@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fedad.components.states import StateError
+from fedad.errors import ConfigError
+from fedad.federation.exchanges.weights import WeightExchange
 
 
 def batchnorm_keys(model: nn.Module) -> set[str]:
@@ -54,8 +56,6 @@ def merge_state(shared: Mapping[str, Tensor], local: Mapping[str, Tensor]) -> di
 
 
 # -- the exchange ----------------------------------------------------------------------------
-from fedad.errors import ConfigError  # noqa: E402
-from fedad.federation.exchanges.weights import WeightExchange  # noqa: E402
 
 
 class FedBNExchange(WeightExchange):

@@ -11,7 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedad.detectors.base import TrainHooks
 from fedad.errors import ConfigError
+from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange
+from fedad.federation.records import Records
 
 
 def proximal_term(named_params: Iterable[tuple[str, Tensor]],
@@ -49,10 +52,7 @@ def proximal_term(named_params: Iterable[tuple[str, Tensor]],
     return 0.5 * mu * total
 
 
-# -- the exchange (imported here so the term above stays importable on its own) -------------
-from fedad.detectors.base import TrainHooks  # noqa: E402
-from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange  # noqa: E402
-from fedad.federation.records import Records  # noqa: E402
+# -- the exchange -------------------------------------------------------------------------
 
 MU = "fedprox"  # record carrying the server's mu (the server's value wins over a site's)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from fedad.detectors.base import FitInfo
@@ -27,8 +28,8 @@ class LocalExchange(WeightExchange):
     def validate(self, upload: Records, who: str) -> Records:
         return {}  # nothing is expected, anything sent is ignored
 
-    def descriptor(self, upload: Records):
-        return super(WeightExchange, self).descriptor(upload)
+    def descriptor(self, upload: Records) -> np.ndarray:
+        return np.zeros(0)  # nothing uploaded: nothing to compare
 
     def aggregate(self, uploads: Sequence[Upload], round_t: int) -> None:
         pass

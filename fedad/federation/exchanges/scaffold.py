@@ -12,11 +12,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from fedad.components.states import StateError, cast_like, check_compatible, weighted_mean
+from fedad.components.validate import check_state
+from fedad.config.schema import RunConfig
+from fedad.detectors.base import FitInfo, TrainHooks
 from fedad.errors import ConfigError
+from fedad.federation.exchanges.base import Upload
+from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange
+from fedad.federation.records import Records, arrays, tensors
 
 
 def zeros_like_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -136,14 +143,7 @@ def server_update(
 
 
 # -- the exchange ----------------------------------------------------------------------------
-import numpy as np  # noqa: E402
 
-from fedad.components.validate import check_state  # noqa: E402
-from fedad.config.schema import RunConfig  # noqa: E402
-from fedad.detectors.base import FitInfo, TrainHooks  # noqa: E402
-from fedad.federation.exchanges.base import Upload  # noqa: E402
-from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange  # noqa: E402
-from fedad.federation.records import Records, arrays, tensors  # noqa: E402
 
 CONTROL = "control"  # the server's control variate c, sent with the weights
 CONTROL_DELTA = "control-delta"  # a site's delta c_i, uploaded with its weights

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 LOG_EPS = 1e-4  # Eq. 8's epsilon (seed-methods.md: 1e-4)
-TV_EPS = 1e-12  # inside Eq. 11's norms: a finite gradient where neighbours are equal
+NORM_EPS = 1e-12  # inside colour norms: a finite gradient where the vector is 0
 
 
 def _masked_sum(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -21,7 +21,7 @@ def log_sparsity(a: torch.Tensor, mask: torch.Tensor | None = None,
     colour norm of each pixel of the anomaly ``a = x - n`` (a smooth stand-in for the
     number of anomalous pixels)."""
     sq = a.pow(2).sum(dim=-3)
-    norm = torch.sqrt(sq + TV_EPS)  # ||a_ij|| with a finite gradient at a = 0
+    norm = torch.sqrt(sq + NORM_EPS)  # ||a_ij|| with a finite gradient at a = 0
     return _masked_sum(torch.log(torch.sqrt(sq + eps) + norm), mask)
 
 
@@ -42,8 +42,8 @@ def total_variation(n: torch.Tensor, mask: torch.Tensor | None = None) -> torch.
     (colour norms; a pair counts when its first pixel is in ``mask``)."""
     down = n[..., 1:, :] - n[..., :-1, :]
     right = n[..., :, 1:] - n[..., :, :-1]
-    dn = torch.sqrt(down.pow(2).sum(dim=-3) + TV_EPS)  # (..., H-1, W)
-    dr = torch.sqrt(right.pow(2).sum(dim=-3) + TV_EPS)  # (..., H, W-1)
+    dn = torch.sqrt(down.pow(2).sum(dim=-3) + NORM_EPS)  # (..., H-1, W)
+    dr = torch.sqrt(right.pow(2).sum(dim=-3) + NORM_EPS)  # (..., H, W-1)
     if mask is None:
         return dn.sum() + dr.sum()
     m = mask.to(n)
