@@ -7,10 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedad.detectors.base import DifferentiableDetector, FeatureShape, Scores
+from fedad.detectors.base import DifferentiableDetector, FeatureShape
 from fedad.detectors.registry import create, feature_config
 from fedad.errors import ConfigError
-from fedad.evaluation.differentiable import Refinement, differentiable, refined_scores, score_images
+from fedad.evaluation.differentiable import (
+    RefinedSet,
+    Refinement,
+    differentiable,
+    score_images,
+)
 from fedad.features.extractor import build_feature_extractor
 from tests.test_detectors import features, tiny_cfg
 
@@ -63,14 +68,19 @@ def test_a_detector_without_a_differentiable_score_is_named():
 
 class OneStep:
     """A toy refinement: one normalised gradient step on the image down the detector's
-    image score; the map becomes the step's per-pixel size (a full-resolution map)."""
+    image score; the map becomes the step's per-pixel size (a full-resolution map), the
+    mask where it exceeds the threshold."""
 
-    def refine(self, images: torch.Tensor, base: Scores, score) -> Scores:
+    def __init__(self, extractor, detector, summary) -> None:
+        self.extractor, self.detector, self.summary = extractor, detector, summary
+
+    def refine(self, images, base_maps, threshold, names=None) -> RefinedSet:
         x = images.clone().requires_grad_(True)
-        score(x).image.sum().backward()
+        score_images(self.extractor, self.detector, x, self.summary).image.sum().backward()
         step = x.grad / x.grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
-        self.stepped = (images - 0.5 * step).detach()
-        return Scores(maps=step.abs().sum(dim=1), image=base.image)
+        maps = step.abs().sum(dim=1)
+        return RefinedSet(masks=maps >= threshold, maps=maps,
+                          normals=(images - 0.5 * step).detach())
 
 
 def test_score_images_through_the_backbone_and_a_refinement_changes_the_maps():
@@ -89,10 +99,11 @@ def test_score_images_through_the_backbone_and_a_refinement_changes_the_maps():
     assert torch.allclose(slow.image, fast.image, rtol=1e-4, atol=1e-4)
     assert float(slow.image[1]) > float(slow.image[0])
 
-    refinement = OneStep()
+    refinement = OneStep(extractor, det, glob)
     assert isinstance(refinement, Refinement)
-    refined = refined_scores(extractor, det, images, glob, refinement)
+    refined = refinement.refine(images, fast.maps, 1e-3)
     assert refined.maps.shape == (2, 64, 64) and not torch.allclose(refined.maps, fast.maps)
+    assert refined.masks.dtype == torch.bool and refined.masks.any()
     with torch.no_grad():  # the step lowered the defect's score, the one it followed
-        after = det.score(extractor(refinement.stepped), glob, 64).image
+        after = det.score(extractor(refined.normals), glob, 64).image
     assert float(after[1]) < 0.95 * float(fast.image[1])

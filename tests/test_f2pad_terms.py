@@ -18,7 +18,7 @@ from fedad.refinements.f2pad.losses import (
 )
 from fedad.refinements.f2pad.prior import fit_pixel_prior, sample_pixels
 from fedad.refinements.f2pad.sharing import shared_direction, sharing_weights
-from fedad.refinements.f2pad.step import A_FLOOR, clipped, step_sizes
+from fedad.refinements.f2pad.step import clipped, grey_level, step_sizes
 
 
 def image(*pixels: tuple[float, float, float], h: int = 1) -> torch.Tensor:
@@ -102,9 +102,11 @@ def test_shared_direction_is_eq_13():
 def test_step_is_eq_15_with_a_floor_and_the_direction_is_clipped():
     x = torch.tensor([[[1.0, 1.0, 1.0]]]).expand(3, 1, 3)
     n = torch.tensor([[[0.5, 1.0, 3.0]]]).expand(3, 1, 3)
-    s = step_sizes(x, n, gamma0=1.0)
+    floor = grey_level([0.5, 0.5, 0.5])  # one grey level under a std of 0.5: 2/255
+    assert floor.shape == (3, 1, 1) and float(floor[0]) == pytest.approx(2.0 / 255.0)
+    s = step_sizes(x, n, gamma0=1.0, floor=floor)
     assert s[0, 0, 0] == pytest.approx(2.0) and s[0, 0, 2] == pytest.approx(0.5)
-    assert s[0, 0, 1] == pytest.approx(1.0 / A_FLOOR)  # a = 0: the floor, not infinity
+    assert s[0, 0, 1] == pytest.approx(255.0 / 2.0)  # a = 0: the floor, not infinity
     d = clipped(torch.tensor([-1.0, 0.01, 0.5]))
     assert d.tolist() == pytest.approx([-0.03, 0.01, 0.03])
 

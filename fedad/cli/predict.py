@@ -16,7 +16,12 @@ import sys
 from pathlib import Path
 
 from fedad.errors import FedadError
-from fedad.evaluation.predict import predict, write_predictions
+from fedad.evaluation.predict import (
+    load_run_config,
+    predict,
+    refine_predictions,
+    write_predictions,
+)
 from fedad.progress import setup_logging
 
 
@@ -30,15 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-heatmaps", action="store_true")
     parser.add_argument("--skip-bad", action="store_true",
                         help="score the readable images and list the unreadable ones")
+    parser.add_argument("--refine", choices=("none", "f2pad"), default=None,
+                        help="pixel-level refinement (default: the run's refine setting); "
+                        "f2pad writes refined/<image>-mask.png and -normal.png")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(not args.quiet)
     try:
         preds, maps, dataset = predict(args.run_dir, args.folder, args.site, args.device,
                                        args.skip_bad)
+        how = args.refine or load_run_config(args.run_dir).refine
+        refined = None if how == "none" else refine_predictions(
+            args.run_dir, dataset, maps, args.site, args.device)
         out = write_predictions(preds, maps, dataset,
                                 args.out or args.run_dir / f"predict-site{args.site}",
-                                heatmaps=not args.no_heatmaps)
+                                heatmaps=not args.no_heatmaps, refined=refined)
     except FedadError as exc:
         print(f"fedad-predict: error: {exc}", file=sys.stderr)
         return 2

@@ -202,16 +202,22 @@ def inverse_covariance(cov: ArrayLike, dtype: torch.dtype = torch.float32,
     return inv.to(torch.device("cpu" if device is None else device), dtype)
 
 
-def mahalanobis(rows: torch.Tensor, mean: ArrayLike, inv_cov: torch.Tensor) -> torch.Tensor:
-    """Eq. 2's distance ``sqrt((x - mu)^T Sigma^-1 (x - mu))`` of ``rows`` ``(P, B, d)`` (``B``
-    samples at each of ``P`` positions) to each position's Gaussian -> ``(P, B)``, in
-    ``inv_cov``'s dtype and device. Differentiable in ``rows`` (the caller chooses
-    ``no_grad``)."""
+def squared_mahalanobis(rows: torch.Tensor, mean: ArrayLike, inv_cov: torch.Tensor
+                        ) -> torch.Tensor:
+    """``(x - mu)^T Sigma^-1 (x - mu)`` of ``rows`` ``(P, B, d)`` (``B`` samples at each of
+    ``P`` positions) to each position's Gaussian -> ``(P, B)``, in ``inv_cov``'s dtype and
+    device (PaDiM's score, squared: F2PAD's Eq. 7). Differentiable in ``rows``."""
     dev, dt = inv_cov.device, inv_cov.dtype
     mu = torch.as_tensor(mean).to(dev, dt)
     if rows.shape[0] != mu.shape[0] or rows.shape[-1] != mu.shape[-1]:
         raise ValueError(f"rows of shape {tuple(rows.shape)} do not fit a Gaussian of shape "
                          f"{tuple(mu.shape)}")
     diff = (rows.to(dev, dt) - mu[:, None]).contiguous()  # bmm on a strided view is slow
-    sq = (torch.bmm(diff, inv_cov) * diff).sum(dim=-1)
-    return sq.clamp_min(0).sqrt()
+    return (torch.bmm(diff, inv_cov) * diff).sum(dim=-1)
+
+
+def mahalanobis(rows: torch.Tensor, mean: ArrayLike, inv_cov: torch.Tensor) -> torch.Tensor:
+    """Eq. 2's distance ``sqrt((x - mu)^T Sigma^-1 (x - mu))`` of ``rows`` ``(P, B, d)`` to
+    each position's Gaussian -> ``(P, B)`` (:func:`squared_mahalanobis`, rooted; the caller
+    chooses ``no_grad``)."""
+    return squared_mahalanobis(rows, mean, inv_cov).clamp_min(0).sqrt()

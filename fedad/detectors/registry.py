@@ -99,6 +99,20 @@ def check(cfg: RunConfig) -> RunConfig:
     resolved = resolve(copy.deepcopy(cfg))
     if exchange_class(resolved.exchange).needs == "module":  # built only when it matters
         exchange_for(resolved, create(resolved, feature_shape(resolved))).check()
+    if resolved.refine != "none" and not hasattr(detector_class(resolved.detector),
+                                                 "score_features"):
+        raise ConfigError(f"refine={resolved.refine} needs a detector with a differentiable "
+                          f"score (score_features); {resolved.detector} has none")
+    f2 = resolved.f2pad
+    bad = [k for k in ("components", "max_iterations", "k_s", "candidates")
+           if getattr(f2, k) < 1] + [k for k in ("alpha1", "alpha2", "beta0", "lr", "clip",
+                                                  "gamma0", "tolerance", "mask_threshold")
+                                      if getattr(f2, k) < 0]
+    bad += [k for k in ("dilation", "margin", "images", "opening", "patience",
+                        "min_iterations") if getattr(f2, k) < 0]
+    if bad:
+        raise ConfigError("f2pad: " + ", ".join(f"{k}={getattr(f2, k)}" for k in bad)
+                          + " out of range (counts >= 1, weights and sizes >= 0)")
     return cfg
 
 

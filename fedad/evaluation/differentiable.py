@@ -7,15 +7,16 @@ images -> frozen backbone (:meth:`~fedad.features.extractor.FeatureExtractor.fus
 pixels) -> the detector's :meth:`~fedad.detectors.base.DifferentiableDetector.score_features`
 (torch k-NN or Mahalanobis in place of faiss, the same numbers).
 
-A :class:`Refinement` gets the images, the base detector's scores of them and a function
-that scores any images differentiably, and returns the scores it refines (maps at full
-resolution, image scores). Nothing about the federation changes: a site refines with the
-global summary it already holds.
+A :class:`Refinement` gets the images, the base detector's maps of them and the threshold
+their base masks are cut at, and returns a :class:`RefinedSet` (masks and maps at full
+resolution, the estimated normal images). Nothing about the federation changes: a site
+refines with the global summary it already holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -25,9 +26,7 @@ from fedad.detectors.base import Detector, Scores
 from fedad.evaluation.scores import differentiable, score
 from fedad.features.extractor import FeatureExtractor
 
-__all__ = ["Refinement", "differentiable", "refined_scores", "score_images"]
-
-ScoreFn = Callable[[torch.Tensor], Scores]
+__all__ = ["RefinedSet", "Refinement", "differentiable", "score_images"]
 
 
 def score_images(extractor: FeatureExtractor, detector: Detector, images: torch.Tensor,
@@ -38,25 +37,46 @@ def score_images(extractor: FeatureExtractor, detector: Detector, images: torch.
     return score(detector, extractor.fuse(images), global_summary, size, gradients=True)
 
 
+@dataclass
+class RefinedSet:
+    """What a refinement gives for ``N`` images: masks ``(N, S, S)`` bool, continuous maps
+    ``(N, S, S)`` (raw, at full resolution), the estimated normal images ``(N, 3, S, S)``
+    (backbone-normalised) and per image the iterations, seconds and a status (``refined``;
+    ``empty``: no base mask, nothing to refine; ``diverged``: the base mask kept)."""
+
+    masks: torch.Tensor
+    maps: torch.Tensor
+    normals: torch.Tensor
+    iterations: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(s == status for s in self.status)
+
+    def timing(self) -> dict[str, float]:
+        """Median and p90 of seconds and iterations over the images actually refined."""
+        done = [i for i, s in enumerate(self.status) if s != "empty"]
+        if not done:
+            return {}
+        sec = np.asarray([self.seconds[i] for i in done])
+        its = np.asarray([self.iterations[i] for i in done])
+        return {"seconds_median": float(np.median(sec)),
+                "seconds_p90": float(np.quantile(sec, 0.9)),
+                "iterations_median": float(np.median(its)),
+                "iterations_p90": float(np.quantile(its, 0.9))}
+
+
 @runtime_checkable
 class Refinement(Protocol):
-    """What wraps a detector's differentiable score (F2PAD's pixel-level refinement)."""
+    """What refines a detector's base maps at the pixel level (F2PAD:
+    :class:`fedad.refinements.f2pad.refinement.F2PAD`). It is built with what it scores
+    with (the detector, the global summary, the frozen backbone: :func:`score_images`
+    gives scores with gradients to the pixels) and what its site alone holds (F2PAD's
+    pixel prior)."""
 
-    def refine(self, images: torch.Tensor, base: Scores, score: ScoreFn) -> Scores:
-        """Refined scores of ``images`` from the base scores and ``score`` (images ->
-        differentiable :class:`Scores`)."""
+    def refine(self, images: torch.Tensor, base_maps: torch.Tensor, threshold: float,
+               names: Sequence[str] | None = None) -> RefinedSet:
+        """Refined masks and maps of ``images`` ``(N, 3, S, S)`` from their base maps
+        ``(N, S, S)``, whose base masks are ``base_maps >= threshold``."""
         ...
-
-
-def refined_scores(extractor: FeatureExtractor, detector: Detector, images: torch.Tensor,
-                   global_summary: Mapping[str, np.ndarray], refinement: Refinement,
-                   image_size: int | None = None) -> Scores:
-    """The base detector's scores of ``images``, refined by ``refinement``."""
-    summary = dict(global_summary)
-
-    def scored(x: torch.Tensor) -> Scores:
-        return score_images(extractor, detector, x, summary, image_size)
-
-    with torch.no_grad():
-        base = scored(images)
-    return refinement.refine(images, base, scored)

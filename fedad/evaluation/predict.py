@@ -72,37 +72,96 @@ def readable_images(folder: str | Path, skip_bad: bool = False) -> tuple[list[Pa
     return good, bad
 
 
+@dataclass
+class SiteScorer:
+    """What a site scores with after a run: the config, its detector with its state, the
+    global (or its own) summary and the frozen backbone."""
+
+    cfg: RunConfig
+    detector: object
+    summary: dict
+    extractor: object
+    info: dict
+    threshold: float | None
+
+
+def site_scorer(run_dir: str | Path, site: int, dev: torch.device) -> SiteScorer:
+    cfg = load_run_config(run_dir)
+    summary = load_summary(run_dir, site)
+    state, cal = load_site(run_dir, site)
+    extractor, info = build_feature_extractor(cfg.backbone)
+    shape = FeatureShape(*extractor.output_shape(cfg.dataset.image_size))
+    detector = create(cfg, shape, dev, seed=client_seed(cfg, site))
+    detector.load_state(state)
+    return SiteScorer(cfg, detector, summary, extractor, info, cal.threshold)
+
+
 def predict(run_dir: str | Path, folder: str | Path, site: int = 0,
             device: str = "auto", skip_bad: bool = False
             ) -> tuple[list[Prediction], torch.Tensor, AnomalyDataset]:
     """Scores, decisions and anomaly maps ``(N, S, S)`` of every image in ``folder``."""
-    cfg = load_run_config(run_dir)
-    summary = load_summary(run_dir, site)
-    state, cal = load_site(run_dir, site)
     files, _ = readable_images(folder, skip_bad)
     dev = resolve_device(device)
-    extractor, info = build_feature_extractor(cfg.backbone)
+    s = site_scorer(run_dir, site, dev)
+    cfg, info = s.cfg, s.info
     records = [SampleRecord(path=str(f), label=0, product_type="site") for f in files]
     dataset = AnomalyDataset(records, FileSource(), cfg.dataset.image_size,
                              info["mean"], info["std"], has_masks=False)
-    feats = extract_features(extractor, dataset, extractor_signature(info,
-                             extractor.state_dict()), dev, batch_size=cfg.train.batch_size,
-                             cache="none", desc="features")
-    _, c, h, w = feats.features.shape
-    detector = create(cfg, FeatureShape(c, h, w), dev, seed=client_seed(cfg, site))
-    detector.load_state(state)
-    scores = score(detector, feats.features, summary, cfg.dataset.image_size)
+    feats = extract_features(s.extractor, dataset, extractor_signature(
+                             info, s.extractor.state_dict()), dev,
+                             batch_size=cfg.train.batch_size, cache="none", desc="features")
+    scores = score(s.detector, feats.features, s.summary, cfg.dataset.image_size)
     out = []
-    for path, s in zip(feats.paths, scores.image.tolist(), strict=True):
-        flag = None if cal.threshold is None else bool(s > cal.threshold)
-        out.append(Prediction(path, float(s), cal.threshold, flag))
+    for path, v in zip(feats.paths, scores.image.tolist(), strict=True):
+        flag = None if s.threshold is None else bool(v > s.threshold)
+        out.append(Prediction(path, float(v), s.threshold, flag))
     return out, scores.maps, dataset
 
 
+def refine_predictions(run_dir: str | Path, dataset: AnomalyDataset, maps: torch.Tensor,
+                       site: int = 0, device: str = "auto"):
+    """F2PAD's refinement (:mod:`fedad.refinements.f2pad`) of ``maps`` of ``dataset``'s
+    images with the site's pixel prior and pixel threshold (saved by a ``refine=f2pad``
+    run in its folder): a :class:`~fedad.refinements.f2pad.refinement.RefinedSet`.
+
+    Raises:
+        ConfigError: the site's folder has no prior (the run was not ``refine=f2pad``).
+    """
+    from fedad.refinements.f2pad.algorithm import Units
+    from fedad.refinements.f2pad.prior import load_prior
+    from fedad.refinements.f2pad.refinement import F2PAD
+
+    prior, threshold = load_prior(Path(run_dir) / f"site-{site}")
+    s = site_scorer(run_dir, site, resolve_device(device))
+    refiner = F2PAD(s.cfg.f2pad, s.detector, s.summary, s.extractor,
+                    Units.of(s.info["mean"], s.info["std"]), prior)
+    images = torch.stack([dataset[i].image for i in range(len(dataset))])
+    return refiner.refine(images, maps, threshold,
+                          names=[r.path for r in dataset.records])
+
+
+def write_refined(refined, dataset: AnomalyDataset, out: Path) -> None:
+    """F2PAD's outputs per image: ``refined/<NNN>-<stem>-mask.png`` (the pixel-level mask,
+    white = anomalous) and ``refined/<NNN>-<stem>-normal.png`` (the estimated normal
+    image, ``x - a``)."""
+    from PIL import Image
+
+    folder = out / "refined"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, record in enumerate(dataset.records):
+        stem = f"{i:03d}-{Path(record.path).stem}"
+        mask = refined.masks[i].numpy().astype(np.uint8) * 255
+        Image.fromarray(mask).save(folder / f"{stem}-mask.png")
+        normal = (refined.normals[i] * dataset.std + dataset.mean).clamp(0, 1)
+        Image.fromarray((normal.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                        ).save(folder / f"{stem}-normal.png")
+
+
 def write_predictions(preds: list[Prediction], maps: torch.Tensor, dataset: AnomalyDataset,
-                      out: str | Path, heatmaps: bool = True) -> Path:
+                      out: str | Path, heatmaps: bool = True, refined=None) -> Path:
     """``scores.csv`` (path, score, threshold, anomalous), ``predictions.json`` and, with
-    ``heatmaps``, ``heatmaps/<NNN>-<stem>.png`` under ``out``."""
+    ``heatmaps``, ``heatmaps/<NNN>-<stem>.png`` under ``out``; with ``refined`` (F2PAD)
+    also its masks and estimated normal images (:func:`write_refined`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scores.csv", "w", newline="") as fh:
@@ -113,6 +172,8 @@ def write_predictions(preds: list[Prediction], maps: torch.Tensor, dataset: Anom
                         repr(p.threshold), "" if p.anomalous is None else int(p.anomalous)])
     (out / "predictions.json").write_text(json.dumps([p.__dict__ for p in preds], indent=2)
                                           + "\n")
+    if refined is not None:
+        write_refined(refined, dataset, out)
     if heatmaps:
         from fedad.evaluation.plots import plot_heatmap  # matplotlib only when drawing
 

@@ -42,8 +42,10 @@ log = logging.getLogger("fedad")
 # test metrics, then validation metrics (held-out normals + synthetic defects; sites with
 # too few images hold none out and do not report them)
 EVAL_KEYS = ("i_auroc", "p_auroc", "pro", "i_f1_max", "p_f1_max", "val_i_auroc",
-             "val_p_auroc")
-SITE_KEYS = ("threshold", "val-images")  # kept per site, not averaged
+             "val_p_auroc", "f2pad_base_iou", "f2pad_base_dice", "f2pad_iou", "f2pad_dice",
+             "f2pad_p_auroc", "f2pad_pro")
+SITE_KEYS = ("threshold", "val-images", "f2pad_refined", "f2pad_empty", "f2pad_diverged",
+             "f2pad_seconds_median", "f2pad_iterations_median")  # per site, not averaged
 STARTUP = "start-up"  # what rejections before round 1 are filed under
 TRAIN_SECONDS = ("seconds-features", "seconds-train", "seconds-reduce")
 

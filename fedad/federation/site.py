@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -43,8 +44,10 @@ from fedad.federation.records import EVALUATE, QUERY, TRAIN, Envelope, Reply
 from fedad.federation.site_data import (
     ClientData,
     NodeData,
+    extractor_for,
     load_node_data,
     node_config_applied,
+    site_images,
     validation_metrics,
 )
 from fedad.federation.site_files import save_site
@@ -175,7 +178,17 @@ def train(run: SiteRound, envelope: Envelope, store: StateStore) -> Reply:
         "seconds-reduce": float(other)})
 
 
-def evaluate(run: SiteRound, envelope: Envelope) -> Reply:
+def refine(run: SiteRound, node: NodeData, summary, scores, held):
+    """``refine=f2pad``: the site's test maps refined (:mod:`fedad.refinements.f2pad.site`)."""
+    from fedad.refinements.f2pad.site import refine_site  # scipy, skimage when asked
+
+    extractor, info = extractor_for(run.cfg)
+    train, test = site_images(run.cfg, node)
+    return refine_site(run.cfg, run.detector, summary, extractor, info, train, test, scores,
+                       None if held is None else held.maps, run.data.partition_id)
+
+
+def evaluate(run: SiteRound, envelope: Envelope, node: NodeData) -> Reply:
     """Score the test set (and validation split) against what the exchange says; in the
     final round also calibrate the threshold and save the site for ``fedad-predict``."""
     cfg, data, detector = run.cfg, run.data, run.detector
@@ -183,7 +196,8 @@ def evaluate(run: SiteRound, envelope: Envelope) -> Reply:
     t = time.perf_counter()
     summary = run.exchange.scoring_summary(data.train.features, envelope.records)
     values: dict = {}
-    if bool(envelope.config.get("test", True)):  # False: the validation split only
+    tested = bool(envelope.config.get("test", True))
+    if tested:  # False: the validation split only
         # a stateless detector's scores of the shared test set are the same on every site
         # of this process: scored (and measured) once (fedad/evaluation/shared_scores.py)
         scores, memo = score_shared(detector, cfg, data.test, summary, size)
@@ -195,15 +209,27 @@ def evaluate(run: SiteRound, envelope: Envelope) -> Reply:
         values.update(validation_metrics(data, score(detector, data.validation.features,
                                                      summary, size)))
         values["val-images"] = len(data.validation)
-    seconds = time.perf_counter() - t
     out = str(envelope.config.get("out", ""))
-    if bool(envelope.config.get("final", False)) and out:
-        held = None if data.holdout is None else score(
-            detector, data.holdout.features, summary, size).image
+    final = bool(envelope.config.get("final", False))
+    held = None
+    if final and data.holdout is not None and (out or cfg.refine != "none"):
+        held = score(detector, data.holdout.features, summary, size)
+    refined = None
+    if final and cfg.refine == "f2pad" and tested:
+        refined = refine(run, node, summary, scores, held)
+        values.update(refined.metrics)
+    seconds = time.perf_counter() - t
+    if final and out:
         # a site that scores against its own summary keeps it (the server has none)
         own = summary if run.exchange.needs == "module" else None
-        site = save_site(out, data.partition_id, detector, held, cfg.calibration.quantile,
+        site = save_site(out, data.partition_id, detector,
+                         None if held is None else held.image, cfg.calibration.quantile,
                          summary=own)
+        if refined is not None and refined.prior is not None:
+            from fedad.refinements.f2pad.prior import save_prior
+
+            save_prior(Path(out) / f"site-{data.partition_id}", refined.prior,
+                       float(refined.threshold))
         if site.threshold is not None:
             values["threshold"] = site.threshold
         if data.partition_id == 0 and cfg.examples > 0:
@@ -247,7 +273,7 @@ def handle(kind: str, envelope: Envelope, cfg: RunConfig, node: NodeData,
             raise RuntimeError(f"fault injection: partition {node.site} fails in round {rnd}")
     run = open_round(cfg, node, envelope, store)
     if kind == EVALUATE:
-        return evaluate(run, envelope)
+        return evaluate(run, envelope, node)
     reply = train(run, envelope, store)
     reply.records = inject(reply.records, kinds)
     return reply

@@ -243,3 +243,21 @@ def load_node_data(cfg: RunConfig, node: NodeData) -> tuple[ClientData, float]:
         assert node.num_partitions is not None
         data = load_client_data(cfg, node.site, node.num_partitions, node.indices)
     return data, time.perf_counter() - t0
+
+
+def site_images(cfg: RunConfig, node: NodeData) -> tuple[AnomalyDataset, AnomalyDataset]:
+    """This node's training images it fits on (its partition or its own data root, less
+    the held-out ones) and its test images, as datasets of pixels normalised for the
+    backbone (``cfg`` as :func:`node_config_applied` gives it): what a refinement that works
+    on the image (F2PAD) needs beside the cached features."""
+    _, info = extractor_for(cfg)
+    train = build_dataset(cfg.dataset, "train")
+    if not node.data_root and node.indices is not None:
+        train = train.subset(list(node.indices))
+    fit_idx, _ = holdout_split([r.name for r in train.records], cfg.calibration.holdout,
+                               cfg.calibration.seed)
+    train = train.subset(fit_idx)
+    test = build_dataset(cfg.dataset, "test")
+    for ds in (train, test):
+        ds.set_normalisation(info["mean"], info["std"])
+    return train, test

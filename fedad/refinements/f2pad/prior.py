@@ -6,7 +6,9 @@ covariances."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +41,7 @@ def fit_pixel_prior(pixels: np.ndarray, components: int, seed: int = 0,
     Raises:
         ConfigError: fewer pixels than components, or a component count below 1.
     """
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import BayesianGaussianMixture
 
     if components < 1:
@@ -47,7 +50,37 @@ def fit_pixel_prior(pixels: np.ndarray, components: int, seed: int = 0,
         raise ConfigError(f"f2pad: {len(pixels)} pixels cannot fit {components} components")
     mix = BayesianGaussianMixture(n_components=components, covariance_type="full",
                                   reg_covar=reg, random_state=seed, max_iter=200)
-    mix.fit(np.asarray(pixels, dtype=np.float64))
+    with warnings.catch_warnings():  # a prior, not a density to report: 200 VB steps
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mix.fit(np.asarray(pixels, dtype=np.float64))
     means = torch.from_numpy(mix.means_).float()
     inv = torch.linalg.inv(torch.from_numpy(mix.covariances_)).float()
     return PixelPrior(means, inv)
+
+
+PRIOR_FILE = "f2pad.npz"  # under <run dir>/site-<id>/: the site's prior and threshold
+
+
+def save_prior(folder: str | Path, prior: PixelPrior, threshold: float) -> Path:
+    """The site's pixel prior and its calibrated pixel threshold, for ``fedad-predict``
+    (they stay at the site: the file is in the site's own folder)."""
+    path = Path(folder) / PRIOR_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, means=prior.means.numpy(), inv_covs=prior.inv_covs.numpy(),
+             threshold=np.array([threshold], dtype=np.float64))
+    return path
+
+
+def load_prior(folder: str | Path) -> tuple[PixelPrior, float]:
+    """What :func:`save_prior` wrote.
+
+    Raises:
+        ConfigError: the file is missing, naming it and how to get it.
+    """
+    path = Path(folder) / PRIOR_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; F2PAD needs the site's pixel prior, which a run "
+                          "with refine=f2pad leaves in the site's folder")
+    with np.load(path) as z:
+        return (PixelPrior(torch.from_numpy(z["means"]).float(),
+                           torch.from_numpy(z["inv_covs"]).float()), float(z["threshold"][0]))

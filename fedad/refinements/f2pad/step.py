@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 GAMMA0 = 1.0
 CLIP = 0.03  # the direction is clipped at 0.03 (element-wise: the paper does not say how)
-# Eq. 15 divides by |a|, which is 0 wherever n = x (all of n's start outside the base mask):
-# the step is capped as if |a| were one 8-bit grey level in ImageNet-normalised units
-# (1/255 over the smallest channel std, 0.225). The paper is silent; chosen a priori.
-A_FLOOR = (1.0 / 255.0) / 0.225
+
+
+def grey_level(std: Sequence[float]) -> torch.Tensor:
+    """One 8-bit grey level per channel in the backbone's normalised units, ``(3, 1, 1)``:
+    ``(1 / 255) / std``."""
+    return (1.0 / 255.0) / torch.tensor([float(s) for s in std]).view(-1, 1, 1)
 
 
 def step_sizes(x: torch.Tensor, n: torch.Tensor, gamma0: float = GAMMA0,
-               floor: float = A_FLOOR) -> torch.Tensor:
-    """Eq. 15, per pixel and channel: ``gamma0 / max(|x - n|, floor)``."""
-    return gamma0 / (x - n).abs().clamp_min(floor)
+               floor: torch.Tensor | float = 1.0 / 255.0) -> torch.Tensor:
+    """Eq. 15, per pixel and channel: ``gamma0 / max(|x - n|, floor)``.
+
+    Eq. 15 divides by ``|a|``, which is 0 wherever ``n = x`` (every pixel outside the
+    inpainted base mask at the start): the paper is silent, so a priori the step is capped
+    as if ``|a|`` were one grey level of the input (:func:`grey_level`)."""
+    return gamma0 / torch.maximum((x - n).abs(), torch.as_tensor(floor, dtype=x.dtype))
 
 
 def clipped(direction: torch.Tensor, clip: float = CLIP) -> torch.Tensor:

@@ -1,0 +1,132 @@
+"""F2PAD's feature loss ``l_n(n)`` (Eq. 4-7): the sum of the detector's patch scores of the
+estimated normal image's features, over the feature positions the optimised region touches
+(Sec. III-E2: only the scores the region affects). Built once per image from the features
+of the initial estimate ``n0``; called on the features of every iterate ``n``.
+
+* PatchCore (Eq. 5): squared L2 distance to the nearest of ``|M_ij|`` candidates, the
+  global bank's nearest rows of ``n0``'s feature at that position (Eq. 4 approximated, so a
+  step costs ``|M_ij|`` distances per position instead of the whole bank's);
+* PaDiM (Eq. 7): squared Mahalanobis distance to that position's Gaussian;
+* any other detector with a differentiable score (FedDyMem: its nearest-bank distance
+  through the trained head): its score map summed over the touched region, in feature
+  cells (the map is the patch scores upsampled and smoothed, so the sum is the patch
+  scores' sum up to the smoothing at the region's border).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+
+from fedad.components.gaussian import squared_mahalanobis
+from fedad.components.knn import torch_knn
+from fedad.detectors.base import BANK, Detector
+from fedad.evaluation.scores import differentiable
+
+FeatureLoss = Callable[[torch.Tensor], torch.Tensor]  # features (1, C, H, W) -> scalar
+
+
+def _rows(features: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """The feature rows ``(P, C)`` at the ``where`` ``(H, W)`` positions of one image."""
+    return features[0].permute(1, 2, 0)[where]
+
+
+def patchcore_loss(bank: torch.Tensor, f0: torch.Tensor, where: torch.Tensor,
+                   candidates: int) -> FeatureLoss:
+    """Eq. 5: ``sum_ij min_{f_m in M_ij} ||f_ij - f_m||^2`` with ``M_ij`` the ``candidates``
+    nearest rows of ``bank`` ``(M, C)`` to ``f0``'s row at ``(i, j)``."""
+    k = min(int(candidates), bank.shape[0])
+    with torch.no_grad():
+        _, near = torch_knn(_rows(f0, where).float(), bank, k)
+    cand = bank[near]  # (P, k, C)
+
+    def loss(features: torch.Tensor) -> torch.Tensor:
+        rows = _rows(features, where).float()
+        return (rows[:, None] - cand).pow(2).sum(-1).amin(-1).sum()
+
+    return loss
+
+
+def padim_loss(mean: torch.Tensor, inv: torch.Tensor, idx: np.ndarray,
+               where: torch.Tensor, origin: tuple[int, int] = (0, 0),
+               grid: tuple[int, int] | None = None) -> FeatureLoss:
+    """Eq. 7: ``sum_ij (f_ij - mu_ij)^T Lambda_ij^-1 (f_ij - mu_ij)`` over the channel subset
+    ``idx``, ``mean`` ``(H*W, d)`` and ``inv`` ``(H*W, d, d)`` the global Gaussians of a
+    ``grid`` ``(H, W)`` (default: ``where``'s). ``where`` may be a crop of the image whose
+    first cell is the global cell ``origin``."""
+    gh, gw = grid or tuple(where.shape)
+    ys, xs = where.nonzero(as_tuple=True)
+    flat = (ys + origin[0]) * gw + (xs + origin[1])
+    mu, lam = mean[flat], inv[flat]
+    index = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+
+    def loss(features: torch.Tensor) -> torch.Tensor:
+        rows = _rows(features.index_select(1, index.to(features.device)), where)
+        return squared_mahalanobis(rows[:, None], mu, lam).sum()
+
+    return loss
+
+
+def map_loss(detector: Detector, summary: Mapping[str, np.ndarray], where: torch.Tensor,
+             image_size: int) -> FeatureLoss:
+    """Any differentiable detector: its score map summed over ``where`` (upsampled to the
+    image), divided by the pixels per feature cell."""
+    scorer = differentiable(detector)
+    summary = dict(summary)
+    h, w = where.shape
+    cells = torch.nn.functional.interpolate(where[None, None].float(), size=(image_size,) * 2,
+                                            mode="nearest")[0, 0]
+    per_cell = (image_size * image_size) / (h * w)
+
+    def loss(features: torch.Tensor) -> torch.Tensor:
+        maps = scorer.score_features(features, summary, image_size).maps[0]
+        return (maps * cells.to(maps)).sum() / per_cell
+
+    return loss
+
+
+def _patchcore(detector: Detector, summary: Mapping[str, np.ndarray], f0: torch.Tensor,
+               where: torch.Tensor, candidates: int, origin: tuple[int, int],
+               grid: tuple[int, int]) -> FeatureLoss:
+    bank = torch.from_numpy(np.ascontiguousarray(summary[BANK], dtype=np.float32))
+    return patchcore_loss(bank.to(f0.device), f0, where, candidates)
+
+
+def _padim(detector: Detector, summary: Mapping[str, np.ndarray], f0: torch.Tensor,
+           where: torch.Tensor, candidates: int, origin: tuple[int, int],
+           grid: tuple[int, int]) -> FeatureLoss:
+    mean, inv = detector.model(dict(summary))
+    return padim_loss(mean, inv, detector.idx, where, origin, grid)
+
+
+# detector name -> its Eq. 4-7 loss, which also scores a crop of the image (the features of
+# the region's box: Sec. III-E2's acceleration); any other differentiable detector: map_loss
+# on the whole image
+LOSSES: dict[str, Callable[..., FeatureLoss]] = {"patchcore": _patchcore, "padim": _padim}
+
+
+def crops(detector: Detector) -> bool:
+    """Whether ``detector``'s loss can score the features of a crop of the image."""
+    return getattr(detector, "name", "") in LOSSES
+
+
+def feature_loss(detector: Detector, summary: Mapping[str, np.ndarray], f0: torch.Tensor,
+                 where: torch.Tensor, image_size: int, candidates: int = 50,
+                 origin: tuple[int, int] = (0, 0), grid: tuple[int, int] | None = None
+                 ) -> FeatureLoss:
+    """``l_n`` for ``detector`` against the global ``summary``, built from the features
+    ``f0`` ``(1, C, h, w)`` of the initial estimate; ``where`` ``(h, w)`` bool, the positions
+    that count. With :func:`crops`, ``f0`` may be of a crop whose first cell is the global
+    cell ``origin`` of the whole image's ``grid``.
+
+    Raises:
+        ConfigError: the detector has no differentiable score.
+    """
+    where = where.to(f0.device)
+    build = LOSSES.get(getattr(detector, "name", ""))
+    if build is None:
+        return map_loss(detector, summary, where, image_size)
+    return build(detector, summary, f0, where, candidates, origin,
+                 grid or tuple(where.shape))

@@ -1,0 +1,100 @@
+"""``refine=f2pad`` at a site's final evaluation: refine its test maps with the global
+summary (nothing new travels), its own pixel prior and its calibrated threshold.
+
+The base mask ``m0`` is cut at the threshold a site can deploy, calibrated on its held-out
+normals (:func:`~fedad.evaluation.segmentation.calibrated_threshold`); a site that held
+none out refines nothing and says so. With pixel masks the metrics are ``f2pad_iou``,
+``f2pad_dice`` (and the base mask's ``f2pad_base_iou``, ``f2pad_base_dice``),
+``f2pad_p_auroc``, ``f2pad_pro`` of the ``||a||`` maps; without masks (image-level-only
+data) only the counts and seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedad.config.schema import RunConfig
+from fedad.data.dataset import AnomalyDataset
+from fedad.detectors.base import Detector, Scores
+from fedad.evaluation.differentiable import RefinedSet
+from fedad.evaluation.metrics import pixel_auroc, pro_score
+from fedad.evaluation.segmentation import calibrated_threshold, iou_dice
+from fedad.features.extractor import FeatureExtractor
+from fedad.refinements.f2pad.algorithm import DIVERGED, EMPTY, Units
+from fedad.refinements.f2pad.prior import PixelPrior
+from fedad.refinements.f2pad.refinement import F2PAD, fit_prior
+
+log = logging.getLogger("fedad")
+PRIOR_IMAGES = 16  # training images a site samples its prior's pixels from
+
+
+def _stack(dataset: AnomalyDataset, idx: list[int]) -> torch.Tensor:
+    return torch.stack([dataset[i].image for i in idx])
+
+
+def chosen(n: int, limit: int, seed: int) -> list[int]:
+    """Indices of the images refined: all, or a seeded subset of ``limit``."""
+    if not limit or limit >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).permutation(n)[:limit].tolist())
+
+
+@dataclass
+class SiteRefinement:
+    """What a site's refinement gives: metrics, the refined set and which test images it
+    holds, and what ``fedad-predict`` needs to refine new images (the prior, the
+    threshold); ``refined is None`` when nothing could be refined."""
+
+    metrics: dict[str, float]
+    refined: RefinedSet | None = None
+    indices: list[int] = field(default_factory=list)
+    prior: PixelPrior | None = None
+    threshold: float | None = None
+
+
+def site_prior(cfg: RunConfig, train: AnomalyDataset, info: dict, site: int) -> PixelPrior:
+    """The site's pixel prior from a seeded sample of its training images."""
+    pick = chosen(len(train), PRIOR_IMAGES, cfg.f2pad.seed + site)
+    return fit_prior(_stack(train, pick), cfg.f2pad, Units.of(info["mean"], info["std"]))
+
+
+def refine_site(cfg: RunConfig, detector: Detector, summary: Mapping[str, np.ndarray],
+                extractor: FeatureExtractor, info: dict, train: AnomalyDataset,
+                test: AnomalyDataset, scores: Scores, holdout_maps: torch.Tensor | None,
+                site: int) -> SiteRefinement:
+    """Refine (a seeded subset of ``f2pad.images`` of) the test set from its ``scores``."""
+    f2 = cfg.f2pad
+    if holdout_maps is None or len(holdout_maps) == 0:
+        log.warning("site %d: refine=f2pad needs held-out normals for its threshold "
+                    "(calibration.holdout > 0); nothing refined", site)
+        return SiteRefinement({})
+    threshold = calibrated_threshold(holdout_maps, cfg.calibration.quantile)
+    units = Units.of(info["mean"], info["std"])
+    prior = site_prior(cfg, train, info, site)
+    idx = chosen(len(test), f2.images, f2.seed)
+    images = _stack(test, idx)
+    refiner = F2PAD(f2, detector, summary, extractor, units, prior)
+    log.info("site %d: F2PAD on %d test images (base threshold %.4g, calibrated)", site,
+             len(idx), threshold)
+    out = refiner.refine(images, scores.maps[idx], threshold,
+                         names=[test.records[i].path for i in idx])
+    metrics: dict[str, float] = {"f2pad_refined": float(len(idx) - out.count(EMPTY)),
+                                 "f2pad_empty": float(out.count(EMPTY)),
+                                 "f2pad_diverged": float(out.count(DIVERGED))}
+    metrics.update({f"f2pad_{k}": v for k, v in out.timing().items()})
+    masks = [test[i].mask for i in idx]
+    if test.has_masks and all(m is not None for m in masks):
+        gt = torch.stack(masks)[:, 0] > 0.5
+        if bool(gt.any()) and not bool(gt.all()):
+            base = iou_dice(scores.maps[idx] >= threshold, gt)
+            ref = iou_dice(out.masks, gt)
+            metrics.update({"f2pad_base_iou": base["iou"], "f2pad_base_dice": base["dice"],
+                            "f2pad_iou": ref["iou"], "f2pad_dice": ref["dice"],
+                            "f2pad_p_auroc": pixel_auroc(out.maps, gt),
+                            "f2pad_pro": pro_score(out.maps, gt)})
+    return SiteRefinement(metrics, out, idx, prior, threshold)
