@@ -59,12 +59,12 @@ from fedad.evaluation.segmentation import (  # noqa: E402
 from fedad.federation.site_data import extractor_for, load_client_data  # noqa: E402
 from fedad.refinements.f2pad.algorithm import EMPTY, Units  # noqa: E402
 from fedad.refinements.f2pad.refinement import F2PAD, fit_prior  # noqa: E402
+from fedad.refinements.f2pad.site import PRIOR_IMAGES, chosen  # noqa: E402
 from partitions import partition_nodes  # noqa: E402
 
 log = logging.getLogger("fedad")
 GRID = {"beta0": [5.0, 20.0, 50.0], "mask_threshold": [6.0, 12.0, 24.0],
         "alpha1": [1e-5, 1e-4], "dilation": [5, 9, 15], "components": [3, 5]}
-PRIOR_IMAGES = 16  # training images a site samples its prior's pixels from
 
 
 def images_of(dataset, idx) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
@@ -106,11 +106,34 @@ def build_sites(cfg, federated: bool) -> list[Site]:
     return [Site(cfg, node.site, 5, node.indices) for node in nodes]
 
 
-def subset(n: int, k: int, seed: int) -> list[int]:
-    return sorted(np.random.default_rng(seed).permutation(n)[:k].tolist()) if k else list(range(n))
+def figure(path: Path, image, gt, base_map, mask, normal, units, title: str) -> None:
+    """Image, ground truth, base map, F2PAD's mask and its estimated normal image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def rgb(x):
+        return (x * units.std + units.mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+    panels = [("image", rgb(image)), ("ground truth", gt.numpy()),
+              ("base map", base_map.numpy()), ("F2PAD mask", mask.numpy()),
+              ("estimated normal", rgb(normal))]
+    fig, axes = plt.subplots(1, 5, figsize=(12.5, 2.9))
+    for ax, (name, arr) in zip(axes, panels, strict=True):
+        ax.imshow(arr, cmap=None if arr.ndim == 3 else ("jet" if name == "base map"
+                                                        else "gray"))
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def evaluate_set(cfg, sites, summary, images, masks, names, f2cfg, units, with_ablation=False):
+def evaluate_set(cfg, sites, summary, images, masks, names, f2cfg, units, with_ablation=False,
+                 picture: Path | None = None):
     """Rows for one set: base and refined metrics at both thresholds (without masks, an
     image-level-only set: the calibrated threshold's counts and seconds only)."""
     extractor, _ = extractor_for(cfg)
@@ -154,6 +177,12 @@ def evaluate_set(cfg, sites, summary, images, masks, names, f2cfg, units, with_a
             continue
         out[f"{kind}_base"] = iou_dice(m0, masks)
         out[f"{kind}_f2pad"] = iou_dice(torch.stack([r.mask for r in results]), masks)
+        if kind == "oracle" and picture is not None:  # the first image refined (a priori)
+            first = next((i for i, r in enumerate(results) if r.status != EMPTY), None)
+            if first is not None:
+                figure(picture, images[first], masks[first], base.maps[first],
+                       results[first].mask, results[first].normal, units,
+                       f"{names[first]} ({cfg.detector}, oracle threshold)")
         if kind == "oracle":
             amap = torch.stack([r.amap for r in results])
             out["f2pad_p_auroc"] = pixel_auroc(amap, masks)
@@ -212,7 +241,7 @@ def search(cfg, site, summary, f2cfg, units, val_images: int) -> tuple[object, l
     held = train.subset(held_idx)
     val = cut_paste(held, blob_shapes(64, seed=1), seed=1)
     val.set_normalisation(info["mean"], info["std"])
-    images, masks, _ = images_of(val, subset(len(val), val_images, 1))
+    images, masks, _ = images_of(val, chosen(len(val), val_images, 1))
     trail = []
     best = f2cfg
     best_score = validation_score(cfg, site, summary, best, units, (images, masks))
@@ -250,7 +279,7 @@ def run(args) -> dict:
             shapes = defect_shapes(test) if test.has_masks else blob_shapes(64, seed=0)
             cp = cut_paste(test, shapes, seed=0)
             cp.set_normalisation(info["mean"], info["std"])
-            sets["cutpaste"] = images_of(cp, subset(len(cp), args.images, 0))
+            sets["cutpaste"] = images_of(cp, chosen(len(cp), args.images, 0))
         if "real" in args.sets:
             labels = np.asarray(test.labels)
             anomalous = np.flatnonzero(labels == 1)
@@ -277,13 +306,17 @@ def run(args) -> dict:
                         str(payload["choices"]))
             for set_name, (images, masks, names) in sets.items():
                 t = time.perf_counter()
+                first = setting == "centralized" and set_name == "cutpaste"
                 row = evaluate_set(cfg, sites, summary, images, masks, names, f2cfg, units,
-                                   with_ablation=args.ablation and setting == "centralized"
-                                   and set_name == "cutpaste")
+                                   with_ablation=args.ablation and first,
+                                   picture=args.out / f"{args.name}_{det}.png" if first
+                                   else None)
                 row.update({"detector": det, "setting": setting, "set": set_name,
                             "dataset": args.dataset, "seconds": time.perf_counter() - t})
                 payload["rows"].append(row)
                 log.info("row: %s", row)
+                if args.partial:  # every row as it comes (a long run that is stopped)
+                    write_results(args.out, args.name, payload, markdown(payload))
     return payload
 
 
@@ -344,6 +377,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/fedad-f2pad"))
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default="f2pad")
+    p.add_argument("--partial", action="store_true", help="write the results after each row")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
