@@ -122,7 +122,7 @@ def refine_predictions(run_dir: str | Path, dataset: AnomalyDataset, maps: torch
                        site: int = 0, device: str = "auto"):
     """F2PAD's refinement (:mod:`fedad.refinements.f2pad`) of ``maps`` of ``dataset``'s
     images with the site's pixel prior and pixel threshold (saved by a ``refine=f2pad``
-    run in its folder): a :class:`~fedad.refinements.f2pad.refinement.RefinedSet`.
+    run in its folder): a :class:`~fedad.evaluation.differentiable.RefinedSet`.
 
     Raises:
         ConfigError: the site's folder has no prior (the run was not ``refine=f2pad``).
