@@ -15,11 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from fedad.device import resolve_device
 from fedad.errors import FedadError
 from fedad.evaluation.predict import (
-    load_run_config,
     predict,
     refine_predictions,
+    site_scorer,
     write_predictions,
 )
 from fedad.progress import setup_logging
@@ -42,11 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(not args.quiet)
     try:
+        scorer = site_scorer(args.run_dir, args.site, resolve_device(args.device))
         preds, maps, dataset = predict(args.run_dir, args.folder, args.site, args.device,
-                                       args.skip_bad)
-        how = args.refine or load_run_config(args.run_dir).refine
+                                       args.skip_bad, scorer=scorer)
+        how = args.refine or scorer.cfg.refine
         refined = None if how == "none" else refine_predictions(
-            args.run_dir, dataset, maps, args.site, args.device)
+            args.run_dir, dataset, maps, args.site, args.device, scorer=scorer)
         out = write_predictions(preds, maps, dataset,
                                 args.out or args.run_dir / f"predict-site{args.site}",
                                 heatmaps=not args.no_heatmaps, refined=refined)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from fedad.data.dataset import AnomalyDataset, ImageSource
 from fedad.data.sample import ANOMALOUS, SampleRecord
@@ -86,8 +87,6 @@ def blob_shapes(count: int, seed: int = 0, size: int = 128) -> list[Shape]:
     while len(out) < count:
         noise = perlin_noise((size, size), (4, 4), rng)
         mask = noise > np.quantile(noise, 1 - rng.uniform(0.02, 0.10))
-        from scipy import ndimage
-
         labels, n = ndimage.label(mask)
         if n == 0:
             continue

@@ -203,8 +203,8 @@ def pixel_auroc(maps: ArrayLike, masks: ArrayLike) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _f1_max_split(normal_sorted: np.ndarray, anomalous_sorted: np.ndarray) -> float:
-    """Max F1 over every threshold t (prediction: score >= t).
+def f1_curve(normal_sorted: np.ndarray, anomalous_sorted: np.ndarray) -> np.ndarray:
+    """F1 at each anomalous score taken as the threshold t (prediction: score >= t).
 
     F1(t) = 2 TP / (TP + FP + P). For thresholds between two anomalous scores TP is constant and
     FP can only grow as t falls, so the maximum is attained at an anomalous score; at each one
@@ -213,8 +213,12 @@ def _f1_max_split(normal_sorted: np.ndarray, anomalous_sorted: np.ndarray) -> fl
     num_pos = anomalous_sorted.size
     tp = num_pos - np.searchsorted(anomalous_sorted, anomalous_sorted, side="left")
     fp = normal_sorted.size - np.searchsorted(normal_sorted, anomalous_sorted, side="left")
-    f1 = 2.0 * tp / (tp + fp + num_pos)
-    return float(f1.max())
+    return 2.0 * tp / (tp + fp + num_pos)
+
+
+def _f1_max_split(normal_sorted: np.ndarray, anomalous_sorted: np.ndarray) -> float:
+    """Max F1 over every threshold (:func:`f1_curve`)."""
+    return float(f1_curve(normal_sorted, anomalous_sorted).max())
 
 
 def f1_max(scores: ArrayLike, labels: ArrayLike) -> float:

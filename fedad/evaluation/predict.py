@@ -97,12 +97,13 @@ def site_scorer(run_dir: str | Path, site: int, dev: torch.device) -> SiteScorer
 
 
 def predict(run_dir: str | Path, folder: str | Path, site: int = 0,
-            device: str = "auto", skip_bad: bool = False
+            device: str = "auto", skip_bad: bool = False, scorer: SiteScorer | None = None
             ) -> tuple[list[Prediction], torch.Tensor, AnomalyDataset]:
-    """Scores, decisions and anomaly maps ``(N, S, S)`` of every image in ``folder``."""
+    """Scores, decisions and anomaly maps ``(N, S, S)`` of every image in ``folder``
+    (``scorer``: the site's, when the caller already built it)."""
     files, _ = readable_images(folder, skip_bad)
     dev = resolve_device(device)
-    s = site_scorer(run_dir, site, dev)
+    s = scorer or site_scorer(run_dir, site, dev)
     cfg, info = s.cfg, s.info
     records = [SampleRecord(path=str(f), label=0, product_type="site") for f in files]
     dataset = AnomalyDataset(records, FileSource(), cfg.dataset.image_size,
@@ -119,7 +120,7 @@ def predict(run_dir: str | Path, folder: str | Path, site: int = 0,
 
 
 def refine_predictions(run_dir: str | Path, dataset: AnomalyDataset, maps: torch.Tensor,
-                       site: int = 0, device: str = "auto"):
+                       site: int = 0, device: str = "auto", scorer: SiteScorer | None = None):
     """F2PAD's refinement (:mod:`fedad.refinements.f2pad`) of ``maps`` of ``dataset``'s
     images with the site's pixel prior and pixel threshold (saved by a ``refine=f2pad``
     run in its folder): a :class:`~fedad.evaluation.differentiable.RefinedSet`.
@@ -132,7 +133,7 @@ def refine_predictions(run_dir: str | Path, dataset: AnomalyDataset, maps: torch
     from fedad.refinements.f2pad.refinement import F2PAD
 
     prior, threshold = load_prior(Path(run_dir) / f"site-{site}")
-    s = site_scorer(run_dir, site, resolve_device(device))
+    s = scorer or site_scorer(run_dir, site, resolve_device(device))
     refiner = F2PAD(s.cfg.f2pad, s.detector, s.summary, s.extractor,
                     Units.of(s.info["mean"], s.info["std"]), prior)
     images = torch.stack([dataset[i].image for i in range(len(dataset))])

@@ -17,10 +17,7 @@ import numpy as np
 import torch
 
 from fedad.errors import DataError
-
-
-def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+from fedad.evaluation.metrics import _split, _to_numpy, f1_curve
 
 
 def iou_dice(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray
@@ -31,7 +28,7 @@ def iou_dice(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray
     Raises:
         DataError: shapes differ, or no image has a defect.
     """
-    p, g = _np(pred).astype(bool), _np(gt).astype(bool)
+    p, g = _to_numpy(pred).astype(bool), _to_numpy(gt).astype(bool)
     if p.shape != g.shape or p.ndim != 3:
         raise DataError(f"masks of shape {p.shape} against ground truth {g.shape}")
     inter = (p & g).sum(axis=(1, 2)).astype(np.float64)
@@ -47,20 +44,17 @@ def iou_dice(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray
 
 
 def f1_threshold(maps: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray) -> float:
-    """The threshold ``t`` (a pixel is anomalous where ``map >= t``) of largest pixel F1.
+    """The threshold ``t`` (a pixel is anomalous where ``map >= t``) of largest pixel F1
+    (:func:`~fedad.evaluation.metrics.f1_curve`, the curve ``p_f1_max`` is the maximum of).
 
     Raises:
         DataError: no anomalous pixel.
     """
-    s, g = _np(maps).astype(np.float32).ravel(), _np(masks).astype(bool).ravel()
+    s, g = _to_numpy(maps).astype(np.float32).ravel(), _to_numpy(masks).astype(bool).ravel()
     if not g.any():
         raise DataError("the F1-optimal threshold needs anomalous pixels")
-    normal = np.sort(s[~g])
-    anomalous = np.sort(s[g])
-    tp = anomalous.size - np.searchsorted(anomalous, anomalous, side="left")
-    fp = normal.size - np.searchsorted(normal, anomalous, side="left")
-    f1 = 2.0 * tp / (tp + fp + anomalous.size)
-    return float(anomalous[int(np.argmax(f1))])
+    normal, anomalous, _ = _split(s, g)
+    return float(anomalous[int(np.argmax(f1_curve(normal, anomalous)))])
 
 
 def calibrated_threshold(normal_maps: torch.Tensor | np.ndarray, quantile: float) -> float:
@@ -69,7 +63,7 @@ def calibrated_threshold(normal_maps: torch.Tensor | np.ndarray, quantile: float
     Raises:
         DataError: no maps.
     """
-    m = _np(normal_maps)
+    m = _to_numpy(normal_maps)
     if m.shape[0] == 0:
         raise DataError("a calibrated threshold needs held-out normal images")
     return float(np.quantile(m.reshape(m.shape[0], -1).max(axis=1), quantile))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -59,13 +59,8 @@ class Units:
         return cls(torch.tensor([float(v) for v in mean]).view(3, 1, 1),
                    torch.tensor([float(v) for v in std]).view(3, 1, 1))
 
-    @property
-    def paper_mean(self) -> torch.Tensor:
-        return torch.tensor(PAPER_MEAN).view(3, 1, 1)
-
-    @property
-    def paper_std(self) -> torch.Tensor:
-        return torch.tensor(PAPER_STD).view(3, 1, 1)
+    paper_mean: torch.Tensor = field(default_factory=lambda: torch.tensor(PAPER_MEAN).view(3, 1, 1))
+    paper_std: torch.Tensor = field(default_factory=lambda: torch.tensor(PAPER_STD).view(3, 1, 1))
 
     def to_paper(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone-normalised pixels -> the paper's units."""
