@@ -76,13 +76,13 @@ def test_sharing_weights_sum_to_one_favour_near_similar_pixels_and_stay_inside()
     x = torch.rand(3, 9, 8, generator=g, dtype=torch.float64)
     x[:, :, 4:] += 5.0  # a sharp colour edge down the middle
     w = sharing_weights(x, k_s=2)
-    assert w.shape == (9, 8, 25)
-    assert torch.allclose(w.sum(-1), torch.ones(9, 8, dtype=torch.float64))
+    assert w.shape == (25, 9, 8)
+    assert torch.allclose(w.sum(0), torch.ones(9, 8, dtype=torch.float64))
     # a corner pixel shares with nobody outside the image: its out-of-image weights are 0
-    corner = w[0, 0].reshape(5, 5)
+    corner = w[:, 0, 0].reshape(5, 5)
     assert corner[:2].abs().sum() == 0 and corner[:, :2].abs().sum() == 0
     # across the edge the colour term makes neighbours count (almost) nothing
-    left = w[4, 3].reshape(5, 5)  # column 3: offsets +1, +2 cross into the bright half
+    left = w[:, 4, 3].reshape(5, 5)  # column 3: offsets +1, +2 cross into the bright half
     assert left[:, 3:].sum() < 1e-6 and left[2, 2] == left.max()
 
 
@@ -95,7 +95,7 @@ def test_shared_direction_is_eq_13():
     spike[:, 3, 3] = 1.0
     g = shared_direction(spike, w, k_s=1)
     # pixel (3, 2) receives its right neighbour's gradient with that neighbour's weight
-    assert float(g[0, 3, 2]) == pytest.approx(float(w[3, 2].reshape(3, 3)[1, 2]))
+    assert float(g[0, 3, 2]) == pytest.approx(float(w[:, 3, 2].reshape(3, 3)[1, 2]))
     assert float(g[0, 0, 0]) == 0.0  # too far from the spike
 
 
