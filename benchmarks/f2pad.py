@@ -3,8 +3,10 @@ pixel-level refinement, centralized and federated, on three sets:
 
 * ``cutpaste``: the paper's protocol (``fedad/data/cutpaste.py``) on the dataset's
   defect-free test images, shapes from its own defect masks (exact masks);
-* ``real``: the dataset's own test images (real defects and normal images);
-* ``textures``: the embedded textures' cut-paste set (shapes from their test masks).
+* ``real``: the dataset's own test images (real defects and normal images).
+
+The embedded textures are ``--dataset textures`` (their cut-paste set takes its shapes from
+their synthetic test masks). Rows of several runs go into one table with ``--append``.
 
 Sets are a fixed seeded subset of ``--images`` images each (refining is 10-60 s per image
 on 2 cores). Thresholds for the base mask ``m0``: ``oracle`` (the base map's F1-optimal
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import sys
 import time
@@ -69,6 +72,7 @@ GRID = {"beta0": [5.0, 20.0, 50.0], "mask_threshold": [6.0, 12.0, 24.0],
 # the iteration cap, chosen first (from the defaults): the smallest cap whose validation IoU
 # is within CAP_SLACK points of the full 1,200 (the paper's Table IV: 200-400 iterations)
 CAPS, CAP_SLACK = [150, 200, 300], 1.0
+SETS = ("cutpaste", "real")
 
 
 def images_of(dataset, idx) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
@@ -271,8 +275,28 @@ def search(cfg, site, summary, f2cfg, units, val_images: int) -> tuple[object, l
     return best, trail
 
 
+def key(row: dict) -> tuple:
+    return row["dataset"], row["set"], row["detector"], row["setting"]
+
+
+def start(args) -> dict:
+    """A fresh payload, or (``--append``) the one already at ``--out``/``--name``, this
+    command added (a row run again replaces the old one)."""
+    path = args.out / f"{args.name}.json"
+    if args.append and path.exists():
+        payload = json.loads(path.read_text())
+        payload["commands"] = [*payload.get("commands", []), command_line()]
+        payload["machine"] = machine()
+        return payload
+    return {"machine": machine(), "commands": [command_line()], "rows": []}
+
+
+def add_row(payload: dict, row: dict) -> None:
+    payload["rows"] = [r for r in payload["rows"] if key(r) != key(row)] + [row]
+
+
 def run(args) -> dict:
-    payload: dict = {"machine": machine(), "command": command_line(), "rows": []}
+    payload = start(args)
     base_cfg = from_flat({"dataset.name": args.dataset, **dict(
         o.split("=", 1) for o in args.overrides)})
     if args.root:
@@ -309,12 +333,12 @@ def run(args) -> dict:
                     t = time.perf_counter()
                     f2cfg, trail = search(cfg, sites[0], summary, cfg.f2pad, units,
                                           args.val_images)
-                    payload.setdefault("choices", {})[det] = {
+                    payload.setdefault("choices", {})[f"{args.dataset}/{det}"] = {
                         "chosen": {k: getattr(f2cfg, k) for k in [*GRID, "max_iterations"]},
                         "trail": trail,
                         "seconds": time.perf_counter() - t}
                     log.info("chosen on validation for %s: %s", det,
-                             payload["choices"][det]["chosen"])
+                             payload["choices"][f"{args.dataset}/{det}"]["chosen"])
                     (args.work / f"choices_{args.name}.json").write_text(
                         str(payload["choices"]))
             for set_name, (images, masks, names) in sets.items():
@@ -326,7 +350,7 @@ def run(args) -> dict:
                                    else None)
                 row.update({"detector": det, "setting": setting, "set": set_name,
                             "dataset": args.dataset, "seconds": time.perf_counter() - t})
-                payload["rows"].append(row)
+                add_row(payload, row)
                 log.info("row: %s", row)
                 if args.partial:  # every row as it comes (a long run that is stopped)
                     write_results(args.out, args.name, payload, markdown(payload))
@@ -345,7 +369,7 @@ def markdown(payload: dict) -> str:
 
     def pair(d):
         return f"{d['iou']:.1f} / {d['dice']:.1f}"
-    for r in payload["rows"]:
+    for r in sorted(payload["rows"], key=key):
         if "oracle_base" not in r:  # image-level-only data: no IoU, timing only
             sec = r.get("calibrated_seconds", [0, 0])
             its = r.get("calibrated_iterations", [0, 0])
@@ -372,7 +396,7 @@ def markdown(payload: dict) -> str:
     if payload.get("choices"):
         lines += ["", "Chosen on the validation split: " + "; ".join(
             f"{d}: {c['chosen']}" for d, c in payload["choices"].items())]
-    lines += ["", f"Command: `{payload['command']}`"]
+    lines += ["", "Commands:", ""] + [f"- `{c}`" for c in payload["commands"]]
     return "\n".join(lines)
 
 
@@ -391,8 +415,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default="f2pad")
     p.add_argument("--partial", action="store_true", help="write the results after each row")
+    p.add_argument("--append", action="store_true",
+                   help="add the rows to the results already at --out/--name")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
+    unknown = sorted(set(args.sets) - set(SETS))
+    if unknown:  # e.g. an override swallowed by --sets: put overrides first or after --
+        p.error(f"--sets: unknown set(s) {unknown} (sets: {', '.join(SETS)}); overrides go "
+                "before the options or after --")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
     args.work.mkdir(parents=True, exist_ok=True)
