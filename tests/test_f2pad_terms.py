@@ -126,3 +126,18 @@ def test_pixel_prior_fit_finds_the_colour_clusters_and_refuses_bad_counts():
         fit_pixel_prior(pixels[:1], components=2)
     with pytest.raises(ConfigError, match=">= 1"):
         fit_pixel_prior(pixels, components=0)
+
+
+def test_shared_direction_matches_eq_13_summed_pixel_by_pixel():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 5, 6, generator=g, dtype=torch.float64)
+    grad = torch.randn(3, 5, 6, generator=g, dtype=torch.float64)
+    w = sharing_weights(x, k_s=1)
+    want = torch.zeros_like(grad)
+    for i in range(5):
+        for j in range(6):
+            for k in range(9):
+                di, dj = k // 3 - 1, k % 3 - 1
+                if 0 <= i + di < 5 and 0 <= j + dj < 6:
+                    want[:, i, j] += w[k, i, j] * grad[:, i + di, j + dj]
+    assert torch.allclose(shared_direction(grad, w, k_s=1), want)
