@@ -17,7 +17,8 @@ deploy). The continuous ``||a||`` map gives P-AUROC and PRO (from the oracle ``m
 Federated: 5 sites (Dirichlet alpha 0.1), each fits its detector on its partition; the
 server validates and merges the summaries (``merge``, as a one-round run of the summary
 exchange does). Test image ``i`` is refined by site ``i mod 5`` with the global summary,
-that site's pixel prior (fitted on its own training pixels) and its calibrated threshold.
+that site's pixel prior (fitted on its own training pixels) and its calibrated threshold;
+sites without held-out normals (they cannot calibrate) refine none, the others take turns.
 
 Hyperparameters (``--search``): the iteration cap first (the smallest of :data:`CAPS`
 within :data:`CAP_SLACK` IoU points of the uncapped solve, from the defaults), then
@@ -149,6 +150,11 @@ def evaluate_set(cfg, sites, summary, images, masks, names, f2cfg, units, with_a
     with torch.no_grad():
         base = score(scorer, extractor(images), summary, cfg.dataset.image_size)
     out: dict = {"images": len(images)}
+    # a site with no held-out normals (a tiny Dirichlet share) cannot calibrate a threshold:
+    # test images go to the sites that can, in turn
+    sites = [s for s in sites if s.data.holdout is not None]
+    if not sites:
+        raise SystemExit("no site holds out normal images: no calibrated threshold")
     calibrated = {}
     for s in sites:
         held = score(s.detector, s.data.holdout.features, summary, cfg.dataset.image_size)
