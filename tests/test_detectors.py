@@ -43,9 +43,12 @@ def features(n: int, seed: int, shape: FeatureShape) -> torch.Tensor:
     return torch.randn(n, shape.channels, shape.height, shape.width, generator=g)
 
 
-@pytest.mark.parametrize("name", sorted(DETECTORS))
+@pytest.mark.parametrize("name", sorted(n for n in DETECTORS
+                                         if "summary" in detector_class(n).exchanges))
 def test_conformance(name: str):
-    """fit, summarize, validate, merge, score and a state round trip, on tiny features."""
+    """fit, summarize, validate, merge, score and a state round trip, on tiny features, for
+    every detector a summary federates (one federated by weights alone, asymst, has its own
+    in tests/test_asymst.py)."""
     cfg = tiny_cfg(name)
     shape = FeatureShape(12, 4, 4)
     server = create(cfg, shape, "cpu", seed=cfg.train.seed)

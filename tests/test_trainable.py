@@ -21,7 +21,9 @@ def site_weights(run: Path, site: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("exchange", ["fedavg", "fedprox", "scaffold", "toypersonal"])
+# fedavg and scaffold run a registered trained detector through Flower in
+# tests/test_asymst.py; the plugin runs the others
+@pytest.mark.parametrize("exchange", ["fedprox", "toypersonal"])
 def test_a_new_trained_detector_runs_every_weight_exchange_through_flower(
         tmp_path: Path, exchange: str):
     sim = tiny_sim(detector="toyae", exchange=exchange, plugins=[PLUGIN], examples=0)
@@ -42,6 +44,3 @@ def test_a_new_trained_detector_runs_every_weight_exchange_through_flower(
     # a shared global model is what every site scores with; a personalised exchange sends
     # each site its own
     assert same == (exchange != "toypersonal")
-    if exchange == "scaffold":  # weights and a control variate went to every site
-        up = result["rounds"][-1]["bytes"]["received_per_client"]
-        assert result["rounds"][-1]["bytes"]["sent"] >= 3 * up

@@ -94,6 +94,10 @@ class BackboneConfig:
     cache: str = choice("memory", "disk", "none")
     cache_dir: str | None = None
     half: bool = False
+    # set from the detector, not by hand (fedad/detectors/registry.py feature_config): a
+    # detector that reads images (inputs="images", e.g. asymst) is handed the normalised
+    # pixels (N, 3, S, S) where the others get frozen features, and runs the backbone itself
+    pixels: bool = False
 
 
 @dataclass
@@ -261,6 +265,59 @@ class F2PADConfig:
 
 
 @dataclass
+class DDPMConfig:
+    """The DDPM trained on normal images only (``fedad/diffusion/``, Ho et al. 2020), sized
+    for 2 CPU cores (``fedad/diffusion/unet.py`` says why): a ``diffusers`` UNet without
+    attention on random ``crop`` x ``crop`` crops, federated by the run's weight exchange."""
+
+    crop: int = 64  # training crops (px) of the images at the detector's input size
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # UNet levels
+    layers_per_block: int = 1
+    groups: int = 8  # GroupNorm groups
+    timesteps: int = 1000  # T (Ho et al.)
+    schedule: str = choice("linear", "squaredcos_cap_v2")  # beta_t: 1e-4..0.02 | cosine
+    epochs: int = 10  # crops per DDPM round: epochs x the site's images (one step per batch)
+    batch_size: int = 16
+    lr: float = 1e-3
+
+
+@dataclass
+class AsymSTConfig:
+    """DDPM-synthesised defects and an asymmetric teacher-student (seed 000, first abstract;
+    ``fedad/detectors/asymst/``). Only the abstract is public: every value below is a
+    choice fixed a priori after the documented designs it is read by (RealNet's SDAS for
+    the synthesis, DRAEM's Perlin masks, DeSTSeg's student and segmentation head; docs:
+    seed-methods.md section 2), kept as switches where the alternatives are named.
+
+    Rounds: the first ``ddpm_rounds`` train the DDPM, the next ``student_rounds`` the
+    student, the rest of ``train.rounds`` the segmentation head (DeSTSeg's two stages);
+    every round moves the whole module's weights."""
+
+    synthesis: str = choice("ddpm", "cutpaste")  # defects: the DDPM | cut-paste/Perlin/scratch
+    start: str = choice("noise", "image")  # the DDPM defect from pure noise (RealNet) | SDEdit
+    t_start: float = 0.5  # start=image: the fraction of T the image is noised to
+    sample_steps: int = 10  # respaced reverse steps (RealNet: 20; halved for 2 cores)
+    inflation: list[float] = field(default_factory=lambda: [0.1, 0.2])  # s ~ U[a, b]
+    opacity: list[float] = field(default_factory=lambda: [0.5, 1.0])  # blend ~ U[a, b]
+    clean_fraction: float = 0.5  # training images shown without a defect (RealNet: 50%)
+    # perturbed samples a site draws once (the DDPM at its global weights when the student
+    # rounds start); every training defect pastes one of them, flipped and rotated at
+    # random, into a fresh Perlin mask (RealNet pastes a whole generated image the same way)
+    pool: int = 32
+    ddpm_rounds: int = 4
+    student_rounds: int = 3
+    strides: list[int] = field(default_factory=lambda: [4, 8, 16])  # teacher levels
+    student_width: int = 32  # the student's first level's channels (doubles per level)
+    seg_head: bool = True  # ablation switch: False scores by the cosine discrepancy alone
+    head_channels: int = 64
+    student_lr: float = 1e-3
+    head_lr: float = 1e-3
+    focal_gamma: float = 4.0  # DeSTSeg's focal loss
+    top_k: int = 100  # image score: mean of the top_k pixels of the map at stride 4
+    seed: int = 0
+
+
+@dataclass
 class CalibrationConfig:
     """Normal training images each client holds out (never fitted on, never test images):
     its anomaly threshold for ``fedad-predict`` is the ``quantile`` of their image scores,
@@ -328,6 +385,8 @@ class RunConfig:
     # refine=f2pad: pixel-level refinement of the final maps at evaluation (F2PAD, seed 002)
     refine: str = choice("none", "f2pad")
     f2pad: F2PADConfig = field(default_factory=F2PADConfig)
+    ddpm: DDPMConfig = field(default_factory=DDPMConfig)
+    asymst: AsymSTConfig = field(default_factory=AsymSTConfig)
     # a run is a detector x an exchange (fedad/detectors/registry.py, which checks the pair)
     # detector: feddymem | patchcore | padim (fedad/detectors/registry.py DETECTORS)
     detector: str = "feddymem"
@@ -336,7 +395,8 @@ class RunConfig:
     exchange: str = "summary"
     # method: a shorthand resolved into the two above (and then cleared): an exchange name
     # (method=fedavg: that exchange, detector unchanged), a detector name (method=patchcore:
-    # that detector with the summary exchange) or "bank" (the summary exchange)
+    # that detector with the summary exchange; method=asymst: fedavg, it has no summary) or
+    # "bank" (the summary exchange)
     method: str = ""
     # modules imported before the registries are read: each may add a detector or an
     # exchange of its own (one line: DETECTORS["name"] = "module:Class"), e.g. a lab's

@@ -64,11 +64,15 @@ class FeatureShape:
 class FitInfo:
     """What a client reports about its ``fit``: the last epoch's loss (0 for detectors that
     do not train), seconds spent per stage (``train``, ``summarize``, ...) and the number of
-    optimiser steps (SCAFFOLD's control update divides by it)."""
+    optimiser steps and their learning rate (SCAFFOLD's control update divides by both)."""
 
     loss: float = 0.0
     seconds: dict[str, float] | None = None
     steps: int = 0
+    lr: float | None = None  # the steps' learning rate when not train.lr (SCAFFOLD reads it)
+    # facts about this site's round that the run's record lists by site (rounds.json
+    # "train.site-notes"), e.g. asymst's {"synthesis-fallback": 1}
+    notes: dict[str, float] | None = None
 
 
 @dataclass
@@ -107,6 +111,10 @@ class Detector(Protocol):
         exchanges: the exchanges it can be federated by (:mod:`fedad.detectors.registry`
             refuses any other pair when a config is composed); weight exchanges need a
             :class:`TrainableDetector`.
+        inputs (optional, default ``"features"``): ``"images"`` for a detector that runs
+            the backbone itself (a teacher-student network, a diffusion model): what it is
+            handed as ``features`` is then the normalised pixels ``(N, 3, S, S)``, through
+            the same cache, and its :class:`FeatureShape` is ``(3, S, S)``.
     """
 
     name: ClassVar[str]

@@ -27,6 +27,7 @@ DETECTORS: dict[str, str] = {
     "feddymem": "fedad.detectors.feddymem.detector:FedDyMem",
     "patchcore": "fedad.detectors.patchcore.detector:PatchCore",
     "padim": "fedad.detectors.padim.detector:PaDiM",
+    "asymst": "fedad.detectors.asymst.detector:AsymST",
 }
 
 BANK = "bank"  # method=bank: the summary exchange (the name before exchanges had their own)
@@ -52,8 +53,10 @@ def _apply_method(cfg: RunConfig) -> None:
     m = cfg.method
     if not m:
         return
-    if m in DETECTORS:
-        cfg.detector, cfg.exchange = m, "summary"
+    if m in DETECTORS:  # its summary, or (a network federated by weights alone) fedavg
+        supported = detector_class(m).exchanges
+        cfg.detector = m
+        cfg.exchange = next((e for e in ("summary", "fedavg") if e in supported), supported[0])
     elif m == BANK:
         cfg.exchange = "summary"
     elif m in EXCHANGES:
@@ -97,6 +100,9 @@ def check(cfg: RunConfig) -> RunConfig:
 
     check_choices(cfg)
     resolved = resolve(copy.deepcopy(cfg))
+    own_check = getattr(detector_class(resolved.detector), "check_config", None)
+    if own_check is not None:  # what only the detector knows (asymst: its phases' rounds)
+        own_check(resolved)
     if exchange_class(resolved.exchange).needs == "module":  # built only when it matters
         exchange_for(resolved, create(resolved, feature_shape(resolved))).check()
     if resolved.refine != "none" and not hasattr(detector_class(resolved.detector),
@@ -152,8 +158,9 @@ def feature_config(cfg: RunConfig) -> RunConfig:
     """The config whose backbone settings are what the detector reads: ``backbone.layers``
     from its section's ``strides`` when it has them (PatchCore 8/16, PaDiM 4/8/16) and
     ``backbone.avg_pool`` from its section's ``avg_pool`` (PaDiM: raw features, as
-    published), else the ``backbone`` section's. Feature caches key on these, so detectors
-    never share a wrongly shaped or wrongly pooled feature."""
+    published), else the ``backbone`` section's, and ``backbone.pixels`` from the
+    detector's ``inputs`` (``"images"``: it is handed normalised pixels). Feature caches
+    key on these, so detectors never share a wrongly shaped or wrongly pooled feature."""
     resolve(cfg)
     section = getattr(cfg, cfg.detector, None)
     strides = list(getattr(section, "strides", []) or [])
@@ -164,6 +171,9 @@ def feature_config(cfg: RunConfig) -> RunConfig:
     pool = getattr(section, "avg_pool", None)
     if pool is not None:
         backbone = replace(backbone, avg_pool=bool(pool))
+    pixels = getattr(detector_class(cfg.detector), "inputs", "features") == "images"
+    if backbone.pixels != pixels:
+        backbone = replace(backbone, pixels=pixels)
     return cfg if backbone == cfg.backbone else replace(cfg, backbone=backbone)
 
 

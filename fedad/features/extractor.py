@@ -58,6 +58,21 @@ class FeatureExtractor(nn.Module):
         return self.channels, side, side
 
 
+class PixelExtractor(nn.Module):
+    """The identity on normalised images: what a detector that reads pixels
+    (``backbone.pixels``) is handed in place of features, through the same cache."""
+
+    channels = 3
+    reduction = 1
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float()
+
+    def output_shape(self, image_size: int) -> tuple[int, int, int]:
+        return 3, int(image_size), int(image_size)
+
+
 def feature_channels(cfg: BackboneConfig) -> int:
     """Channels ``C`` of the fused features, without loading any weights."""
     model = timm.create_model(cfg.name, pretrained=False, features_only=True,
@@ -65,13 +80,16 @@ def feature_channels(cfg: BackboneConfig) -> int:
     return int(sum(model.feature_info.channels()))
 
 
-def build_feature_extractor(cfg: BackboneConfig) -> tuple[FeatureExtractor, dict]:
+def build_feature_extractor(cfg: BackboneConfig) -> tuple[FeatureExtractor | PixelExtractor, dict]:
     """The frozen extractor and its description (name, weights, layers, mean, std)."""
     layers = tuple(int(i) for i in cfg.layers)
     if not layers or sorted(layers) != list(layers):
         raise ConfigError(f"backbone.layers must be increasing indices, got {list(cfg.layers)}")
     full = create_backbone(cfg.name, cfg.weights)
     mean, std = normalisation(full)
+    if cfg.pixels:  # the detector runs the backbone itself: pixels, normalised for it
+        return PixelExtractor(), {"name": "pixels", "backbone": cfg.name, "mean": list(mean),
+                                  "std": list(std), "channels": 3, "reduction": 1}
     feats = timm.create_model(cfg.name, pretrained=False, features_only=True, out_indices=layers)
     full_state = full.state_dict()
     missing = [k for k in feats.state_dict() if k not in full_state]
@@ -121,7 +139,10 @@ def layers_for_strides(name: str, strides: Sequence[int]) -> list[int]:
 
 def feature_geometry(cfg: BackboneConfig, image_size: int) -> tuple[int, int, int]:
     """``(C, H, W)`` of the fused features of a square ``image_size`` input, without
-    loading any weights (what a server needs to check uploads)."""
+    loading any weights (what a server needs to check uploads); ``(3, S, S)`` for a
+    detector that reads pixels."""
+    if cfg.pixels:
+        return 3, int(image_size), int(image_size)
     model = timm.create_model(cfg.name, pretrained=False, features_only=True,
                               out_indices=tuple(int(i) for i in cfg.layers))
     side = -(-int(image_size) // int(model.feature_info.reduction()[0]))

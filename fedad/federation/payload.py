@@ -8,3 +8,4 @@ CONFIG = "config"  # ConfigRecord name of per-round instructions
 METRICS = "metrics"  # MetricRecord name of a reply's numbers
 NUM_EXAMPLES = "num-examples"
 FILES = "files"  # start-up data check: ConfigRecord of unreadable files
+NOTE = "note-"  # prefix of a fit metric the round record lists by site (FitInfo.notes)

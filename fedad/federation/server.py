@@ -34,7 +34,7 @@ from fedad.detectors.registry import (
 )
 from fedad.errors import BankError
 from fedad.federation.exchanges.base import Upload
-from fedad.federation.payload import NUM_EXAMPLES
+from fedad.federation.payload import NOTE, NUM_EXAMPLES
 from fedad.federation.records import EVALUATE, QUERY, TRAIN, Envelope, Reply, nbytes
 from fedad.federation.robust import median_outliers
 
@@ -202,6 +202,7 @@ class Server:
 
     def accept(self, rnd: int, delivery: Delivery) -> dict:
         """Validate, screen and aggregate a round's uploads; the round's train record."""
+        self.exchange.round_t = rnd  # what a round's uploads hold may depend on it
         valid: list[tuple[Reply, dict]] = []
         for reply in self.ok_replies(delivery, rnd):
             try:
@@ -222,13 +223,21 @@ class Server:
                                  for r, u in valid], rnd)
         self.last_aggregate_seconds = time.perf_counter() - t
         metrics = [r.metrics for r in replies]
-        return {"clients": len(replies),
-                "loss": mean_std(float(m.get("loss", 0.0)) for m in metrics),
-                "seconds-client": {k: max(float(m.get(k, 0.0)) for m in metrics)
-                                   for k in TRAIN_SECONDS},
-                "seconds-client-sum": {k: sum(float(m.get(k, 0.0)) for m in metrics)
-                                       for k in TRAIN_SECONDS},
-                "seconds-aggregate": self.last_aggregate_seconds}
+        stages = list(TRAIN_SECONDS) + sorted({k for m in metrics for k in m
+                                               if k.startswith("seconds-")} - set(TRAIN_SECONDS))
+        notes = {str(m.get("partition-id", r.key)): {k[len(NOTE):]: float(v)
+                                                     for k, v in m.items() if k.startswith(NOTE)}
+                 for r, m in zip(replies, metrics, strict=True)}
+        record = {"clients": len(replies),
+                  "loss": mean_std(float(m.get("loss", 0.0)) for m in metrics),
+                  "seconds-client": {k: max(float(m.get(k, 0.0)) for m in metrics)
+                                     for k in stages},
+                  "seconds-client-sum": {k: sum(float(m.get(k, 0.0)) for m in metrics)
+                                         for k in stages},
+                  "seconds-aggregate": self.last_aggregate_seconds}
+        if any(notes.values()):
+            record["site-notes"] = {k: v for k, v in notes.items() if v}
+        return record
 
     def evaluation(self, rnd: int, delivery: Delivery) -> dict | None:
         """Mean and spread over sites of their metrics (and each site's)."""

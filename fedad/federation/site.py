@@ -39,7 +39,7 @@ from fedad.evaluation.shared_scores import score_shared
 from fedad.federation.checkpoint import load_client, save_client
 from fedad.federation.exchanges.base import Exchange
 from fedad.federation.faults import active, inject
-from fedad.federation.payload import NUM_EXAMPLES
+from fedad.federation.payload import NOTE, NUM_EXAMPLES
 from fedad.federation.records import EVALUATE, QUERY, TRAIN, Envelope, Reply
 from fedad.federation.site_data import (
     ClientData,
@@ -173,9 +173,11 @@ def train(run: SiteRound, envelope: Envelope, store: StateStore) -> Reply:
         NUM_EXAMPLES: len(run.data.train), "partition-id": run.data.partition_id,
         "loss": float(info.loss), "steps": int(info.steps),
         "seconds-features": run.seconds_features,
-        # "train" (epochs) vs the rest (reduce, coreset, statistics)
+        # "train" (epochs) vs the rest (reduce, coreset, statistics), and each stage
         "seconds-train": float(stages.get("train", seconds - other)),
-        "seconds-reduce": float(other)})
+        "seconds-reduce": float(other),
+        **{f"seconds-{k}": float(v) for k, v in stages.items() if k not in ("train", "reduce")},
+        **{f"{NOTE}{k}": float(v) for k, v in (info.notes or {}).items()}})
 
 
 def refine(run: SiteRound, node: NodeData, summary, scores, held):

@@ -52,6 +52,9 @@ class Exchange:
     needs: ClassVar[str] = "summary"
     # record names a valid upload holds
     upload_records: ClassVar[tuple[str, ...]] = ()
+    # the round whose uploads the server is checking and combining (set by the server before
+    # it validates them; a weight exchange uploads only what the round trains)
+    round_t: int = 0
 
     def __init__(self, cfg: RunConfig, detector: Detector) -> None:
         self.cfg = cfg

@@ -184,14 +184,15 @@ class ScaffoldExchange(WeightExchange):
 
     def validate(self, upload: Records, who: str) -> Records:
         out = super().validate(upload, who)
-        shapes = {k: tuple(v.shape) for k, v in self.control.items()}
+        keys = set(self.round_keys(self.round_t, self.control))
+        shapes = {k: tuple(v.shape) for k, v in self.control.items() if k in keys}
         return {**out, CONTROL_DELTA: check_state(upload[CONTROL_DELTA], who, shapes,
                                                   CONTROL_DELTA)}
 
     def aggregate(self, uploads: Sequence[Upload], round_t: int) -> None:
         x = tensors(self.weights)
-        delta_ys = [{k: torch.from_numpy(np.asarray(u.records[WEIGHTS][k])) - x[k] for k in x}
-                    for u in uploads]
+        delta_ys = [{k: torch.from_numpy(np.asarray(v)) - x[k]
+                     for k, v in u.records[WEIGHTS].items()} for u in uploads]
         x_new, c_new = server_update(x, tensors(self.control), delta_ys,
                                      [tensors(u.records[CONTROL_DELTA]) for u in uploads],
                                      self.cfg.num_clients, self.cfg.train.global_lr)
@@ -226,12 +227,18 @@ class ScaffoldExchange(WeightExchange):
     def upload(self, site_state: dict[str, Tensor], payload: Records,
                info: FitInfo) -> Records:
         c_local, c_global = self._c
+        # the parameters this round trained (all, unless the detector trains its module
+        # part by part: the others' c_i and x stay as they are)
+        keys = set(self.round_keys(self.round_t))
+        mine = {k: v for k, v in c_local.items() if k in keys}
         if info.steps > 0:
             y = {k: v.detach().clone() for k, v in self.detector.module().named_parameters()
-                 if k in c_local}
-            c_local, delta_c, _ = client_control_update(c_local, c_global, self._x, y,
-                                                        info.steps, self.cfg.train.lr)
+                 if k in mine}
+            new, delta_c, _ = client_control_update(
+                mine, {k: c_global[k] for k in mine}, {k: self._x[k] for k in mine}, y,
+                info.steps, info.lr or self.cfg.train.lr)
+            c_local = {**c_local, **new}
         else:  # no step taken (e.g. a one-image site with BatchNorm): c_i unchanged
-            delta_c = zeros_like_state(c_local)
+            delta_c = zeros_like_state(mine)
         site_state.update({f"{SITE_CONTROL}.{k}": v.clone() for k, v in c_local.items()})
         return {**super().upload(site_state, payload, info), CONTROL_DELTA: arrays(delta_c)}

@@ -3,8 +3,13 @@ trained at each site and its weights travel; each site scores against its own su
 rebuilt from its training features with the current module (``own_summary``: FedDyMem's
 local bank; nothing for a network that scores alone, e.g. an autoencoder).
 
+A detector whose rounds train only part of its module (``trained_parts(round_t)``: the
+state-dict key prefixes that can change in that round; asymst trains its DDPM, its student
+and its head in turn) has a site upload only those keys; every payload still carries all
+the global weights, so a site is always in step.
+
 Server: the global weights start as the module of a detector drawn with ``train.seed``;
-uploads are checked against their keys and shapes; the valid ones are combined by
+uploads are checked against the round's keys and shapes; the valid ones are combined by
 :meth:`WeightExchange.combine` (FedAvg's weighted mean unless an exchange says otherwise;
 with ``robust.enabled``, the coordinate-wise trimmed mean of the kept uploads, as Flower's
 ``FedTrimmedAvg``). BatchNorm's ``num_batches_tracked`` counters never travel.
@@ -68,9 +73,17 @@ class WeightExchange(Exchange):
                               f"detector={self.detector.name} has no module()")
         self.keys()
 
-    def module_weights(self) -> Arrays:
+    def round_keys(self, round_t: int, keys=None) -> list[str]:
+        """Those of ``keys`` (default: the exchanged keys) that round ``round_t`` trains: all,
+        unless the detector's ``trained_parts`` names the parts it trains in that round."""
+        keys = self.keys() if keys is None else list(keys)
+        parts = getattr(self.detector, "trained_parts", None)
+        prefixes = parts(round_t) if parts is not None and round_t >= 1 else None
+        return keys if prefixes is None else [k for k in keys if k.startswith(tuple(prefixes))]
+
+    def module_weights(self, keys: list[str] | None = None) -> Arrays:
         state = self.detector.module().state_dict()
-        return arrays({k: state[k] for k in self.keys()})
+        return arrays({k: state[k] for k in (self.keys() if keys is None else keys)})
 
     def load_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         """The exchanged keys of ``weights`` into the site's module (the others stay)."""
@@ -94,23 +107,24 @@ class WeightExchange(Exchange):
 
     def validate(self, upload: Records, who: str) -> Records:
         super().validate(upload, who)
-        return {WEIGHTS: check_state(upload[WEIGHTS], who, self.reference, WEIGHTS)}
+        shapes = {k: self.reference[k] for k in self.round_keys(self.round_t, self.reference)}
+        return {WEIGHTS: check_state(upload[WEIGHTS], who, shapes, WEIGHTS)}
 
     def descriptor(self, upload: Records) -> np.ndarray:
         return flat_update(upload[WEIGHTS], self.weights)
 
     def combine(self, uploads: Sequence[Upload]) -> Arrays:
-        """The new global weights from valid uploads."""
+        """The new global weights of the keys the valid uploads hold."""
         states = [u.records[WEIGHTS] for u in uploads]
         if self.cfg.robust.enabled:
             return {k: trimmed_mean([s[k] for s in states], self.cfg.robust.trim).astype(
-                self.weights[k].dtype) for k in self.weights}
+                self.weights[k].dtype) for k in states[0]}
         mean = weighted_mean([tensors(s) for s in states],
                              [u.num_examples for u in uploads])
         return arrays(mean)
 
     def aggregate(self, uploads: Sequence[Upload], round_t: int) -> None:
-        self.weights = self.combine(uploads)
+        self.weights = {**self.weights, **self.combine(uploads)}
 
     def state(self) -> dict[str, Any]:
         return {"weights": self.weights, "reference": self.reference}
@@ -127,12 +141,13 @@ class WeightExchange(Exchange):
             site_state: dict[str, torch.Tensor]) -> tuple[Records, FitInfo]:
         if WEIGHTS in payload:
             self.load_weights(payload[WEIGHTS])
+        self.round_t = round_t
         info = self.detector.fit(features, None, round_t, self.hooks(site_state, payload))
         return self.upload(site_state, payload, info), info
 
     def upload(self, site_state: dict[str, torch.Tensor], payload: Records,
                info: FitInfo) -> Records:
-        return {WEIGHTS: self.module_weights()}
+        return {WEIGHTS: self.module_weights(self.round_keys(self.round_t))}
 
     def scoring_summary(self, train_features: torch.Tensor, payload: Records) -> Summary:
         if WEIGHTS in payload:

@@ -1,0 +1,291 @@
+"""DDPM-synthesised defects and the asymmetric teacher-student (seed 000, first abstract;
+``detector=asymst``) on a real dataset, centralized and federated.
+
+    python benchmarks/teacher_student.py --root ../shared/data/mtd [--rows ROW ...]
+        [--work DIR] [--out DIR] [--name NAME] [-- key=value ...]
+
+Rows (``--rows``; all by default), every one a full run of the engine in this process (the
+same sites, messages and aggregation as a Flower run, :mod:`fedad.federation.in_process`):
+
+* ``centralized``: one site with every training image;
+* ``fedavg``: 5 sites (Dirichlet alpha 0.1 over acquisition conditions), FedAvg;
+* ``scaffold``: the same sites, SCAFFOLD;
+* ``cutpaste``: as ``fedavg`` with cut-paste/Perlin/scratch defects instead of the DDPM's
+  (no DDPM rounds);
+* ``nohead``: as ``fedavg`` without the segmentation head (the cosine discrepancy scores).
+
+Every value is the config's default, fixed a priori (``fedad/config/schema.py``
+``AsymSTConfig``, ``DDPMConfig``); nothing is chosen on the test set: the last round is the
+model (no round picked). Each row's run folder is under ``--work``; a row interrupted
+(killed, out of time) resumes from its last checkpointed round when the script is run
+again with the same ``--work``, and a finished row is read back, not re-run.
+
+Per row: I-AUROC, P-AUROC, PRO (mean over sites; the test set is the shared one), the MB a
+site uploads per round, and the seconds of each stage summed over sites: DDPM training,
+drawing the DDPM sample pool, detector training (student and head), evaluation.
+With pixel masks, a realism measure of the synthetic defects: the Frechet distance between
+Gaussians fitted to Lite0 features (stride 8) averaged over each defect region, of DDPM
+defects, cut-paste defects and normal regions, each against the real defects' (lower is
+closer). Without masks (image-level-only data) the pixel metrics and the realism measure
+are left out. A picture of DDPM defects beside cut-paste ones and real ones is written to
+``<out>/<name>_defects.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import RESULTS, command_line, machine, write_results  # noqa: E402
+from fedad.config.flat import from_flat  # noqa: E402
+from fedad.config.schema import RunConfig  # noqa: E402
+from fedad.detectors.asymst.detector import DDPM, phases, teacher_for  # noqa: E402
+from fedad.detectors.asymst.synthesis import classical_defect  # noqa: E402
+from fedad.detectors.registry import check, feature_config, label, resolve  # noqa: E402
+from fedad.diffusion.defects import paste, perlin_mask  # noqa: E402
+from fedad.errors import ConfigError  # noqa: E402
+from fedad.federation.centralized import centralized_config  # noqa: E402
+from fedad.federation.checkpoint import load_server  # noqa: E402
+from fedad.federation.in_process import InProcess  # noqa: E402
+from fedad.federation.run import federate, run_folder  # noqa: E402
+from fedad.federation.site_data import load_client_data  # noqa: E402
+from fedad.progress import setup_logging  # noqa: E402
+from partitions import partition_nodes  # noqa: E402
+
+log = logging.getLogger("fedad")
+ROWS = {
+    "centralized": {},
+    "fedavg": {"exchange": "fedavg"},
+    "scaffold": {"exchange": "scaffold"},
+    "cutpaste": {"exchange": "fedavg", "asymst.synthesis": "cutpaste"},
+    "nohead": {"exchange": "fedavg", "asymst.seg_head": False},
+}
+
+
+def row_config(base: dict, row: str) -> RunConfig:
+    """The row's config: ``base`` (dotted keys) with the row's changes."""
+    cfg = from_flat({**base, **ROWS[row]})
+    if row == "centralized":
+        cfg.exchange = "fedavg"
+        cfg = centralized_config(cfg)
+    else:
+        cfg.eval_every = 10**9  # the final round only
+    cfg.examples = 0
+    return check(resolve(cfg))
+
+
+def finished(folder: Path, cfg: RunConfig) -> bool:
+    path = folder / "rounds.json"
+    if not path.is_file():
+        return False
+    rounds = json.loads(path.read_text()).get("rounds", [])
+    return bool(rounds) and rounds[-1]["round"] == cfg.train.rounds and bool(
+        rounds[-1].get("evaluate"))
+
+
+def run_row(cfg: RunConfig, folder: Path) -> dict:
+    """The row's run (resumed from its checkpoint, or read back when finished)."""
+    if not finished(folder, cfg):
+        ckpt = None
+        try:
+            load_server(folder)
+        except ConfigError:  # nothing checkpointed yet: from the start
+            pass
+        else:
+            cfg = copy.deepcopy(cfg)
+            cfg.resume = str(folder)
+            folder, ckpt = run_folder(cfg, folder.parent, folder.name)
+        transport = InProcess(cfg, partition_nodes(cfg))
+        federate(cfg, transport, transport.keys, folder, ckpt)
+    return json.loads((folder / "rounds.json").read_text())
+
+
+def summarise(cfg: RunConfig, result: dict) -> dict:
+    kinds = phases(cfg)
+    rounds = result["rounds"]
+    stage = {"ddpm": 0.0, "synthesis": 0.0, "detector": 0.0, "evaluation": 0.0}
+    for rec in rounds:
+        tr = rec["train"]["seconds-client-sum"]
+        kind = kinds[rec["round"] - 1]
+        stage["ddpm" if kind == DDPM else "detector"] += tr.get("seconds-train", 0.0)
+        stage["synthesis"] += tr.get("seconds-synthesis", 0.0)
+        ev = (rec.get("evaluate") or {}).get("seconds-client-sum", {})
+        stage["evaluation"] += ev.get("seconds-eval", 0.0)
+    final = result["final"]["per_client"]
+    keys = [k for k in ("i_auroc", "p_auroc", "pro", "val_i_auroc", "val_p_auroc")
+            if all(k in v for v in final.values())]
+    up = [r["bytes"]["received_per_client"] for r in rounds]
+    return {"label": label(cfg), "sites": len(final),
+            **{k: float(np.mean([v[k] for v in final.values()])) for k in keys},
+            "i_auroc_spread": float(np.ptp([v["i_auroc"] for v in final.values()])),
+            "mb_up_per_round": float(np.mean(up)) / 1e6,
+            "seconds": stage, "losses": [r["train"]["loss"]["mean"] for r in rounds],
+            "fallback_sites": sorted({s for r in rounds for s in r["train"].get("site-notes", {})}),
+            "phases": kinds}
+
+
+# -- realism of the synthetic defects ------------------------------------------------------
+def region_features(teacher, images: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
+    """One vector per image: the teacher's stride-8 features averaged over its region."""
+    out = []
+    for x, m in zip(images.split(16), masks.split(16), strict=True):
+        with torch.no_grad():
+            f = teacher(x)[1]
+        mm = torch.nn.functional.interpolate(m[:, None].float(), size=f.shape[-2:],
+                                             mode="area")[:, 0]
+        w = mm / mm.flatten(1).sum(1).clamp_min(1e-6)[:, None, None]
+        out.append(torch.einsum("bchw,bhw->bc", f, w).numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """``||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` of Gaussian fits."""
+    from scipy import linalg
+
+    ma, mb = a.mean(0), b.mean(0)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(sa @ sb)
+    return float(((ma - mb) ** 2).sum() + np.trace(sa + sb - 2 * np.real(root)))
+
+
+def realism(cfg: RunConfig, folder: Path, out: Path, name: str, count: int = 160) -> dict:
+    """Frechet distances to the real defects' region features, and the picture."""
+    cfg = feature_config(cfg)
+    data = load_client_data(cfg, 0, 1)
+    test = data.test
+    if test.masks is None or not bool((test.labels == 1).any()):
+        return {"skipped": "no pixel masks (image-level-only data)"}
+    state = torch.load(folder / "site-0" / "state.pt", weights_only=True)
+    pool = state.get("pool")
+    if pool is None:
+        return {"skipped": "no DDPM pool in the run"}
+    teacher = teacher_for(cfg, "cpu")
+    rng = np.random.default_rng(0)
+    normals = data.train.features[rng.permutation(len(data.train))[:count]].float()
+    unit = teacher.to_unit(normals)
+    made = {"ddpm": [paste(x, pool[int(rng.integers(len(pool)))], rng, cfg.asymst.opacity)
+                     for x in unit],
+            "cutpaste": [classical_defect(x, rng) for x in unit]}
+    normal_masks = torch.stack([torch.from_numpy(perlin_mask(unit.shape[-1], rng))
+                                for _ in unit])
+    sets = {k: (teacher.from_unit(torch.stack([i for i, _ in v])),
+                torch.stack([m for _, m in v])) for k, v in made.items()}
+    sets["normal regions"] = (normals, normal_masks)
+    bad = torch.nonzero(test.labels == 1).flatten()
+    real = (test.features[bad].float(), test.masks[bad] > 0)
+    ref = region_features(teacher, *real)
+    dist = {k: frechet(region_features(teacher, *v), ref) for k, v in sets.items()}
+    picture(teacher, sets, real, out / f"{name}_defects.png")
+    return {"frechet_to_real_defects": dist, "regions": {k: len(v[0]) for k, v in sets.items()}
+            | {"real defects": len(bad)}}
+
+
+def picture(teacher, sets: dict, real, path: Path, n: int = 4) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("DDPM defects", *sets["ddpm"]), ("cut-paste defects", *sets["cutpaste"]),
+            ("real defects", *real)]
+    fig, axes = plt.subplots(len(rows), n, figsize=(2.2 * n, 2.3 * len(rows)))
+    for r, (title, images, masks) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            img = ((teacher.to_unit(images[c:c + 1])[0] + 1) / 2).permute(1, 2, 0).numpy()
+            ax.imshow(img.clip(0, 1))
+            ax.contour(masks[c].numpy().astype(float), levels=[0.5], colors="r",
+                       linewidths=0.7)
+            ax.axis("off")
+            if c == 0:
+                ax.set_title(title, fontsize=9, loc="left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def markdown(payload: dict) -> str:
+    lines = [f"# DDPM defects + asymmetric teacher-student ({payload['dataset']})", "",
+             "| row | run | I-AUROC | P-AUROC | PRO | MB up/round | DDPM s | pool s | "
+             "detector s | eval s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row, r in payload["rows"].items():
+        s = r["seconds"]
+
+        def f(k, r=r):
+            return f"{r[k]:.3f}" if k in r else "-"
+        lines.append(f"| {row} | {r['label']} ({r['sites']} site(s)) | {f('i_auroc')} | "
+                     f"{f('p_auroc')} | {f('pro')} | {r['mb_up_per_round']:.2f} | "
+                     f"{s['ddpm']:.0f} | {s['synthesis']:.0f} | {s['detector']:.0f} | "
+                     f"{s['evaluation']:.0f} |")
+    real = payload.get("realism", {})
+    if "frechet_to_real_defects" in real:
+        lines += ["", "Realism: Frechet distance of region features (Lite0, stride 8) to the "
+                  "real defects' (lower is closer)", "", "| defects | distance |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in real["frechet_to_real_defects"].items()]
+    elif real:
+        lines += ["", f"Realism: {real.get('skipped')}"]
+    lines += ["", "Commands:", *[f"- `{c}`" for c in payload["commands"]]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default=None, help="dataset root (MTD's published layout)")
+    p.add_argument("--dataset", default="mtd", choices=["mtd", "textures"])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--work", type=Path, default=Path("/tmp/fedad-teacher-student"))
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--name", default="teacher_student")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
+    p.add_argument("overrides", nargs="*", help="RunConfig overrides (after --)")
+    args = p.parse_args()
+    setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # conf/method/asymst.yaml's choices (a priori), then the overrides
+    flat = {"detector": "asymst", "exchange": "fedavg", "train.local_epochs": 5,
+            "dataset.name": args.dataset}
+    if args.dataset == "mtd":
+        if not args.root:
+            p.error("--root is needed for --dataset mtd")
+        flat["dataset.root"] = str(Path(args.root).resolve())
+    for o in args.overrides:
+        k, v = o.split("=", 1)
+        flat[k] = v
+    check(from_flat(flat))  # a bad override stops here, before any run
+    path = args.out / f"{args.name}.json"
+    payload = json.loads(path.read_text()) if path.is_file() else {}
+    payload.update({"dataset": args.dataset, "machine": machine()})
+    payload.setdefault("rows", {})
+    payload["commands"] = list(dict.fromkeys([*payload.get("commands", []), command_line()]))
+    for row in args.rows:
+        cfg = row_config(flat, row)
+        folder = args.work / row
+        t = time.perf_counter()
+        result = run_row(cfg, folder)
+        payload["rows"][row] = {**summarise(cfg, result), "wall": time.perf_counter() - t}
+        log.info("%s: %s", row, {k: v for k, v in payload["rows"][row].items()
+                                 if k in ("i_auroc", "p_auroc", "pro")})
+        write_results(args.out, args.name, payload, markdown(payload))
+    src = next((r for r in ("centralized", "fedavg") if (args.work / r / "site-0").exists()),
+               None)
+    if src is not None:
+        payload["realism"] = realism(row_config(flat, src), args.work / src, args.out,
+                                     args.name)
+        payload["realism"]["run"] = src
+    write_results(args.out, args.name, payload, markdown(payload))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""The asymmetric teacher-student detector on the contract (``detector=asymst``), federated
+by the weight exchanges: its module is the DDPM, the student and the head
+(``nn.ModuleDict``); the teacher is frozen and never travels, nor do the site's images,
+its synthetic defects or its pool of DDPM samples.
+
+Rounds (``asymst``, checked when a config is composed): ``1..ddpm_rounds`` train the DDPM
+on random crops of the site's normals (``ddpm.epochs`` crops per image and round; none with
+``synthesis=cutpaste``); the next ``student_rounds`` train the student with the cosine loss
+on defective or clean images against the teacher's features of the clean ones; the rest
+train the segmentation head (the student frozen) with focal + L1 against the synthetic
+masks (DeSTSeg's two stages). With ``seg_head=false`` every round after the DDPM's trains
+the student and the map is the cosine discrepancy.
+
+The first student round draws the site's pool of perturbed DDPM samples from the global
+DDPM (:mod:`fedad.diffusion.defects`) and keeps it in the site state. A site whose DDPM
+training fails (a non-finite loss) or that has no image large enough for the UNet says so
+in the log and in its fit metrics (``synthesis-fallback``), uploads the weights it
+received, and makes cut-paste defects instead.
+
+Scores: the map is the head's probability (or the cosine discrepancy) at stride 4,
+upsampled to the image; the image score is the mean of its ``top_k`` largest positions
+(DeSTSeg's).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
+from fedad.config.schema import RunConfig
+from fedad.detectors.asymst.head import SegmentationHead, cosine_map, discrepancy
+from fedad.detectors.asymst.losses import cosine_loss, segmentation_loss
+from fedad.detectors.asymst.student import Student
+from fedad.detectors.asymst.synthesis import defect_batch
+from fedad.detectors.asymst.teacher import Teacher, teacher_channels
+from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, TrainHooks, step
+from fedad.diffusion.defects import draw_pool
+from fedad.diffusion.schedule import alphas_cumprod
+from fedad.diffusion.train import train_ddpm
+from fedad.diffusion.unet import build_unet
+from fedad.errors import ConfigError
+
+log = logging.getLogger("fedad")
+DDPM, STUDENT, HEAD = "ddpm", "student", "head"
+POOL, FALLBACK, PHASE = "pool", "synthesis.fallback", "phase"
+_TEACHERS: dict[str, Teacher] = {}  # one frozen teacher per process and backbone
+
+
+def phases(cfg: RunConfig) -> list[str]:
+    """The phase of every round ``1..train.rounds``."""
+    a = cfg.asymst
+    ddpm = a.ddpm_rounds if a.synthesis == "ddpm" else 0
+    student = a.student_rounds if a.seg_head else cfg.train.rounds - ddpm
+    head = cfg.train.rounds - ddpm - student
+    return [DDPM] * ddpm + [STUDENT] * student + [HEAD] * head
+
+
+def teacher_for(cfg: RunConfig, device) -> Teacher:
+    key = f"{cfg.backbone.name}:{cfg.backbone.weights}:{list(cfg.asymst.strides)}:{device}"
+    if key not in _TEACHERS:
+        _TEACHERS[key] = Teacher(cfg).to(device)
+    return _TEACHERS[key]
+
+
+class AsymST:
+    name = "asymst"
+    iterative = True
+    first_round = 1
+    exchanges = ("local", "fedavg", "fedprox", "scaffold", "fedbn")
+    inputs = "images"
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """Raises :class:`ConfigError` when the rounds cannot hold every phase."""
+        a = cfg.asymst
+        bad = [k for k in ("ddpm_rounds", "student_rounds", "pool", "sample_steps", "top_k")
+               if getattr(a, k) < 0 or (k != "ddpm_rounds" and getattr(a, k) < 1)]
+        if bad:
+            raise ConfigError("asymst: " + ", ".join(f"{k}={getattr(a, k)}" for k in bad)
+                              + " out of range (ddpm_rounds >= 0, the others >= 1)")
+        for k in ("inflation", "opacity"):
+            lo, hi = getattr(a, k)
+            if not 0 <= lo <= hi:
+                raise ConfigError(f"asymst.{k}={getattr(a, k)}: need 0 <= low <= high")
+        p = phases(cfg)
+        need = (a.ddpm_rounds if a.synthesis == "ddpm" else 0) + a.student_rounds + int(
+            a.seg_head)
+        if len(p) < need or (a.seg_head and HEAD not in p):
+            raise ConfigError(
+                f"asymst needs train.rounds >= {need} (ddpm_rounds={a.ddpm_rounds}, "
+                f"student_rounds={a.student_rounds}, at least one head round), got "
+                f"train.rounds={cfg.train.rounds}")
+
+    def __init__(self, cfg: RunConfig, shape: FeatureShape, device="cpu", seed: int = 0):
+        self.cfg, self.shape, self.device, self.seed = cfg, shape, torch.device(device), seed
+        a = cfg.asymst
+        chans = teacher_channels(cfg)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = nn.ModuleDict({
+                DDPM: build_unet(cfg.ddpm, shape.channels, seed),
+                STUDENT: Student(chans, a.student_width),
+                HEAD: SegmentationHead(sum(chans), a.head_channels)}).to(self.device)
+        self.abar = alphas_cumprod(cfg.ddpm)
+        self.pool: torch.Tensor | None = None
+        self.fallback = ""  # why this site makes cut-paste defects instead of DDPM ones
+        self.phase = ""  # the phase whose optimiser is kept
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._optim_state: dict[str, torch.Tensor] = {}
+
+    # -- the module that travels -----------------------------------------------------------
+    def module(self) -> nn.Module:
+        return self.net
+
+    def trained_parts(self, round_t: int) -> tuple[str, ...]:
+        """The module's parts round ``round_t`` trains: only their weights are uploaded."""
+        kinds = phases(self.cfg)
+        return (f"{kinds[round_t - 1]}.",) if 1 <= round_t <= len(kinds) else ("",)
+
+    def _lr(self, phase: str) -> float:
+        a = self.cfg.asymst
+        return {DDPM: self.cfg.ddpm.lr, STUDENT: a.student_lr, HEAD: a.head_lr}[phase]
+
+    def _optimizer(self, phase: str) -> torch.optim.Optimizer:
+        """The phase's optimiser (its moments carried over rounds of the same phase)."""
+        if self.optimizer is None or self.phase != phase:
+            params = self.net[phase].parameters()
+            name = self.cfg.train.optimizer
+            if name not in ("adam", "sgd"):
+                raise ConfigError(f"train.optimizer must be adam or sgd, got {name!r}")
+            make = torch.optim.Adam if name == "adam" else torch.optim.SGD
+            self.optimizer = make(params, lr=self._lr(phase))
+            if self.phase == phase and self._optim_state:
+                load_optimizer_arrays(self.optimizer, self._optim_state)
+            self.phase = phase
+        return self.optimizer
+
+    # -- client ------------------------------------------------------------------------------
+    def _generators(self, round_t: int) -> tuple[torch.Generator, np.random.Generator]:
+        seed = (int(self.cfg.asymst.seed) * 1_000_003 + int(self.seed)) * 1009 + int(round_t)
+        return torch.Generator().manual_seed(seed), np.random.default_rng(seed)
+
+    def fit(self, features: torch.Tensor, global_summary: Summary | None, round_t: int,
+            hooks: TrainHooks | None = None) -> FitInfo:
+        kinds = phases(self.cfg)
+        if not 1 <= round_t <= len(kinds):
+            raise ConfigError(f"asymst: round {round_t} is outside 1..{len(kinds)}")
+        phase = kinds[round_t - 1]
+        teacher = teacher_for(self.cfg, self.device)
+        gen, rng = self._generators(round_t)
+        t0 = time.perf_counter()
+        seconds: dict[str, float] = {}
+        if phase == DDPM:
+            loss, steps = self._fit_ddpm(teacher, features, gen, round_t, hooks)
+            seconds["train"] = time.perf_counter() - t0
+        else:
+            if self.pool is None and self.cfg.asymst.synthesis == "ddpm" and not self.fallback:
+                self.pool = self._draw_pool(teacher, features, gen)
+                seconds["synthesis"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            loss, steps = self._fit_network(teacher, features, phase, gen, rng, hooks)
+            seconds["train"] = time.perf_counter() - t1
+        notes = {"synthesis-fallback": 1.0} if self.fallback else None
+        return FitInfo(loss=loss, seconds=seconds, steps=steps, lr=self._lr(phase),
+                       notes=notes)
+
+    def _fit_ddpm(self, teacher: Teacher, features: torch.Tensor, gen: torch.Generator,
+                  round_t: int, hooks: TrainHooks | None) -> tuple[float, int]:
+        d = self.cfg.ddpm
+        multiple = 2 ** (len(d.channels) - 1)
+        if self.fallback:
+            return 0.0, 0
+        if len(features) == 0 or min(features.shape[-2:]) < multiple:
+            return self._fall_back(f"no image of at least {multiple} px"), 0
+        images = torch.cat([teacher.to_unit(x.to(self.device).float()).cpu()
+                            for x in features.split(self.cfg.train.batch_size)])
+        steps = -(-d.epochs * len(images) // d.batch_size)
+        state = {k: v.clone() for k, v in self.net[DDPM].state_dict().items()}
+        try:
+            return train_ddpm(self.net[DDPM], self._optimizer(DDPM), images, self.abar, steps,
+                              d.crop, d.batch_size, gen, hooks,
+                              desc=f"DDPM round {round_t} (site seed {self.seed})",
+                              owner=self.net)
+        except FloatingPointError as exc:
+            self.net[DDPM].load_state_dict(state)  # upload what it received
+            return self._fall_back(str(exc)), 0
+
+    def _fall_back(self, why: str) -> float:
+        self.fallback = why
+        log.warning("site seed %d cannot train the DDPM (%s): it takes part through the "
+                    "federated model and makes cut-paste defects instead", self.seed, why)
+        return 0.0
+
+    def _draw_pool(self, teacher: Teacher, features: torch.Tensor,
+                   gen: torch.Generator) -> torch.Tensor:
+        a = self.cfg.asymst
+        images = torch.cat([teacher.to_unit(x.to(self.device).float()).cpu()
+                            for x in features.split(self.cfg.train.batch_size)])
+        return draw_pool(self.net[DDPM], self.abar, images, a.pool, a.start, a.t_start,
+                         a.sample_steps, a.inflation, gen,
+                         desc=f"DDPM defect pool (site seed {self.seed})")
+
+    def _fit_network(self, teacher: Teacher, features: torch.Tensor, phase: str,
+                     gen: torch.Generator, rng: np.random.Generator,
+                     hooks: TrainHooks | None) -> tuple[float, int]:
+        a, t = self.cfg.asymst, self.cfg.train
+        student, head = self.net[STUDENT], self.net[HEAD]
+        student.train(phase == STUDENT)
+        head.train(phase == HEAD)
+        optimizer = self._optimizer(phase)
+        pool = self.pool if not self.fallback else None
+        steps, losses = 0, []
+        n = len(features)
+        for _ in range(t.local_epochs):
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n, t.batch_size):
+                idx = order[start:start + t.batch_size]
+                if phase == STUDENT and len(idx) < 2 and n >= 2:
+                    continue  # BatchNorm needs two images per batch
+                clean = features[idx].to(self.device).float()
+                unit, masks = defect_batch(teacher.to_unit(clean).cpu(), pool, rng,
+                                           a.clean_fraction, a.opacity)
+                x = teacher.from_unit(unit.to(self.device))
+                if phase == STUDENT:
+                    loss = cosine_loss(teacher(clean), student(x))
+                else:
+                    with torch.no_grad():
+                        s = student(x)
+                    logits = head(discrepancy(teacher(x), s))
+                    target = F.interpolate(masks[:, None].to(self.device),
+                                           size=logits.shape[-2:], mode="area")[:, 0]
+                    loss = segmentation_loss(logits, (target > 0.5).float(), a.focal_gamma)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"asymst {phase} loss is {float(loss)}")
+                step(self.net, optimizer, loss, hooks)
+                steps += 1
+                losses.append(float(loss.detach()))
+        return (float(np.mean(losses)) if losses else 0.0), steps
+
+    def own_summary(self, features: torch.Tensor) -> Summary:
+        return {}  # the network scores alone
+
+    @torch.no_grad()
+    def score(self, features: torch.Tensor, global_summary: Summary,
+              image_size: int) -> Scores:
+        teacher = teacher_for(self.cfg, self.device)
+        self.net.eval()
+        maps, images = [], []
+        for x in features.split(self.cfg.train.batch_size):
+            x = x.to(self.device).float()
+            t, s = teacher(x), self.net[STUDENT](x)
+            m = (torch.sigmoid(self.net[HEAD](discrepancy(t, s))) if self.cfg.asymst.seg_head
+                 else cosine_map(t, s))
+            k = min(self.cfg.asymst.top_k, m[0].numel())
+            images.append(m.flatten(1).topk(k, dim=1).values.mean(1).cpu())
+            maps.append(F.interpolate(m[:, None], size=(image_size, image_size),
+                                      mode="bilinear", align_corners=False)[:, 0].cpu())
+        return Scores(maps=torch.cat(maps), image=torch.cat(images))
+
+    # -- state at the site -------------------------------------------------------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {f"net.{k}": v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+        if self.pool is not None:
+            out[POOL] = self.pool.clone()
+        if self.fallback:
+            out[FALLBACK] = torch.tensor(list(self.fallback.encode()), dtype=torch.uint8)
+        if self.optimizer is not None:
+            out[f"{PHASE}.{self.phase}"] = torch.zeros(0)
+            out.update(optimizer_arrays(self.optimizer))
+        return out
+
+    def load_state(self, arrays: Mapping[str, torch.Tensor]) -> None:
+        if not arrays:
+            return
+        self.net.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("net.")})
+        self.pool = arrays[POOL].clone() if POOL in arrays else None
+        self.fallback = (bytes(arrays[FALLBACK].tolist()).decode() if FALLBACK in arrays
+                         else "")
+        phase = [k.split(".", 1)[1] for k in arrays if k.startswith(f"{PHASE}.")]
+        self.phase = phase[0] if phase else ""
+        self.optimizer = None
+        self._optim_state = {k: v for k, v in arrays.items() if k.startswith("optim.")}
+
+    # a summary never travels: these exist for the contract only
+    def summarize(self, round_t: int) -> Summary:
+        return {}
+
+    def validate(self, summary: Mapping[str, np.ndarray], who: str) -> Summary:
+        return {}
+
+    def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
+        return {}
+
+    def descriptor(self, summary: Summary) -> np.ndarray:
+        return np.zeros(0)
