@@ -101,6 +101,9 @@ def test_defects_cover_exactly_the_changed_pixels():
             assert mask.any() and torch.equal(changed, mask)
             assert (out - image).abs().amax(0)[mask].min() >= GREY - 1e-6
             assert out.min() >= -1 and out.max() <= 1
+    # toy_images are grey (equal channels): a coloured DDPM sample is pasted grey
+    out, mask = paste(image, drawn, rng)
+    assert torch.allclose(out[0], out[1]) and torch.allclose(out[1], out[2])
 
 
 def test_perlin_masks_are_seeded_and_large_enough():

@@ -8,6 +8,8 @@ through RealNet's SDAS and DRAEM's masks (``docs``: seed-methods.md section 2):
   pool of them once (:func:`draw_pool`);
 * the mask: DRAEM's Perlin mask, noise at ``2^U{0..5}`` lattice cells per axis, rotated by
   ``U(-90, 90)`` degrees, thresholded at 0.5 (redrawn until it covers ``min_area``);
+  on a grey image (every channel equal, as MTD's) the sample is made grey too (its channel
+  mean): a coloured defect on a grey tile would be found by its colour alone;
 * the defect: a pool sample blended into the normal image inside the mask at an opacity
   ``beta ~ U[opacity]`` (:func:`paste`); the label is the mask's pixels that changed by at
   least one grey level, every other pixel is the input's, so the mask covers exactly the
@@ -35,7 +37,9 @@ def perlin_mask(size: int, rng: np.random.Generator, min_area: float = 0.005,
     noise = np.zeros((size, size))
     for _ in range(tries):
         res = (2 ** int(rng.integers(0, 6)), 2 ** int(rng.integers(0, 6)))
-        noise = perlin_noise((size, size), res, rng)
+        # DRAEM's noise is sqrt(2) times the classic lattice interpolation (about [-1, 1]);
+        # fedad's perlin_noise is the classic one, so 0.5 is DRAEM's threshold only so
+        noise = np.sqrt(2.0) * perlin_noise((size, size), res, rng)
         noise = ndimage.rotate(noise, rng.uniform(-90.0, 90.0), reshape=False, order=1,
                                mode="reflect")
         mask = noise > 0.5
@@ -62,6 +66,8 @@ def paste(image: torch.Tensor, drawn: torch.Tensor, rng: np.random.Generator,
     rotated by a multiple of 90 degrees at random) blended in inside a Perlin mask; returns
     the defective image and its exact mask ``(S, S)`` bool."""
     size = image.shape[-1]
+    if len(image) > 1 and torch.allclose(image, image[:1].expand_as(image), atol=1e-3):
+        drawn = drawn.mean(0, keepdim=True).expand_as(drawn)  # a grey image: a grey defect
     drawn = torch.rot90(drawn, int(rng.integers(4)), dims=(1, 2))
     if rng.random() < 0.5:
         drawn = drawn.flip(2)
