@@ -48,6 +48,10 @@ def make_run(tmp: Path, detector: str, exchange: str = "summary",
     cfg.padim.channels = 16
     cfg.calibration.holdout, cfg.calibration.quantile = 0.35, 0.75
     cfg.train.rounds = 1
+    if detector == "asymst":  # its smallest run: a DDPM, a student and a head round
+        from tests.test_exchanges import tiny_asymst
+
+        tiny_asymst(cfg)
     run = tmp / "run-1"
     run_centralized(cfg, run)
     data = load_client_data(feature_config(resolve(cfg)), 0, 1)
@@ -60,7 +64,7 @@ def make_run(tmp: Path, detector: str, exchange: str = "summary",
 
 
 @pytest.mark.parametrize("detector", ["padim", "feddymem", "feddymem-set-bank",
-                                      "feddymem-fedavg"])
+                                      "feddymem-fedavg", "asymst-fedavg"])
 def test_predict_reproduces_held_out_scores_and_false_alarm_rate(tmp_path: Path, detector):
     """Bank runs score with the global summary; a weight run (fedavg) with the site's own
     bank, kept in its folder."""
@@ -68,6 +72,7 @@ def test_predict_reproduces_held_out_scores_and_false_alarm_rate(tmp_path: Path,
              if detector == "feddymem-set-bank" else {})
     exchange = "fedavg" if detector.endswith("fedavg") else "summary"
     run, cfg, held, paths = make_run(tmp_path, detector.split("-")[0], exchange, **train)
+    # a weight run's site keeps its own summary (FedDyMem's bank; asymst's is empty)
     assert (run / "site-0" / "global_summary.npz").is_file() == (exchange == "fedavg")
     cal = json.loads((run / "site-0" / "calibration.json").read_text())
     thr = cal["threshold"]
