@@ -43,6 +43,12 @@ def tiny_asymst(cfg) -> None:
     cfg.train.rounds = 3
 
 
+def tiny_diffad(cfg) -> None:
+    """diffad's smallest run: a two-level UNet of 8/16 channels on 16-px crops."""
+    cfg.ddpm.channels, cfg.ddpm.groups, cfg.ddpm.epochs, cfg.ddpm.crop = [8, 16], 4, 1, 16
+    cfg.diffad.norm_images = 2
+
+
 def shape_of(cfg) -> FeatureShape:
     return PIXELS if getattr(detector_class(cfg.detector), "inputs", "") == "images" else SHAPE
 
@@ -54,6 +60,8 @@ def config(detector: str, exchange: str):
     EXTRA.get((detector, exchange), lambda c: None)(cfg)
     if detector == "asymst":
         tiny_asymst(cfg)
+    if detector == "diffad":
+        tiny_diffad(cfg)
     return resolve(cfg)
 
 

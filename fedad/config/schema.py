@@ -318,6 +318,39 @@ class AsymSTConfig:
 
 
 @dataclass
+class DiffADConfig:
+    """Anomalies removed as noises (seed 003: Lu et al., ICCV 2023; ``fedad/detectors/diffad/``):
+    the DDPM of ``ddpm.*`` with a head that predicts the frozen backbone's features of the
+    clean image from ``x_t``, federated by the run's weight exchange. Values read from the
+    authors' code unless marked a priori (docs: seed-methods.md section 3)."""
+
+    # backbone levels the head predicts, each resized to the UNet's coarsest grid (the
+    # code: EfficientNet-B4 strides 2-16; Lite0's 2/4/8/16 give 16+24+40+112 = 192
+    # channels, a priori)
+    strides: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
+    feature_weight: float = 1.0  # the feature MSE beside L_simple in training (code: 1)
+    chain: int = 250  # the respaced chain the maps are scored on (code: 250 steps)
+    kl_steps: list[int] = field(default_factory=lambda: [5, 50, 100])  # indices on it
+    # Eq. 11: alpha * feature map + (1 - alpha) * KL map, the feature map standardised by
+    # its mean and spread over the site's training normals (a priori: the paper's maps are
+    # on different scales and it does not say how it weighs them) | sum: the code's plain
+    # feature + KL
+    combine: str = choice("eq11", "sum")
+    alpha: float = 0.5
+    clip: bool = True  # x0_hat clipped to [-1, 1] (guided diffusion's default)
+    sigma: float = 4.0  # Gaussian smoothing of the map (fedad's other detectors', a priori)
+    top_k: int = 64  # image score: mean of the map's top_k pixels (code: 64)
+    norm_images: int = 16  # training normals the eq11 standardisation is measured on
+    # Algorithm 1, gradient denoising (code: 100 rounds of 5 steps, s = 0.02, denoised at
+    # index 8 of the chain, PaDiM's score)
+    rounds: int = 100
+    steps: int = 5
+    step_size: float = 0.02
+    denoise_index: int = 8
+    seed: int = 0
+
+
+@dataclass
 class CalibrationConfig:
     """Normal training images each client holds out (never fitted on, never test images):
     its anomaly threshold for ``fedad-predict`` is the ``quantile`` of their image scores,
@@ -387,6 +420,7 @@ class RunConfig:
     f2pad: F2PADConfig = field(default_factory=F2PADConfig)
     ddpm: DDPMConfig = field(default_factory=DDPMConfig)
     asymst: AsymSTConfig = field(default_factory=AsymSTConfig)
+    diffad: DiffADConfig = field(default_factory=DiffADConfig)
     # a run is a detector x an exchange (fedad/detectors/registry.py, which checks the pair)
     # detector: feddymem | patchcore | padim (fedad/detectors/registry.py DETECTORS)
     detector: str = "feddymem"

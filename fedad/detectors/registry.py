@@ -28,6 +28,7 @@ DETECTORS: dict[str, str] = {
     "patchcore": "fedad.detectors.patchcore.detector:PatchCore",
     "padim": "fedad.detectors.padim.detector:PaDiM",
     "asymst": "fedad.detectors.asymst.detector:AsymST",
+    "diffad": "fedad.detectors.diffad.detector:DiffAD",
 }
 
 BANK = "bank"  # method=bank: the summary exchange (the name before exchanges had their own)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from fedad.diffusion.posterior import posterior_mean, posterior_variance, predicted_x0
 from fedad.diffusion.schedule import q_sample, respaced
 from fedad.diffusion.unet import predict_noise
 
@@ -23,14 +24,11 @@ def ancestral_step(x: torch.Tensor, eps: torch.Tensor, abar_t: float, abar_prev:
                    inflation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """``x_{t'}`` from ``x_t`` and ``eps_theta(x_t, t)`` (module docstring); ``inflation``
     ``(B,)`` is ``s``, ``noise`` the ``z`` (unused at the last step, ``abar_prev = 1``)."""
-    x0 = ((x - (1 - abar_t) ** 0.5 * eps) / abar_t ** 0.5).clamp(-1, 1)
-    beta = 1 - abar_t / abar_prev
-    mean = (abar_prev ** 0.5 * beta / (1 - abar_t)) * x0 + (
-        (1 - beta) ** 0.5 * (1 - abar_prev) / (1 - abar_t)) * x
+    mean = posterior_mean(x, predicted_x0(x, eps, abar_t), abar_t, abar_prev)
     if abar_prev >= 1.0:
         return mean
-    var = beta * (1 - abar_prev) / (1 - abar_t)
-    return mean + (1 + inflation).sqrt().view(-1, 1, 1, 1) * var ** 0.5 * noise
+    sd = posterior_variance(abar_t, abar_prev) ** 0.5
+    return mean + (1 + inflation).sqrt().view(-1, 1, 1, 1) * sd * noise
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ from fedad.detectors.asymst.head import SegmentationHead, cosine_map, discrepanc
 from fedad.detectors.asymst.losses import cosine_loss, segmentation_loss
 from fedad.detectors.asymst.student import Student
 from fedad.detectors.asymst.synthesis import defect_batch
-from fedad.detectors.asymst.teacher import Teacher, teacher_channels
+from fedad.detectors.asymst.teacher import Teacher, build_teacher, teacher_channels
 from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, TrainHooks, step
 from fedad.diffusion.defects import draw_pool
 from fedad.diffusion.schedule import alphas_cumprod
@@ -65,7 +65,7 @@ def phases(cfg: RunConfig) -> list[str]:
 def teacher_for(cfg: RunConfig, device) -> Teacher:
     key = f"{cfg.backbone.name}:{cfg.backbone.weights}:{list(cfg.asymst.strides)}:{device}"
     if key not in _TEACHERS:
-        _TEACHERS[key] = Teacher(cfg).to(device)
+        _TEACHERS[key] = build_teacher(cfg).to(device)
     return _TEACHERS[key]
 
 

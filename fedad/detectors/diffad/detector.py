@@ -1,0 +1,284 @@
+"""Anomalies removed as noises (seed 003: Lu et al., ICCV 2023) on the contract
+(``detector=diffad``), federated by the weight exchanges: its module is the DDPM's UNet
+and the feature head (:mod:`.network`); the backbone is frozen and never travels, nor do
+the site's images.
+
+Training, every round: ``ddpm.epochs`` crops per training image (``ddpm.crop`` px, on the
+UNet's coarsest grid), each step ``L_simple`` plus ``diffad.feature_weight`` times the
+head's squared error against the backbone's features of the clean image at
+``diffad.strides`` (computed on the whole image, then cropped: the crop's targets are what
+the backbone sees in context), ``t`` uniform.
+
+Scores (Sec. 3.3): at every index of ``diffad.kl_steps`` on a ``diffad.chain``-step chain,
+``x_t`` is the image noised once (seeded by ``diffad.seed``, drawn image by image in the
+order given); the KL map is the per-pixel KL between the true and the model's posterior
+(:func:`~fedad.diffusion.posterior.posterior_kl`), averaged over RGB and z-scored per
+image; the feature map is the head's squared error, averaged over channels and bilinearly
+upsampled. Both are averaged over the steps and combined (:func:`.maps.combine`, Eq. 11),
+smoothed by a Gaussian of ``diffad.sigma``; the image score is the mean of the map's
+``top_k`` largest pixels (the code's top-64).
+
+``own_summary`` holds the two numbers Eq. 11's standardisation needs (the feature map's mean
+and standard deviation over up to ``diffad.norm_images`` of the site's training normals);
+they stay at the site.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedad.components.maps import gaussian_blur
+from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
+from fedad.config.schema import RunConfig
+from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, TrainHooks, step
+from fedad.detectors.diffad.crops import aligned_crops
+from fedad.detectors.diffad.maps import combine, feature_error, level_targets, zscore
+from fedad.detectors.diffad.network import FeatureHead, NoiseAndFeatures
+from fedad.diffusion.posterior import chain, posterior_kl
+from fedad.diffusion.schedule import alphas_cumprod, q_sample
+from fedad.diffusion.unet import build_unet
+from fedad.errors import ConfigError
+from fedad.features.levels import Levels, level_channels
+from fedad.progress import progress
+
+log = logging.getLogger("fedad")
+STATS = "feature_stats"  # own_summary: the feature map's (mean, std) over training normals
+_LEVELS: dict[str, Levels] = {}  # one frozen backbone per process, backbone and strides
+
+
+def levels_for(cfg: RunConfig, device) -> Levels:
+    key = f"{cfg.backbone.name}:{cfg.backbone.weights}:{list(cfg.diffad.strides)}:{device}"
+    if key not in _LEVELS:
+        _LEVELS[key] = Levels(cfg.backbone, cfg.diffad.strides).to(device)
+    return _LEVELS[key]
+
+
+def grid_stride(cfg: RunConfig) -> int:
+    """The stride of the UNet's coarsest grid, where the head predicts."""
+    return 2 ** (len(cfg.ddpm.channels) - 1)
+
+
+class DiffAD:
+    name = "diffad"
+    iterative = True
+    first_round = 1
+    # no fedbn: the UNet and the head normalise by GroupNorm, and FedBN keeps BatchNorm
+    exchanges = ("local", "fedavg", "fedprox", "scaffold")
+    inputs = "images"
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """Raises :class:`ConfigError` for values no run can use."""
+        d, T = cfg.diffad, cfg.ddpm.timesteps
+        problems = []
+        if not 2 <= d.chain <= T:
+            problems.append(f"chain={d.chain} (2..ddpm.timesteps={T})")
+        for name in ("kl_steps",):
+            bad = [k for k in getattr(d, name) if not 1 <= int(k) < d.chain]
+            if bad or not getattr(d, name):
+                problems.append(f"{name}={list(getattr(d, name))} (each in 1..chain-1)")
+        if not 1 <= d.denoise_index < d.chain:
+            problems.append(f"denoise_index={d.denoise_index} (1..chain-1)")
+        if not 0.0 <= d.alpha <= 1.0:
+            problems.append(f"alpha={d.alpha} (0..1)")
+        if not 0.0 < d.step_size < 1.0:
+            problems.append(f"step_size={d.step_size} (between 0 and 1)")
+        for name in ("top_k", "norm_images", "steps"):
+            if getattr(d, name) < 1:
+                problems.append(f"{name}={getattr(d, name)} (>= 1)")
+        if d.rounds < 0 or d.feature_weight < 0 or d.sigma < 0:
+            problems.append("rounds, feature_weight and sigma must be >= 0")
+        if d.combine not in ("eq11", "sum"):
+            problems.append(f"combine={d.combine!r} (eq11 | sum)")
+        if problems:
+            raise ConfigError("diffad: " + "; ".join(problems))
+
+    def __init__(self, cfg: RunConfig, shape: FeatureShape, device="cpu", seed: int = 0):
+        self.cfg, self.shape, self.device, self.seed = cfg, shape, torch.device(device), seed
+        out = sum(level_channels(cfg.backbone, cfg.diffad.strides))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet = build_unet(cfg.ddpm, shape.channels, seed)
+            head = FeatureHead(int(cfg.ddpm.channels[-1]), out, cfg.ddpm.groups)
+            self.net = NoiseAndFeatures(unet, head).to(self.device)
+        self.abar = alphas_cumprod(cfg.ddpm)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._optim_state: dict[str, torch.Tensor] = {}
+
+    # -- the module that travels -----------------------------------------------------------
+    def module(self) -> torch.nn.Module:
+        return self.net
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            name = self.cfg.train.optimizer
+            if name not in ("adam", "sgd"):
+                raise ConfigError(f"train.optimizer must be adam or sgd, got {name!r}")
+            make = torch.optim.Adam if name == "adam" else torch.optim.SGD
+            self.optimizer = make(self.net.parameters(), lr=self.cfg.ddpm.lr)
+            if self._optim_state:
+                load_optimizer_arrays(self.optimizer, self._optim_state)
+        return self.optimizer
+
+    # -- client ------------------------------------------------------------------------------
+    def _unit_and_targets(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images in ``[-1, 1]`` and their feature targets on the coarsest grid (CPU;
+        targets in float16, 1.2 MB per 224-px image for Lite0's 192 channels)."""
+        levels = levels_for(self.cfg, self.device)
+        r = grid_stride(self.cfg)
+        units, targets = [], []
+        for x in features.split(self.cfg.train.batch_size):
+            x = x.to(self.device).float()
+            size = (x.shape[-2] // r, x.shape[-1] // r)
+            units.append(levels.to_unit(x).cpu())
+            targets.append(level_targets(levels(x), size).half().cpu())
+        return torch.cat(units), torch.cat(targets)
+
+    def fit(self, features: torch.Tensor, global_summary: Summary | None, round_t: int,
+            hooks: TrainHooks | None = None) -> FitInfo:
+        d = self.cfg.ddpm
+        r = grid_stride(self.cfg)
+        if len(features) == 0 or min(features.shape[-2:]) < r:
+            log.warning("diffad: site seed %d has no training image of at least %d px: it "
+                        "uploads the weights it received", self.seed, r)
+            return FitInfo(notes={"no-training-images": 1.0})
+        t0 = time.perf_counter()
+        images, targets = self._unit_and_targets(features)
+        gen = torch.Generator().manual_seed(
+            (int(self.cfg.diffad.seed) * 1_000_003 + int(self.seed)) * 1009 + int(round_t))
+        steps = -(-d.epochs * len(images) // d.batch_size)
+        optimizer = self._optimizer()
+        self.net.train()
+        w = float(self.cfg.diffad.feature_weight)
+        losses: list[float] = []
+        desc = f"diffad round {round_t} (site seed {self.seed})"
+        for _ in progress(range(steps), steps, desc, every=30.0):
+            x0, f0 = aligned_crops(images, targets, d.crop, d.batch_size, gen)
+            x0, f0 = x0.to(self.device), f0.to(self.device).float()
+            t = torch.randint(0, len(self.abar), (len(x0),), generator=gen).to(self.device)
+            noise = torch.randn(x0.shape, generator=gen).to(x0)
+            eps, feats = self.net(q_sample(x0, t, noise, self.abar), t)
+            loss = (eps - noise).pow(2).mean() + w * feature_error(feats, f0).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: the loss is {float(loss)}")
+            step(self.net, optimizer, loss, hooks)
+            losses.append(float(loss.detach()))
+        tail = losses[-max(1, steps // 10):]
+        return FitInfo(loss=sum(tail) / len(tail), seconds={"train": time.perf_counter() - t0},
+                       steps=steps, lr=d.lr)
+
+    @torch.no_grad()
+    def raw_maps(self, features: torch.Tensor, image_size: int) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+        """The feature map and the z-scored KL map ``(N, S, S)`` of normalised images,
+        each averaged over ``diffad.kl_steps`` (module docstring), before they are
+        combined and smoothed."""
+        d = self.cfg.diffad
+        levels = levels_for(self.cfg, self.device)
+        r = grid_stride(self.cfg)
+        ts = chain(len(self.abar), d.chain)
+        a = self.abar.tolist()
+        self.net.eval()
+        feats, kls = [], []
+        b = self.cfg.train.batch_size
+        for start in range(0, len(features), b):
+            x = features[start:start + b].to(self.device).float()
+            x0 = levels.to_unit(x)
+            target = level_targets(levels(x), (x.shape[-2] // r, x.shape[-1] // r))
+            fmap = torch.zeros(len(x), image_size, image_size, device=self.device)
+            kmap = torch.zeros_like(fmap)
+            noises = image_noise(x0.shape, len(d.kl_steps), int(d.seed), start)
+            for j, k in enumerate(d.kl_steps):
+                t, t_prev = ts[int(k)], ts[int(k) - 1]
+                noise = noises[:, j].to(x0)
+                tt = torch.full((len(x0),), t, dtype=torch.long, device=self.device)
+                x_t = q_sample(x0, tt, noise, self.abar)
+                eps, pred = self.net(x_t, tt)
+                kl = posterior_kl(x0, x_t, eps, a[t], a[t_prev], d.clip).mean(1)
+                kmap += _resize(zscore(kl), image_size) / len(d.kl_steps)
+                fmap += _resize(feature_error(pred, target), image_size) / len(d.kl_steps)
+            feats.append(fmap.cpu())
+            kls.append(kmap.cpu())
+        return torch.cat(feats), torch.cat(kls)
+
+    def finish(self, feature: torch.Tensor, kl: torch.Tensor, how: str,
+               summary: Summary) -> Scores:
+        """Scores from :meth:`raw_maps`' two maps combined by ``how`` (``eq11``, ``sum``,
+        ``feature``, ``kl``), smoothed, with the top-k image score."""
+        d = self.cfg.diffad
+        mean, std = 0.0, 1.0
+        if how == "eq11":
+            if STATS not in summary:
+                raise ConfigError("diffad.combine=eq11 needs the site's feature statistics "
+                                  f"({STATS!r} of own_summary) in the summary it scores with")
+            mean, std = (float(v) for v in np.asarray(summary[STATS]).reshape(-1)[:2])
+        maps = gaussian_blur(combine(feature, kl, how, d.alpha, mean, std), d.sigma)
+        k = min(d.top_k, maps[0].numel())
+        return Scores(maps=maps, image=maps.flatten(1).topk(k, dim=1).values.mean(1))
+
+    def own_summary(self, features: torch.Tensor) -> Summary:
+        """The feature map's mean and standard deviation over up to ``norm_images`` of the
+        site's training normals, evenly spaced in the given order (what Eq. 11's
+        standardisation divides by; module docstring)."""
+        n = len(features)
+        if n == 0:
+            return {STATS: np.array([0.0, 1.0])}
+        idx = np.unique(np.linspace(0, n - 1, min(n, self.cfg.diffad.norm_images)).round())
+        feature, _ = self.raw_maps(features[torch.as_tensor(idx, dtype=torch.long)],
+                                   int(features.shape[-1]))
+        return {STATS: np.array([float(feature.mean()), float(feature.std())])}
+
+    def score(self, features: torch.Tensor, global_summary: Summary,
+              image_size: int) -> Scores:
+        feature, kl = self.raw_maps(features, image_size)
+        return self.finish(feature, kl, self.cfg.diffad.combine, global_summary)
+
+    # -- state at the site -------------------------------------------------------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {f"net.{k}": v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+        if self.optimizer is not None:
+            out.update(optimizer_arrays(self.optimizer))
+        return out
+
+    def load_state(self, arrays: Mapping[str, torch.Tensor]) -> None:
+        if not arrays:
+            return
+        self.net.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("net.")})
+        self.optimizer = None
+        self._optim_state = {k: v for k, v in arrays.items() if k.startswith("optim.")}
+
+    # a summary never travels: these exist for the contract only
+    def summarize(self, round_t: int) -> Summary:
+        return {}
+
+    def validate(self, summary: Mapping[str, np.ndarray], who: str) -> Summary:
+        return {}
+
+    def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
+        return {}
+
+    def descriptor(self, summary: Summary) -> np.ndarray:
+        return np.zeros(0)
+
+
+def image_noise(shape: torch.Size, draws: int, seed: int, start: int) -> torch.Tensor:
+    """``(B, draws, C, H, W)`` standard normal noise, image ``start + i`` of a call drawing
+    from its own generator (the same noise whatever the batch size)."""
+    out = []
+    for i in range(shape[0]):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + start + i)
+        out.append(torch.randn((draws, *shape[1:]), generator=g))
+    return torch.stack(out)
+
+
+def _resize(maps: torch.Tensor, size: int) -> torch.Tensor:
+    if maps.shape[-2:] == (size, size):
+        return maps
+    return F.interpolate(maps[:, None], size=(size, size), mode="bilinear",
+                         align_corners=False)[:, 0]
