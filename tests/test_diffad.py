@@ -191,3 +191,45 @@ def test_diffad_is_federated_by_fedavg_through_flower(tmp_path: Path):
     states = [torch.load(run / f"site-{i}" / "state.pt", weights_only=True) for i in range(3)]
     net = [k for k in states[0] if k.startswith("net.")]
     assert net and all(torch.equal(states[0][k], s[k]) for s in states[1:] for k in net)
+
+
+def test_sites_holding_the_same_model_share_the_raw_maps_and_others_do_not(monkeypatch):
+    from fedad.detectors.diffad import detector as module
+
+    cfg = tiny()
+    images = Levels(cfg.backbone, cfg.diffad.strides).from_unit(toy_normals(3, 32, 0))
+    a = create(cfg, FeatureShape(3, 32, 32), "cpu", seed=0)
+    b = create(cfg, FeatureShape(3, 32, 32), "cpu", seed=1)
+    b.net.load_state_dict(a.net.state_dict())
+    calls = []
+    original = module.DiffAD._raw_maps
+
+    def counted(self, *args):
+        calls.append(self.seed)
+        return original(self, *args)
+
+    monkeypatch.setattr(module.DiffAD, "_raw_maps", counted)
+    first = a.raw_maps(images, 32)
+    second = b.raw_maps(images, 32)  # the same weights and images: from the cache
+    with torch.no_grad():
+        next(b.net.parameters()).add_(0.1)
+    third = b.raw_maps(images, 32)  # other weights: computed
+    assert calls == [0, 1]  # a once; b only after its weights changed
+    assert torch.equal(first[0], second[0]) and not torch.equal(first[0], third[0])
+
+
+def test_f2pad_diffusion_init_takes_the_reconstruction_inside_the_mask_only():
+    from fedad.refinements.f2pad.init import initial_normal
+
+    x = torch.zeros(3, 8, 8)
+    recon = torch.ones(3, 8, 8)
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[2:4, 3:6] = True
+    n0 = initial_normal(x, mask, "diffusion", recon)
+    assert torch.equal(n0[:, mask], recon[:, mask]) and torch.equal(n0[:, ~mask], x[:, ~mask])
+    with pytest.raises(ValueError, match="reconstruction"):
+        initial_normal(x, mask, "diffusion")
+    cfg = RunConfig(detector="padim", refine="f2pad")
+    cfg.f2pad.init = "diffusion"
+    with pytest.raises(ConfigError, match="diffusion_run"):
+        check(cfg)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fedad.cli.predict import main as predict_main
 from fedad.config.schema import RunConfig
@@ -17,7 +18,12 @@ from fedad.data.export import write_mvtec
 from fedad.data.factory import build_dataset
 from fedad.detectors.registry import feature_config, resolve
 from fedad.errors import ConfigError, DataError
-from fedad.evaluation.predict import false_alarm_rate, predict
+from fedad.evaluation.predict import (
+    check_reconstruction,
+    false_alarm_rate,
+    predict,
+    site_scorer,
+)
 from fedad.federation.centralized import run_centralized
 from fedad.federation.site_data import load_client_data
 from fedad.federation.site_files import calibrate
@@ -52,6 +58,11 @@ def make_run(tmp: Path, detector: str, exchange: str = "summary",
         from tests.test_exchanges import tiny_asymst
 
         tiny_asymst(cfg)
+    if detector == "diffad":
+        from tests.test_exchanges import tiny_diffad
+
+        tiny_diffad(cfg)
+        cfg.diffad.rounds = 2  # gradient denoising rounds of --reconstruct
     run = tmp / "run-1"
     run_centralized(cfg, run)
     data = load_client_data(feature_config(resolve(cfg)), 0, 1)
@@ -64,7 +75,8 @@ def make_run(tmp: Path, detector: str, exchange: str = "summary",
 
 
 @pytest.mark.parametrize("detector", ["padim", "feddymem", "feddymem-set-bank",
-                                      "feddymem-fedavg", "asymst-fedavg"])
+                                      "feddymem-fedavg", "asymst-fedavg",
+                                      "diffad-fedavg"])
 def test_predict_reproduces_held_out_scores_and_false_alarm_rate(tmp_path: Path, detector):
     """Bank runs score with the global summary; a weight run (fedavg) with the site's own
     bank, kept in its folder."""
@@ -72,7 +84,8 @@ def test_predict_reproduces_held_out_scores_and_false_alarm_rate(tmp_path: Path,
              if detector == "feddymem-set-bank" else {})
     exchange = "fedavg" if detector.endswith("fedavg") else "summary"
     run, cfg, held, paths = make_run(tmp_path, detector.split("-")[0], exchange, **train)
-    # a weight run's site keeps its own summary (FedDyMem's bank; asymst's is empty)
+    # a weight run's site keeps its own summary (FedDyMem's bank, diffad's feature
+    # statistics; asymst's is empty)
     assert (run / "site-0" / "global_summary.npz").is_file() == (exchange == "fedavg")
     cal = json.loads((run / "site-0" / "calibration.json").read_text())
     thr = cal["threshold"]
@@ -92,6 +105,45 @@ def test_predict_reproduces_held_out_scores_and_false_alarm_rate(tmp_path: Path,
     flags = np.array([int(r["anomalous"]) for r in rows])
     assert flags.mean() == pytest.approx(false_alarm_rate(scores, thr))
     assert len(list((out / "heatmaps").glob("*.png"))) == len(paths)
+
+
+def test_predict_reconstructs_a_diffad_runs_images_on_a_padim_runs_statistics(
+        tmp_path: Path):
+    run, _, _, paths = make_run(tmp_path / "a", "diffad", "fedavg")
+    padim_run, _, _, _ = make_run(tmp_path / "b", "padim")
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i, p in enumerate(paths[:2]):
+        shutil.copy(p, folder / f"{i:02d}.png")
+    out = tmp_path / "pred"
+    assert predict_main([str(run), str(folder), "--out", str(out), "--no-heatmaps",
+                         "--reconstruct", "--padim-run", str(padim_run), "-q"]) == 0
+    made = sorted((out / "reconstructed").glob("*.png"))
+    assert [p.name for p in made] == ["000-00.png", "001-01.png"]
+    from PIL import Image
+
+    original = np.asarray(Image.open(paths[0]).convert("RGB").resize((64, 64)), float)
+    rebuilt = np.asarray(Image.open(made[0]), float)
+    assert rebuilt.shape == (64, 64, 3) and not np.array_equal(rebuilt, original)
+    # the same model gives F2PAD its initial image (f2pad.init=diffusion) on the base
+    # detector's score: here PaDiM's, from its run
+    from fedad.refinements.f2pad.diffusion_init import diffusion_reconstructor
+
+    base = site_scorer(padim_run, 0, torch.device("cpu"))
+    padim = base.detector
+    rebuild = diffusion_reconstructor(run, 0, padim, base.summary, base.extractor, 64)
+    image = torch.zeros(3, 64, 64)
+    assert rebuild(image).shape == (3, 64, 64) and not torch.equal(rebuild(image), image)
+    with pytest.raises(ConfigError, match="not diffad"):
+        diffusion_reconstructor(padim_run, 0, padim, base.summary, base.extractor, 64)
+    # refused before anything is scored, naming what is wrong
+    scorer = site_scorer(run, 0, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="--padim-run"):
+        check_reconstruction(scorer, None)
+    with pytest.raises(ConfigError, match="must be a PaDiM run"):
+        check_reconstruction(scorer, run)
+    assert predict_main([str(padim_run), str(folder), "--reconstruct", "--padim-run",
+                         str(padim_run), "-q"]) == 2  # not a diffad run
 
 
 def test_predict_names_what_is_wrong(tmp_path: Path):

@@ -249,7 +249,11 @@ class F2PADConfig:
     # at the floor of Eq. 15 is about 3.3 grey levels, so a pixel that stayed normal
     # stays below 6)
     mask_threshold: float = 6.0
-    init: str = choice("biharmonic", "input")  # n0: inpainted | x itself (comparison)
+    # n0: inpainted | x itself (comparison) | diffad's gradient-denoising reconstruction
+    # (seed 003's Algorithm 1 on the base detector's score) of a diffad run's model at the
+    # same site, ``diffusion_run``
+    init: str = choice("biharmonic", "input", "diffusion")
+    diffusion_run: str = ""  # init=diffusion: a finished diffad run (same image size)
     # what is inpainted: the region optimised (m0 dilated; a priori default: biharmonic
     # continues the colours at the hole's border, so a border that cuts through the defect,
     # as m0's often does, would spread the defect into n0) | m0 itself (the paper, with an

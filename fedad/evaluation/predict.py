@@ -134,11 +134,90 @@ def refine_predictions(run_dir: str | Path, dataset: AnomalyDataset, maps: torch
 
     prior, threshold = load_prior(Path(run_dir) / f"site-{site}")
     s = scorer or site_scorer(run_dir, site, resolve_device(device))
+    rebuild = None
+    if s.cfg.f2pad.init == "diffusion":
+        from fedad.refinements.f2pad.diffusion_init import diffusion_reconstructor
+
+        rebuild = diffusion_reconstructor(s.cfg.f2pad.diffusion_run, site, s.detector,
+                                          s.summary, s.extractor, s.cfg.dataset.image_size)
     refiner = F2PAD(s.cfg.f2pad, s.detector, s.summary, s.extractor,
-                    Units.of(s.info["mean"], s.info["std"]), prior)
+                    Units.of(s.info["mean"], s.info["std"]), prior, rebuild)
     images = torch.stack([dataset[i].image for i in range(len(dataset))])
     return refiner.refine(images, maps, threshold,
                           names=[r.path for r in dataset.records])
+
+
+def check_reconstruction(scorer: SiteScorer, padim_run: str | Path | None) -> RunConfig:
+    """The PaDiM run's config when ``scorer``'s run can be reconstructed with it.
+
+    Raises:
+        ConfigError: as :func:`reconstruct_predictions`.
+    """
+    if getattr(scorer.detector, "name", "") != "diffad":
+        raise ConfigError(f"--reconstruct needs a diffad run; this run's detector is "
+                          f"{scorer.cfg.detector}")
+    if padim_run is None:
+        raise ConfigError("--reconstruct needs --padim-run RUN_DIR: the PaDiM statistics "
+                          "the reconstruction descends on")
+    pcfg = load_run_config(padim_run)
+    if pcfg.detector != "padim":
+        raise ConfigError(f"{padim_run}: --padim-run must be a PaDiM run, got detector="
+                          f"{pcfg.detector}")
+    for what, a, b in (("dataset.image_size", pcfg.dataset.image_size,
+                        scorer.cfg.dataset.image_size),
+                       ("backbone.name", pcfg.backbone.name, scorer.cfg.backbone.name)):
+        if a != b:
+            raise ConfigError(f"{padim_run}: {what}={a!r}, but the diffad run's is {b!r}")
+    return pcfg
+
+
+def reconstruct_predictions(scorer: SiteScorer, dataset: AnomalyDataset,
+                            padim_run: str | Path | None, device: str = "auto"
+                            ) -> torch.Tensor:
+    """diffad's anomaly-free reconstructions ``(N, 3, S, S)`` of ``dataset``'s images (in
+    its normalisation): gradient denoising (Algorithm 1) with the site's diffusion model on
+    the PaDiM score of ``padim_run``'s statistics (a finished PaDiM run on the same backbone
+    and image size: the site's own, or a federated one's global summary).
+
+    Raises:
+        ConfigError: the run is not a diffad run, ``padim_run`` is missing or not a PaDiM
+            run, or its image size or backbone differ, naming both.
+    """
+    from fedad.detectors.diffad.detector import levels_for
+    from fedad.detectors.diffad.reconstruct import padim_objective, reconstruct
+
+    pcfg = check_reconstruction(scorer, padim_run)
+    dev = resolve_device(device)
+    extractor, _ = build_feature_extractor(pcfg.backbone)
+    extractor = extractor.to(dev)
+    shape = FeatureShape(*extractor.output_shape(pcfg.dataset.image_size))
+    padim = create(pcfg, shape, dev)
+    units = levels_for(scorer.cfg, dev)
+    objective = padim_objective(padim, load_summary(padim_run), extractor, units)
+    det = scorer.detector
+    out = []
+    for i in range(len(dataset)):
+        x = dataset[i].image[None].to(dev)
+        out.append(reconstruct(x, det.net.unet, det.abar, objective, units,
+                               scorer.cfg.diffad,
+                               desc=f"reconstruction {i + 1}/{len(dataset)}").cpu())
+    return torch.cat(out)
+
+
+def write_image(image: torch.Tensor, dataset: AnomalyDataset, path: Path) -> None:
+    """A normalised ``(3, S, S)`` image as an 8-bit PNG."""
+    from PIL import Image
+
+    img = (image * dataset.std + dataset.mean).clamp(0, 1)
+    Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+def write_reconstructions(images: torch.Tensor, dataset: AnomalyDataset, out: Path) -> None:
+    """``reconstructed/<NNN>-<stem>.png``: diffad's anomaly-free image of each input."""
+    folder = out / "reconstructed"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, record in enumerate(dataset.records):
+        write_image(images[i], dataset, folder / f"{i:03d}-{Path(record.path).stem}.png")
 
 
 def write_refined(refined, dataset: AnomalyDataset, out: Path) -> None:
@@ -153,16 +232,16 @@ def write_refined(refined, dataset: AnomalyDataset, out: Path) -> None:
         stem = f"{i:03d}-{Path(record.path).stem}"
         mask = refined.masks[i].numpy().astype(np.uint8) * 255
         Image.fromarray(mask).save(folder / f"{stem}-mask.png")
-        normal = (refined.normals[i] * dataset.std + dataset.mean).clamp(0, 1)
-        Image.fromarray((normal.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-                        ).save(folder / f"{stem}-normal.png")
+        write_image(refined.normals[i], dataset, folder / f"{stem}-normal.png")
 
 
 def write_predictions(preds: list[Prediction], maps: torch.Tensor, dataset: AnomalyDataset,
-                      out: str | Path, heatmaps: bool = True, refined=None) -> Path:
+                      out: str | Path, heatmaps: bool = True, refined=None,
+                      reconstructed: torch.Tensor | None = None) -> Path:
     """``scores.csv`` (path, score, threshold, anomalous), ``predictions.json`` and, with
     ``heatmaps``, ``heatmaps/<NNN>-<stem>.png`` under ``out``; with ``refined`` (F2PAD)
-    also its masks and estimated normal images (:func:`write_refined`)."""
+    also its masks and estimated normal images (:func:`write_refined`), with
+    ``reconstructed`` (diffad) its anomaly-free images (:func:`write_reconstructions`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scores.csv", "w", newline="") as fh:
@@ -175,6 +254,8 @@ def write_predictions(preds: list[Prediction], maps: torch.Tensor, dataset: Anom
                                           + "\n")
     if refined is not None:
         write_refined(refined, dataset, out)
+    if reconstructed is not None:
+        write_reconstructions(reconstructed, dataset, out)
     if heatmaps:
         from fedad.evaluation.plots import plot_heatmap  # matplotlib only when drawing
 

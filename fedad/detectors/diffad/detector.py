@@ -25,6 +25,7 @@ they stay at the site.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,7 @@ from fedad.progress import progress
 log = logging.getLogger("fedad")
 STATS = "feature_stats"  # own_summary: the feature map's (mean, std) over training normals
 _LEVELS: dict[str, Levels] = {}  # one frozen backbone per process, backbone and strides
+_MAPS: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}  # the last raw maps (raw_maps)
 
 
 def levels_for(cfg: RunConfig, device) -> Levels:
@@ -173,12 +175,23 @@ class DiffAD:
         return FitInfo(loss=sum(tail) / len(tail), seconds={"train": time.perf_counter() - t0},
                        steps=steps, lr=d.lr)
 
-    @torch.no_grad()
     def raw_maps(self, features: torch.Tensor, image_size: int) -> tuple[torch.Tensor,
                                                                          torch.Tensor]:
         """The feature map and the z-scored KL map ``(N, S, S)`` of normalised images,
         each averaged over ``diffad.kl_steps`` (module docstring), before they are
-        combined and smoothed."""
+        combined and smoothed. The last result is kept per process, keyed by the weights,
+        the images and the config: sites of one process that hold the same global model
+        (FedAvg's, evaluated in one simulation) score a shared test set once."""
+        key = _fingerprint(self.net, features, image_size, self.cfg)
+        if key not in _MAPS:
+            _MAPS.clear()
+            _MAPS[key] = self._raw_maps(features, image_size)
+        feature, kl = _MAPS[key]
+        return feature.clone(), kl.clone()
+
+    @torch.no_grad()
+    def _raw_maps(self, features: torch.Tensor, image_size: int) -> tuple[torch.Tensor,
+                                                                          torch.Tensor]:
         d = self.cfg.diffad
         levels = levels_for(self.cfg, self.device)
         r = grid_stride(self.cfg)
@@ -230,8 +243,9 @@ class DiffAD:
         if n == 0:
             return {STATS: np.array([0.0, 1.0])}
         idx = np.unique(np.linspace(0, n - 1, min(n, self.cfg.diffad.norm_images)).round())
-        feature, _ = self.raw_maps(features[torch.as_tensor(idx, dtype=torch.long)],
-                                   int(features.shape[-1]))
+        # not through raw_maps' cache: that keeps the test set's maps
+        feature, _ = self._raw_maps(features[torch.as_tensor(idx, dtype=torch.long)],
+                                    int(features.shape[-1]))
         return {STATS: np.array([float(feature.mean()), float(feature.std())])}
 
     def score(self, features: torch.Tensor, global_summary: Summary,
@@ -265,6 +279,19 @@ class DiffAD:
 
     def descriptor(self, summary: Summary) -> np.ndarray:
         return np.zeros(0)
+
+
+def _fingerprint(net: torch.nn.Module, features: torch.Tensor, image_size: int,
+                 cfg: RunConfig) -> bytes:
+    """A content key of what :meth:`DiffAD.raw_maps` depends on."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((image_size, cfg.diffad, cfg.ddpm, cfg.backbone, tuple(features.shape),
+                   str(features.dtype), cfg.train.batch_size)).encode())
+    for k, v in net.state_dict().items():
+        h.update(k.encode())
+        h.update(memoryview(v.detach().cpu().reshape(-1).numpy()).cast("B"))
+    h.update(memoryview(features.detach().cpu().reshape(-1).numpy()).cast("B"))
+    return h.digest()
 
 
 def image_noise(shape: torch.Size, draws: int, seed: int, start: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ tolerance mean the same for PatchCore, PaDiM and FedDyMem.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -133,9 +133,13 @@ def touched(region: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 def refine_image(x: torch.Tensor, m0: torch.Tensor, extractor: FeatureExtractor,
                  detector: Detector, summary: Mapping[str, np.ndarray], prior: PixelPrior,
-                 cfg: F2PADConfig, units: Units, tolerance: float) -> Refined:
+                 cfg: F2PADConfig, units: Units, tolerance: float,
+                 reconstructor: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> Refined:
     """Algorithm 1 on ``x`` ``(3, S, S)`` (backbone-normalised) from its base mask ``m0``
-    ``(S, S)`` (bool), against the global ``summary``; ``prior`` in the paper's units."""
+    ``(S, S)`` (bool), against the global ``summary``; ``prior`` in the paper's units.
+    ``reconstructor`` (``f2pad.init=diffusion``): ``x`` -> its anomaly-free image, both
+    backbone-normalised."""
     t = time.perf_counter()
     m0 = m0.bool()
     if not bool(m0.any()):
@@ -143,8 +147,13 @@ def refine_image(x: torch.Tensor, m0: torch.Tensor, extractor: FeatureExtractor,
     xp_full = units.to_paper(x.float())
     size = int(x.shape[-1])
     region_full = dilate(m0, cfg.dilation)
+    recon = None
+    if cfg.init == "diffusion":
+        if reconstructor is None:
+            raise ValueError("f2pad.init=diffusion needs a reconstructor")
+        recon = units.to_paper(reconstructor(x.float()).float())
     n0_full = initial_normal(xp_full, region_full if cfg.inpaint == "region" else m0,
-                             cfg.init)
+                             cfg.init, recon)
     # Sec. III-E2: the backbone sees only the region's box and some context (detectors
     # whose loss scores a crop; any other: the whole image)
     box = crop_box(region_full, cfg.margin) if crops(detector) else (slice(None),) * 2

@@ -2,8 +2,10 @@
 The paper inpaints with a pretrained MAE, which cannot be had offline; fedad uses
 scikit-image's biharmonic inpainting (``f2pad.init=biharmonic``, the default: the masked
 pixels continued smoothly from their surroundings) or starts from the input itself
-(``f2pad.init=input``, for comparison). The "initialisation only" row of the benchmark is
-this substitute's own mask (the paper binarises ``||x - n0||`` at 0.2)."""
+(``f2pad.init=input``, for comparison), or fills them from diffad's anomaly-free
+reconstruction of the image (``f2pad.init=diffusion``: seed 003's gradient denoising,
+:mod:`fedad.refinements.f2pad.diffusion_init`). The "initialisation only" row of the
+benchmark is this substitute's own mask (the paper binarises ``||x - n0||`` at 0.2)."""
 
 from __future__ import annotations
 
@@ -23,10 +25,17 @@ def inpaint(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).to(x)
 
 
-def initial_normal(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """``n0`` by ``how``: ``biharmonic`` (inpaint ``mask``) or ``input`` (``x`` itself)."""
+def initial_normal(x: torch.Tensor, mask: torch.Tensor, how: str,
+                   reconstruction: torch.Tensor | None = None) -> torch.Tensor:
+    """``n0`` by ``how``: ``biharmonic`` (inpaint ``mask``), ``input`` (``x`` itself) or
+    ``diffusion`` (``mask``'s pixels taken from ``reconstruction``, in ``x``'s units)."""
     if how == "biharmonic":
         return inpaint(x, mask)
     if how == "input":
         return x.clone()
-    raise ValueError(f"f2pad.init: unknown initialisation {how!r} (biharmonic | input)")
+    if how == "diffusion":
+        if reconstruction is None:
+            raise ValueError("f2pad.init=diffusion: no reconstruction was given")
+        return torch.where(mask.bool()[None], reconstruction.to(x), x)
+    raise ValueError(f"f2pad.init: unknown initialisation {how!r} "
+                     "(biharmonic | input | diffusion)")

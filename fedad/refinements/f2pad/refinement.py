@@ -10,13 +10,14 @@ solve meets a non-finite loss keeps its base mask, is named in the log and count
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from fedad.config.schema import F2PADConfig
 from fedad.detectors.base import Detector
+from fedad.errors import ConfigError
 from fedad.evaluation.differentiable import RefinedSet
 from fedad.evaluation.scores import differentiable
 from fedad.features.extractor import FeatureExtractor
@@ -50,7 +51,9 @@ class F2PAD:
     :class:`~fedad.evaluation.differentiable.Refinement`."""
 
     def __init__(self, cfg: F2PADConfig, detector: Detector, summary: Mapping[str, np.ndarray],
-                 extractor: FeatureExtractor, units: Units, prior: PixelPrior) -> None:
+                 extractor: FeatureExtractor, units: Units, prior: PixelPrior,
+                 reconstructor: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> None:
         self.cfg = cfg
         self.detector = differentiable(detector)
         self.summary = dict(summary)
@@ -58,11 +61,16 @@ class F2PAD:
         self.units = units
         self.prior = prior
         self.tolerance = cfg.tolerance or TOLERANCE.get(getattr(detector, "name", ""), 0.05)
+        if cfg.init == "diffusion" and reconstructor is None:
+            raise ConfigError("f2pad.init=diffusion needs the site's diffusion "
+                              "reconstructor (f2pad.diffusion_run)")
+        self.reconstructor = reconstructor  # f2pad.init=diffusion: x -> anomaly-free x
 
     def refine_one(self, image: torch.Tensor, base_mask: torch.Tensor) -> Refined:
         """Algorithm 1 on one image ``(3, S, S)`` from its base mask ``(S, S)``."""
         return refine_image(image, base_mask, self.extractor, self.detector, self.summary,
-                            self.prior, self.cfg, self.units, self.tolerance)
+                            self.prior, self.cfg, self.units, self.tolerance,
+                            self.reconstructor)
 
     def refine(self, images: torch.Tensor, base_maps: torch.Tensor, threshold: float,
                names: Sequence[str] | None = None) -> RefinedSet:

@@ -78,7 +78,13 @@ def refine_site(cfg: RunConfig, detector: Detector, summary: Mapping[str, np.nda
     prior = site_prior(cfg, train, info, site)
     idx = chosen(len(test), f2.images, f2.seed)
     images = _stack(test, idx)
-    refiner = F2PAD(f2, detector, summary, extractor, units, prior)
+    rebuild = None
+    if f2.init == "diffusion":
+        from fedad.refinements.f2pad.diffusion_init import diffusion_reconstructor
+
+        rebuild = diffusion_reconstructor(f2.diffusion_run, site, detector, summary,
+                                          extractor, cfg.dataset.image_size)
+    refiner = F2PAD(f2, detector, summary, extractor, units, prior, rebuild)
     log.info("site %d: F2PAD on %d test images (base threshold %.4g, calibrated)", site,
              len(idx), threshold)
     out = refiner.refine(images, scores.maps[idx], threshold,
