@@ -34,7 +34,6 @@ are left out. A picture of DDPM defects beside cut-paste ones and real ones is w
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import sys
@@ -47,20 +46,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import RESULTS, command_line, machine, write_results  # noqa: E402
+from benchmarks._resumable import run_row  # noqa: E402
 from fedad.config.flat import from_flat  # noqa: E402
 from fedad.config.schema import RunConfig  # noqa: E402
 from fedad.detectors.asymst.detector import DDPM, phases, teacher_for  # noqa: E402
 from fedad.detectors.asymst.synthesis import classical_defect  # noqa: E402
 from fedad.detectors.registry import check, feature_config, label, resolve  # noqa: E402
 from fedad.diffusion.defects import paste, perlin_mask  # noqa: E402
-from fedad.errors import ConfigError  # noqa: E402
 from fedad.federation.centralized import centralized_config  # noqa: E402
-from fedad.federation.checkpoint import load_server  # noqa: E402
-from fedad.federation.in_process import InProcess  # noqa: E402
-from fedad.federation.run import federate, run_folder  # noqa: E402
 from fedad.federation.site_data import load_client_data  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
-from partitions import partition_nodes  # noqa: E402
 
 log = logging.getLogger("fedad")
 ROWS = {
@@ -82,32 +77,6 @@ def row_config(base: dict, row: str) -> RunConfig:
         cfg.eval_every = 10**9  # the final round only
     cfg.examples = 0
     return check(resolve(cfg))
-
-
-def finished(folder: Path, cfg: RunConfig) -> bool:
-    path = folder / "rounds.json"
-    if not path.is_file():
-        return False
-    rounds = json.loads(path.read_text()).get("rounds", [])
-    return bool(rounds) and rounds[-1]["round"] == cfg.train.rounds and bool(
-        rounds[-1].get("evaluate"))
-
-
-def run_row(cfg: RunConfig, folder: Path) -> dict:
-    """The row's run (resumed from its checkpoint, or read back when finished)."""
-    if not finished(folder, cfg):
-        ckpt = None
-        try:
-            load_server(folder)
-        except ConfigError:  # nothing checkpointed yet: from the start
-            pass
-        else:
-            cfg = copy.deepcopy(cfg)
-            cfg.resume = str(folder)
-            folder, ckpt = run_folder(cfg, folder.parent, folder.name)
-        transport = InProcess(cfg, partition_nodes(cfg))
-        federate(cfg, transport, transport.keys, folder, ckpt)
-    return json.loads((folder / "rounds.json").read_text())
 
 
 def summarise(cfg: RunConfig, result: dict) -> dict:
