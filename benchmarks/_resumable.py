@@ -4,10 +4,12 @@ from its last checkpointed round when the script is run again, and read back whe
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 from pathlib import Path
 
+from benchmarks._common import RESULTS, command_line, machine
 from fedad.config.schema import RunConfig
 from fedad.errors import ConfigError
 from fedad.federation.checkpoint import load_server
@@ -42,3 +44,43 @@ def run_row(cfg: RunConfig, folder: Path) -> dict:
         transport = InProcess(cfg, partition_nodes(cfg))
         federate(cfg, transport, transport.keys, folder, ckpt)
     return json.loads((folder / "rounds.json").read_text())
+
+
+def row_parser(doc: str, rows: list[str], work: str, name: str) -> argparse.ArgumentParser:
+    """The arguments every row benchmark takes: the data, the rows, where runs and results
+    go, and ``key=value`` overrides after ``--``."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--root", default=None, help="dataset root (MTD's published layout)")
+    p.add_argument("--dataset", default="mtd", choices=["mtd", "textures"])
+    p.add_argument("--rows", nargs="+", default=list(rows), choices=list(rows))
+    p.add_argument("--work", type=Path, default=Path(work))
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--name", default=name)
+    return p
+
+
+def base_flat(p: argparse.ArgumentParser, args: argparse.Namespace, defaults: dict) -> dict:
+    """``defaults`` (the method's a priori choices, dotted keys), the dataset of ``args``,
+    then its overrides."""
+    flat = {**defaults, "dataset.name": args.dataset}
+    if args.dataset == "mtd":
+        if not args.root:
+            p.error("--root is needed for --dataset mtd")
+        flat["dataset.root"] = str(Path(args.root).resolve())
+    for o in args.overrides:
+        if "=" not in o:
+            p.error(f"override {o!r} is not key=value")
+        k, v = o.split("=", 1)
+        flat[k] = v
+    return flat
+
+
+def results_payload(args: argparse.Namespace) -> dict:
+    """The results file's payload so far (rows of earlier runs kept), with this machine
+    and this command added."""
+    path = args.out / f"{args.name}.json"
+    payload = json.loads(path.read_text()) if path.is_file() else {}
+    payload.update({"dataset": args.dataset, "machine": machine()})
+    payload.setdefault("rows", {})
+    payload["commands"] = list(dict.fromkeys([*payload.get("commands", []), command_line()]))
+    return payload

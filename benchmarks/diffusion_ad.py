@@ -29,8 +29,6 @@ reported.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 import time
@@ -41,8 +39,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import RESULTS, command_line, machine, write_results  # noqa: E402
-from benchmarks._resumable import run_row  # noqa: E402
+from benchmarks._common import write_results  # noqa: E402
+from benchmarks._resumable import base_flat, results_payload, row_parser, run_row  # noqa: E402
 from fedad.config.flat import from_flat  # noqa: E402
 from fedad.config.schema import RunConfig  # noqa: E402
 from fedad.detectors.base import FeatureShape  # noqa: E402
@@ -56,6 +54,7 @@ from fedad.detectors.registry import (  # noqa: E402
     label,
     resolve,
 )
+from fedad.errors import ConfigError  # noqa: E402
 from fedad.evaluation.metrics import evaluate  # noqa: E402
 from fedad.features.extractor import build_feature_extractor  # noqa: E402
 from fedad.federation.centralized import centralized_config  # noqa: E402
@@ -228,34 +227,20 @@ def markdown(payload: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=None, help="dataset root (MTD's published layout)")
-    p.add_argument("--dataset", default="mtd", choices=["mtd", "textures"])
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    p.add_argument("--work", type=Path, default=Path("/tmp/fedad-diffusion-ad"))
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--name", default="diffusion_ad")
+    p = row_parser(__doc__, list(ROWS), "/tmp/fedad-diffusion-ad", "diffusion_ad")
     p.add_argument("--reconstruct", type=int, default=2,
                    help="defective test images to reconstruct per diffad row (0: none)")
     p.add_argument("overrides", nargs="*", help="RunConfig overrides (after --)")
     args = p.parse_args()
     setup_logging()
     # conf/method/diffad.yaml's choices (a priori), then the overrides
-    flat = {"train.rounds": 8, "dataset.name": args.dataset}
-    if args.dataset == "mtd":
-        if not args.root:
-            p.error("--root is needed for --dataset mtd")
-        flat["dataset.root"] = str(Path(args.root).resolve())
-    for o in args.overrides:
-        k, v = o.split("=", 1)
-        flat[k] = v
-    for row in ROWS:
-        row_config(flat, row)  # a bad override stops here, before any run
-    path = args.out / f"{args.name}.json"
-    payload = json.loads(path.read_text()) if path.is_file() else {}
-    payload.update({"dataset": args.dataset, "machine": machine()})
-    payload.setdefault("rows", {})
-    payload["commands"] = list(dict.fromkeys([*payload.get("commands", []), command_line()]))
+    flat = base_flat(p, args, {"train.rounds": 8})
+    try:
+        for row in ROWS:
+            row_config(flat, row)  # a bad override stops here, before any run
+    except ConfigError as exc:
+        p.error(str(exc))
+    payload = results_payload(args)
     # PaDiM rows first: a diffad row's reconstruction uses their statistics
     order = sorted(args.rows, key=lambda r: not r.startswith("padim"))
     for row in order:

@@ -33,8 +33,6 @@ are left out. A picture of DDPM defects beside cut-paste ones and real ones is w
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 import time
@@ -45,14 +43,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import RESULTS, command_line, machine, write_results  # noqa: E402
-from benchmarks._resumable import run_row  # noqa: E402
+from benchmarks._common import write_results  # noqa: E402
+from benchmarks._resumable import base_flat, results_payload, row_parser, run_row  # noqa: E402
 from fedad.config.flat import from_flat  # noqa: E402
 from fedad.config.schema import RunConfig  # noqa: E402
 from fedad.detectors.asymst.detector import DDPM, phases, teacher_for  # noqa: E402
 from fedad.detectors.asymst.synthesis import classical_defect  # noqa: E402
 from fedad.detectors.registry import check, feature_config, label, resolve  # noqa: E402
 from fedad.diffusion.defects import paste, perlin_mask  # noqa: E402
+from fedad.errors import ConfigError  # noqa: E402
 from fedad.federation.centralized import centralized_config  # noqa: E402
 from fedad.federation.site_data import load_client_data  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
@@ -209,13 +208,7 @@ def markdown(payload: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=None, help="dataset root (MTD's published layout)")
-    p.add_argument("--dataset", default="mtd", choices=["mtd", "textures"])
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    p.add_argument("--work", type=Path, default=Path("/tmp/fedad-teacher-student"))
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--name", default="teacher_student")
+    p = row_parser(__doc__, list(ROWS), "/tmp/fedad-teacher-student", "teacher_student")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     p.add_argument("overrides", nargs="*", help="RunConfig overrides (after --)")
     args = p.parse_args()
@@ -223,21 +216,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     # conf/method/asymst.yaml's choices (a priori), then the overrides
-    flat = {"detector": "asymst", "exchange": "fedavg", "train.local_epochs": 5,
-            "dataset.name": args.dataset}
-    if args.dataset == "mtd":
-        if not args.root:
-            p.error("--root is needed for --dataset mtd")
-        flat["dataset.root"] = str(Path(args.root).resolve())
-    for o in args.overrides:
-        k, v = o.split("=", 1)
-        flat[k] = v
-    check(from_flat(flat))  # a bad override stops here, before any run
-    path = args.out / f"{args.name}.json"
-    payload = json.loads(path.read_text()) if path.is_file() else {}
-    payload.update({"dataset": args.dataset, "machine": machine()})
-    payload.setdefault("rows", {})
-    payload["commands"] = list(dict.fromkeys([*payload.get("commands", []), command_line()]))
+    flat = base_flat(p, args, {"detector": "asymst", "exchange": "fedavg",
+                               "train.local_epochs": 5})
+    try:
+        check(from_flat(flat))  # a bad override stops here, before any run
+    except ConfigError as exc:
+        p.error(str(exc))
+    payload = results_payload(args)
     for row in args.rows:
         cfg = row_config(flat, row)
         folder = args.work / row

@@ -201,6 +201,23 @@ class DifferentiableDetector(Detector, Protocol):
         ...
 
 
+class NoSummary:
+    """The summary side of the contract for a network that scores alone (federated by
+    its weights only): nothing to upload, check, merge or compare."""
+
+    def summarize(self, round_t: int) -> Summary:
+        return {}
+
+    def validate(self, summary: Mapping[str, np.ndarray], who: str) -> Summary:
+        return {}
+
+    def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
+        return {}
+
+    def descriptor(self, summary: Summary) -> np.ndarray:
+        return np.zeros(0)
+
+
 def summary_nbytes(summary: Mapping[str, np.ndarray]) -> int:
     """Bytes of a summary's arrays (what travels, before Flower's small headers)."""
     return int(sum(np.asarray(v).nbytes for v in summary.values()))

@@ -4,13 +4,12 @@ autoencoder's weights can travel (weight exchanges), and it scores alone (no sum
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from fedad.components.maps import anomaly_maps, image_scores
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
-from fedad.detectors.base import FitInfo, Scores, TrainHooks, step
+from fedad.detectors.base import FitInfo, NoSummary, Scores, TrainHooks, step
 
 
 class AutoEncoder(nn.Module):
@@ -23,7 +22,7 @@ class AutoEncoder(nn.Module):
         return self.decode(self.encode(x))
 
 
-class ToyAE:
+class ToyAE(NoSummary):
     name = "toyae"
     iterative = True
     first_round = 1
@@ -72,15 +71,3 @@ class ToyAE:
                                       if k.startswith("net.")})
             load_optimizer_arrays(self.optimizer, arrays)
 
-    # a summary never travels: these exist for the contract only
-    def summarize(self, round_t):
-        return {}
-
-    def validate(self, summary, who):
-        return {}
-
-    def merge(self, summaries, round_t):
-        return {}
-
-    def descriptor(self, summary):
-        return np.zeros(0)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -40,7 +40,15 @@ from fedad.detectors.asymst.losses import cosine_loss, segmentation_loss
 from fedad.detectors.asymst.student import Student
 from fedad.detectors.asymst.synthesis import defect_batch
 from fedad.detectors.asymst.teacher import Teacher, build_teacher, teacher_channels
-from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, TrainHooks, step
+from fedad.detectors.base import (
+    FeatureShape,
+    FitInfo,
+    NoSummary,
+    Scores,
+    Summary,
+    TrainHooks,
+    step,
+)
 from fedad.diffusion.defects import draw_pool
 from fedad.diffusion.schedule import alphas_cumprod
 from fedad.diffusion.train import train_ddpm
@@ -69,7 +77,7 @@ def teacher_for(cfg: RunConfig, device) -> Teacher:
     return _TEACHERS[key]
 
 
-class AsymST:
+class AsymST(NoSummary):
     name = "asymst"
     iterative = True
     first_round = 1
@@ -288,15 +296,3 @@ class AsymST:
         self.optimizer = None
         self._optim_state = {k: v for k, v in arrays.items() if k.startswith("optim.")}
 
-    # a summary never travels: these exist for the contract only
-    def summarize(self, round_t: int) -> Summary:
-        return {}
-
-    def validate(self, summary: Mapping[str, np.ndarray], who: str) -> Summary:
-        return {}
-
-    def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
-        return {}
-
-    def descriptor(self, summary: Summary) -> np.ndarray:
-        return np.zeros(0)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -37,7 +37,15 @@ import torch.nn.functional as F
 from fedad.components.maps import gaussian_blur
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
 from fedad.config.schema import RunConfig
-from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, TrainHooks, step
+from fedad.detectors.base import (
+    FeatureShape,
+    FitInfo,
+    NoSummary,
+    Scores,
+    Summary,
+    TrainHooks,
+    step,
+)
 from fedad.detectors.diffad.crops import aligned_crops
 from fedad.detectors.diffad.maps import combine, feature_error, level_targets, zscore
 from fedad.detectors.diffad.network import FeatureHead, NoiseAndFeatures
@@ -66,7 +74,7 @@ def grid_stride(cfg: RunConfig) -> int:
     return 2 ** (len(cfg.ddpm.channels) - 1)
 
 
-class DiffAD:
+class DiffAD(NoSummary):
     name = "diffad"
     iterative = True
     first_round = 1
@@ -267,18 +275,6 @@ class DiffAD:
         self.optimizer = None
         self._optim_state = {k: v for k, v in arrays.items() if k.startswith("optim.")}
 
-    # a summary never travels: these exist for the contract only
-    def summarize(self, round_t: int) -> Summary:
-        return {}
-
-    def validate(self, summary: Mapping[str, np.ndarray], who: str) -> Summary:
-        return {}
-
-    def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
-        return {}
-
-    def descriptor(self, summary: Summary) -> np.ndarray:
-        return np.zeros(0)
 
 
 def _fingerprint(net: torch.nn.Module, features: torch.Tensor, image_size: int,
