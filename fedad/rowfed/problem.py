@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -34,5 +35,9 @@ class Client:
         return self.x.T @ (self.x @ b - self.y) / self.n
 
     def lipschitz(self) -> float:
-        """The gradient's Lipschitz constant, ``||X||_2^2 / n``."""
+        """The gradient's Lipschitz constant, ``||X||_2^2 / n`` (computed once)."""
+        return self._lipschitz
+
+    @cached_property
+    def _lipschitz(self) -> float:
         return float(np.linalg.norm(self.x, 2) ** 2 / self.n)
