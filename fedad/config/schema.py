@@ -130,6 +130,10 @@ class TrainConfig:
     # False (paper, Alg. 4 line 2): each client draws its own head (seed + 1000 * id).
     # True: every client starts from the same draw, as FL models often share their start.
     shared_init: bool = False
+    # partial participation: each site joins a round's training with this probability
+    # (seeded by ``seed`` and the round; at least ``min_clients`` join, the ones of the
+    # smallest draws); every site is evaluated. 1.0: every site every round (the paper's)
+    participation: float = 1.0
     seed: int = 0
 
 

@@ -120,6 +120,9 @@ def check(cfg: RunConfig) -> RunConfig:
     if bad:
         raise ConfigError("f2pad: " + ", ".join(f"{k}={getattr(f2, k)}" for k in bad)
                           + " out of range (counts >= 1, weights and sizes >= 0)")
+    if not 0 < resolved.train.participation <= 1:
+        raise ConfigError(f"train.participation must be in (0, 1], got "
+                          f"{resolved.train.participation}")
     if resolved.refine == "f2pad" and f2.init == "diffusion" and not f2.diffusion_run:
         raise ConfigError("f2pad.init=diffusion needs f2pad.diffusion_run: a finished "
                           "diffad run whose site models reconstruct the initial image")

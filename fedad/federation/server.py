@@ -34,6 +34,7 @@ from fedad.detectors.registry import (
 )
 from fedad.errors import BankError
 from fedad.federation.exchanges.base import Upload
+from fedad.federation.participation import participants
 from fedad.federation.payload import NOTE, NUM_EXAMPLES
 from fedad.federation.records import EVALUATE, QUERY, TRAIN, Envelope, Reply, nbytes
 from fedad.federation.robust import median_outliers
@@ -197,8 +198,12 @@ class Server:
 
     # -- a round -----------------------------------------------------------------------------
     def train_envelopes(self, rnd: int, config: dict) -> dict[int, Envelope]:
+        """What the round's participants receive (every site unless
+        ``train.participation < 1``)."""
         conf = {**config, "round": rnd}
-        return {k: Envelope(self.exchange.payload(k, rnd), conf) for k in self.keys}
+        who = participants(self.keys, self.cfg.train.participation, self.cfg.train.seed, rnd,
+                           self.cfg.min_clients)
+        return {k: Envelope(self.exchange.payload(k, rnd), conf) for k in who}
 
     def accept(self, rnd: int, delivery: Delivery) -> dict:
         """Validate, screen and aggregate a round's uploads; the round's train record."""
@@ -292,9 +297,11 @@ class Server:
             conf = dict(config)
             if resumed is not None and rnd == resumed + 1:
                 conf["resume-round"] = resumed
-            tx = transport.send(TRAIN, self.train_envelopes(rnd, conf), timeout,
-                                f"round {rnd}/{last} train")
+            envelopes = self.train_envelopes(rnd, conf)
+            tx = transport.send(TRAIN, envelopes, timeout, f"round {rnd}/{last} train")
             record: dict = {"round": rnd, "train": self.accept(rnd, tx)}
+            if len(envelopes) < len(self.keys):  # partial participation: who was asked
+                record["train"]["participants"] = [self.name(k) for k in sorted(envelopes)]
             record["bytes"] = {"sent": tx.bytes_sent, "received": tx.bytes_received,
                                "received_per_client": tx.bytes_received
                                / max(1, len(tx.replies))}
