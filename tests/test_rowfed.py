@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from fedad.rowfed.penalties import (
     KINDS,
@@ -126,3 +127,133 @@ def test_absent_clients_keep_their_coefficients():
     assert 0 < len(who) < 4
     assert all(np.array_equal(state.b[c], before[c]) for c in absent)
     assert all(not np.array_equal(state.b[c], before[c]) for c in who)
+
+
+# -- RowFed as a personalised exchange of FedDyMem's projection ---------------------------
+def rowfed_server(**changes):
+    from fedad.detectors.base import FeatureShape
+    from fedad.detectors.registry import create, exchange_for, resolve
+    from tests.test_detectors import tiny_cfg
+
+    cfg = tiny_cfg("feddymem")
+    cfg.exchange, cfg.num_clients = "rowfed", 3
+    for k, v in changes.items():
+        setattr(cfg.rowfed, k, v)
+    cfg = resolve(cfg)
+    shape = FeatureShape(12, 4, 4)
+    server = exchange_for(cfg, create(cfg, shape, "cpu", seed=0))
+    server.check()
+    server.start()
+    return cfg, shape, server
+
+
+def upload_with(server, key: int, matrix: np.ndarray):
+    from fedad.federation.exchanges.base import Upload
+    from fedad.federation.exchanges.rowfed import from_matrix
+    from fedad.federation.exchanges.weights import WEIGHTS
+
+    name = server.cfg.rowfed.param
+    weights = dict(server.payload(key, 1)[WEIGHTS])
+    weights[name] = from_matrix(matrix, weights[name].shape, weights[name].dtype)
+    return Upload(key, key, {WEIGHTS: weights}, 10)
+
+
+def test_each_site_gets_its_own_matrix_and_an_absent_site_keeps_its_own():
+    from fedad.federation.exchanges.rowfed import TARGET, to_matrix
+    from fedad.federation.exchanges.weights import WEIGHTS
+
+    cfg, _, server = rowfed_server(fusion_lam=0.01)
+    name = cfg.rowfed.param
+    rng = np.random.default_rng(0)
+    mats = {k: rng.normal(size=(12, 12)) for k in (7, 8, 9)}
+    server.aggregate([upload_with(server, k, mats[k]) for k in (7, 8, 9)], 1)
+    own = {k: to_matrix(server.payload(k, 2)[WEIGHTS][name]) for k in (7, 8, 9)}
+    assert all(np.allclose(own[k], mats[k], atol=1e-6) for k in own)  # personalised
+    # round 2: only site 7 trains; 8 and 9 keep theirs
+    server.aggregate([upload_with(server, 7, mats[7] + 1.0)], 2)
+    assert np.allclose(to_matrix(server.payload(8, 3)[WEIGHTS][name]), mats[8], atol=1e-6)
+    assert np.allclose(to_matrix(server.payload(7, 3)[WEIGHTS][name]), mats[7] + 1.0,
+                       atol=1e-6)
+    weight = server.payload(7, 3)[TARGET]["weight"]
+    assert float(weight[0]) == cfg.rowfed.rho * 2  # rho (M - 1)
+
+
+def test_the_fusion_weight_decides_which_rows_the_sites_share():
+    rng = np.random.default_rng(1)
+    mats = {k: rng.normal(size=(12, 12)) for k in (0, 1, 2)}
+    mats[1][:6] = mats[0][:6]  # sites 0 and 1 share their first six rows
+    for lam, fused in ((1e6, "all"), (0.5, "shared"), (0.0, "none")):
+        _, _, server = rowfed_server(fusion_lam=lam)
+        server.aggregate([upload_with(server, k, mats[k]) for k in mats], 1)
+        labels = server.clusters()  # (rows, sites)
+        if fused == "all":
+            assert np.abs(server.admm.theta).max() == 0.0 and (labels == 0).all()
+        elif fused == "shared":
+            assert all(r[0] == r[1] != r[2] for r in labels[:6])
+            assert all(len(set(r)) == 3 for r in labels[6:])
+        else:  # theta = B_m - B_m' exactly
+            d = server.admm.b[server.admm.pairs[:, 0]] - server.admm.b[server.admm.pairs[:, 1]]
+            assert np.allclose(server.admm.theta, d)
+
+
+def test_the_site_hooks_couple_to_the_target_and_sparsify_after_each_step():
+    from fedad.detectors.base import step
+    from fedad.detectors.registry import create
+    from fedad.federation.exchanges.rowfed import TARGET, to_matrix
+
+    cfg, shape, server = rowfed_server(sparsity_lam=0.05, sparsity_penalty="l1")
+    site = type(server)(cfg, create(cfg, shape, "cpu", seed=1))
+    payload = server.payload(0, 1)
+    payload[TARGET]["target"] = np.zeros_like(payload[TARGET]["target"])
+    hooks = site.hooks({}, payload)
+    module = site.detector.module()
+    w = dict(module.named_parameters())[cfg.rowfed.param]
+    coupling = hooks.extra_loss(module)
+    assert float(coupling.detach()) == pytest.approx(0.5 * 2 * float(w.detach().pow(2).sum()),
+                                                     rel=1e-5)
+    # the prox's threshold is sparsity_lam x train.lr = 5e-5: below it zeroed, above shrunk
+    with torch.no_grad():
+        w.copy_(torch.full_like(w, 1e-5))
+        w[0, 0] = 1.0
+    opt = torch.optim.SGD(module.parameters(), lr=0.0)  # the step itself moves nothing
+    step(module, opt, (w * 0).sum(), hooks)
+    b = to_matrix(w.detach().numpy())
+    assert b[0, 0] == pytest.approx(1.0 - 5e-5) and np.count_nonzero(b) == 1
+
+
+def test_rowfed_refuses_what_it_cannot_personalise():
+    from fedad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a parameter"):
+        rowfed_server(param="projection.nothing")
+    with pytest.raises(ConfigError, match="needs a matrix"):
+        rowfed_server(param="projection.conv.bias")
+    with pytest.raises(ValueError, match="SCAD"):
+        rowfed_server(rho=0.1)  # rho (a - 1) < 1: the fusion prox is not unique
+
+
+@pytest.mark.slow
+def test_rowfed_personalises_feddymems_projection_through_flower_with_partial_participation(
+        tmp_path):
+    """Three rounds through Flower's simulation runtime, each site joining a round with
+    probability 0.5: rounds.json names who was asked, every site is scored, and the sites
+    end with projections of their own (the rest of the head averaged)."""
+    import json
+
+    from fedad.cli.sim import launch
+    from tests.test_simulation import tiny_sim
+
+    sim = tiny_sim(detector="feddymem", exchange="rowfed", examples=0,
+                   **{"train.rounds": 3, "train.participation": 0.5,
+                      "rowfed.fusion_lam": 0.01})
+    out = tmp_path / "out"
+    assert launch(sim, out) == 0
+    (run,) = list(out.glob("run-*"))
+    result = json.loads((run / "rounds.json").read_text())
+    assert result["label"] == "feddymem-head+rowfed" and not result["rejected"]
+    asked = [r["train"].get("participants") for r in result["rounds"]]
+    assert any(a is not None and len(a) < 3 for a in asked)
+    assert set(result["final"]["per_client"]) == {"0", "1", "2"}
+    states = [torch.load(run / f"site-{i}" / "state.pt", weights_only=True) for i in range(3)]
+    key = next(k for k in states[0] if k.endswith("projection.conv.weight"))
+    assert not torch.equal(states[0][key], states[1][key])  # personalised

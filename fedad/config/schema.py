@@ -359,6 +359,31 @@ class DiffADConfig:
 
 
 @dataclass
+class RowFedExchangeConfig:
+    """``exchange=rowfed``: RowFed's sparse row-wise fusion (seed 000's second abstract;
+    ``fedad/rowfed/``, a reconstruction on FPFC's linearised ADMM) personalising one matrix
+    of a detector's module, its rows the matrix's input channels (FedDyMem's projection by
+    default: row ``j`` is input channel ``j``'s weights to every output); every other
+    weight is averaged as FedAvg does. Each site ``m`` trains with
+    ``rho (M - 1) / 2 ||B_m - U_m||^2`` added (``U_m``: its own target from the server's
+    fusion variables and duals) and the sparsity prox after every step; the server keeps
+    every site's last ``B_m`` and updates the fusion variables of every pair.
+    Participation: ``train.participation``."""
+
+    param: str = "projection.conv.weight"  # the module's matrix (C_out, C_in[, 1, 1])
+    fusion: str = choice("row", "matrix", "entry")  # SROF's rows | the baselines' groups
+    fusion_penalty: str = choice("scad", "mcp", "l1")
+    # a priori: a tenth of an identity projection row's norm (FPFC's 0.6 is for its
+    # synthetic scale; a benchmark chooses on validation)
+    fusion_lam: float = 0.1
+    sparsity_penalty: str = choice("scad", "mcp", "l1")
+    sparsity_lam: float = 0.0  # within-row sparsity (0: none, a priori for a head)
+    a: float = 3.7  # SCAD's a (MCP's gamma)
+    rho: float = 1.0  # FPFC's
+    cluster_tol: float = 0.1  # ||theta_j|| below it: two sites share row j (FPFC's)
+
+
+@dataclass
 class CalibrationConfig:
     """Normal training images each client holds out (never fitted on, never test images):
     its anomaly threshold for ``fedad-predict`` is the ``quantile`` of their image scores,
@@ -429,6 +454,7 @@ class RunConfig:
     ddpm: DDPMConfig = field(default_factory=DDPMConfig)
     asymst: AsymSTConfig = field(default_factory=AsymSTConfig)
     diffad: DiffADConfig = field(default_factory=DiffADConfig)
+    rowfed: RowFedExchangeConfig = field(default_factory=RowFedExchangeConfig)
     # a run is a detector x an exchange (fedad/detectors/registry.py, which checks the pair)
     # detector: feddymem | patchcore | padim (fedad/detectors/registry.py DETECTORS)
     detector: str = "feddymem"

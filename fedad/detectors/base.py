@@ -80,10 +80,12 @@ class TrainHooks:
     """What a weight exchange changes in a trained detector's optimiser steps:
     ``extra_loss(module)`` is added to every step's loss (FedProx's proximal term),
     ``after_backward(module)`` may change the gradients before the step (SCAFFOLD's
-    correction). A detector's training loop calls them through :func:`step`."""
+    correction), ``after_step(module)`` may change the weights after it (RowFed's sparsity
+    prox). A detector's training loop calls them through :func:`step`."""
 
     extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None
     after_backward: Callable[[torch.nn.Module], None] | None = None
+    after_step: Callable[[torch.nn.Module], None] | None = None
 
 
 def step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
@@ -96,6 +98,9 @@ def step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.
     if hooks is not None and hooks.after_backward is not None:
         hooks.after_backward(module)
     optimizer.step()
+    if hooks is not None and hooks.after_step is not None:
+        with torch.no_grad():
+            hooks.after_step(module)
 
 
 @runtime_checkable

@@ -24,6 +24,7 @@ EXCHANGES: dict[str, str] = {
     "fedprox": "fedad.federation.exchanges.fedprox:FedProxExchange",
     "scaffold": "fedad.federation.exchanges.scaffold:ScaffoldExchange",
     "fedbn": "fedad.federation.exchanges.fedbn:FedBNExchange",
+    "rowfed": "fedad.federation.exchanges.rowfed:RowFedExchange",
 }
 
 
