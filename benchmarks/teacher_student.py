@@ -203,6 +203,8 @@ def markdown(payload: dict) -> str:
         lines += [f"| {k} | {v:.2f} |" for k, v in real["frechet_to_real_defects"].items()]
     elif real:
         lines += ["", f"Realism: {real.get('skipped')}"]
+    if payload.get("notes"):  # what the numbers cannot say themselves (kept across runs)
+        lines += ["", "Notes:", *[f"- {n}" for n in payload["notes"]]]
     lines += ["", "Commands:", *[f"- `{c}`" for c in payload["commands"]]]
     return "\n".join(lines)
 
