@@ -248,7 +248,7 @@ def main() -> None:
         folder = args.work / row
         t = time.perf_counter()
         entry = summarise(cfg, run_row(cfg, folder))
-        if cfg.detector == "diffad":
+        if row in PADIM_OF:  # a diffad row
             test = load_client_data(feature_config(cfg), 0, 1).test
             entry["ablation"] = ablation(cfg, folder, test)
             padim_row = PADIM_OF[row]

@@ -75,8 +75,7 @@ def make_run(tmp: Path, detector: str, exchange: str = "summary",
 
 
 @pytest.mark.parametrize("detector", ["padim", "feddymem", "feddymem-set-bank",
-                                      "feddymem-fedavg", "asymst-fedavg",
-                                      "diffad-fedavg"])
+                                      "feddymem-fedavg", "asymst-fedavg"])
 def test_predict_reproduces_held_out_scores_and_false_alarm_rate(tmp_path: Path, detector):
     """Bank runs score with the global summary; a weight run (fedavg) with the site's own
     bank, kept in its folder."""
@@ -84,8 +83,7 @@ def test_predict_reproduces_held_out_scores_and_false_alarm_rate(tmp_path: Path,
              if detector == "feddymem-set-bank" else {})
     exchange = "fedavg" if detector.endswith("fedavg") else "summary"
     run, cfg, held, paths = make_run(tmp_path, detector.split("-")[0], exchange, **train)
-    # a weight run's site keeps its own summary (FedDyMem's bank, diffad's feature
-    # statistics; asymst's is empty)
+    # a weight run's site keeps its own summary (FedDyMem's bank; asymst's is empty)
     assert (run / "site-0" / "global_summary.npz").is_file() == (exchange == "fedavg")
     cal = json.loads((run / "site-0" / "calibration.json").read_text())
     thr = cal["threshold"]
@@ -109,17 +107,22 @@ def test_predict_reproduces_held_out_scores_and_false_alarm_rate(tmp_path: Path,
 
 def test_predict_reconstructs_a_diffad_runs_images_on_a_padim_runs_statistics(
         tmp_path: Path):
-    run, _, _, paths = make_run(tmp_path / "a", "diffad", "fedavg")
+    """A diffad run (its site keeps its own feature statistics) scores its held-out images
+    as the run did, and writes each one's reconstruction."""
+    run, _, held, paths = make_run(tmp_path / "a", "diffad", "fedavg")
+    assert (run / "site-0" / "global_summary.npz").is_file()
     padim_run, _, _, _ = make_run(tmp_path / "b", "padim")
     folder = tmp_path / "new"
     folder.mkdir()
-    for i, p in enumerate(paths[:2]):
+    for i, p in enumerate(paths):
         shutil.copy(p, folder / f"{i:02d}.png")
     out = tmp_path / "pred"
     assert predict_main([str(run), str(folder), "--out", str(out), "--no-heatmaps",
                          "--reconstruct", "--padim-run", str(padim_run), "-q"]) == 0
+    scores = np.array([float(r["score"]) for r in csv.DictReader(open(out / "scores.csv"))])
+    assert np.allclose(scores, held, rtol=1e-3, atol=1e-4)  # the same images, same scores
     made = sorted((out / "reconstructed").glob("*.png"))
-    assert [p.name for p in made] == ["000-00.png", "001-01.png"]
+    assert [p.name for p in made] == [f"{i:03d}-{i:02d}.png" for i in range(len(paths))]
     from PIL import Image
 
     original = np.asarray(Image.open(paths[0]).convert("RGB").resize((64, 64)), float)
@@ -134,13 +137,13 @@ def test_predict_reconstructs_a_diffad_runs_images_on_a_padim_runs_statistics(
     rebuild = diffusion_reconstructor(run, 0, padim, base.summary, base.extractor, 64)
     image = torch.zeros(3, 64, 64)
     assert rebuild(image).shape == (3, 64, 64) and not torch.equal(rebuild(image), image)
-    with pytest.raises(ConfigError, match="not diffad"):
+    with pytest.raises(ConfigError, match="reconstructs nothing"):
         diffusion_reconstructor(padim_run, 0, padim, base.summary, base.extractor, 64)
     # refused before anything is scored, naming what is wrong
     scorer = site_scorer(run, 0, torch.device("cpu"))
     with pytest.raises(ConfigError, match="--padim-run"):
         check_reconstruction(scorer, None)
-    with pytest.raises(ConfigError, match="must be a PaDiM run"):
+    with pytest.raises(ConfigError, match="no differentiable score"):
         check_reconstruction(scorer, run)
     assert predict_main([str(padim_run), str(folder), "--reconstruct", "--padim-run",
                          str(padim_run), "-q"]) == 2  # not a diffad run

@@ -232,28 +232,29 @@ def test_rowfed_refuses_what_it_cannot_personalise():
         rowfed_server(rho=0.1)  # rho (a - 1) < 1: the fusion prox is not unique
 
 
-@pytest.mark.slow
-def test_rowfed_personalises_feddymems_projection_through_flower_with_partial_participation(
+def test_rowfed_personalises_feddymems_projection_on_the_engine_with_partial_participation(
         tmp_path):
-    """Three rounds through Flower's simulation runtime, each site joining a round with
-    probability 0.5: rounds.json names who was asked, every site is scored, and the sites
-    end with projections of their own (the rest of the head averaged)."""
-    import json
+    """Two rounds on the engine (the in-process transport carries the same messages as
+    Flower's; partial participation through Flower is tests/test_trainable.py's), each site
+    joining a round with probability 0.5: every site is scored and the sites end with
+    projections of their own (the rest of the head averaged)."""
+    from fedad.config.schema import RunConfig
+    from fedad.federation.in_process import InProcess
+    from fedad.federation.run import federate
+    from partitions import partition_nodes
 
-    from fedad.cli.sim import launch
-    from tests.test_simulation import tiny_sim
-
-    sim = tiny_sim(detector="feddymem", exchange="rowfed", examples=0,
-                   **{"train.rounds": 3, "train.participation": 0.5,
-                      "rowfed.fusion_lam": 0.01})
-    out = tmp_path / "out"
-    assert launch(sim, out) == 0
-    (run,) = list(out.glob("run-*"))
-    result = json.loads((run / "rounds.json").read_text())
-    assert result["label"] == "feddymem-head+rowfed" and not result["rejected"]
-    asked = [r["train"].get("participants") for r in result["rounds"]]
-    assert any(a is not None and len(a) < 3 for a in asked)
-    assert set(result["final"]["per_client"]) == {"0", "1", "2"}
+    cfg = RunConfig(detector="feddymem", exchange="rowfed", num_clients=3, examples=0)
+    cfg.partition.min_samples = 1
+    d = cfg.dataset
+    d.texture_train_per_type, d.texture_test_normal_per_type = 4, 1
+    d.texture_test_anomalous_per_type, d.image_size = 1, 64
+    cfg.train.rounds, cfg.train.participation, cfg.rowfed.fusion_lam = 2, 0.5, 0.01
+    transport = InProcess(cfg, partition_nodes(cfg))
+    server = federate(cfg, transport, transport.keys, tmp_path / "run")
+    asked = [r["train"].get("participants") for r in server.history]
+    assert all(a is None or 1 <= len(a) < 3 for a in asked)
+    assert set(server.history[-1]["evaluate"]["per_client"]) == {"0", "1", "2"}
+    run = tmp_path / "run"
     states = [torch.load(run / f"site-{i}" / "state.pt", weights_only=True) for i in range(3)]
     key = next(k for k in states[0] if k.endswith("projection.conv.weight"))
     assert not torch.equal(states[0][key], states[1][key])  # personalised

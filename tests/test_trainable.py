@@ -26,13 +26,23 @@ def site_weights(run: Path, site: int) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("exchange", ["fedprox", "toypersonal"])
 def test_a_new_trained_detector_runs_every_weight_exchange_through_flower(
         tmp_path: Path, exchange: str):
-    sim = tiny_sim(detector="toyae", exchange=exchange, plugins=[PLUGIN], examples=0)
+    # the personalised run also has partial participation: each site joins a round with
+    # probability 0.5 (at least one does), every site is scored
+    extra = {"train.participation": 0.5} if exchange == "toypersonal" else {}
+    sim = tiny_sim(detector="toyae", exchange=exchange, plugins=[PLUGIN], examples=0, **extra)
     out = tmp_path / "out"
     assert launch(sim, out) == 0
     (run,) = list(out.glob("run-*"))
     result = json.loads((run / "rounds.json").read_text())
     assert [r["round"] for r in result["rounds"]] == [1, 2] and not result["rejected"]
     assert result["label"] == f"toyae+{exchange}"
+    asked = [r["train"].get("participants") for r in result["rounds"]]
+    if extra:
+        assert all(1 <= len(a) <= 3 and r["train"]["clients"] == len(a)
+                   for a, r in zip(asked, result["rounds"], strict=True))
+        assert any(len(a) < 3 for a in asked)
+    else:
+        assert asked == [None, None]  # every site, every round
     assert set(result["final"]["per_client"]) == {"0", "1", "2"}
     assert all(0.0 <= v["i_auroc"] <= 1.0 for v in result["final"]["per_client"].values())
     assert result["received_keys"][0] == ["decode.bias", "decode.weight", "encode.0.bias",

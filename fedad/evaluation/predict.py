@@ -19,7 +19,7 @@ from fedad.data.dataset import AnomalyDataset
 from fedad.data.io import FileSource, list_images, read_image, require_dir
 from fedad.data.sample import SampleRecord
 from fedad.detectors.base import FeatureShape
-from fedad.detectors.registry import client_seed, create, feature_config
+from fedad.detectors.registry import client_seed, create, detector_class, feature_config
 from fedad.device import resolve_device
 from fedad.errors import ConfigError, DataError
 from fedad.evaluation.scores import score
@@ -147,61 +147,59 @@ def refine_predictions(run_dir: str | Path, dataset: AnomalyDataset, maps: torch
                           names=[r.path for r in dataset.records])
 
 
-def check_reconstruction(scorer: SiteScorer, padim_run: str | Path | None) -> RunConfig:
-    """The PaDiM run's config when ``scorer``'s run can be reconstructed with it.
+def check_reconstruction(scorer: SiteScorer, base_run: str | Path | None) -> RunConfig:
+    """The config of ``base_run`` when ``scorer``'s run can reconstruct with it.
 
     Raises:
-        ConfigError: as :func:`reconstruct_predictions`.
+        ConfigError: the run's detector reconstructs nothing, ``base_run`` is missing, its
+            image size or backbone differ, or its detector has no differentiable score,
+            naming what is wrong.
     """
-    if getattr(scorer.detector, "name", "") != "diffad":
-        raise ConfigError(f"--reconstruct needs a diffad run; this run's detector is "
-                          f"{scorer.cfg.detector}")
-    if padim_run is None:
-        raise ConfigError("--reconstruct needs --padim-run RUN_DIR: the PaDiM statistics "
-                          "the reconstruction descends on")
-    pcfg = load_run_config(padim_run)
-    if pcfg.detector != "padim":
-        raise ConfigError(f"{padim_run}: --padim-run must be a PaDiM run, got detector="
-                          f"{pcfg.detector}")
+    if not callable(getattr(scorer.detector, "reconstruct", None)):
+        raise ConfigError(f"--reconstruct needs a run whose detector reconstructs images "
+                          f"(diffad); this run's detector is {scorer.cfg.detector}")
+    if base_run is None:
+        raise ConfigError("--reconstruct needs --padim-run RUN_DIR: the statistics (a PaDiM "
+                          "run's, or any run whose detector scores with gradients) the "
+                          "reconstruction descends on")
+    pcfg = load_run_config(base_run)
     for what, a, b in (("dataset.image_size", pcfg.dataset.image_size,
                         scorer.cfg.dataset.image_size),
                        ("backbone.name", pcfg.backbone.name, scorer.cfg.backbone.name)):
         if a != b:
-            raise ConfigError(f"{padim_run}: {what}={a!r}, but the diffad run's is {b!r}")
+            raise ConfigError(f"{base_run}: {what}={a!r}, but the reconstructing run's is "
+                              f"{b!r}")
+    if not hasattr(detector_class(pcfg.detector), "score_features"):
+        raise ConfigError(f"{base_run}: detector={pcfg.detector} has no differentiable "
+                          "score to descend on")
     return pcfg
 
 
 def reconstruct_predictions(scorer: SiteScorer, dataset: AnomalyDataset,
-                            padim_run: str | Path | None, device: str = "auto"
+                            base_run: str | Path | None, device: str = "auto"
                             ) -> torch.Tensor:
-    """diffad's anomaly-free reconstructions ``(N, 3, S, S)`` of ``dataset``'s images (in
-    its normalisation): gradient denoising (Algorithm 1) with the site's diffusion model on
-    the PaDiM score of ``padim_run``'s statistics (a finished PaDiM run on the same backbone
-    and image size: the site's own, or a federated one's global summary).
+    """The anomaly-free reconstructions ``(N, 3, S, S)`` of ``dataset``'s images (in its
+    normalisation) by the site's detector (diffad: gradient denoising, Algorithm 1),
+    descending on the score of ``base_run``'s detector and summary (a finished PaDiM run
+    on the same backbone and image size: the authors' choice).
 
     Raises:
-        ConfigError: the run is not a diffad run, ``padim_run`` is missing or not a PaDiM
-            run, or its image size or backbone differ, naming both.
+        ConfigError: as :func:`check_reconstruction`.
     """
-    from fedad.detectors.diffad.detector import levels_for
-    from fedad.detectors.diffad.reconstruct import padim_objective, reconstruct
+    from fedad.detectors.diffad.reconstruct import detector_objective
 
-    pcfg = check_reconstruction(scorer, padim_run)
+    pcfg = check_reconstruction(scorer, base_run)
     dev = resolve_device(device)
     extractor, _ = build_feature_extractor(pcfg.backbone)
     extractor = extractor.to(dev)
-    shape = FeatureShape(*extractor.output_shape(pcfg.dataset.image_size))
-    padim = create(pcfg, shape, dev)
-    units = levels_for(scorer.cfg, dev)
-    objective = padim_objective(padim, load_summary(padim_run), extractor, units)
+    base = create(pcfg, FeatureShape(*extractor.output_shape(pcfg.dataset.image_size)), dev)
     det = scorer.detector
-    out = []
-    for i in range(len(dataset)):
-        x = dataset[i].image[None].to(dev)
-        out.append(reconstruct(x, det.net.unet, det.abar, objective, units,
-                               scorer.cfg.diffad,
-                               desc=f"reconstruction {i + 1}/{len(dataset)}").cpu())
-    return torch.cat(out)
+    objective = detector_objective(base, load_summary(base_run), extractor, det.units(),
+                                   pcfg.dataset.image_size)
+    n = len(dataset)
+    return torch.cat([det.reconstruct(dataset[i].image[None].to(dev), objective,
+                                      desc=f"reconstruction {i + 1}/{n}").cpu()
+                      for i in range(n)])
 
 
 def write_image(image: torch.Tensor, dataset: AnomalyDataset, path: Path) -> None:

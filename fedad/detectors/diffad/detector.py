@@ -261,6 +261,22 @@ class DiffAD(NoSummary):
         feature, kl = self.raw_maps(features, image_size)
         return self.finish(feature, kl, self.cfg.diffad.combine, global_summary)
 
+    # -- reconstruction (Algorithm 1) --------------------------------------------------------
+    def units(self) -> Levels:
+        """The frozen backbone, whose ``to_unit`` / ``from_unit`` map the site's
+        normalised pixels to ``[-1, 1]`` and back."""
+        return levels_for(self.cfg, self.device)
+
+    def reconstruct(self, images: torch.Tensor, objective,
+                    desc: str | None = None) -> torch.Tensor:
+        """The anomaly-free reconstructions of normalised ``images`` descending on
+        ``objective`` (:func:`fedad.detectors.diffad.reconstruct.reconstruct`; ``desc``:
+        log its progress under that name)."""
+        from fedad.detectors.diffad.reconstruct import reconstruct
+
+        return reconstruct(images.to(self.device), self.net.unet, self.abar, objective,
+                           self.units(), self.cfg.diffad, desc)
+
     # -- state at the site -------------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
         out = {f"net.{k}": v.detach().cpu().clone() for k, v in self.net.state_dict().items()}

@@ -4,18 +4,21 @@ Mahalanobis score (as the authors' ``reconstruction()``: PaDiM's layers and rand
 channels, here fedad's PaDiM on its own backbone config).
 
 The PaDiM statistics are whatever the caller holds: a PaDiM fitted on the site's own
-normals (nothing leaves the site) or a federated PaDiM run's global summary.
+normals (nothing leaves the site) or a federated PaDiM run's global summary. Any other
+detector with a differentiable score can be descended on too (:func:`detector_objective`:
+the sum of its map).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 
 from fedad.components.gaussian import squared_mahalanobis
 from fedad.config.schema import DiffADConfig
+from fedad.detectors.base import Detector
 from fedad.detectors.padim.detector import PaDiM
 from fedad.detectors.padim.statistics import position_rows
 from fedad.diffusion.gradient_denoise import Objective, gradient_denoise
@@ -35,6 +38,35 @@ def padim_objective(padim: PaDiM, summary: Mapping[str, np.ndarray],
         features = extractor.fuse(units.from_unit(x))
         rows = position_rows(features, padim.idx).transpose(0, 1)  # (P, B, d)
         return squared_mahalanobis(rows, mean, inv).sum(0)
+
+    return objective
+
+
+# detector name -> its own objective (Algorithm 1 as the authors run it); any other
+# differentiable detector: the sum of its score map
+OBJECTIVES: dict[str, Callable[..., Objective]] = {"padim": padim_objective}
+
+
+def detector_objective(detector: Detector, summary: Mapping[str, np.ndarray],
+                       extractor: FeatureExtractor, units: Levels,
+                       image_size: int) -> Objective:
+    """Images in ``[-1, 1]`` -> ``detector``'s score per image against ``summary``,
+    differentiable (PaDiM: :func:`padim_objective`; others: their map summed).
+
+    Raises:
+        ConfigError: the detector has no differentiable score, naming it.
+    """
+    from fedad.evaluation.scores import differentiable
+
+    own = OBJECTIVES.get(getattr(detector, "name", ""))
+    if own is not None:
+        return own(detector, summary, extractor, units)
+    scorer = differentiable(detector)
+    summary = dict(summary)
+
+    def objective(x: torch.Tensor) -> torch.Tensor:
+        features = extractor.fuse(units.from_unit(x))
+        return scorer.score_features(features, summary, image_size).maps.sum((1, 2))
 
     return objective
 

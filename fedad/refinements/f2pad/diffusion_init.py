@@ -18,30 +18,10 @@ from fedad.config.flat import from_dict
 from fedad.detectors.base import Detector, FeatureShape
 from fedad.detectors.registry import client_seed, create, feature_config
 from fedad.errors import ConfigError
-from fedad.evaluation.scores import differentiable
 from fedad.features.extractor import FeatureExtractor
 from fedad.federation.site_files import load_site
 
 Reconstructor = Callable[[torch.Tensor], torch.Tensor]
-
-
-def detector_objective(detector: Detector, summary: Mapping[str, np.ndarray],
-                       extractor: FeatureExtractor, units, image_size: int):
-    """Images in ``[-1, 1]`` -> the base detector's score per image, differentiable."""
-    from fedad.detectors.diffad.reconstruct import padim_objective
-
-    if getattr(detector, "name", "") == "padim":
-        return padim_objective(detector, summary, extractor, units)
-    scorer = differentiable(detector)
-    summary = dict(summary)
-
-    def objective(x: torch.Tensor) -> torch.Tensor:
-        features = extractor.fuse(units.from_unit(x))
-        return scorer.score_features(features, summary, image_size).maps.sum((1, 2))
-
-    return objective
-
-
 def diffusion_reconstructor(run_dir: str | Path, site: int, detector: Detector,
                             summary: Mapping[str, np.ndarray], extractor: FeatureExtractor,
                             image_size: int, device="cpu") -> Reconstructor:
@@ -52,27 +32,25 @@ def diffusion_reconstructor(run_dir: str | Path, site: int, detector: Detector,
         ConfigError: ``run_dir`` is not a finished diffad run of this image size, or holds
             no state for ``site``, naming it.
     """
-    from fedad.detectors.diffad.detector import levels_for
-    from fedad.detectors.diffad.reconstruct import reconstruct
+    from fedad.detectors.diffad.reconstruct import detector_objective
 
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"f2pad.diffusion_run: {path} is missing (a finished diffad run?)")
     cfg = feature_config(from_dict(json.loads(path.read_text())))
-    if cfg.detector != "diffad":
-        raise ConfigError(f"f2pad.diffusion_run={run_dir} is a {cfg.detector} run, not diffad")
     if cfg.dataset.image_size != image_size:
         raise ConfigError(f"f2pad.diffusion_run={run_dir} has dataset.image_size="
                           f"{cfg.dataset.image_size}; the refined images are {image_size} px")
     state, _ = load_site(run_dir, site)
     model = create(cfg, FeatureShape(3, image_size, image_size), device,
                    seed=client_seed(cfg, site))
+    if not callable(getattr(model, "reconstruct", None)):
+        raise ConfigError(f"f2pad.diffusion_run={run_dir} is a {cfg.detector} run: its "
+                          "detector reconstructs nothing (a diffad run does)")
     model.load_state(state)
-    units = levels_for(cfg, device)
-    objective = detector_objective(detector, summary, extractor, units, image_size)
+    objective = detector_objective(detector, summary, extractor, model.units(), image_size)
 
     def rebuild(x: torch.Tensor) -> torch.Tensor:
-        return reconstruct(x[None].to(units.mean.device), model.net.unet, model.abar,
-                           objective, units, cfg.diffad)[0].cpu()
+        return model.reconstruct(x[None], objective)[0].cpu()
 
     return rebuild
