@@ -16,12 +16,14 @@ import torch
 
 from fedad.config.flat import from_dict
 from fedad.detectors.base import Detector, FeatureShape
-from fedad.detectors.registry import client_seed, create, feature_config
+from fedad.detectors.registry import client_seed, create, detector_class, feature_config
 from fedad.errors import ConfigError
 from fedad.features.extractor import FeatureExtractor
 from fedad.federation.site_files import load_site
 
 Reconstructor = Callable[[torch.Tensor], torch.Tensor]
+
+
 def diffusion_reconstructor(run_dir: str | Path, site: int, detector: Detector,
                             summary: Mapping[str, np.ndarray], extractor: FeatureExtractor,
                             image_size: int, device="cpu") -> Reconstructor:
@@ -41,12 +43,12 @@ def diffusion_reconstructor(run_dir: str | Path, site: int, detector: Detector,
     if cfg.dataset.image_size != image_size:
         raise ConfigError(f"f2pad.diffusion_run={run_dir} has dataset.image_size="
                           f"{cfg.dataset.image_size}; the refined images are {image_size} px")
+    if not callable(getattr(detector_class(cfg.detector), "reconstruct", None)):
+        raise ConfigError(f"f2pad.diffusion_run={run_dir} is a {cfg.detector} run: its "
+                          "detector reconstructs nothing (a diffad run does)")
     state, _ = load_site(run_dir, site)
     model = create(cfg, FeatureShape(3, image_size, image_size), device,
                    seed=client_seed(cfg, site))
-    if not callable(getattr(model, "reconstruct", None)):
-        raise ConfigError(f"f2pad.diffusion_run={run_dir} is a {cfg.detector} run: its "
-                          "detector reconstructs nothing (a diffad run does)")
     model.load_state(state)
     objective = detector_objective(detector, summary, extractor, model.units(), image_size)
 
