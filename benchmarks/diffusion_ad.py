@@ -44,8 +44,8 @@ from benchmarks._resumable import base_flat, results_payload, row_parser, run_ro
 from fedad.config.flat import from_flat  # noqa: E402
 from fedad.config.schema import RunConfig  # noqa: E402
 from fedad.detectors.base import FeatureShape  # noqa: E402
-from fedad.detectors.diffad.detector import _MAPS, levels_for  # noqa: E402
-from fedad.detectors.diffad.reconstruct import padim_objective, reconstruct  # noqa: E402
+from fedad.detectors.diffad.detector import _MAPS  # noqa: E402
+from fedad.detectors.diffad.reconstruct import padim_objective  # noqa: E402
 from fedad.detectors.registry import (  # noqa: E402
     check,
     client_seed,
@@ -144,14 +144,13 @@ def reconstruction(cfg: RunConfig, folder: Path, padim_cfg: RunConfig, padim_fol
     pcfg = feature_config(padim_cfg)
     extractor, _ = build_feature_extractor(pcfg.backbone)
     padim = create(pcfg, FeatureShape(*extractor.output_shape(shape.height)), "cpu")
-    objective = padim_objective(padim, load_summary(padim_folder), extractor,
-                                levels_for(cfg, "cpu"))
-    units = levels_for(cfg, "cpu")
+    units = det.units()
+    objective = padim_objective(padim, load_summary(padim_folder), extractor, units)
     bad = torch.nonzero(test.labels == 1).flatten()[:count]
     images = test.features[bad].float()
     t = time.perf_counter()
-    out = torch.cat([reconstruct(x[None], det.net.unet, det.abar, objective, units,
-                                 cfg.diffad, desc=f"reconstruction {i + 1}/{len(images)}")
+    out = torch.cat([det.reconstruct(x[None], objective,
+                                     desc=f"reconstruction {i + 1}/{len(images)}")
                      for i, x in enumerate(images)])
     seconds = (time.perf_counter() - t) / max(1, len(images))
     with torch.no_grad():

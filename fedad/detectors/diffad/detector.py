@@ -89,10 +89,8 @@ class DiffAD(NoSummary):
         problems = []
         if not 2 <= d.chain <= T:
             problems.append(f"chain={d.chain} (2..ddpm.timesteps={T})")
-        for name in ("kl_steps",):
-            bad = [k for k in getattr(d, name) if not 1 <= int(k) < d.chain]
-            if bad or not getattr(d, name):
-                problems.append(f"{name}={list(getattr(d, name))} (each in 1..chain-1)")
+        if not d.kl_steps or any(not 1 <= int(k) < d.chain for k in d.kl_steps):
+            problems.append(f"kl_steps={list(d.kl_steps)} (each in 1..chain-1)")
         if not 1 <= d.denoise_index < d.chain:
             problems.append(f"denoise_index={d.denoise_index} (1..chain-1)")
         if not 0.0 <= d.alpha <= 1.0:
