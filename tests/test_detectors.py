@@ -119,8 +119,10 @@ def test_feddymem_federated_rounds_pinned_across_the_move_to_the_contract():
     chaotic in float rounding, and another host's CPU kernels round differently: measured
     on an AMX host and with oneDNN/MKL/ATen capped at AVX2, each client's loss moved by up
     to 3.3% and its I-AUROC by up to 2/36, the means over clients by at most 0.3% and
-    0.019. So the means are held tight and each client loosely; a broken move changes far
-    more (same-host exactness is tests/test_reliability.py's)."""
+    0.019. With one torch thread (as under xdist) on an AMX host, round 1's losses stay
+    within 0.3% but round 2's move by up to 6.5% for one client and 1.3% in the mean. So
+    round 1 is held tight, round 2 and each client loosely; a broken move changes far more
+    (same-host exactness is tests/test_reliability.py's)."""
     from fedad.evaluation.metrics import evaluate
     from fedad.federation.site_data import load_client_data
     from partitions import site_indices
@@ -149,10 +151,13 @@ def test_feddymem_federated_rounds_pinned_across_the_move_to_the_contract():
                   [0.5277777777777778, 0.6111111111111112, 0.6944444444444444]),
               2: ([1.347551703453064, 1.2364364862442017, 1.9870104789733887],
                   [0.6388888888888888, 0.5555555555555556, 0.8055555555555556])}
+    # round 1 has one merge behind it and holds tight; round 2 carries round 1's rounding
+    # through a second training and K-means
+    tol = {1: (0.01, 0.02), 2: (0.03, 0.08)}
     for r, (losses, aurocs) in pinned.items():
-        assert np.mean(got[r][0]) == pytest.approx(np.mean(losses), rel=0.01)
+        assert np.mean(got[r][0]) == pytest.approx(np.mean(losses), rel=tol[r][0])
         assert np.mean(got[r][1]) == pytest.approx(np.mean(aurocs), abs=0.04)
-        assert got[r][0] == pytest.approx(losses, rel=0.06)
+        assert got[r][0] == pytest.approx(losses, rel=tol[r][1])
         assert got[r][1] == pytest.approx(aurocs, abs=0.09)
 
 
