@@ -1,7 +1,8 @@
 """Compare FedDyMem with the weight-exchanging baselines (the paper's Tables I/II, Fig. 7).
 
     python benchmarks/compare.py --root ../shared/data/mtd --seeds 0 1 2 [--out DIR]
-        [--methods local fedavg fedprox scaffold fedbn feddymem] [key=value ...]
+        [--methods local fedavg fedprox scaffold fedbn fedphp apple dbe feddymem]
+        [key=value ...]
 
 Every method runs on the same partition (``partition.seed`` fixed) with the same head
 architecture (``head.batch_norm=true`` for all, so FedBN has BatchNorm to keep local);
@@ -10,7 +11,9 @@ clients after the last round; the table shows mean ± std over seeds and the byt
 per round (sent + received, measured from the payloads). Writes ``compare.json``,
 ``compare.md`` and ``compare.png`` (I-AUROC per round per method) to ``--out``. Runs that
 reached their last round in ``--work`` are reused, so an interrupted comparison resumes;
-seeds are the outer loop, so it has every method's first seeds first.
+seeds are the outer loop, so it has every method's first seeds first. Rows of methods not
+in ``--methods`` are kept from the earlier ``compare.json`` when it was measured with the
+same overrides and seeds (a method added later sits beside the committed ones).
 """
 
 from __future__ import annotations
@@ -37,12 +40,39 @@ from fedad.progress import setup_logging  # noqa: E402
 
 log = logging.getLogger("fedad.compare")
 
-METHODS = ("local", "fedavg", "fedprox", "scaffold", "fedbn", "feddymem")
+# the paper's Table I: the weight baselines, the personalised ones, FedDyMem
+METHODS = ("local", "fedavg", "fedprox", "scaffold", "fedbn", "fedphp", "apple", "dbe",
+           "feddymem")
+# overrides that change where things are kept, not what is measured
+WHERE = ("backbone.cache", "backbone.cache_dir", "client_cpus")
 METRICS = ("i_auroc", "p_auroc", "pro")
 
 
 def fmt(d: dict | None) -> str:
     return f"{d['mean']:.4f} ± {d['std']:.4f}" if d else "n/a"
+
+
+def measured(base: list[str]) -> dict[str, str]:
+    """The overrides that decide the numbers (``base`` minus where things are kept)."""
+    pairs = dict(item.split("=", 1) for item in base)
+    return {k: v for k, v in pairs.items() if k not in WHERE}
+
+
+def earlier_rows(path: Path, base: list[str], seeds: list[int], methods: list[str]
+                 ) -> tuple[dict, dict]:
+    """Rows and curves of methods not run now from an earlier ``compare.json`` measured
+    with the same overrides and seeds (so a new method is added beside the committed ones
+    without re-running them); nothing when the setting differs."""
+    if not path.is_file():
+        return {}, {}
+    old = json.loads(path.read_text())
+    same = measured(old.get("base", [])) == measured(base) and old.get("seeds", seeds) == seeds
+    if not same:
+        log.info("%s was measured with other overrides or seeds: not kept", path)
+        return {}, {}
+    keep = [m for m in old.get("rows", {}) if m not in methods]
+    return ({m: old["rows"][m] for m in keep},
+            {m: old["curves"][m] for m in keep if m in old.get("curves", {})})
 
 
 def run_one(base: list[str], method: str, seed: int, work: Path) -> dict:
@@ -106,6 +136,10 @@ def main() -> int:
         rounds = [x for x, _ in ev[0]]
         vals = np.array([[v for _, v in e] for e in ev])
         curves[m] = {"rounds": rounds, "mean": vals.mean(0).tolist(), "std": vals.std(0).tolist()}
+    kept_rows, kept_curves = earlier_rows(args.out / "compare.json", base, args.seeds,
+                                          args.methods)
+    rows = {m: rows.get(m) or kept_rows[m] for m in METHODS if m in rows or m in kept_rows}
+    curves = {m: curves.get(m) or kept_curves[m] for m in rows if m in curves or m in kept_curves}
     args.out.mkdir(parents=True, exist_ok=True)
     plot_metric_rounds({"I-AUROC": curves}, args.out / "compare.png",
                        title="I-AUROC per round, mean ± std over seeds")
@@ -120,7 +154,8 @@ def main() -> int:
     lines += ["", f"Highest I-AUROC: {lead}", "",
               f"Command: `{command_line()}`"]
     write_results(args.out, "compare", {"command": command_line(), "machine": machine(),
-                                        "base": base, "rows": rows, "curves": curves},
+                                        "base": base, "seeds": args.seeds, "rows": rows,
+                                        "curves": curves},
                   "\n".join(lines))
     return 0
 

@@ -384,6 +384,55 @@ class RowFedExchangeConfig:
 
 
 @dataclass
+class FedPHPConfig:
+    """``exchange=fedphp``: FedPHP (Li et al., ECML PKDD 2021, "Federated Personalization
+    with Inherited Private Models"; read from PFLlib's ``clientphp``). Each site keeps an
+    inherited private model; a round trains the received global model with
+    ``(1 - lam) * task + lam * MMD(rep(local), rep(private))`` and then inherits it,
+    ``private <- (1 - mu_t) * local + mu_t * private`` with ``mu_t = mu * t / T``. The
+    local model is uploaded (FedAvg); a site scores with its private model. Values not given
+    by the reference code's defaults are fixed here a priori."""
+
+    lam: float = 0.5  # weight of the representation MMD (PFLlib's default 1.0 drops the task)
+    mu: float = 0.9  # how much of the private model is inherited at the last round
+    rows: int = 256  # representation rows (positions) drawn per step for the MMD
+    # which model a site scores with: its private one (the paper's personalised model) or
+    # the local one it just trained from the global (PFLlib's evaluation)
+    score_with: str = choice("private", "local")
+
+
+@dataclass
+class APPLEConfig:
+    """``exchange=apple``: APPLE (Luo and Wu, IJCAI 2022, "Adapt to Adaptation: Learning
+    Personalization for Cross-Silo Federated Learning"; read from PFLlib's
+    ``clientapple``). The server relays every site's core model; site ``i``'s personalised
+    model is ``sum_j p_ij core_j``; after each backward its own core moves by
+    ``-lr M p_ii grad`` and ``p_ij`` by ``-dr_lr (mean(grad * core_j) + lam_t mu (p_ij -
+    p0_j))``, ``p0`` the sites' shares of the training images, ``lam_t`` a cosine from 1
+    to 0 over the first ``decay`` (APPLE's L) of the rounds. A priori values (PFLlib's
+    defaults, 0 for ``dr_lr`` and ``mu``, would leave ``p`` fixed)."""
+
+    dr_lr: float = 0.01  # step of the directed relationship vector p
+    mu: float = 0.1  # pull of p towards p0
+    decay: float = 0.2  # L: the fraction of the rounds over which lam_t decays to 0
+
+
+@dataclass
+class DBEConfig:
+    """``exchange=dbe``: DBE (Zhang et al., NeurIPS 2023, "Eliminating Domain Bias for
+    Federated Learning in Representation Space"; read from PFLlib's ``clientdbe``). FedAvg
+    of the module, plus at each site a personalised representation bias (the module's
+    ``shift``, trained by SGD at ``train.lr``, never uploaded) and a mean regulariser
+    ``kl_weight * mean(0.5 (m - g)^2)`` pulling the running mean ``m`` of the site's
+    representation (channel means, momentum ``momentum``) to the server's ``g``, the
+    image-weighted mean of the sites' last running means. Round 1 trains without either
+    (no ``g`` yet), as DBE's initialisation period."""
+
+    momentum: float = 0.1  # PFLlib's default
+    kl_weight: float = 1.0  # a priori (PFLlib's default 0 turns the regulariser off)
+
+
+@dataclass
 class CalibrationConfig:
     """Normal training images each client holds out (never fitted on, never test images):
     its anomaly threshold for ``fedad-predict`` is the ``quantile`` of their image scores,
@@ -455,11 +504,15 @@ class RunConfig:
     asymst: AsymSTConfig = field(default_factory=AsymSTConfig)
     diffad: DiffADConfig = field(default_factory=DiffADConfig)
     rowfed: RowFedExchangeConfig = field(default_factory=RowFedExchangeConfig)
+    fedphp: FedPHPConfig = field(default_factory=FedPHPConfig)
+    apple: APPLEConfig = field(default_factory=APPLEConfig)
+    dbe: DBEConfig = field(default_factory=DBEConfig)
     # a run is a detector x an exchange (fedad/detectors/registry.py, which checks the pair)
     # detector: feddymem | patchcore | padim (fedad/detectors/registry.py DETECTORS)
     detector: str = "feddymem"
     # exchange: summary (what the detector summarises travels) | local | fedavg | fedprox |
-    # scaffold | fedbn (a trained module's weights travel); fedad/federation/exchanges/
+    # scaffold | fedbn | rowfed | fedphp | apple | dbe (a trained module's weights travel);
+    # fedad/federation/exchanges/
     exchange: str = "summary"
     # method: a shorthand resolved into the two above (and then cleared): an exchange name
     # (method=fedavg: that exchange, detector unchanged), a detector name (method=patchcore:

@@ -77,13 +77,15 @@ class FitInfo:
 
 @dataclass
 class TrainHooks:
-    """What a weight exchange changes in a trained detector's optimiser steps:
+    """What a weight exchange changes in a trained detector's optimiser steps: the
+    detector's loss is weighted by ``task_weight`` (FedPHP's ``1 - lambda``),
     ``extra_loss(module)`` is added to every step's loss (FedProx's proximal term),
     ``after_backward(module)`` may change the gradients before the step (SCAFFOLD's
     correction), ``after_step(module)`` may change the weights after it (RowFed's sparsity
     prox). A detector's training loop calls them through :func:`step`."""
 
     extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None
+    task_weight: float = 1.0
     after_backward: Callable[[torch.nn.Module], None] | None = None
     after_step: Callable[[torch.nn.Module], None] | None = None
 
@@ -91,6 +93,8 @@ class TrainHooks:
 def step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
          hooks: TrainHooks | None = None) -> None:
     """One optimiser step on ``loss`` with the exchange's ``hooks`` applied."""
+    if hooks is not None and hooks.task_weight != 1.0:
+        loss = hooks.task_weight * loss
     if hooks is not None and hooks.extra_loss is not None:
         loss = loss + hooks.extra_loss(module)
     optimizer.zero_grad(set_to_none=True)

@@ -46,7 +46,8 @@ class FedDyMem:
     name = "feddymem"
     iterative = True
     first_round = 0  # round 0: the initial banks (Alg. 4)
-    exchanges = ("summary", "local", "fedavg", "fedprox", "scaffold", "fedbn", "rowfed")
+    exchanges = ("summary", "local", "fedavg", "fedprox", "scaffold", "fedbn", "rowfed",
+                 "fedphp", "apple", "dbe")
     weights_label = "feddymem-head"  # a weight-exchange run's name: feddymem-head+fedavg
     batch_norm_hint = (" (head.batch_norm=true adds BatchNorm to FedDyMem's projection; "
                        "conf/method/fedbn.yaml sets it)")

@@ -25,6 +25,9 @@ EXCHANGES: dict[str, str] = {
     "scaffold": "fedad.federation.exchanges.scaffold:ScaffoldExchange",
     "fedbn": "fedad.federation.exchanges.fedbn:FedBNExchange",
     "rowfed": "fedad.federation.exchanges.rowfed:RowFedExchange",
+    "fedphp": "fedad.federation.exchanges.fedphp:FedPHPExchange",
+    "apple": "fedad.federation.exchanges.apple:APPLEExchange",
+    "dbe": "fedad.federation.exchanges.dbe:DBEExchange",
 }
 
 

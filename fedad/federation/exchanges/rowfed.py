@@ -32,6 +32,7 @@ import torch
 from fedad.detectors.base import TrainHooks
 from fedad.errors import ConfigError
 from fedad.federation.exchanges.base import Upload
+from fedad.federation.exchanges.slots import slot_of
 from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange
 from fedad.federation.records import Records
 from fedad.rowfed.admm import RowFedConfig, RowFedState, row_clusters, server_step, targets
@@ -99,12 +100,7 @@ class RowFedExchange(WeightExchange):
         self.slots = {}
 
     def slot(self, key: int) -> int:
-        if key not in self.slots:
-            if len(self.slots) >= len(self.admm.b):
-                raise ConfigError(f"exchange=rowfed: more sites than num_clients="
-                                  f"{len(self.admm.b)}")
-            self.slots[key] = len(self.slots)
-        return self.slots[key]
+        return slot_of(self.slots, key, len(self.admm.b), self.name)
 
     def payload(self, key: int, round_t: int) -> Records:
         name = self.cfg.rowfed.param

@@ -1,0 +1,141 @@
+"""DBE (Zhang et al., NeurIPS 2023, "Eliminating Domain Bias for Federated Learning in
+Representation Space"; ``DBEConfig``, read from PFLlib's ``clientdbe``): FedAvg of the
+module with two changes at each site.
+
+* **Personalised representation bias** (DBE's PRBM): the module's ``shift`` buffer ``(C,)``
+  is added to its representation (the ``representation`` part's output, FedDyMem's
+  projection) before the rest of the module. It is the site's own: trained by plain SGD at
+  ``train.lr`` beside the module's optimiser, never uploaded (a local key, as FedBN's
+  BatchNorm), and scored with.
+* **Mean regularisation** (DBE's MR): the running mean ``m`` of the representation (channel
+  means over the batch and positions, momentum ``dbe.momentum``, reset each round; the
+  gradient flows through the current batch's term) is pulled to the global mean ``g`` by
+  ``dbe.kl_weight * mean(0.5 (m - g)^2)`` added to the loss.
+
+A site uploads the module's weights and its last ``m``; the server averages the weights
+(FedAvg) and sets ``g`` to the image-weighted mean of the uploaded ``m``. Round 1 has no
+``g``: it trains neither the bias nor the regulariser (DBE's initialisation period, whose
+running means give the first ``g``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedad.components.validate import check_state
+from fedad.detectors.base import FitInfo, TrainHooks
+from fedad.errors import ConfigError
+from fedad.federation.exchanges.base import Upload
+from fedad.federation.exchanges.representation import Capture, representation_part, rows
+from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange
+from fedad.federation.records import Records
+
+MEAN = "dbe"  # up: the site's running mean; down: the global mean
+SHIFT = "shift"  # the module's bias buffer (never travels)
+
+
+class DBEExchange(WeightExchange):
+    name = "dbe"
+    upload_records = (WEIGHTS, MEAN)
+
+    def __init__(self, cfg, detector) -> None:
+        super().__init__(cfg, detector)
+        self.global_mean: np.ndarray | None = None  # g (server)
+
+    def local_keys(self, module: torch.nn.Module) -> set[str]:
+        return {SHIFT}
+
+    def channels(self) -> int:
+        return int(self.detector.module().shift.numel())
+
+    def check(self) -> None:
+        representation_part(self.detector, self.name, shift=True)
+        super().check()
+        c = self.cfg.dbe
+        if not 0 < c.momentum <= 1:
+            raise ConfigError(f"dbe.momentum must be in (0, 1], got {c.momentum}")
+        if not np.isfinite(c.kl_weight) or c.kl_weight < 0:
+            raise ConfigError(f"dbe.kl_weight must be finite and >= 0, got {c.kl_weight}")
+
+    # -- server ----------------------------------------------------------------------------
+    def start(self) -> None:
+        super().start()
+        self.global_mean = None
+
+    def payload(self, key: int, round_t: int) -> Records:
+        out = super().payload(key, round_t)
+        if self.global_mean is not None:
+            out[MEAN] = {"mean": self.global_mean}
+        return out
+
+    def validate(self, upload: Records, who: str) -> Records:
+        out = super().validate(upload, who)  # both records present, the weights checked
+        mean = check_state(upload[MEAN], who, {"mean": (self.channels(),)}, "running mean")
+        return {**out, MEAN: mean}
+
+    def descriptor(self, upload: Records) -> np.ndarray:
+        return np.concatenate([super().descriptor(upload),
+                               np.asarray(upload[MEAN]["mean"], dtype=np.float64)])
+
+    def aggregate(self, uploads: Sequence[Upload], round_t: int) -> None:
+        if not uploads:
+            return
+        super().aggregate(uploads, round_t)
+        w = np.array([u.num_examples for u in uploads], dtype=np.float64)
+        means = np.stack([np.asarray(u.records[MEAN]["mean"], dtype=np.float64)
+                          for u in uploads])
+        self.global_mean = (w[:, None] * means).sum(0) / max(w.sum(), 1.0)
+        self.global_mean = self.global_mean.astype(np.float32)
+
+    def state(self) -> dict[str, Any]:
+        out = super().state()
+        if self.global_mean is not None:
+            out["global_mean"] = self.global_mean
+        return out
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        super().load_state(state)
+        g = state.get("global_mean")
+        self.global_mean = None if g is None else np.asarray(g, dtype=np.float32)
+
+    # -- site ------------------------------------------------------------------------------
+    def fit(self, features: torch.Tensor, payload: Records, round_t: int,
+            site_state: dict[str, torch.Tensor]) -> tuple[Records, FitInfo]:
+        if WEIGHTS in payload:
+            self.load_weights(payload[WEIGHTS])
+        c = self.cfg.dbe
+        module = self.detector.module()
+        part = representation_part(self.detector, self.name, shift=True)
+        g = (torch.from_numpy(np.array(payload[MEAN]["mean"], dtype=np.float32))
+             if MEAN in payload else None)
+        shift = module.shift.detach().clone().requires_grad_(g is not None)
+        module.shift = shift  # the buffer, as a leaf the loss differentiates
+        running = torch.zeros_like(shift, requires_grad=False)
+        pending: list[torch.Tensor] = []
+
+        def regularise(_module: torch.nn.Module) -> torch.Tensor:
+            _, rep = cap.last()
+            m = (1 - c.momentum) * running.to(rep) + c.momentum * rows(rep).mean(0)
+            pending[:] = [m]
+            if g is None:
+                return m.new_zeros(())
+            return c.kl_weight * (0.5 * (m - g.to(m)).pow(2)).mean()
+
+        def after(_module: torch.nn.Module) -> None:
+            nonlocal running
+            running = pending[0].detach().cpu()
+            if shift.grad is not None:
+                shift.sub_(self.cfg.train.lr * shift.grad)
+                shift.grad = None
+
+        self.round_t = round_t
+        with Capture(part) as cap:
+            info = self.detector.fit(features, None, round_t,
+                                     TrainHooks(extra_loss=regularise, after_step=after))
+        module.shift = shift.detach()
+        return {WEIGHTS: self.module_weights(self.round_keys(round_t)),
+                MEAN: {"mean": np.ascontiguousarray(running.numpy().astype(np.float32))}}, info
