@@ -20,6 +20,15 @@ exchange does). Test image ``i`` is refined by site ``i mod 5`` with the global 
 that site's pixel prior (fitted on its own training pixels) and its calibrated threshold;
 sites without held-out normals (they cannot calibrate) refine none, the others take turns.
 
+``f2pad.init=diffusion`` (seed 003's gradient-denoising reconstruction as the initial normal
+image) needs ``--diffusion-runs centralized=DIR federated=DIR``: finished diffad runs at the
+same image size (``benchmarks/diffusion_ad.py``'s rows); site ``i`` reconstructs with that
+run's site ``i`` (the same Dirichlet partition at the same seed and alpha), descending on the
+base detector's own score with the summary F2PAD refines with. Each image is reconstructed
+once and reused by both thresholds. Rows carry their ``init``; without ``--search`` and with
+``--append``, pass the hyperparameters chosen for the default rows as overrides so the two
+initialisations differ in nothing else.
+
 Hyperparameters (``--search``): the iteration cap first (the smallest of :data:`CAPS`
 within :data:`CAP_SLACK` IoU points of the uncapped solve, from the defaults), then
 ``beta0``, ``mask_threshold``, ``alpha1``, ``dilation`` and ``components``, are
@@ -141,8 +150,36 @@ def figure(path: Path, image, gt, base_map, mask, normal, units, title: str) -> 
     plt.close(fig)
 
 
+def reconstructors(cfg, sites, summary, f2cfg, run_dir) -> dict:
+    """``f2pad.init=diffusion``: each site's memoised ``x -> reconstruction`` (diffad run
+    ``run_dir``'s same site; the oracle and the calibrated masks share one reconstruction),
+    else ``None`` for every site."""
+    if f2cfg.init != "diffusion":
+        return {s.pid: None for s in sites}
+    if run_dir is None:
+        raise SystemExit("f2pad.init=diffusion: give this setting's diffad run in "
+                         "--diffusion-runs (e.g. centralized=/tmp/dad/work/centralized)")
+    from fedad.refinements.f2pad.diffusion_init import diffusion_reconstructor
+
+    extractor, _ = extractor_for(cfg)
+    out = {}
+    for s in sites:
+        rebuild, memo = diffusion_reconstructor(run_dir, s.pid, s.detector, summary, extractor,
+                                                cfg.dataset.image_size), {}
+
+        def cached(x, rebuild=rebuild, memo=memo):
+            k = x.numpy().tobytes()
+            if k not in memo:
+                t = time.perf_counter()
+                memo[k] = rebuild(x)
+                log.info("reconstruction %d: %.1f s", len(memo), time.perf_counter() - t)
+            return memo[k]
+        out[s.pid] = cached
+    return out
+
+
 def evaluate_set(cfg, sites, summary, images, masks, names, f2cfg, units, with_ablation=False,
-                 picture: Path | None = None):
+                 picture: Path | None = None, run_dir=None):
     """Rows for one set: base and refined metrics at both thresholds (without masks, an
     image-level-only set: the calibrated threshold's counts and seconds only)."""
     extractor, _ = extractor_for(cfg)
@@ -160,8 +197,9 @@ def evaluate_set(cfg, sites, summary, images, masks, names, f2cfg, units, with_a
         held = score(s.detector, s.data.holdout.features, summary, cfg.dataset.image_size)
         calibrated[s.pid] = calibrated_threshold(held.maps, cfg.calibration.quantile)
     priors = {s.pid: fit_prior(s.train_images, f2cfg, units) for s in sites}
-    refiners = {s.pid: F2PAD(f2cfg, s.detector, summary, extractor, units, priors[s.pid])
-                for s in sites}
+    rebuild = reconstructors(cfg, sites, summary, f2cfg, run_dir)
+    refiners = {s.pid: F2PAD(f2cfg, s.detector, summary, extractor, units, priors[s.pid],
+                             rebuild[s.pid]) for s in sites}
     variants = {"calibrated": lambda i: calibrated[sites[i % len(sites)].pid]}
     if masks is not None:
         out["anomalous"] = int(masks.flatten(1).any(1).sum())
@@ -282,7 +320,8 @@ def search(cfg, site, summary, f2cfg, units, val_images: int) -> tuple[object, l
 
 
 def key(row: dict) -> tuple:
-    return row["dataset"], row["set"], row["detector"], row["setting"]
+    return (row["dataset"], row["set"], row["detector"], row["setting"],
+            row.get("init", "biharmonic"))  # rows from before the init column: the default
 
 
 def start(args) -> dict:
@@ -309,6 +348,7 @@ def run(args) -> dict:
         base_cfg.dataset.root = args.root
     base_cfg.backbone.cache = "disk"
     base_cfg.backbone.cache_dir = str(args.work / "features")
+    runs = dict(r.split("=", 1) for r in args.diffusion_runs)
     for det in args.detectors:
         cfg = feature_config(replace(copy.deepcopy(base_cfg), detector=det))
         _, info = extractor_for(cfg)
@@ -331,6 +371,7 @@ def run(args) -> dict:
                           + np.random.default_rng(0).permutation(normal)[: k // 4].tolist())
             sets["real"] = images_of(test, pick)  # masks None: image-level-only data
         f2cfg = cfg.f2pad
+        suffix = "" if f2cfg.init == "biharmonic" else f"_{f2cfg.init}"
         for setting in args.settings:
             sites = build_sites(cfg, setting == "federated")
             summary = sites[0].detector.merge([s.upload() for s in sites], 1)
@@ -350,15 +391,22 @@ def run(args) -> dict:
                 first = setting == "centralized" and set_name == "cutpaste"
                 row = evaluate_set(cfg, sites, summary, images, masks, names, f2cfg, units,
                                    with_ablation=args.ablation and first,
-                                   picture=args.out / f"{args.name}_{det}.png" if first
-                                   else None)
+                                   picture=args.out / f"{args.name}_{det}{suffix}.png"
+                                   if first else None, run_dir=runs.get(setting))
                 row.update({"detector": det, "setting": setting, "set": set_name,
+                            "init": f2cfg.init,
                             "dataset": args.dataset, "seconds": time.perf_counter() - t})
                 add_row(payload, row)
                 log.info("row: %s", row)
                 if args.partial:  # every row as it comes (a long run that is stopped)
                     write_results(args.out, args.name, payload, markdown(payload))
     return payload
+
+
+def setting_of(row: dict) -> str:
+    """The table's setting cell: the setting, and the initialisation when not the default."""
+    init = row.get("init", "biharmonic")
+    return row["setting"] if init == "biharmonic" else f"{row['setting']}, init={init}"
 
 
 def markdown(payload: dict) -> str:
@@ -377,14 +425,14 @@ def markdown(payload: dict) -> str:
         if "oracle_base" not in r:  # image-level-only data: no IoU, timing only
             sec = r.get("calibrated_seconds", [0, 0])
             its = r.get("calibrated_iterations", [0, 0])
-            lines.append(f"| {r['dataset']} | {r['set']} | {r['detector']} | {r['setting']} | "
+            lines.append(f"| {r['dataset']} | {r['set']} | {r['detector']} | {setting_of(r)} | "
                          f"{r['images']} | - | - | - | - | - | - | {sec[0]:.1f} / {sec[1]:.1f} "
                          f"| {its[0]:.0f} / {its[1]:.0f} |")
             continue
         sec = r.get("oracle_seconds", [0, 0])
         its = r.get("oracle_iterations", [0, 0])
         lines.append(
-            f"| {r['dataset']} | {r['set']} | {r['detector']} | {r['setting']} | "
+            f"| {r['dataset']} | {r['set']} | {r['detector']} | {setting_of(r)} | "
             f"{r['images']} | {pair(r['oracle_base'])} | {pair(r['oracle_f2pad'])} | "
             f"{pair(r['calibrated_base'])} | {pair(r['calibrated_f2pad'])} | "
             f"{r['base_p_auroc']:.3f} / {r['f2pad_p_auroc']:.3f} | "
@@ -422,8 +470,14 @@ def main() -> None:
     p.add_argument("--partial", action="store_true", help="write the results after each row")
     p.add_argument("--append", action="store_true",
                    help="add the rows to the results already at --out/--name")
+    p.add_argument("--diffusion-runs", nargs="+", default=[], metavar="SETTING=DIR",
+                   help="f2pad.init=diffusion: each setting's finished diffad run")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
+    for r in args.diffusion_runs:
+        setting, _, folder = r.partition("=")
+        if setting not in ("centralized", "federated") or not folder:
+            p.error(f"--diffusion-runs {r!r} is not centralized=DIR or federated=DIR")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
     args.work.mkdir(parents=True, exist_ok=True)
