@@ -41,7 +41,7 @@ from fedad.progress import setup_logging  # noqa: E402
 log = logging.getLogger("fedad.compare")
 
 # the paper's Table I: the weight baselines, the personalised ones, FedDyMem
-METHODS = ("local", "fedavg", "fedprox", "scaffold", "fedbn", "fedphp", "apple", "dbe",
+METHODS = ("local", "fedavg", "fedprox", "scaffold", "fedbn", "fedphp", "apple", "dbe", "rowfed",
            "feddymem")
 # overrides that change where things are kept, not what is measured
 WHERE = ("backbone.cache", "backbone.cache_dir", "client_cpus")
