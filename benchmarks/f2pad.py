@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import RESULTS, command_line, machine, write_results  # noqa: E402
 from fedad.config.flat import from_flat  # noqa: E402
+from fedad.config.schema import F2PADConfig  # noqa: E402
 from fedad.data.cutpaste import blob_shapes, cut_paste, defect_shapes  # noqa: E402
 from fedad.data.factory import build_dataset  # noqa: E402
 from fedad.data.holdout import holdout_split  # noqa: E402
@@ -148,6 +149,9 @@ def figure(path: Path, image, gt, base_map, mask, normal, units, title: str) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+DEFAULT_INIT = F2PADConfig().init  # rows without an init column were made with it
 
 
 def reconstructors(cfg, sites, summary, f2cfg, run_dir) -> dict:
@@ -321,7 +325,7 @@ def search(cfg, site, summary, f2cfg, units, val_images: int) -> tuple[object, l
 
 def key(row: dict) -> tuple:
     return (row["dataset"], row["set"], row["detector"], row["setting"],
-            row.get("init", "biharmonic"))  # rows from before the init column: the default
+            row.get("init", DEFAULT_INIT))
 
 
 def start(args) -> dict:
@@ -371,7 +375,7 @@ def run(args) -> dict:
                           + np.random.default_rng(0).permutation(normal)[: k // 4].tolist())
             sets["real"] = images_of(test, pick)  # masks None: image-level-only data
         f2cfg = cfg.f2pad
-        suffix = "" if f2cfg.init == "biharmonic" else f"_{f2cfg.init}"
+        suffix = "" if f2cfg.init == DEFAULT_INIT else f"_{f2cfg.init}"
         for setting in args.settings:
             sites = build_sites(cfg, setting == "federated")
             summary = sites[0].detector.merge([s.upload() for s in sites], 1)
@@ -405,8 +409,8 @@ def run(args) -> dict:
 
 def setting_of(row: dict) -> str:
     """The table's setting cell: the setting, and the initialisation when not the default."""
-    init = row.get("init", "biharmonic")
-    return row["setting"] if init == "biharmonic" else f"{row['setting']}, init={init}"
+    init = row.get("init", DEFAULT_INIT)
+    return row["setting"] if init == DEFAULT_INIT else f"{row['setting']}, init={init}"
 
 
 def markdown(payload: dict) -> str:
