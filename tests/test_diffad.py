@@ -14,6 +14,7 @@ from fedad.detectors.diffad.crops import aligned_crops
 from fedad.detectors.diffad.reconstruct import padim_objective, reconstruct
 from fedad.detectors.padim.detector import PaDiM
 from fedad.detectors.registry import check, create, feature_config
+from fedad.diffusion.gradient_denoise import backtracking_step, diffusion_step, unit_gradient
 from fedad.diffusion.loss import ddpm_loss
 from fedad.diffusion.posterior import chain, posterior_kl
 from fedad.diffusion.schedule import alphas_cumprod, q_sample
@@ -163,6 +164,26 @@ def test_the_reconstruction_removes_a_defect_and_moves_a_normal_image_far_less()
     # moves a little: the denoising step is what takes that back)
     moved = (out - x).abs().mean(1)
     assert moved[0].mean() < 0.25 * moved[1][inside].mean()
+
+
+def test_backtracking_never_raises_the_score_and_takes_the_full_step_when_it_lowers_it():
+    g = torch.Generator().manual_seed(0)
+    centre = 0.1
+    x = centre + torch.randn(2, 3, 8, 8, generator=g) * torch.tensor([0.05, 1.0]).view(2, 1, 1, 1)
+
+    def objective(z: torch.Tensor) -> torch.Tensor:
+        return ((z - centre) ** 2).flatten(1).sum(1)
+
+    s = 0.5  # ten times image 0's spread: the fixed step overshoots there
+    fixed = diffusion_step(x, unit_gradient(objective, x), torch.full((2,), s))
+    out = backtracking_step(objective, x, s, halvings=4)
+    before, after = objective(x), objective(out)
+    assert objective(fixed)[0] > before[0]  # the paper's step raises image 0's score
+    assert (after <= before).all()
+    assert after[0] < before[0]  # a halved step still descends
+    assert torch.equal(out[1], fixed[1])  # image 1: the full step, as the fixed rule takes
+    # no halving at all: image 0 cannot descend, so it is left where it was
+    assert torch.equal(backtracking_step(objective, x, s, halvings=0)[0], x[0])
 
 
 @pytest.mark.slow

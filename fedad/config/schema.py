@@ -354,6 +354,10 @@ class DiffADConfig:
     rounds: int = 100
     steps: int = 5
     step_size: float = 0.02
+    # fixed: every step of size step_size (the paper's) | backtrack: halved per image up to
+    # `halvings` times until it does not raise the score (ours; gradient_denoise.py)
+    step_rule: str = choice("fixed", "backtrack")
+    halvings: int = 4
     denoise_index: int = 8
     seed: int = 0
 

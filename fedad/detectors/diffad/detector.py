@@ -100,8 +100,8 @@ class DiffAD(NoSummary):
         for name in ("top_k", "norm_images", "steps"):
             if getattr(d, name) < 1:
                 problems.append(f"{name}={getattr(d, name)} (>= 1)")
-        if d.rounds < 0 or d.feature_weight < 0 or d.sigma < 0:
-            problems.append("rounds, feature_weight and sigma must be >= 0")
+        if d.rounds < 0 or d.feature_weight < 0 or d.sigma < 0 or d.halvings < 0:
+            problems.append("rounds, feature_weight, sigma and halvings must be >= 0")
         if d.combine not in ("eq11", "sum"):
             problems.append(f"combine={d.combine!r} (eq11 | sum)")
         if problems:

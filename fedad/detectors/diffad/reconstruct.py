@@ -76,9 +76,9 @@ def reconstruct(images: torch.Tensor, unet: torch.nn.Module, abar: torch.Tensor,
                 desc: str | None = None) -> torch.Tensor:
     """The anomaly-free reconstructions of normalised ``images`` ``(B, 3, S, S)``, in the
     same normalisation (``diffad.rounds`` rounds of ``diffad.steps`` steps of size
-    ``diffad.step_size``, denoised at ``diffad.denoise_index`` of a ``diffad.chain``
-    chain)."""
+    ``diffad.step_size`` by ``diffad.step_rule``, denoised at ``diffad.denoise_index`` of
+    a ``diffad.chain`` chain)."""
     x = units.to_unit(images.float())
     out = gradient_denoise(x, objective, unet, abar, cfg.rounds, cfg.steps, cfg.step_size,
-                           cfg.denoise_index, cfg.chain, desc)
+                           cfg.denoise_index, cfg.chain, desc, cfg.step_rule, cfg.halvings)
     return units.from_unit(out)
