@@ -114,6 +114,18 @@ def test_no_fusion_is_nonfed_and_a_huge_fusion_shares_every_row():
     assert np.abs(shared.b - alone).max() > 0.5  # and not anyone's own
 
 
+def test_the_batched_client_steps_are_each_clients_own_steps():
+    from fedad.rowfed.admm import RowFedConfig, client_step, client_steps
+
+    clients, _ = toy_problem()
+    rng = np.random.default_rng(3)
+    b, target = rng.normal(size=(2, 4, 6, 2))
+    cfg = RowFedConfig(sparsity_lam=0.2)
+    one = np.stack([client_step(c, b[m], target[m], 3.0, cfg) for m, c in enumerate(clients)])
+    assert np.abs(client_steps(clients, b, target, 3.0, cfg) - one).max() < 1e-12
+    assert np.abs(one - b).max() > 0.01  # the steps moved
+
+
 def test_absent_clients_keep_their_coefficients():
     from fedad.rowfed.admm import RowFedConfig, RowFedState, run_round
 

@@ -96,11 +96,18 @@ def targets(state: RowFedState, rho: float) -> np.ndarray:
     """``U_m`` of every client ``(M, p, q)`` (module docstring, step 1)."""
     m = len(state.b)
     i, k = state.pairs[:, 0], state.pairs[:, 1]
-    acc = np.zeros_like(state.b)
     # pair (i, k): client i sees B_k + theta_ik - v_ik / rho, client k sees
-    # B_i - theta_ik + v_ik / rho (theta and v are antisymmetric)
-    np.add.at(acc, i, state.b[k] + state.theta - state.v / rho)
-    np.add.at(acc, k, state.b[i] - state.theta + state.v / rho)
+    # B_i - theta_ik + v_ik / rho (theta and v are antisymmetric); summed per client by
+    # the pairs' incidence matrices (a dense (M, pairs) product: faster than np.add.at)
+    rows = np.arange(len(i))
+    inc_i = np.zeros((m, len(i)))
+    inc_k = np.zeros((m, len(i)))
+    inc_i[i, rows] = 1.0
+    inc_k[k, rows] = 1.0
+    shift = state.theta - state.v / rho
+    flat = (len(i), -1)
+    acc = (inc_i @ (state.b[k] + shift).reshape(flat)
+           + inc_k @ (state.b[i] - shift).reshape(flat)).reshape(state.b.shape)
     return acc / max(m - 1, 1)
 
 
@@ -111,6 +118,21 @@ def client_step(client: Client, b: np.ndarray, target: np.ndarray, weight: float
     step = 1.0 / (client.lipschitz() + weight)
     for _ in range(cfg.local_steps):
         g = client.grad(b) + weight * (b - target)
+        b = prox_entries(b - step * g, cfg.sparsity_penalty, cfg.sparsity_lam, 1.0 / step,
+                         cfg.a)
+    return b
+
+
+def client_steps(clients: list[Client], b: np.ndarray, target: np.ndarray, weight: float,
+                 cfg: RowFedConfig) -> np.ndarray:
+    """:func:`client_step` of several clients at once (``b``, ``target`` ``(K, p, q)``),
+    the gradients from each client's Gram matrices: the same iterates up to rounding,
+    without a Python loop over the clients."""
+    gram = np.stack([c.gram[0] for c in clients])
+    xty = np.stack([c.gram[1] for c in clients])
+    step = 1.0 / (np.array([c.lipschitz() for c in clients]) + weight)[:, None, None]
+    for _ in range(cfg.local_steps):
+        g = gram @ b - xty + weight * (b - target)
         b = prox_entries(b - step * g, cfg.sparsity_penalty, cfg.sparsity_lam, 1.0 / step,
                          cfg.a)
     return b
@@ -141,8 +163,9 @@ def run_round(clients: list[Client], state: RowFedState, cfg: RowFedConfig) -> n
     u = targets(state, cfg.rho)
     weight = cfg.rho * max(m - 1, 1)
     before = state.b.copy()
-    for c in who:
-        state.b[c] = client_step(clients[c], state.b[c], u[c], weight, cfg)
+    if len(who):
+        state.b[who] = client_steps([clients[c] for c in who], state.b[who], u[who], weight,
+                                    cfg)
     server_step(state, cfg)
     state.round += 1
     state.history.append({"round": state.round, "participants": len(who),

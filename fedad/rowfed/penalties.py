@@ -27,6 +27,7 @@ KINDS = ("scad", "mcp", "l1")
 def _check(kind: str, lam: float, rho: float, a: float) -> None:
     if kind not in KINDS:
         raise ValueError(f"penalty must be one of {KINDS}, got {kind!r}")
+    rho = np.min(rho)  # a scalar, or one per client (batched steps): the smallest decides
     if lam < 0 or rho <= 0:
         raise ValueError(f"need lam >= 0 and rho > 0, got {lam}, {rho}")
     if kind == "scad" and not (a > 2 and rho * (a - 1) > 1):

@@ -34,6 +34,11 @@ class Client:
         """``grad f_m(B) = X^T (X B - Y) / n``."""
         return self.x.T @ (self.x @ b - self.y) / self.n
 
+    @cached_property
+    def gram(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(X^T X / n, X^T Y / n)``: the gradient is ``gram[0] @ B - gram[1]``."""
+        return self.x.T @ self.x / self.n, self.x.T @ self.y / self.n
+
     def lipschitz(self) -> float:
         """The gradient's Lipschitz constant, ``||X||_2^2 / n`` (computed once)."""
         return self._lipschitz
