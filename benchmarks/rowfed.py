@@ -1,7 +1,8 @@
 """RowFed's setting (seed 000, second abstract): personalised multivariate regression with
 row-clustered clients, RowFed against NonFed, FedAvg, matrix-wise and entry-wise fusion.
 
-    python benchmarks/rowfed.py [--seeds 5] [--out DIR] [--name NAME] [--quick]
+    python benchmarks/rowfed.py [--seeds 5] [--jobs N] [--out DIR] [--name NAME] [--quick]
+        [--mtd COMPARE_JSON ...] [--reuse]
 
 The design, fixed before any result (the abstract gives none of it):
 
@@ -33,7 +34,9 @@ The design, fixed before any result (the abstract gives none of it):
   grows).
 
 Writes ``<out>/<name>.{json,md,png}``. ``--quick`` (tests, smoke runs): 6 clients, 10
-covariates, one seed, 300 rounds at most.
+covariates, one seed, 300 rounds at most. ``--mtd``: the anomaly-detection rows (RowFed's
+exchange of FedDyMem's projection against local, FedAvg and FedBN on MTD) read from
+``benchmarks/compare.py`` results; ``--reuse`` adds them to an earlier run's file.
 """
 
 from __future__ import annotations
@@ -180,67 +183,91 @@ def mb(history: list[dict], clients: list[Client]) -> float:
     return 2 * sum(h["participants"] for h in history) * p * q * 8 / 1e6
 
 
-def synthetic_table(seeds: int, quick: bool) -> tuple[dict, dict]:
+def seed_rows(seed: int, quick: bool) -> dict:
+    """One seed's work: every method on the synthetic problem (penalties tuned on
+    validation), RowFed at each ``pi`` (the penalties chosen at ``pi = 1``), the
+    convergence curves (seed 0 only) and the wine rows."""
     size = dict(m=6, p=10) if quick else {}
     base = RowFedConfig(rounds=300 if quick else 2000)
     tol = 1e-6
-    rows: dict[str, list[dict]] = {k: [] for k in METHODS}
-    curves: dict[str, list[float]] = {}
-    for seed in range(seeds):
-        train, test, truth, labels = synthetic(seed, **size)
-        chosen = {}
-        for method in METHODS:
-            t = time.perf_counter()
-            cfg = tune(method, train, base, seed, tol)
-            chosen[method] = cfg
-            b, state, history = fit(method, train, cfg, tol)
-            rows[method].append({
-                "estimation": float(np.sqrt(((b - truth) ** 2).sum() / len(train))),
-                "prediction": mse(b, test), "ari": ari(state, labels, cfg.cluster_tol),
-                "rounds": len(history), "mb": mb(history, train),
-                "fusion_lam": cfg.fusion_lam, "sparsity_lam": cfg.sparsity_lam,
-                "seconds": time.perf_counter() - t})
-        if seed == 0:  # the convergence plot: RowFed's gap to the pi = 1 solution
-            cfg = chosen["rowfed"]
-            star = solve(train, replace(cfg, rounds=base.rounds), tol=1e-9).b
-            for pi in PIS:
-                gaps = []
-                state = RowFedState.start(len(train), *truth.shape[1:])
-                c = replace(cfg, participation=pi)
-                for _ in range(300 if quick else 1000):
-                    run_round(train, state, c)
-                    gaps.append(float(np.linalg.norm(state.b - star)))
-                curves[str(pi)] = gaps
-    return rows, curves
-
-
-def participation_rows(seeds: int, quick: bool) -> dict:
-    """RowFed at each ``pi`` (penalties chosen at ``pi = 1`` per seed)."""
-    size = dict(m=6, p=10) if quick else {}
-    base = RowFedConfig(rounds=300 if quick else 2000)
-    out: dict[str, list[dict]] = {str(pi): [] for pi in PIS}
-    for seed in range(seeds):
-        train, test, truth, labels = synthetic(seed, **size)
-        cfg = tune("rowfed", train, base, seed, 1e-6)
+    train, test, truth, labels = synthetic(seed, **size)
+    out: dict = {"synthetic": {}, "participation": {}, "curves": {}, "wine": {}}
+    chosen = {}
+    for method in METHODS:
+        t = time.perf_counter()
+        cfg = tune(method, train, base, seed, tol)
+        chosen[method] = cfg
+        b, state, history = fit(method, train, cfg, tol)
+        out["synthetic"][method] = {
+            "estimation": float(np.sqrt(((b - truth) ** 2).sum() / len(train))),
+            "prediction": mse(b, test), "ari": ari(state, labels, cfg.cluster_tol),
+            "rounds": len(history), "mb": mb(history, train),
+            "fusion_lam": cfg.fusion_lam, "sparsity_lam": cfg.sparsity_lam,
+            "seconds": time.perf_counter() - t}
+    cfg = chosen["rowfed"]
+    for pi in PIS:
+        c = replace(cfg, participation=pi)
+        state = solve(train, c, tol=tol)
+        out["participation"][str(pi)] = {
+            "estimation": float(np.sqrt(((state.b - truth) ** 2).sum() / len(train))),
+            "prediction": mse(state.b, test), "ari": ari(state, labels, c.cluster_tol),
+            "rounds": state.round, "mb": mb(state.history, train)}
+    if seed == 0:  # the convergence plot: RowFed's gap to the pi = 1 solution
+        star = solve(train, cfg, tol=1e-9).b
         for pi in PIS:
+            gaps = []
+            state = RowFedState.start(len(train), *truth.shape[1:])
             c = replace(cfg, participation=pi)
-            state = solve(train, c, tol=1e-6)
-            out[str(pi)].append({
-                "estimation": float(np.sqrt(((state.b - truth) ** 2).sum() / len(train))),
-                "prediction": mse(state.b, test), "ari": ari(state, labels, c.cluster_tol),
-                "rounds": state.round, "mb": mb(state.history, train)})
+            for _ in range(300 if quick else 1000):
+                run_round(train, state, c)
+                gaps.append(float(np.linalg.norm(state.b - star)))
+            out["curves"][str(pi)] = gaps
+    wtrain, wtest = wine(seed)
+    for method in METHODS:
+        c = tune(method, wtrain, replace(base, rounds=2000), seed, tol)
+        b, _, _ = fit(method, wtrain, c, tol)
+        out["wine"][method] = mse(b, wtest)
+    print(f"rowfed benchmark: seed {seed} done", flush=True)
     return out
 
 
-def wine_rows(seeds: int) -> dict:
-    out: dict[str, list[float]] = {k: [] for k in METHODS}
-    base = RowFedConfig(rounds=2000)
-    for seed in range(seeds):
-        train, test = wine(seed)
-        for method in METHODS:
-            cfg = tune(method, train, base, seed, 1e-6)
-            b, _, _ = fit(method, train, cfg, 1e-6)
-            out[method].append(mse(b, test))
+def all_seeds(seeds: int, quick: bool, jobs: int) -> dict:
+    """Every seed's rows, ``jobs`` seeds at a time, gathered per method in seed order."""
+    if jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs) as pool:
+            per = list(pool.map(seed_rows, range(seeds), [quick] * seeds))
+    else:
+        per = [seed_rows(s, quick) for s in range(seeds)]
+    return {"synthetic": {m: [p["synthetic"][m] for p in per] for m in METHODS},
+            "participation": {str(pi): [p["participation"][str(pi)] for p in per]
+                              for pi in PIS},
+            "curves": per[0]["curves"],
+            "wine": {m: [p["wine"][m] for p in per] for m in METHODS}}
+
+
+MTD_METHODS = ("local", "fedavg", "fedbn", "rowfed")  # the issue's comparison on MTD
+
+
+def mtd_rows(paths: list[Path]) -> dict:
+    """The MTD rows (FedDyMem's head on MTD, 5 sites, alpha 0.1: RowFed's exchange of the
+    projection against local, FedAvg and FedBN) read from compare.py results, the later
+    file winning; each row names its file and command."""
+    import json
+
+    out = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for method in MTD_METHODS:
+            if method in data.get("rows", {}):
+                r = data["rows"][method]
+                out[method] = {k: r[k]["mean"] for k in ("i_auroc", "p_auroc", "pro")}
+                out[method].update(bytes_per_round=r.get("bytes_per_round"),
+                                   source=Path(path).name, command=data.get("command"))
+    missing = [m for m in MTD_METHODS if m not in out]
+    if missing:
+        raise SystemExit(f"--mtd: no row for {missing} in {[str(p) for p in paths]}")
     return out
 
 
@@ -292,6 +319,15 @@ def markdown(payload: dict) -> str:
         lines += ["", "Wine (scikit-learn; 3 cultivars as clients), held-out MSE:", "",
                   "| method | MSE |", "|---|---|"]
         lines += [f"| {m} | {stats(v)} |" for m, v in payload["wine"].items()]
+    if payload.get("mtd"):
+        lines += ["", "MTD (FedDyMem's head, 5 sites, alpha 0.1, 224 px, seed 0; RowFed "
+                  "personalises the projection's rows):", "",
+                  "| method | I-AUROC | P-AUROC | PRO | MB up/round | from |",
+                  "|---|---|---|---|---|---|"]
+        for m, r in payload["mtd"].items():
+            mbs = "-" if r["bytes_per_round"] is None else f"{r['bytes_per_round'] / 1e6:.2f}"
+            lines.append(f"| {m} | {r['i_auroc']:.3f} | {r['p_auroc']:.3f} | {r['pro']:.3f} | "
+                         f"{mbs} | {r['source']} |")
     lines += ["", "Claims:", *[f"- {c}" for c in payload["claims"]]]
     lines += ["", "Commands:", *[f"- `{c}`" for c in payload["commands"]]]
     return "\n".join(lines)
@@ -334,16 +370,32 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default="rowfed")
     p.add_argument("--quick", action="store_true", help="a small problem, one seed")
+    p.add_argument("--jobs", type=int, default=1, help="seeds run at once (processes)")
+    p.add_argument("--mtd", type=Path, action="append", default=[],
+                   help="a benchmarks/compare.py results JSON whose rowfed, local, fedavg "
+                        "and fedbn rows make the MTD table (repeatable)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the regression rows of <out>/<name>.json (add --mtd rows)")
     args = p.parse_args()
     seeds = 1 if args.quick else args.seeds
     t = time.perf_counter()
-    syn, curves = synthetic_table(seeds, args.quick)
-    payload = {"machine": machine(), "commands": [command_line()], "seeds": seeds,
-               "synthetic": syn, "participation": participation_rows(seeds, args.quick),
-               "curves": curves, "wine": wine_rows(seeds)}
+    earlier = args.out / f"{args.name}.json"
+    if args.reuse:  # the regression rows of an earlier run, the MTD rows (re)read
+        import json
+
+        if not earlier.is_file():
+            p.error(f"--reuse: {earlier} does not exist")
+        payload = json.loads(earlier.read_text())
+        payload["commands"] = [*payload["commands"], command_line()]
+    else:
+        payload = {"machine": machine(), "commands": [command_line()], "seeds": seeds,
+                   **all_seeds(seeds, args.quick, args.jobs)}
+    if args.mtd:
+        payload["mtd"] = mtd_rows(args.mtd)
     payload["claims"] = claims(payload)
-    payload["seconds"] = time.perf_counter() - t
-    plot(curves, args.out / f"{args.name}.png")
+    if not args.reuse:
+        payload["seconds"] = time.perf_counter() - t
+    plot(payload["curves"], args.out / f"{args.name}.png")
     write_results(args.out, args.name, payload, markdown(payload))
 
 
