@@ -130,6 +130,10 @@ def test_checkpoints_are_atomic_files_and_clients_keep_two_rounds(tmp_path: Path
     assert client_file(tmp_path, 1, 3).is_file()
     assert config_changes({"train.lr": 0.1, "resume": ""}, {"train.lr": 0.2,
                                                             "resume": "/x"}) == ["train.lr"]
+    # a field added since the run was written counts as its default
+    defaults = {"diffad.halvings": 4}
+    assert config_changes({}, {"diffad.halvings": 4}, defaults) == []
+    assert config_changes({}, {"diffad.halvings": 2}, defaults) == ["diffad.halvings"]
 
 
 def test_a_run_stuck_pending_is_stopped_with_a_message(tmp_path: Path, monkeypatch, caplog):

@@ -77,11 +77,14 @@ def load_server(run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"resume: {path} is unreadable ({type(exc).__name__}: {exc})") from exc
 
 
-def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any],
+                   defaults: Mapping[str, Any] | None = None) -> list[str]:
     """Keys of the flat run config whose values differ between the checkpointed run and the
-    resuming one, leaving out :data:`OPERATIONAL` keys."""
+    resuming one, leaving out :data:`OPERATIONAL` keys. A key the checkpointed config
+    lacks (a field added since the run was written) counts as its value in ``defaults``."""
+    defaults = defaults or {}
     keys = (set(saved) | set(now)) - set(OPERATIONAL)
-    return sorted(k for k in keys if saved.get(k) != now.get(k))
+    return sorted(k for k in keys if saved.get(k, defaults.get(k)) != now.get(k))
 
 
 def client_file(run_dir: str | Path, site: int, rnd: int) -> Path:

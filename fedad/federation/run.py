@@ -34,7 +34,7 @@ def run_folder(cfg: RunConfig, output_dir: str | Path,
         return (Path(output_dir).expanduser() / f"run-{run_id}").resolve(), None
     out = Path(cfg.resume).expanduser().resolve()
     ckpt = load_server(out)
-    changed = config_changes(ckpt["config"], to_flat(cfg))
+    changed = config_changes(ckpt["config"], to_flat(cfg), to_flat(RunConfig()))
     if changed:
         raise ConfigError(f"resume: the run config differs from the checkpointed run's in "
                           f"{', '.join(changed)}; resume with the same settings")
