@@ -289,6 +289,9 @@ def main() -> None:
     p.add_argument("--select", type=int, default=2,
                    help="defective validation images the step rule is chosen on (0: the "
                         "config's rule)")
+    p.add_argument("--keep-ablation", action="store_true",
+                   help="a row read back from the same finished run keeps the map "
+                        "ablation already in the results (only the reconstruction reruns)")
     p.add_argument("overrides", nargs="*", help="RunConfig overrides (after --)")
     args = p.parse_args()
     setup_logging()
@@ -309,7 +312,12 @@ def main() -> None:
         entry = summarise(cfg, run_row(cfg, folder))
         if row in PADIM_OF:  # a diffad row
             test = load_client_data(feature_config(cfg), 0, 1).test
-            entry["ablation"] = ablation(cfg, folder, test)
+            earlier = payload["rows"].get(row, {})
+            if args.keep_ablation and "ablation" in earlier \
+                    and earlier.get("seconds_train") == entry["seconds_train"]:
+                entry["ablation"] = earlier["ablation"]  # the same finished run's maps
+            else:
+                entry["ablation"] = ablation(cfg, folder, test)
             padim_row = PADIM_OF[row]
             if args.reconstruct and (args.work / padim_row / "global_summary.npz").is_file():
                 det, summary, objective = reconstruction_setup(
