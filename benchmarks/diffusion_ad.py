@@ -158,7 +158,7 @@ def reconstruction_setup(cfg: RunConfig, folder: Path, padim_cfg: RunConfig,
     return det, summary, objective
 
 
-def ratios(det, objective, images: torch.Tensor, label: str):
+def scores_before_after(det, objective, images: torch.Tensor, label: str):
     """PaDiM's score of ``images`` before and after reconstruction (one at a time), the
     seconds per image and the reconstructions."""
     units = det.units()
@@ -180,7 +180,8 @@ def choose_step(det, objective, validation, count: int) -> tuple[dict, list[dict
     base, tried = det.cfg.diffad, []
     for rule, size in STEP_RULES:
         det.cfg.diffad = replace(base, step_rule=rule, step_size=size)
-        before, after, seconds, _ = ratios(det, objective, images, f"validation {rule} {size}")
+        before, after, seconds, _ = scores_before_after(det, objective, images,
+                                                        f"validation {rule} {size}")
         ratio = float(np.mean(np.divide(after, before)))
         tried.append({"step_rule": rule, "step_size": size, "ratio": ratio,
                       "seconds_per_image": seconds})
@@ -197,9 +198,10 @@ def reconstruction(det, summary, objective, test, count: int, picture: Path) -> 
     shape = FeatureShape(3, *test.features.shape[-2:])
     bad = torch.nonzero(test.labels == 1).flatten()[:count]
     images = test.features[bad].float()
-    before, after, seconds, out = ratios(det, objective, images, "reconstruction")
+    before, after, seconds, out = scores_before_after(det, objective, images, "reconstruction")
     good = torch.nonzero(test.labels == 0).flatten()[:1]
-    normal = ratios(det, objective, test.features[good].float(), "normal reconstruction")
+    normal = scores_before_after(det, objective, test.features[good].float(),
+                                 "normal reconstruction")
     scores = det.score(images, summary, shape.height)
     draw(det.units(), images, None if test.masks is None else test.masks[bad], scores.maps,
          out, picture)

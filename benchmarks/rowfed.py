@@ -183,6 +183,11 @@ def mb(history: list[dict], clients: list[Client]) -> float:
     return 2 * sum(h["participants"] for h in history) * p * q * 8 / 1e6
 
 
+def estimation(b: np.ndarray, truth: np.ndarray) -> float:
+    """``sqrt(sum_m ||B_m - B*_m||_F^2 / M)``."""
+    return float(np.sqrt(((b - truth) ** 2).sum() / len(truth)))
+
+
 def seed_rows(seed: int, quick: bool) -> dict:
     """One seed's work: every method on the synthetic problem (penalties tuned on
     validation), RowFed at each ``pi`` (the penalties chosen at ``pi = 1``), the
@@ -199,7 +204,7 @@ def seed_rows(seed: int, quick: bool) -> dict:
         chosen[method] = cfg
         b, state, history = fit(method, train, cfg, tol)
         out["synthetic"][method] = {
-            "estimation": float(np.sqrt(((b - truth) ** 2).sum() / len(train))),
+            "estimation": estimation(b, truth),
             "prediction": mse(b, test), "ari": ari(state, labels, cfg.cluster_tol),
             "rounds": len(history), "mb": mb(history, train),
             "fusion_lam": cfg.fusion_lam, "sparsity_lam": cfg.sparsity_lam,
@@ -209,7 +214,7 @@ def seed_rows(seed: int, quick: bool) -> dict:
         c = replace(cfg, participation=pi)
         state = solve(train, c, tol=tol)
         out["participation"][str(pi)] = {
-            "estimation": float(np.sqrt(((state.b - truth) ** 2).sum() / len(train))),
+            "estimation": estimation(state.b, truth),
             "prediction": mse(state.b, test), "ari": ari(state, labels, c.cluster_tol),
             "rounds": state.round, "mb": mb(state.history, train)}
     if seed == 0:  # the convergence plot: RowFed's gap to the pi = 1 solution
