@@ -114,6 +114,23 @@ def test_no_fusion_is_nonfed_and_a_huge_fusion_shares_every_row():
     assert np.abs(shared.b - alone).max() > 0.5  # and not anyone's own
 
 
+def test_the_admm_starts_from_each_clients_own_fit_or_from_zero():
+    from fedad.rowfed.admm import RowFedConfig, initial_state, solve
+    from fedad.rowfed.baselines import nonfed
+
+    clients, _ = toy_problem()
+    cfg = RowFedConfig(sparsity_lam=0.05)
+    alone = nonfed(clients, cfg)
+    start = initial_state(clients, cfg)
+    assert np.array_equal(start.b, alone) and np.abs(alone).max() > 0.5
+    i, k = start.pairs.T
+    assert np.array_equal(start.theta, alone[i] - alone[k]) and not start.v.any()
+    zero = initial_state(clients, RowFedConfig(init="zero"))
+    assert not zero.b.any() and not zero.theta.any()
+    with pytest.raises(ValueError, match="rowfed.init"):
+        solve(clients, RowFedConfig(init="random"))
+
+
 def test_the_batched_client_steps_are_each_clients_own_steps():
     from fedad.rowfed.admm import RowFedConfig, client_step, client_steps
 

@@ -20,6 +20,14 @@ With ``theta_{mm'} = B_m - B_m'`` (groups as above) and duals ``v_{mm'}``, one r
    every pair: ``theta = prox_{P_1 / rho}(B_m - B_m' + v / rho)`` group by group, then
    ``v += rho (B_m - B_m' - theta)``.
 
+Start (``init``): ``"nonfed"``, every client's own sparse fit (:func:`fedad.rowfed.local.nonfed`),
+``theta`` the differences of those fits and ``v = 0``; ``"zero"``: ``B = 0`` for every
+client. The a priori choice was ``"zero"``; it was changed after the first benchmark table
+(``benchmarks/results/rowfed_zero_start.md``), where the zero start left the non-convex
+problem in over-fused stationary points (every seed's tuning at the grid's smallest fusion
+weight). Non-convex fusion is usually started from the separate fits, and both are
+reported.
+
 Clusters (per row): the pairs whose ``||theta||`` is below ``cluster_tol`` (FPFC's 0.1) are
 joined, and each connected component is one cluster.
 """
@@ -30,10 +38,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedad.rowfed.local import nonfed
 from fedad.rowfed.penalties import prox_entries, prox_group
 from fedad.rowfed.problem import Client
 
 FUSIONS = ("row", "matrix", "entry")
+INITS = ("nonfed", "zero")
 
 
 @dataclass
@@ -50,10 +60,13 @@ class RowFedConfig:
     rounds: int = 200
     cluster_tol: float = 0.1  # ||theta|| below it joins a pair (FPFC)
     seed: int = 0
+    init: str = "nonfed"  # nonfed (each client's own fit) | zero (module docstring)
 
     def check(self) -> None:
         if self.fusion not in FUSIONS:
             raise ValueError(f"rowfed.fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.init not in INITS:
+            raise ValueError(f"rowfed.init must be one of {INITS}, got {self.init!r}")
         if not 0 < self.participation <= 1:
             raise ValueError(f"rowfed.participation must be in (0, 1], got "
                              f"{self.participation}")
@@ -180,13 +193,22 @@ def primal_residual(state: RowFedState) -> float:
     return float(np.abs(d).max()) if d.size else 0.0
 
 
+def initial_state(clients: list[Client], cfg: RowFedConfig,
+                  b0: np.ndarray | None = None) -> RowFedState:
+    """The state before round 1: from ``b0`` ``(M, p, q)`` when given, else from
+    ``cfg.init`` (module docstring)."""
+    p, q = clients[0].x.shape[1], clients[0].y.shape[1]
+    if b0 is None and cfg.init == "nonfed":
+        b0 = nonfed(clients, cfg)
+    return RowFedState.start(len(clients), p, q, b0)
+
+
 def solve(clients: list[Client], cfg: RowFedConfig, b0: np.ndarray | None = None,
           tol: float = 0.0) -> RowFedState:
-    """``cfg.rounds`` rounds from ``b0`` (zeros), stopping early once a round changes
-    ``B`` by less than ``tol`` and the primal residual is below it."""
+    """``cfg.rounds`` rounds from ``b0`` (else ``cfg.init``), stopping early once a round
+    changes ``B`` by less than ``tol`` and the primal residual is below it."""
     cfg.check()
-    p, q = clients[0].x.shape[1], clients[0].y.shape[1]
-    state = RowFedState.start(len(clients), p, q, b0)
+    state = initial_state(clients, cfg, b0)
     for _ in range(cfg.rounds):
         run_round(clients, state, cfg)
         h = state.history[-1]
