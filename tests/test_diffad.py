@@ -196,7 +196,7 @@ def test_diffad_is_federated_by_fedavg_through_flower(tmp_path: Path):
     from fedad.cli.sim import launch
     from tests.test_simulation import tiny_sim
 
-    sim = tiny_sim(detector="diffad", exchange="fedavg", examples=0, **{
+    sim = tiny_sim(detector="diffad", exchange="fedavg", examples=0, eval_every=2, **{
         "train.rounds": 2, "ddpm.channels": [8, 16], "ddpm.groups": 4, "ddpm.epochs": 1,
         "ddpm.crop": 32, "diffad.norm_images": 2})
     out = tmp_path / "out"
