@@ -169,7 +169,8 @@ def reconstructors(cfg, sites, summary, f2cfg, run_dir) -> dict:
     out = {}
     for s in sites:
         rebuild, memo = diffusion_reconstructor(run_dir, s.pid, s.detector, summary, extractor,
-                                                cfg.dataset.image_size), {}
+                                                cfg.dataset.image_size,
+                                                algorithm=cfg.diffad), {}
 
         def cached(x, rebuild=rebuild, memo=memo):
             k = x.numpy().tobytes()

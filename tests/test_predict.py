@@ -137,6 +137,12 @@ def test_predict_reconstructs_a_diffad_runs_images_on_a_padim_runs_statistics(
     rebuild = diffusion_reconstructor(run, 0, padim, base.summary, base.extractor, 64)
     image = torch.zeros(3, 64, 64)
     assert rebuild(image).shape == (3, 64, 64) and not torch.equal(rebuild(image), image)
+    # Algorithm 1's settings are the caller's when given (the model stays the run's)
+    from fedad.config.schema import DiffADConfig
+
+    none = diffusion_reconstructor(run, 0, padim, base.summary, base.extractor, 64,
+                                   algorithm=DiffADConfig(rounds=0))
+    assert torch.allclose(none(image), image, atol=1e-5)
     with pytest.raises(ConfigError, match="reconstructs nothing"):
         diffusion_reconstructor(padim_run, 0, padim, base.summary, base.extractor, 64)
     # refused before anything is scored, naming what is wrong

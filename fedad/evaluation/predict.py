@@ -139,7 +139,8 @@ def refine_predictions(run_dir: str | Path, dataset: AnomalyDataset, maps: torch
         from fedad.refinements.f2pad.diffusion_init import diffusion_reconstructor
 
         rebuild = diffusion_reconstructor(s.cfg.f2pad.diffusion_run, site, s.detector,
-                                          s.summary, s.extractor, s.cfg.dataset.image_size)
+                                          s.summary, s.extractor, s.cfg.dataset.image_size,
+                                          algorithm=s.cfg.diffad)
     refiner = F2PAD(s.cfg.f2pad, s.detector, s.summary, s.extractor,
                     Units.of(s.info["mean"], s.info["std"]), prior, rebuild)
     images = torch.stack([dataset[i].image for i in range(len(dataset))])

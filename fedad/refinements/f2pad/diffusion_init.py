@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedad.config.flat import from_dict
+from fedad.config.schema import DiffADConfig
 from fedad.detectors.base import Detector, FeatureShape
 from fedad.detectors.registry import client_seed, create, detector_class, feature_config
 from fedad.errors import ConfigError
@@ -22,13 +24,20 @@ from fedad.features.extractor import FeatureExtractor
 from fedad.federation.site_files import load_site
 
 Reconstructor = Callable[[torch.Tensor], torch.Tensor]
+# DiffADConfig's fields of the reconstruction (Algorithm 1), not of the trained model
+ALGORITHM = ("rounds", "steps", "step_size", "step_rule", "halvings", "denoise_index")
 
 
 def diffusion_reconstructor(run_dir: str | Path, site: int, detector: Detector,
                             summary: Mapping[str, np.ndarray], extractor: FeatureExtractor,
-                            image_size: int, device="cpu") -> Reconstructor:
+                            image_size: int, device="cpu",
+                            algorithm: DiffADConfig | None = None) -> Reconstructor:
     """``x`` ``(3, S, S)`` (backbone-normalised) -> its reconstruction by site ``site``'s
     diffusion model of the diffad run ``run_dir``, on ``detector``'s score.
+
+    The model is the run's; Algorithm 1's settings (:data:`ALGORITHM`: rounds, steps, step
+    rule and size, denoising) are ``algorithm``'s when given (the caller's
+    ``cfg.diffad``: a step rule chosen after training applies), else the run's.
 
     Raises:
         ConfigError: ``run_dir`` is not a finished diffad run of this image size, or holds
@@ -50,6 +59,9 @@ def diffusion_reconstructor(run_dir: str | Path, site: int, detector: Detector,
     model = create(cfg, FeatureShape(3, image_size, image_size), device,
                    seed=client_seed(cfg, site))
     model.load_state(state)
+    if algorithm is not None:
+        model.cfg.diffad = replace(model.cfg.diffad,
+                                   **{k: getattr(algorithm, k) for k in ALGORITHM})
     objective = detector_objective(detector, summary, extractor, model.units(), image_size)
 
     def rebuild(x: torch.Tensor) -> torch.Tensor:
