@@ -489,6 +489,27 @@ class RobustConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Differential privacy on what a site uploads (off: ``epsilon = 0``); beyond the
+    papers. Built for the summary exchange of PaDiM (noisy Gaussian statistics,
+    :mod:`fedad.privacy.statistics`) and PatchCore (a bank of DP-Lloyd centres in place of
+    the coreset, :mod:`fedad.privacy.lloyd`). The noise is calibrated so that a site's
+    whole run, every release of every round, spends at most ``(epsilon, delta)`` with one
+    image as the unit of privacy (:mod:`fedad.privacy.accountant`); each site's record
+    states what it spent."""
+
+    epsilon: float = 0.0  # the target epsilon of a site's run; 0: no noise (plain uploads)
+    delta: float = 1e-5
+    # L2 bound of one feature row (PaDiM: one image at one position; PatchCore: one patch),
+    # fixed from public images before a site's own are seen (benchmarks/privacy.py takes
+    # the median norm over the embedded texture photos); required with epsilon > 0
+    clip: float = 0.0
+    centres: int = 64  # PatchCore: centres of the private bank (a priori, see fedad/privacy)
+    lloyd_iterations: int = 5  # PatchCore: DP-Lloyd steps (each one more release)
+    seed: int = -1  # the noise's seed; -1: fresh OS entropy (deployments), >= 0: repeatable
+
+
+@dataclass
 class RunConfig:
     dataset: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -501,6 +522,7 @@ class RunConfig:
     patchcore: PatchCoreConfig = field(default_factory=PatchCoreConfig)
     padim: PaDiMConfig = field(default_factory=PaDiMConfig)
     robust: RobustConfig = field(default_factory=RobustConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     # refine=f2pad: pixel-level refinement of the final maps at evaluation (F2PAD, seed 002)
     refine: str = choice("none", "f2pad")
     f2pad: F2PADConfig = field(default_factory=F2PADConfig)

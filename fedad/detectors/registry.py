@@ -89,6 +89,32 @@ def resolve(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def _check_privacy(cfg: RunConfig) -> None:
+    """``privacy.*`` in range; with ``privacy.epsilon > 0``, a detector that can release its
+    summary privately (``private_releases``) under the summary exchange, a clip bound and a
+    reachable target."""
+    from fedad.federation.exchanges import exchange_class
+    from fedad.privacy.accountant import calibrated
+
+    pv = cfg.privacy
+    if pv.epsilon < 0:
+        raise ConfigError(f"privacy.epsilon must be >= 0 (0: no noise), got {pv.epsilon}")
+    if pv.epsilon == 0:
+        return
+    detector = detector_class(cfg.detector)
+    releases = getattr(detector, "private_releases", None)
+    if releases is None or exchange_class(cfg.exchange).needs != "summary":
+        private = [name for name in DETECTORS
+                   if hasattr(detector_class(name), "private_releases")]
+        raise ConfigError(f"privacy.epsilon > 0: differential privacy is built for the "
+                          f"summary exchange of {', '.join(private)}; not for "
+                          f"detector={cfg.detector} with exchange={cfg.exchange}")
+    if pv.centres < 1 or pv.lloyd_iterations < 0:
+        raise ConfigError(f"privacy.centres must be >= 1 and privacy.lloyd_iterations >= 0 "
+                          f"(got {pv.centres}, {pv.lloyd_iterations})")
+    calibrated(pv, releases(cfg))  # raises on a missing clip or an unreachable target
+
+
 def check(cfg: RunConfig) -> RunConfig:
     """``cfg`` (unchanged) after checking every choice field, the detector x exchange pair
     and whether the exchange can run on that detector (FedBN needs BatchNorm): what every
@@ -104,6 +130,7 @@ def check(cfg: RunConfig) -> RunConfig:
     own_check = getattr(detector_class(resolved.detector), "check_config", None)
     if own_check is not None:  # what only the detector knows (asymst: its phases' rounds)
         own_check(resolved)
+    _check_privacy(resolved)
     if exchange_class(resolved.exchange).needs == "module":  # built only when it matters
         exchange_for(resolved, create(resolved, feature_shape(resolved))).check()
     if resolved.refine != "none" and not hasattr(detector_class(resolved.detector),

@@ -38,6 +38,7 @@ from fedad.federation.participation import participants
 from fedad.federation.payload import NOTE, NUM_EXAMPLES
 from fedad.federation.records import EVALUATE, QUERY, TRAIN, Envelope, Reply, nbytes
 from fedad.federation.robust import median_outliers
+from fedad.privacy.accountant import calibrated
 
 log = logging.getLogger("fedad")
 # test metrics, then validation metrics (held-out normals + synthetic defects; sites with
@@ -272,6 +273,16 @@ class Server:
                               "gives its final result, so it runs 1 round (train.rounds="
                               f"{self.cfg.train.rounds} is ignored)")
             log.info(self.notes[-1])
+        pv = self.cfg.privacy
+        if pv.epsilon > 0:
+            b = calibrated(pv, self.detector.private_releases(self.cfg))
+            note = (f"differential privacy: each site's uploads over the whole run are "
+                    f"({b.epsilon:.4g}, {b.delta:g})-DP with one image as the unit (noise "
+                    f"multiplier {b.noise_multiplier:.4g}, {b.releases} Gaussian release(s), "
+                    f"clip {pv.clip:g})")
+            if note not in self.notes:
+                self.notes.append(note)
+                log.info(note)
         log.info("%s: %d clients, %s, rounds %d..%d", label(self.cfg), len(self.keys),
                  schedule(self.cfg), self.first_round, self.last_round)
 

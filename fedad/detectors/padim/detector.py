@@ -7,6 +7,10 @@ on a shared random channel subset; the server combines them by the pairwise upda
 the Gaussian of Eq. 1 and scores test patches by the Mahalanobis distance of Eq. 2. One
 round gives the centralized model up to float64 rounding (``iterative = False``).
 
+With ``privacy.epsilon > 0`` the upload is the same triple released with differential
+privacy: rows clipped, Gaussian noise on the sums (:mod:`fedad.privacy.statistics`), one
+release per site.
+
 Features are the raw backbone levels, upsampled and concatenated, as published and as
 anomalib does (``padim.avg_pool=false``; ``true`` averages each level over 3x3 first, as
 PatchCore does).
@@ -37,6 +41,9 @@ from fedad.config.schema import RunConfig
 from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, summary_fingerprint
 from fedad.detectors.padim.statistics import channel_subset, position_rows
 from fedad.errors import BankError, ConfigError
+from fedad.privacy.accountant import calibrated
+from fedad.privacy.noise import generator, site_seed
+from fedad.privacy.statistics import private_statistics
 
 KEYS = ("count", "mean", "scatter")
 MAX_COUNT = 10**9  # images one upload may claim
@@ -95,13 +102,27 @@ class PaDiM:
             raise ConfigError(f"padim: features of shape {tuple(features.shape)}, expected "
                               f"(N >= 1, {want[0]}, {want[1]}, {want[2]})")
 
+    @classmethod
+    def private_releases(cls, cfg: RunConfig) -> int:
+        """Gaussian mechanisms one site's run releases with ``privacy.epsilon > 0``: its
+        one upload."""
+        return 1
+
     def fit(self, features: torch.Tensor, global_summary: Summary | None,
             round_t: int) -> FitInfo:
-        """This client's Gaussian statistics (the global summary is not needed)."""
+        """This client's Gaussian statistics (the global summary is not needed); with
+        ``privacy.epsilon > 0`` their private release, its budget in the notes."""
         self._check_features(features)
         start = time.perf_counter()
-        self._stats = position_statistics(position_rows(features, self.idx),
-                                          device=self.device)
+        rows = position_rows(features, self.idx)
+        pv = self.cfg.privacy
+        if pv.epsilon > 0:
+            budget = calibrated(pv, self.private_releases(self.cfg))
+            self._stats = private_statistics(rows.cpu(), pv.clip, budget.noise_multiplier,
+                                             generator(site_seed(pv.seed, self.seed)))
+            return FitInfo(loss=0.0, seconds={"statistics": time.perf_counter() - start},
+                           notes=budget.notes())
+        self._stats = position_statistics(rows, device=self.device)
         return FitInfo(loss=0.0, seconds={"statistics": time.perf_counter() - start})
 
     def summarize(self, round_t: int) -> Summary:

@@ -15,6 +15,10 @@ the patch scores upsampled and smoothed.
 Every client and the server select in the same random projection (seed ``train.seed``) from
 the same start rule (largest norm), so with one client ``merge`` returns exactly the
 centralized ``global_ratio`` coreset: greedy k-center is prefix-consistent.
+
+With ``privacy.epsilon > 0`` a client uploads ``privacy.centres`` DP-Lloyd centres of its
+clipped patches in place of the coreset (a coreset is real patches, which no noise makes
+private: :mod:`fedad.privacy.lloyd`), and a noisy patch count.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from fedad.components.validate import check_array, check_bank, require_keys
 from fedad.config.schema import RunConfig
 from fedad.detectors.base import BANK, FeatureShape, FitInfo, Scores, Summary
 from fedad.errors import BankError, ConfigError
+from fedad.privacy.accountant import calibrated
+from fedad.privacy.lloyd import private_centres, releases
+from fedad.privacy.noise import generator, site_seed
 
 COUNT = "count"
 MERGES = ("coreset", "kmeans", "concat")
@@ -101,11 +108,29 @@ class PatchCore:
                               seed=self.cfg.train.seed)
 
     # -- client side -------------------------------------------------------------------------
+    @classmethod
+    def private_releases(cls, cfg: RunConfig) -> int:
+        """Gaussian mechanisms one site's run releases with ``privacy.epsilon > 0``: the
+        DP-Lloyd bank of its one upload."""
+        return releases(cfg.privacy.lloyd_iterations)
+
     def fit(self, features: torch.Tensor, global_summary: Summary | None,
             round_t: int) -> FitInfo:
-        """Keep a greedy coreset of ``upload_ratio`` of this client's patches."""
+        """Keep a greedy coreset of ``upload_ratio`` of this client's patches; with
+        ``privacy.epsilon > 0``, a private bank of DP-Lloyd centres instead."""
         t = time.perf_counter()
         rows = self.patches(features)
+        pv = self.cfg.privacy
+        if pv.epsilon > 0:
+            budget = calibrated(pv, self.private_releases(self.cfg))
+            s = self.shape
+            self.bank, images = private_centres(
+                rows.view(-1, s.positions, s.channels), pv.centres, pv.clip,
+                pv.lloyd_iterations, budget.noise_multiplier,
+                generator(site_seed(pv.seed, self.seed)))
+            self.count = max(int(round(images * s.positions)), self.bank.shape[0])
+            return FitInfo(0.0, {"private bank": time.perf_counter() - t},
+                           notes=budget.notes())
         pc = self.cfg.patchcore
         size = coreset_size(pc.upload_ratio, rows.shape[0], pc.max_upload_rows)
         self.bank = rows[self.select(rows, size)]
