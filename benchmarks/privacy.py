@@ -42,11 +42,9 @@ from _common import RESULTS, command_line, machine, write_results  # noqa: E402
 from _inprocess import run_in_process  # noqa: E402
 
 from fedad.cli.overrides import compose  # noqa: E402
-from fedad.components.rows import patch_rows  # noqa: E402
 from fedad.data.factory import build_dataset  # noqa: E402
 from fedad.data.holdout import holdout_split  # noqa: E402
 from fedad.detectors.base import FeatureShape  # noqa: E402
-from fedad.detectors.padim.statistics import channel_subset, position_rows  # noqa: E402
 from fedad.detectors.registry import create, feature_config  # noqa: E402
 from fedad.federation.site_data import extractor_for, load_client_data  # noqa: E402
 from fedad.privacy.clipping import norm_quantile  # noqa: E402
@@ -67,13 +65,8 @@ METRICS = ("i_auroc", "p_auroc", "pro")
 
 
 def feature_rows(cfg, features: torch.Tensor) -> torch.Tensor:
-    """The rows a detector clips: PaDiM's (image, position) vectors on its channel subset,
-    PatchCore's patches."""
-    if cfg.detector == "padim":
-        shape = FeatureShape(*features.shape[1:])
-        idx = channel_subset(shape.channels, cfg.padim.channels, cfg.padim.channel_seed)
-        return position_rows(features, idx)
-    return patch_rows(features)
+    """The rows ``cfg``'s detector clips when it releases privately, ``(N, P, d)``."""
+    return create(cfg, FeatureShape(*features.shape[1:])).private_rows(features)
 
 
 def public_clip(detector: str, overrides: list[str]) -> float:
@@ -218,7 +211,7 @@ def leakage_space(det: str, args, clip: float) -> dict:
                         decode(decoder, rows_up), full[src], paired=True)
         add("random public patches (baseline)",
             public_patches[sample(len(public_patches), QUERIES, site)], truth)
-    if det == "patchcore":  # the K-means centres of the union: what every site receives
+    if "bank" in uploads[0]:  # banks: the K-means centres of the union, what every site gets
         server = create(compose(["patchcore.merge=kmeans"], base=mtd), shape)
         merged = server.merge([server.validate(u, f"site {i}") for i, u in enumerate(uploads)],
                               1)

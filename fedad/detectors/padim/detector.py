@@ -108,6 +108,12 @@ class PaDiM:
         one upload."""
         return 1
 
+    def private_rows(self, features: torch.Tensor) -> torch.Tensor:
+        """``(N, P, d)``: the rows the private release clips (one image at one position,
+        on the channel subset)."""
+        self._check_features(features)
+        return position_rows(features, self.idx)
+
     def fit(self, features: torch.Tensor, global_summary: Summary | None,
             round_t: int) -> FitInfo:
         """This client's Gaussian statistics (the global summary is not needed); with

@@ -114,23 +114,28 @@ class PatchCore:
         DP-Lloyd bank of its one upload."""
         return releases(cfg.privacy.lloyd_iterations)
 
+    def private_rows(self, features: torch.Tensor) -> torch.Tensor:
+        """``(N, P, C)``: the patches the private bank clips, image by image."""
+        s = self.shape
+        return self.patches(features).view(-1, s.positions, s.channels)
+
     def fit(self, features: torch.Tensor, global_summary: Summary | None,
             round_t: int) -> FitInfo:
         """Keep a greedy coreset of ``upload_ratio`` of this client's patches; with
         ``privacy.epsilon > 0``, a private bank of DP-Lloyd centres instead."""
         t = time.perf_counter()
-        rows = self.patches(features)
         pv = self.cfg.privacy
         if pv.epsilon > 0:
             budget = calibrated(pv, self.private_releases(self.cfg))
             s = self.shape
             self.bank, images = private_centres(
-                rows.view(-1, s.positions, s.channels), pv.centres, pv.clip,
+                self.private_rows(features), pv.centres, pv.clip,
                 pv.lloyd_iterations, budget.noise_multiplier,
                 generator(site_seed(pv.seed, self.seed)))
             self.count = max(int(round(images * s.positions)), self.bank.shape[0])
             return FitInfo(0.0, {"private bank": time.perf_counter() - t},
                            notes=budget.notes())
+        rows = self.patches(features)
         pc = self.cfg.patchcore
         size = coreset_size(pc.upload_ratio, rows.shape[0], pc.max_upload_rows)
         self.bank = rows[self.select(rows, size)]
