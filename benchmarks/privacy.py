@@ -44,7 +44,7 @@ from _inprocess import run_in_process  # noqa: E402
 from fedad.cli.overrides import compose  # noqa: E402
 from fedad.data.factory import build_dataset  # noqa: E402
 from fedad.data.holdout import holdout_split  # noqa: E402
-from fedad.detectors.base import FeatureShape  # noqa: E402
+from fedad.detectors.base import BANK, FeatureShape  # noqa: E402
 from fedad.detectors.registry import create, feature_config  # noqa: E402
 from fedad.federation.site_data import extractor_for, load_client_data  # noqa: E402
 from fedad.privacy.clipping import norm_quantile  # noqa: E402
@@ -174,7 +174,7 @@ def leakage_space(det: str, args, clip: float) -> dict:
             best[name] = (float(got["ssim"][i]), decoded[i], near)
 
     def uploaded(up: dict, site: int) -> torch.Tensor:
-        key = "bank" if "bank" in up else "mean"
+        key = BANK if BANK in up else "mean"
         r = torch.from_numpy(np.asarray(up[key], dtype=np.float32))
         return r[sample(len(r), QUERIES, site)]
 
@@ -203,7 +203,7 @@ def leakage_space(det: str, args, clip: float) -> dict:
             add(name, decode(decoder, uploaded(up, site)), truth)
             if cfg is mtd:
                 uploads.append(up)
-                if "bank" in up:  # coreset rows are real rows: each one's own patch
+                if BANK in up:  # coreset rows are real rows: each one's own patch
                     rows_up = uploaded(up, site)
                     src = torch.cat([torch.cdist(rows_up[a:a + 256], own).argmin(dim=1)
                                      for a in range(0, len(rows_up), 256)])
@@ -211,7 +211,7 @@ def leakage_space(det: str, args, clip: float) -> dict:
                         decode(decoder, rows_up), full[src], paired=True)
         add("random public patches (baseline)",
             public_patches[sample(len(public_patches), QUERIES, site)], truth)
-    if "bank" in uploads[0]:  # banks: the K-means centres of the union, what every site gets
+    if BANK in uploads[0]:  # banks: the K-means centres of the union, what every site gets
         server = create(compose(["patchcore.merge=kmeans"], base=mtd), shape)
         merged = server.merge([server.validate(u, f"site {i}") for i, u in enumerate(uploads)],
                               1)
