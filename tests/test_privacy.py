@@ -19,6 +19,7 @@ from fedad.detectors.patchcore.detector import PatchCore
 from fedad.detectors.registry import check
 from fedad.errors import ConfigError
 from fedad.privacy.accountant import calibrated, epsilon_spent, noise_multiplier
+from fedad.privacy.bank import private_mean_map
 from fedad.privacy.clipping import clip_rows
 from fedad.privacy.inversion import (
     decode,
@@ -171,8 +172,12 @@ def test_dp_lloyd_without_noise_finds_separated_clusters():
 def test_privacy_config_is_checked_before_a_run():
     with pytest.raises(ConfigError, match="privacy.clip"):
         check(RunConfig(detector="padim", privacy=PrivacyConfig(epsilon=1.0)))
-    with pytest.raises(ConfigError, match="not for detector=feddymem"):
-        check(RunConfig(privacy=PrivacyConfig(epsilon=1.0, clip=1.0)))
+    with pytest.raises(ConfigError, match="not for detector=feddymem with exchange=fedavg"):
+        check(RunConfig(exchange="fedavg", privacy=PrivacyConfig(epsilon=1.0, clip=1.0)))
+    with pytest.raises(ConfigError, match="feddymem.reduce=positional"):
+        cfg = RunConfig(privacy=PrivacyConfig(epsilon=1.0, clip=1.0))
+        cfg.feddymem.reduce = "kmeans"
+        check(cfg)
     cfg = calibrated(PrivacyConfig(epsilon=3.0, clip=1.0), 6)
     assert cfg.releases == 6 and cfg.epsilon <= 3.0
 
@@ -226,3 +231,36 @@ def test_a_private_padim_run_accepts_every_site_and_records_what_each_spent(tmp_
     (note,) = [n for n in server.notes if n.startswith("differential privacy")]
     stated = re.search(r"\(([0-9.e+-]+), 1e-05\)-DP", note)
     assert stated and 4.9 < float(stated.group(1)) <= 5.0, note
+
+
+def test_the_private_bank_without_noise_is_the_mean_of_the_clipped_memory_maps():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(10, 2, 3, 4, generator=g) * torch.tensor([0.1, 5.0] * 5)[:, None,
+                                                                                None, None]
+    got = private_mean_map([maps[:4], maps[4:]], 2.0, 0.0, generator(0))
+    flat = maps.flatten(1).double()
+    norms = flat.norm(dim=1, keepdim=True)
+    want = (flat * (2.0 / norms.clamp_min(2.0))).mean(dim=0).reshape(2, 3, 4)
+    torch.testing.assert_close(got, want.float())
+    noisy = private_mean_map([maps], 2.0, 1.0, generator(0))
+    assert not torch.allclose(noisy, want.float(), atol=0.1)
+
+
+def test_a_private_feddymem_run_spends_one_release_per_round(tmp_path):
+    from fedad.federation.in_process import InProcess
+    from fedad.federation.run import federate
+    from partitions import partition_nodes
+
+    cfg = RunConfig(num_clients=2, examples=0,
+                    privacy=PrivacyConfig(epsilon=20.0, clip=50.0, seed=0))
+    cfg.partition.min_samples = 1
+    d = cfg.dataset
+    d.texture_train_per_type, d.texture_test_normal_per_type = 4, 1
+    d.texture_test_anomalous_per_type, d.image_size = 1, 32
+    cfg.train.rounds, cfg.eval_every = 2, 10**9
+    transport = InProcess(cfg, partition_nodes(cfg))
+    server = federate(cfg, transport, transport.keys, tmp_path / "run")
+    assert [r["train"]["clients"] for r in server.history] == [2, 2, 2]  # rounds 0, 1, 2
+    for r in server.history:
+        for notes in r["train"]["site-notes"].values():
+            assert notes["dp-releases"] == 3 and 19.0 < notes["dp-epsilon"] <= 20.0

@@ -492,15 +492,17 @@ class RobustConfig:
 class PrivacyConfig:
     """Differential privacy on what a site uploads (off: ``epsilon = 0``); beyond the
     papers. Built for the summary exchange of PaDiM (noisy Gaussian statistics,
-    :mod:`fedad.privacy.statistics`) and PatchCore (a bank of DP-Lloyd centres in place of
-    the coreset, :mod:`fedad.privacy.lloyd`). The noise is calibrated so that a site's
+    :mod:`fedad.privacy.statistics`), PatchCore (a bank of DP-Lloyd centres in place of
+    the coreset, :mod:`fedad.privacy.lloyd`) and FedDyMem (a noisy mean memory map every
+    round, :mod:`fedad.privacy.bank`). The noise is calibrated so that a site's
     whole run, every release of every round, spends at most ``(epsilon, delta)`` with one
     image as the unit of privacy (:mod:`fedad.privacy.accountant`); each site's record
     states what it spent."""
 
     epsilon: float = 0.0  # the target epsilon of a site's run; 0: no noise (plain uploads)
     delta: float = 1e-5
-    # L2 bound of one feature row (PaDiM: one image at one position; PatchCore: one patch),
+    # L2 bound of one feature row (PaDiM: one image at one position; PatchCore: one patch;
+    # FedDyMem: one image's whole memory map),
     # fixed from public images before a site's own are seen (benchmarks/privacy.py takes
     # the median norm over the embedded texture photos); required with epsilon > 0
     clip: float = 0.0

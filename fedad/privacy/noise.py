@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 
+import numpy as np
 import torch
 
 
@@ -22,7 +23,11 @@ def gaussian_noise(shape: tuple[int, ...], std: float, gen: torch.Generator) -> 
     return torch.randn(shape, generator=gen, dtype=torch.float64) * std
 
 
-def site_seed(seed: int, site: int) -> int:
-    """The noise seed of one site: ``-1`` (fresh entropy) stays ``-1``; otherwise distinct
-    per site, so sites of a repeatable run never share noise."""
-    return -1 if seed < 0 else seed * 1_000_003 + site
+def site_seed(seed: int, site: int, release: int = 0) -> int:
+    """The noise seed of one site's ``release`` (e.g. its round): ``-1`` (fresh entropy)
+    stays ``-1``; otherwise distinct per site and release (NumPy's ``SeedSequence`` of the
+    three), so no two releases of a repeatable run share noise."""
+    if seed < 0:
+        return -1
+    state = np.random.SeedSequence([seed, site, release]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))

@@ -23,6 +23,7 @@ from fedad.detectors.feddymem.loss import bank_spacing, metric_loss, positions, 
 from fedad.detectors.feddymem.reduce import MemoryReducer
 from fedad.detectors.feddymem.set_reduce import set_reduce
 from fedad.errors import ConfigError
+from fedad.privacy.bank import private_mean_map
 
 
 class FedDyMemClient:
@@ -66,6 +67,18 @@ class FedDyMemClient:
         for batch in self.memories(features):
             reducer.update(batch)
         return reducer.result()
+
+    def reduce_private(self, features: torch.Tensor, previous: torch.Tensor | None,
+                       round_t: int, clip: float, noise_multiplier: float,
+                       gen: torch.Generator) -> torch.Tensor:
+        """Memory-reduce released with differential privacy
+        (:func:`~fedad.privacy.bank.private_mean_map`: uniform weights, clipped maps,
+        noise), then Eq. 16's EMA with ``previous`` when ``round_t > 0``."""
+        mean = private_mean_map(self.memories(features), clip, noise_multiplier, gen)
+        if round_t > 0 and previous is not None:
+            alpha = 1.0 / (round_t + 1)
+            mean = alpha * mean + (1.0 - alpha) * previous.to(mean)
+        return mean
 
     def initial_bank(self, features: torch.Tensor) -> torch.Tensor:
         """Alg. 4 lines 4-8: the round-0 reduced bank (weights all 1, no EMA)."""

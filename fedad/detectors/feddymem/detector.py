@@ -15,6 +15,11 @@ previous bank), trains against that bank, and scores against a bank rebuilt the 
 Beyond the paper (switches, off by default): ``feddymem.reduce=coreset|kmeans`` uploads a
 *set* bank ``(k <= K, C)`` instead of the ``(H, W, C)`` map (:mod:`.set_reduce`), and
 ``feddymem.aggregation=coreset`` merges by a greedy coreset of the union.
+
+With ``privacy.epsilon > 0`` (the summary exchange, the positional bank) every uploaded
+bank is released with differential privacy: uniform weights in place of Eq. 15's, clipped
+memory maps, Gaussian noise (:mod:`fedad.privacy.bank`); a run of rounds ``0..T`` is
+``T + 1`` releases.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from fedad.detectors.feddymem.aggregate import aggregate
 from fedad.detectors.feddymem.client import FedDyMemClient
 from fedad.detectors.feddymem.set_reduce import SET_REDUCES
 from fedad.errors import BankError, ConfigError
+from fedad.privacy.accountant import calibrated
+from fedad.privacy.noise import generator, site_seed
 
 REDUCES = ("positional", *SET_REDUCES)
 AGGREGATIONS = ("kmeans", "average", "coreset")
@@ -72,6 +79,7 @@ class FedDyMem:
         # a weight exchange: the client's own bank is kept (state) and rounds counted
         self.own_bank: torch.Tensor | None = None
         self.own_rounds = 0
+        self.budget = None  # privacy.epsilon > 0: what the uploads spend (fedad.privacy)
 
     @property
     def client(self) -> FedDyMemClient:
@@ -96,8 +104,27 @@ class FedDyMem:
         k = self.cfg.feddymem.bank_size or self.shape.height * self.shape.width
         return k, self.shape.channels
 
+    @classmethod
+    def private_releases(cls, cfg: RunConfig) -> int:
+        """Gaussian mechanisms one site's run releases with ``privacy.epsilon > 0``: a bank
+        in every round ``0..train.rounds`` (all of them, whether or not the site is drawn).
+
+        Raises:
+            ConfigError: a set bank (``feddymem.reduce`` other than positional).
+        """
+        if cfg.feddymem.reduce != "positional":
+            raise ConfigError("privacy.epsilon > 0 needs feddymem.reduce=positional (the "
+                              f"private bank is the mean map), got {cfg.feddymem.reduce!r}")
+        return cfg.train.rounds + 1
+
     def _reduce(self, features: torch.Tensor, previous: torch.Tensor | None,
                 round_t: int) -> torch.Tensor:
+        pv = self.cfg.privacy
+        if pv.epsilon > 0:
+            self.budget = calibrated(pv, self.private_releases(self.cfg))
+            return self.client.reduce_private(
+                features, previous, round_t, pv.clip, self.budget.noise_multiplier,
+                generator(site_seed(pv.seed, self.seed, round_t)))
         if self.positional:
             return self.client.reduce(features, previous, round_t)
         return self.client.reduce_set(features, previous, round_t, self.bank_shape[0],
@@ -131,14 +158,20 @@ class FedDyMem:
                            steps=self.client.last_steps)
         if round_t == 0 or global_summary is None:
             self.bank = self._reduce(features, None, 0)
-            return FitInfo(0.0, {"train": 0.0, "reduce": time.perf_counter() - t})
+            return FitInfo(0.0, {"train": 0.0, "reduce": time.perf_counter() - t},
+                           notes=self._budget_notes())
         previous = self.global_bank(global_summary)
         losses = self.client.train_epochs(features, previous)
         sec_train = time.perf_counter() - t
         t = time.perf_counter()
         self.bank = self._reduce(features, previous, round_t)
         return FitInfo(losses[-1] if losses else 0.0,
-                       {"train": sec_train, "reduce": time.perf_counter() - t})
+                       {"train": sec_train, "reduce": time.perf_counter() - t},
+                       notes=self._budget_notes())
+
+    def _budget_notes(self) -> dict[str, float] | None:
+        """What the private uploads spend over the run (``None``: no privacy)."""
+        return None if self.budget is None else self.budget.notes()
 
     def summarize(self, round_t: int) -> Summary:
         if self.bank is None:
