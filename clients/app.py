@@ -9,13 +9,14 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from clients.codec import envelope_of, reply_message
+from clients.secure import is_secure, secure_envelope, secure_mod, secure_reply
 from fedad.config.flat import from_flat
 from fedad.federation.records import EVALUATE, QUERY, TRAIN
 from fedad.federation.site import handle
 from fedad.federation.site_data import node_data
 from partitions import partition_node
 
-app = ClientApp()
+app = ClientApp(mods=[secure_mod])  # SecAgg+'s mod acts on its own messages only
 STATE = "site-state"
 
 
@@ -41,6 +42,11 @@ def _handle(kind: str, msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    if is_secure(msg):  # the masking stage of secure aggregation (clients/secure.py)
+        cfg = from_flat(context.run_config)
+        node = partition_node(cfg, node_data(context.node_config, context.node_id))
+        return secure_reply(handle(TRAIN, secure_envelope(msg), cfg, node,
+                                   ContextStore(context)), msg)
     return _handle(TRAIN, msg, context)
 
 

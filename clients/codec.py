@@ -5,8 +5,18 @@ each named set of arrays is an ``ArrayRecord``, the instructions a ``ConfigRecor
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import (
+    Code,
+    FitIns,
+    FitRes,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 
 from fedad.federation.payload import CONFIG, FILES, METRICS
 from fedad.federation.records import Envelope, Records, Reply
@@ -48,3 +58,36 @@ def reply_of(msg: Message) -> Reply:
     return Reply(key=key, records=arrays_of(rd),
                  metrics=dict(rd.metric_records.get(METRICS, {})),
                  lists={k: list(v) for k, v in rd.config_records.get(FILES, {}).items()})
+
+
+# -- secure aggregation: fedad's train message as the legacy FitIns / FitRes that Flower's
+# SecAgg+ workflow and mod carry (server/secure.py, clients/secure.py) -----------------------
+ARRAY_NAMES = "fedad-arrays"  # FitIns config: JSON [[record, array], ...] of its parameters
+ENVELOPE_CONFIG = "fedad-config"  # FitIns config: JSON of the envelope's config
+
+
+def fitins_of(env: Envelope) -> FitIns:
+    """An envelope as FitIns: its arrays in order as the parameters, their names and the
+    envelope's config as JSON in the FitIns config."""
+    names = [[rec, name] for rec, arrays in env.records.items() for name in arrays]
+    params = ndarrays_to_parameters([np.ascontiguousarray(env.records[r][n])
+                                     for r, n in names])
+    return FitIns(params, {ARRAY_NAMES: json.dumps(names),
+                           ENVELOPE_CONFIG: json.dumps(env.config)})
+
+
+def envelope_of_fitins(fitins: FitIns) -> Envelope:
+    """Back from :func:`fitins_of`."""
+    names = json.loads(str(fitins.config[ARRAY_NAMES]))
+    records: Records = {}
+    for (rec, name), value in zip(names, parameters_to_ndarrays(fitins.parameters),
+                                  strict=True):
+        records.setdefault(rec, {})[name] = value
+    return Envelope(records, json.loads(str(fitins.config[ENVELOPE_CONFIG])))
+
+
+def fitres_of(terms: dict[str, np.ndarray], metrics: dict) -> FitRes:
+    """A site's encoded sum terms (in order) as the FitRes SecAgg+ masks: weight 1, so the
+    workflow's weighted mean is the sum over the sites divided by their number."""
+    return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(list(terms.values())), 1,
+                  dict(metrics))

@@ -22,4 +22,4 @@ def main(grid: Grid, context: Context) -> None:
     cfg = resolve(from_flat(context.run_config))
     out, ckpt = run_folder(cfg, cfg.output_dir, context.run_id)
     nodes = wait_for_nodes(grid, cfg.num_clients, cfg.wait_for_nodes)
-    federate(cfg, GridTransport(grid), nodes, out, ckpt)
+    federate(cfg, GridTransport(grid, cfg.secure), nodes, out, ckpt)

@@ -10,8 +10,10 @@ from flwr.app import MessageType
 from flwr.serverapp import Grid
 
 from clients.codec import message_of, reply_of
+from fedad.config.schema import SecureConfig
 from fedad.federation.records import EVALUATE, QUERY, TRAIN, Envelope
 from fedad.federation.server import Delivery, delivered
+from server.secure import secure_sum
 
 log = logging.getLogger("fedad")
 
@@ -37,8 +39,14 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
 class GridTransport:
     """Envelopes to nodes through Flower's grid; replies back (with progress in the log)."""
 
-    def __init__(self, grid: Grid, poll: float = 0.2) -> None:
-        self.grid, self.poll = grid, poll
+    def __init__(self, grid: Grid, secure: SecureConfig | None = None,
+                 poll: float = 0.2) -> None:
+        self.grid, self.poll, self.secure = grid, poll, secure or SecureConfig()
+
+    def secure_sum(self, envelopes: dict[int, Envelope], timeout: float, desc: str,
+                   names: list[str], levels: int) -> Delivery:
+        """A train round through SecAgg+ (:mod:`server.secure`)."""
+        return secure_sum(self.grid, self.secure, envelopes, timeout, desc, names, levels)
 
     def send(self, kind: str, envelopes: dict[int, Envelope], timeout: float,
              desc: str) -> Delivery:

@@ -1,5 +1,6 @@
-"""FedDyMem through Flower's deployment runtime: a real ``flower-superlink`` and three real
-``flower-supernode`` processes on 127.0.0.1, each SuperNode reading its own data root."""
+"""fedad through Flower's deployment runtime: a real ``flower-superlink`` and three real
+``flower-supernode`` processes on 127.0.0.1, each SuperNode reading its own data root
+(PaDiM, its statistics summed by SecAgg+)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ from fedad.data.holdout import holdout_split
 
 TINY = ["dataset.texture_train_per_type=6", "dataset.texture_test_normal_per_type=2",
         "dataset.texture_test_anomalous_per_type=2", "partition.min_samples=1"]
-# Rounds 0 and 1, evaluation after the last (each message is a fresh process here).
-# PatchCore: one round (a query, a train and an evaluate message per node); with process
-# isolation every message is a fresh process, so FedDyMem's extra round 0 cost ~40 s here
-RUN = ["dataset.name=mvtec", "dataset.image_size=64", "detector=patchcore", "train.rounds=1",
-       "eval_every=1", "examples=0", "output_dir=out"]
+# A frozen-feature detector: one round (a query, the train round and an evaluate message per
+# node); with process isolation every message is a fresh process, so FedDyMem's extra round
+# 0 cost ~40 s here. PaDiM with secure aggregation: the train round is SecAgg+'s four stages
+# through the SuperNodes' client mod.
+RUN = ["dataset.name=mvtec", "dataset.image_size=64", "detector=padim", "padim.channels=16",
+       "secure.enabled=true", "train.rounds=1", "eval_every=1", "examples=0",
+       "output_dir=out"]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +43,8 @@ def _check_run(dep: LocalDeployment, run_id: str | None, status: str) -> dict:
     result = json.loads((dep.work / "out" / f"run-{run_id}" / "rounds.json").read_text())
     assert [r["round"] for r in result["rounds"]] == [1]
     assert all(r["train"]["clients"] == 3 for r in result["rounds"])
+    (secure,) = [r["train"]["secure"] for r in result["rounds"]]  # SecAgg+ summed all three
+    assert len(secure["sites"]) == 3 and not secure["dropped"] and secure["messages"] == 4
     final = result["final"]
     assert set(final["per_client"]) == {"0", "1", "2"}  # metrics from every node
     for metrics in final["per_client"].values():

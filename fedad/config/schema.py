@@ -512,6 +512,32 @@ class PrivacyConfig:
 
 
 @dataclass
+class SecureConfig:
+    """Secure aggregation of sums through Flower's SecAgg+ (off by default); beyond the
+    papers. For an exchange whose server step is a sum (PaDiM's statistics; FedAvg,
+    FedProx and FedBN's weighted means) each site turns its upload into sum terms scaled
+    by public bounds into ``[-clipping_range, clipping_range]``; SecAgg+ quantises them,
+    masks them pairwise and the server learns only their sum over the sites that did not
+    drop out (:mod:`fedad.privacy.secure_sum`). Needs Flower's runtime (simulation or
+    deployment), not the in-process one; per-upload validation and robust aggregation
+    cannot see single uploads, so the decoded sum is what the server checks."""
+
+    enabled: bool = False
+    # SecAgg+'s graph: shares of each site's secrets (a fraction of the round's sites, or
+    # a count >= 3) and the shares that rebuild one (a fraction of num_shares, or a count)
+    num_shares: float = 1.0
+    threshold: float = 0.5
+    clipping_range: float = 8.0  # SecAgg+'s range of a scaled term
+    # quantisation levels 2^bits per site; 0: the most 32-bit masks allow for the round's
+    # sites (2^(32 - ceil(log2(sites + 1))))
+    quantization_bits: int = 0
+    # public bounds the scales come from (fixed before any site's data is seen): images
+    # behind one site's upload, and |value| of one feature entry (PaDiM) or one weight
+    max_images: int = 10000
+    bound: float = 64.0
+
+
+@dataclass
 class RunConfig:
     dataset: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -525,6 +551,7 @@ class RunConfig:
     padim: PaDiMConfig = field(default_factory=PaDiMConfig)
     robust: RobustConfig = field(default_factory=RobustConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secure: SecureConfig = field(default_factory=SecureConfig)
     # refine=f2pad: pixel-level refinement of the final maps at evaluation (F2PAD, seed 002)
     refine: str = choice("none", "f2pad")
     f2pad: F2PADConfig = field(default_factory=F2PADConfig)

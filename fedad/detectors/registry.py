@@ -89,6 +89,25 @@ def resolve(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def _check_secure(cfg: RunConfig) -> None:
+    """``secure.*`` in range; with ``secure.enabled``, an exchange whose server step is a
+    sum of the sites' uploads and no robust aggregation (it needs every upload)."""
+    if not cfg.secure.enabled:
+        return
+    from fedad.privacy.secure_sum import check
+
+    check(cfg.secure, cfg.num_clients)
+    if cfg.robust.enabled:
+        raise ConfigError("secure.enabled: the server sees only the sum of the uploads, so "
+                          "robust aggregation (robust.enabled) cannot screen them; turn one "
+                          "off")
+    if not exchange_for(cfg, create(cfg, feature_shape(cfg))).summable:
+        raise ConfigError(f"secure.enabled: the server step of detector={cfg.detector} with "
+                          f"exchange={cfg.exchange} is not a sum of the sites' uploads; "
+                          "secure aggregation is built for PaDiM's statistics (summary "
+                          "exchange) and the weighted means of fedavg, fedprox and fedbn")
+
+
 def _check_privacy(cfg: RunConfig) -> None:
     """``privacy.*`` in range; with ``privacy.epsilon > 0``, a detector that can release its
     summary privately (``private_releases``) under the summary exchange, a clip bound and a
@@ -131,6 +150,7 @@ def check(cfg: RunConfig) -> RunConfig:
     if own_check is not None:  # what only the detector knows (asymst: its phases' rounds)
         own_check(resolved)
     _check_privacy(resolved)
+    _check_secure(resolved)
     if exchange_class(resolved.exchange).needs == "module":  # built only when it matters
         exchange_for(resolved, create(resolved, feature_shape(resolved))).check()
     if resolved.refine != "none" and not hasattr(detector_class(resolved.detector),

@@ -32,13 +32,14 @@ from fedad.detectors.registry import (
     resolve,
     schedule,
 )
-from fedad.errors import BankError
+from fedad.errors import BankError, ConfigError
 from fedad.federation.exchanges.base import Upload
 from fedad.federation.participation import participants
 from fedad.federation.payload import NOTE, NUM_EXAMPLES
 from fedad.federation.records import EVALUATE, QUERY, TRAIN, Envelope, Reply, nbytes
 from fedad.federation.robust import median_outliers
 from fedad.privacy.accountant import calibrated
+from fedad.privacy.secure_sum import decode, error_bound, quantization_range
 
 log = logging.getLogger("fedad")
 # test metrics, then validation metrics (held-out normals + synthetic defects; sites with
@@ -61,10 +62,17 @@ class Delivery:
     bytes_sent: int = 0
     bytes_received: int = 0
     seconds: float = 0.0
+    # secure aggregation: the sum of the replying sites' encoded terms (SecAgg+ unmasked it;
+    # ``replies`` then carry metrics only) and what the protocol reports
+    sums: dict[str, np.ndarray] | None = None
+    secure: dict = field(default_factory=dict)
 
 
 class Transport(Protocol):
-    """How envelopes reach sites and replies come back."""
+    """How envelopes reach sites and replies come back. A transport that can also run
+    secure aggregation has ``secure_sum(envelopes, timeout, desc, names, levels)``: train
+    messages whose replies the server receives only as the sum of the sites' encoded
+    terms ``names`` (a :class:`Delivery` with ``sums``)."""
 
     def send(self, kind: str, envelopes: dict[int, Envelope], timeout: float,
              desc: str) -> Delivery: ...
@@ -245,6 +253,39 @@ class Server:
             record["site-notes"] = {k: v for k, v in notes.items() if v}
         return record
 
+    def accept_sum(self, rnd: int, delivery: Delivery) -> dict:
+        """``secure.enabled``: the round's train record from the sum SecAgg+ unmasked;
+        the sites that dropped out are named, the sum decoded and handed to the exchange
+        (whose result is checked as an upload would be)."""
+        self.exchange.round_t = rnd
+        replies = self.ok_replies(delivery, rnd)
+        why = ("dropped out of secure aggregation" if delivery.sums is not None else
+               "secure aggregation halted: too few sites stayed to remove the masks "
+               f"(secure.threshold={self.cfg.secure.threshold:g})")
+        for key in delivery.secure.get("dropped", []):
+            self.reject(rnd, self.name(key), why)
+        if delivery.sums is None:
+            replies = []
+        self.require_enough(rnd, replies)
+        scales = self.exchange.sum_scales(rnd)
+        sums = decode(delivery.sums, scales, self.cfg.secure.clipping_range)
+        t = time.perf_counter()
+        self.exchange.aggregate_sums(sums, len(replies), rnd)
+        self.last_aggregate_seconds = time.perf_counter() - t
+        self.received_keys = list(scales)
+        metrics = [r.metrics for r in replies]
+        levels = int(delivery.secure["levels"])
+        return {"clients": len(replies),
+                "loss": mean_std(float(m.get("loss", 0.0)) for m in metrics),
+                "secure": {**delivery.secure, "sites": sorted(self.name(r.key)
+                                                              for r in replies),
+                           "error_bound": error_bound(scales, len(replies), levels),
+                           "clipped": sum(int(m.get(NOTE + "secure-clipped", 0))
+                                          for m in metrics)},
+                "seconds-client": {k: max(float(m.get(k, 0.0)) for m in metrics)
+                                   for k in TRAIN_SECONDS},
+                "seconds-aggregate": self.last_aggregate_seconds}
+
     def evaluation(self, rnd: int, delivery: Delivery) -> dict | None:
         """Mean and spread over sites of their metrics (and each site's)."""
         per_client: dict[int, dict[str, float]] = {}
@@ -283,6 +324,14 @@ class Server:
             if note not in self.notes:
                 self.notes.append(note)
                 log.info(note)
+        sc = self.cfg.secure
+        if sc.enabled:
+            note = (f"secure aggregation: Flower's SecAgg+ sums the sites' uploads, the server "
+                    f"sees only the sum (public bounds: {sc.max_images} images per site, "
+                    f"|value| <= {sc.bound:g})")
+            if note not in self.notes:
+                self.notes.append(note)
+                log.info(note)
         log.info("%s: %d clients, %s, rounds %d..%d", label(self.cfg), len(self.keys),
                  schedule(self.cfg), self.first_round, self.last_round)
 
@@ -309,8 +358,15 @@ class Server:
             if resumed is not None and rnd == resumed + 1:
                 conf["resume-round"] = resumed
             envelopes = self.train_envelopes(rnd, conf)
-            tx = transport.send(TRAIN, envelopes, timeout, f"round {rnd}/{last} train")
-            record: dict = {"round": rnd, "train": self.accept(rnd, tx)}
+            desc = f"round {rnd}/{last} train"
+            if self.cfg.secure.enabled:
+                tx = secure_send(transport, envelopes, timeout, desc,
+                                 list(self.exchange.sum_scales(rnd)),
+                                 quantization_range(self.cfg.secure, len(envelopes)))
+                record: dict = {"round": rnd, "train": self.accept_sum(rnd, tx)}
+            else:
+                tx = transport.send(TRAIN, envelopes, timeout, desc)
+                record = {"round": rnd, "train": self.accept(rnd, tx)}
             if len(envelopes) < len(self.keys):  # partial participation: who was asked
                 record["train"]["participants"] = [self.name(k) for k in sorted(envelopes)]
             record["bytes"] = {"sent": tx.bytes_sent, "received": tx.bytes_received,
@@ -376,6 +432,16 @@ class Server:
                 parts.append(f"validation i_auroc {ev['val_i_auroc']['mean']:.4f}")
         parts.append(f"{record['seconds']['round']:.1f}s")
         log.info(" | ".join(parts))
+
+
+def secure_send(transport: Transport, envelopes: dict[int, Envelope], timeout: float,
+                desc: str, names: list[str], levels: int) -> Delivery:
+    """The transport's ``secure_sum``, or a :class:`ConfigError` saying where it runs."""
+    run = getattr(transport, "secure_sum", None)
+    if run is None:
+        raise ConfigError("secure.enabled: secure aggregation runs through Flower's SecAgg+ "
+                          "(fedad-sim or a deployment), not in one process")
+    return run(envelopes, timeout, desc, names, levels)
 
 
 def delivered(replies: list[Reply], missing: list[int], sent: dict[int, Envelope],

@@ -51,6 +51,7 @@ from fedad.federation.site_data import (
     validation_metrics,
 )
 from fedad.federation.site_files import save_site
+from fedad.privacy.secure_sum import SECURE, encode
 
 log = logging.getLogger("fedad")
 EXCHANGE_STATE = "exchange."  # prefix of the exchange's part of a site's state
@@ -169,6 +170,17 @@ def train(run: SiteRound, envelope: Envelope, store: StateStore) -> Reply:
         checkpoint(envelope, run.data.partition_id, round_t, state)
     stages = info.seconds or {}
     other = sum(v for k, v in stages.items() if k != "train")
+    notes = dict(info.notes or {})
+    if run.cfg.secure.enabled:  # only the scaled sum terms leave, for SecAgg+ to mask
+        terms = run.exchange.sum_terms(upload, len(run.data.train))
+        encoded, clipped = encode(terms, run.exchange.sum_scales(round_t),
+                                  run.cfg.secure.clipping_range)
+        upload, notes["secure-clipped"] = {SECURE: encoded}, clipped
+        if clipped:
+            log.warning("site %d: %d value(s) beyond the public bounds of the secure sum "
+                        "(secure.bound=%g, secure.max_images=%d) are clipped",
+                        run.data.partition_id, clipped, run.cfg.secure.bound,
+                        run.cfg.secure.max_images)
     return Reply(key=-1, records=upload, metrics={
         NUM_EXAMPLES: len(run.data.train), "partition-id": run.data.partition_id,
         "loss": float(info.loss), "steps": int(info.steps),
@@ -177,7 +189,7 @@ def train(run: SiteRound, envelope: Envelope, store: StateStore) -> Reply:
         "seconds-train": float(stages.get("train", seconds - other)),
         "seconds-reduce": float(other),
         **{f"seconds-{k}": float(v) for k, v in stages.items() if k not in ("train", "reduce")},
-        **{f"{NOTE}{k}": float(v) for k, v in (info.notes or {}).items()}})
+        **{f"{NOTE}{k}": float(v) for k, v in notes.items()}})
 
 
 def refine(run: SiteRound, node: NodeData, summary, scores, held):

@@ -34,16 +34,17 @@ from fedad.components.gaussian import (
     pack_upper,
     packed_size,
     position_statistics,
+    unpack_upper,
 )
 from fedad.components.maps import anomaly_maps, image_scores
 from fedad.components.validate import check_array, require_keys
-from fedad.config.schema import RunConfig
+from fedad.config.schema import RunConfig, SecureConfig
 from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, summary_fingerprint
 from fedad.detectors.padim.statistics import channel_subset, position_rows
 from fedad.errors import BankError, ConfigError
 from fedad.privacy.accountant import calibrated
 from fedad.privacy.noise import generator, site_seed
-from fedad.privacy.statistics import private_statistics
+from fedad.privacy.statistics import private_statistics, statistics_from_sums
 
 KEYS = ("count", "mean", "scatter")
 MAX_COUNT = 10**9  # images one upload may claim
@@ -227,6 +228,50 @@ class PaDiM:
         mean = np.asarray(summary["mean"], dtype=np.float64)
         var = np.asarray(summary["scatter"], dtype=np.float64)[:, diagonal_positions(self.d)]
         return np.concatenate([mean.ravel(), (var / max(n - 1.0, 1.0)).ravel()])
+
+    # -- secure aggregation: the statistics as sums (secure.enabled) -------------------------
+    @staticmethod
+    def sum_scales(secure: SecureConfig) -> dict[str, float]:
+        """``count``, ``first`` = ``sum x`` and packed ``second`` = ``sum x x^T`` per
+        position, bounded by ``secure.max_images`` images of entries ``|x_j| <=
+        secure.bound``."""
+        n, b = float(secure.max_images), secure.bound
+        return {"count": n, "first": n * b, "second": n * b * b}
+
+    def sum_terms(self, summary: Summary) -> dict[str, np.ndarray]:
+        """This site's sums from its upload: ``n mu`` and ``S + n mu mu^T``."""
+        stats = self.validate(summary, "own upload")
+        n, mean = float(stats["count"][0]), stats["mean"]
+        return {"count": np.array([n]), "first": n * mean,
+                "second": stats["scatter"] + n * pack_upper(mean[:, :, None] * mean[:, None, :])}
+
+    def from_sums(self, sums: Mapping[str, np.ndarray]) -> Summary:
+        """The global statistics from the sites' summed terms: ``count`` rounded,
+        ``mu = sum x / n``, ``S = sum x x^T - n mu mu^T``, checked as an upload is; a
+        scatter that quantisation left outside what real vectors give is projected onto the
+        positive semi-definite matrices first."""
+        d, p = self.d, self.shape.positions
+        first = np.asarray(sums["first"], dtype=np.float64)
+        second = np.asarray(sums["second"], dtype=np.float64)
+        if first.shape != (p, d) or second.shape != (p, packed_size(d)):
+            raise BankError(f"secure sum: padim sums of shapes {first.shape}, "
+                            f"{second.shape}, expected {(p, d)}, {(p, packed_size(d))}")
+        n = float(np.asarray(sums["count"], dtype=np.float64).reshape(-1)[0])
+        if not np.isfinite(n) or round(n) < 1:
+            raise BankError(f"secure sum: padim count {n}")
+        mean = first / round(n)
+        scatter = second - round(n) * pack_upper(mean[:, :, None] * mean[:, None, :])
+        summary = {"count": np.array([round(n)], dtype=np.int64), "mean": mean,
+                   "scatter": scatter}
+        try:
+            return self.validate(summary, "secure sum")
+        except BankError:
+            stats = statistics_from_sums({"count": torch.tensor(float(round(n))),
+                                          "first": torch.from_numpy(first),
+                                          "second": torch.from_numpy(unpack_upper(second, d))},
+                                         1.0)
+            return self.validate({"count": stats["count"], "mean": stats["mean"],
+                                  "scatter": pack_upper(stats["scatter"])}, "secure sum")
 
     def merge(self, summaries: Sequence[Summary], round_t: int) -> Summary:
         """The statistics of all clients' images together (pairwise update in float64,

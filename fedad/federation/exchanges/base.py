@@ -52,6 +52,9 @@ class Exchange:
     needs: ClassVar[str] = "summary"
     # record names a valid upload holds
     upload_records: ClassVar[tuple[str, ...]] = ()
+    # its server step is a sum of per-site terms, so SecAgg+ can compute it
+    # (``secure.enabled``; :meth:`sum_scales`, :meth:`sum_terms`, :meth:`aggregate_sums`)
+    summable: ClassVar[bool] = False
     # the round whose uploads the server is checking and combining (set by the server before
     # it validates them; a weight exchange uploads only what the round trains)
     round_t: int = 0
@@ -101,6 +104,21 @@ class Exchange:
 
     def aggregate(self, uploads: Sequence[Upload], round_t: int) -> None:
         """Combine the valid uploads of round ``round_t`` into the global state."""
+
+    def sum_scales(self, round_t: int) -> dict[str, float]:
+        """Both ends, ``secure.enabled``: the names of the round's sum terms (in the order
+        they travel) and the public bound of each one's entries
+        (:mod:`fedad.privacy.secure_sum`)."""
+        raise NotImplementedError(f"exchange {self.name}: its server step is not a sum")
+
+    def sum_terms(self, upload: Records, num_examples: int) -> dict[str, np.ndarray]:
+        """Site, ``secure.enabled``: what this site adds to the sum, from its upload."""
+        raise NotImplementedError(f"exchange {self.name}: its server step is not a sum")
+
+    def aggregate_sums(self, sums: dict[str, np.ndarray], sites: int, round_t: int) -> None:
+        """Server, ``secure.enabled``: the global state from the terms summed over the
+        ``sites`` that stayed (the server sees no single upload)."""
+        raise NotImplementedError(f"exchange {self.name}: its server step is not a sum")
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps of the server's global state."""

@@ -11,3 +11,4 @@ from fedad.federation.exchanges.weights import WeightExchange
 
 class FedAvgExchange(WeightExchange):
     name = "fedavg"
+    summable = True  # the weighted mean: a sum of n_k w_k over n_k

@@ -62,6 +62,7 @@ class FedBNExchange(WeightExchange):
     """FedAvg over every tensor but the BatchNorm layers', which stay at each site."""
 
     name = "fedbn"
+    summable = True  # the weighted mean: a sum of n_k w_k over n_k
 
     def local_keys(self, module: nn.Module) -> set[str]:
         local = batchnorm_keys(module)

@@ -61,6 +61,7 @@ class FedProxExchange(WeightExchange):
     """FedAvg's aggregation; each site adds the proximal term to its loss (Eq. 2)."""
 
     name = "fedprox"
+    summable = True  # the weighted mean: a sum of n_k w_k over n_k
 
     def payload(self, key: int, round_t: int) -> Records:
         return {**super().payload(key, round_t),

@@ -52,6 +52,20 @@ class SummaryExchange(Exchange):
     def aggregate(self, uploads: Sequence[Upload], round_t: int) -> None:
         self.summary = self.detector.merge([u.records[SUMMARY] for u in uploads], round_t)
 
+    @property
+    def summable(self) -> bool:  # type: ignore[override]
+        """The detector's statistics add up (PaDiM): ``sum_terms`` / ``from_sums``."""
+        return hasattr(self.detector, "from_sums")
+
+    def sum_scales(self, round_t: int) -> dict[str, float]:
+        return self.detector.sum_scales(self.cfg.secure)
+
+    def sum_terms(self, upload: Records, num_examples: int) -> dict[str, np.ndarray]:
+        return self.detector.sum_terms(upload[SUMMARY])
+
+    def aggregate_sums(self, sums: dict[str, np.ndarray], sites: int, round_t: int) -> None:
+        self.summary = self.detector.from_sums(sums)
+
     def state(self) -> dict[str, Any]:
         return {"summary": self.summary}
 

@@ -26,12 +26,13 @@ import torch
 from fedad.components.states import weighted_mean
 from fedad.components.validate import check_state
 from fedad.detectors.base import FitInfo, Summary, TrainHooks
-from fedad.errors import ConfigError
+from fedad.errors import BankError, ConfigError
 from fedad.federation.exchanges.base import Exchange, Upload
 from fedad.federation.records import Arrays, Records, arrays, tensors
 from fedad.federation.robust import flat_update
 
 WEIGHTS = "weights"  # the record of model weights, both ways
+IMAGES = "#images"  # secure sum term: the training images behind the sum
 
 
 def trimmed_mean(values: Sequence[np.ndarray], beta: float) -> np.ndarray:
@@ -125,6 +126,31 @@ class WeightExchange(Exchange):
 
     def aggregate(self, uploads: Sequence[Upload], round_t: int) -> None:
         self.weights = {**self.weights, **self.combine(uploads)}
+
+    # -- secure aggregation (secure.enabled; summable exchanges: the weighted mean) -----------
+    def sum_scales(self, round_t: int) -> dict[str, float]:
+        """``#images`` (no state-dict key has a ``#``) and ``n_k w_k`` per key the round
+        trains, bounded by ``secure.max_images`` and ``secure.bound``."""
+        sc = self.cfg.secure
+        keys = self.round_keys(round_t, self.reference or None)
+        return {IMAGES: float(sc.max_images), **{k: sc.max_images * sc.bound for k in keys}}
+
+    def sum_terms(self, upload: Records, num_examples: int) -> dict[str, np.ndarray]:
+        return {IMAGES: np.array([float(num_examples)]),
+                **{k: num_examples * np.asarray(v, dtype=np.float64)
+                   for k, v in upload[WEIGHTS].items()}}
+
+    def aggregate_sums(self, sums: dict[str, np.ndarray], sites: int, round_t: int) -> None:
+        """``w <- sum_k n_k w_k / sum_k n_k`` from the sums alone."""
+        n = float(np.asarray(sums[IMAGES]).reshape(-1)[0])
+        if not np.isfinite(n) or n < 0.5:
+            raise BankError(f"secure sum: {n} training images behind the round's sum")
+        new = {k: v / n for k, v in sums.items() if k != IMAGES}
+        bad = [k for k, v in new.items() if not np.isfinite(v).all()]
+        if bad:
+            raise BankError(f"secure sum: non-finite weights in {bad[:3]}")
+        self.weights = {**self.weights, **{k: v.astype(self.weights[k].dtype).reshape(
+            self.reference[k]) for k, v in new.items()}}
 
     def state(self) -> dict[str, Any]:
         return {"weights": self.weights, "reference": self.reference}
