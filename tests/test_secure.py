@@ -173,3 +173,8 @@ def test_secagg_plus_through_flower_with_a_site_dropping_out(tmp_path: Path):
     # and the sites scored against it
     assert set(result["final"]["per_client"]) == {"0", "1", "2"}
     assert train["secure"]["messages"] == 4 and result["rounds"][0]["bytes"]["received"] > 0
+
+
+def test_a_site_with_non_finite_terms_refuses_to_send_them():
+    with pytest.raises(ValueError, match="non-finite values in the terms"):
+        encode({"a": np.array([1.0, np.nan])}, {"a": 10.0}, 8.0)

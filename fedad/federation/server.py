@@ -270,7 +270,12 @@ class Server:
         scales = self.exchange.sum_scales(rnd)
         sums = decode(delivery.sums, scales, self.cfg.secure.clipping_range)
         t = time.perf_counter()
-        self.exchange.aggregate_sums(sums, len(replies), rnd)
+        try:
+            self.exchange.aggregate_sums(sums, len(replies), rnd)
+        except (BankError, ValueError) as exc:
+            raise RuntimeError(f"round {rnd}: the secure sum of {len(replies)} sites fails "
+                               f"the server's checks ({exc}); some site's terms are wrong "
+                               "and secure aggregation cannot say whose") from exc
         self.last_aggregate_seconds = time.perf_counter() - t
         self.received_keys = list(scales)
         metrics = [r.metrics for r in replies]

@@ -53,12 +53,16 @@ def encode(terms: Mapping[str, np.ndarray], scales: Mapping[str, float],
 
     Raises:
         ConfigError: a term without a scale, or a scale without a term.
+        ValueError: non-finite values (the site then fails the round: a dropout).
     """
     if set(terms) != set(scales):
         raise ConfigError(f"secure sum: terms {sorted(terms)} do not match the scales "
                           f"{sorted(scales)}")
     out = {k: np.asarray(terms[k], dtype=np.float64) * (clipping_range / s)
            for k, s in scales.items()}
+    bad = [k for k, v in out.items() if not np.isfinite(v).all()]
+    if bad:  # the site drops out rather than spoil everyone's sum
+        raise ValueError(f"secure sum: non-finite values in the terms {bad}")
     clipped = int(sum(int((np.abs(v) > clipping_range).sum()) for v in out.values()))
     return out, clipped
 
