@@ -11,6 +11,12 @@ its feature rows over the embedded texture photos (public, :mod:`fedad.data.text
 The noise is seeded (``privacy.seed=0``) so the table can be reproduced. Runs on
 image-level-only data (pixel columns then empty).
 
+``secure``: PaDiM federated through Flower's simulation runtime (5 sites, alpha 0.1) with
+the plain upload, with SecAgg+ (``secure.enabled``), and with SecAgg+ while one site drops
+out after sharing its keys: how far the global statistics are from the reference
+(centralized; with the dropout, the plain statistics of the sites that stay), and what the
+protocol costs in bytes and seconds of the train round (``--work``: where the runs go).
+
 ``leakage``: a feature-inversion decoder per feature space (PatchCore's patches, PaDiM's
 channel subset; :mod:`fedad.privacy.inversion`) trained on the public textures' training
 photos only, applied to what MTD sites upload (PatchCore coresets, the K-means centres of
@@ -59,6 +65,7 @@ from fedad.progress import setup_logging  # noqa: E402
 from partitions import site_indices  # noqa: E402
 
 DETECTORS = ("padim", "patchcore")
+FEDDYMEM = "feddymem"  # audited with the site's head known (leakage_feddymem)
 EPSILONS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 CLIP_ONLY = 1e9  # an epsilon whose noise is negligible: what clipping alone costs
 METRICS = ("i_auroc", "p_auroc", "pro")
@@ -141,6 +148,50 @@ def score(decoded: torch.Tensor, truth: torch.Tensor) -> dict:
     return {"psnr": psnr, "ssim": ssim}
 
 
+def sites_config(args, overrides: list[str]):
+    """The audited federation: ``SITES`` sites of ``--dataset`` (Dirichlet alpha 0.1)."""
+    return feature_config(compose([f"dataset.name={args.dataset}",
+                                   f"dataset.root={Path(args.root).resolve()}",
+                                   f"num_clients={SITES}", "partition.alpha=0.1",
+                                   "partition.seed=0", *overrides]))
+
+
+def baseline_patches(pub, grid: int) -> torch.Tensor:
+    """Every position's patch of the public textures' test photos (the baseline)."""
+    return position_patches(pixels(pub, build_dataset(pub.dataset, "test")),
+                            grid).reshape(-1, 3, 16, 16)
+
+
+class Audit:
+    """Decoded patches scored per upload kind: PSNR and SSIM against the nearest true patch
+    (or, ``paired``, each against its own), and the best-recovered example of each kind."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, list] = {}
+        self.best: dict[str, tuple] = {}
+
+    def add(self, name: str, decoded: torch.Tensor, truth: torch.Tensor,
+            paired: bool = False) -> None:
+        got = (dict(zip(("psnr", "ssim"), patch_similarity(decoded, truth), strict=True))
+               if paired else score(decoded, truth))
+        self.results.setdefault(name, []).append(got)
+        i = int(np.argmax(got["ssim"]))
+        if name not in self.best or got["ssim"][i] > self.best[name][0]:
+            near = truth[i] if paired else truth[nearest_patches(decoded[i:i + 1], truth)[0]]
+            self.best[name] = (float(got["ssim"][i]), decoded[i], near)
+
+    def summary(self) -> dict:
+        """``table``: means, SSIM p95 and max per kind; ``best``: (decoded, true) pairs."""
+        def cat(got, k):
+            return np.concatenate([g[k] for g in got])
+        table = {name: {"psnr_mean": float(np.mean(cat(got, "psnr"))),
+                        "ssim_mean": float(np.mean(cat(got, "ssim"))),
+                        "ssim_p95": float(np.quantile(cat(got, "ssim"), 0.95)),
+                        "ssim_max": self.best[name][0]}
+                 for name, got in self.results.items()}
+        return {"table": table, "best": {k: (v[1], v[2]) for k, v in self.best.items()}}
+
+
 def leakage_space(det: str, args, clip: float) -> dict:
     """The decoder of one feature space and every upload of that space, audited."""
     base = ["num_clients=1", f"detector={det}", "exchange=summary", *args.overrides]
@@ -152,26 +203,13 @@ def leakage_space(det: str, args, clip: float) -> dict:
     patches = position_patches(fitted_images(pub, None), grid).reshape(-1, 3, 16, 16)
     pick = sample(len(rows), 200_000, 0)
     decoder = train_decoder(rows[pick], patches[pick], steps=args.decoder_steps)
-    public_test = pixels(pub, build_dataset(pub.dataset, "test"))
-    public_patches = position_patches(public_test, grid).reshape(-1, 3, 16, 16)
+    public_patches = baseline_patches(pub, grid)
 
-    mtd = feature_config(compose([f"dataset.name={args.dataset}",
-                                  f"dataset.root={Path(args.root).resolve()}",
-                                  f"num_clients={SITES}", "partition.alpha=0.1",
-                                  "partition.seed=0", *base[1:]]))
+    mtd = sites_config(args, base[1:])
     private = compose([f"privacy.epsilon={args.leak_epsilon}", f"privacy.clip={clip}",
                        "privacy.seed=0"], base=mtd)
-    results: dict[str, list] = {}
-    best: dict[str, tuple] = {}
-
-    def add(name: str, decoded: torch.Tensor, truth: torch.Tensor, paired: bool = False):
-        got = (dict(zip(("psnr", "ssim"), patch_similarity(decoded, truth), strict=True))
-               if paired else score(decoded, truth))
-        results.setdefault(name, []).append(got)
-        i = int(np.argmax(got["ssim"]))
-        if name not in best or got["ssim"][i] > best[name][0]:
-            near = truth[i] if paired else truth[nearest_patches(decoded[i:i + 1], truth)[0]]
-            best[name] = (float(got["ssim"][i]), decoded[i], near)
+    audit = Audit()
+    add = audit.add
 
     def uploaded(up: dict, site: int) -> torch.Tensor:
         key = BANK if BANK in up else "mean"
@@ -218,21 +256,82 @@ def leakage_space(det: str, args, clip: float) -> dict:
         for site, truth in enumerate(truths):
             add("K-means centres of the union (global bank)",
                 decode(decoder, uploaded(merged, site)), truth)
-    table = {name: {"psnr_mean": float(np.mean(np.concatenate([g["psnr"] for g in got]))),
-                    "ssim_mean": float(np.mean(np.concatenate([g["ssim"] for g in got]))),
-                    "ssim_p95": float(np.quantile(np.concatenate([g["ssim"] for g in got]),
-                                                  0.95)),
-                    "ssim_max": best[name][0]}
-             for name, got in results.items()}
-    return {"table": table, "best": {k: (v[1], v[2]) for k, v in best.items()}}
+    return audit.summary()
+
+
+def _maps(det, features: torch.Tensor) -> torch.Tensor:
+    """FedDyMem's memory features of ``features`` as rows ``(N, H*W, C)`` (row-major)."""
+    maps = torch.cat(list(det.client.memories(features)))
+    return maps.reshape(maps.shape[0], -1, maps.shape[-1])
+
+
+def leakage_feddymem(args) -> dict:
+    """FedDyMem's banks audited by the strongest server: one that also holds the site's
+    trained head (the summary exchange never sends it; a weight exchange, or a leak, would).
+    The sites federate rounds ``0..train.rounds`` on fedad's detectors and K-means merge
+    (no evaluation); then, per site, a decoder is trained on the public textures' memory
+    features *through that site's head* and applied to the site's last uploaded bank and to
+    the global bank it received."""
+    base = ["num_clients=1", "detector=feddymem", "exchange=summary", *args.overrides]
+    pub = feature_config(compose(["dataset=textures", *base]))
+    pub_feats = load_client_data(pub, 0, 1).train.features
+    grid = pub_feats.shape[-1]
+    pub_patches = position_patches(fitted_images(pub, None), grid).reshape(-1, 3, 16, 16)
+    public_baseline = baseline_patches(pub, grid)
+    mtd = sites_config(args, base[1:])
+    sites = []
+    for site in range(SITES):
+        f = load_client_data(mtd, site, SITES, site_indices(mtd, site, SITES)).train.features
+        sites.append((create(mtd, FeatureShape(*f.shape[1:]), seed=site), f))
+    server = create(mtd, FeatureShape(*sites[0][1].shape[1:]))
+    merged, uploads = None, []
+    t0 = time.perf_counter()
+    for rnd in range(0, mtd.train.rounds + 1):
+        uploads = []
+        for det, f in sites:
+            det.fit(f, merged, rnd)
+            uploads.append(det.summarize(rnd))
+        merged = server.merge([server.validate(u, f"site {i}") for i, u in enumerate(uploads)],
+                              rnd)
+        print(f"feddymem round {rnd}/{mtd.train.rounds} ({time.perf_counter() - t0:.0f}s)",
+              flush=True)
+    audit = Audit()
+    add = audit.add
+
+    for site, ((det, f), up) in enumerate(zip(sites, uploads, strict=True)):
+        rows = _maps(det, pub_feats)
+        channels = rows.shape[-1]
+        rows = rows.reshape(-1, channels)
+        pick = sample(len(rows), 200_000, site)
+        decoder = train_decoder(rows[pick], pub_patches[pick], steps=args.decoder_steps)
+        full = position_patches(fitted_images(mtd, site), grid).reshape(-1, 3, 16, 16)
+        own = _maps(det, f).reshape(-1, channels)
+        q = sample(len(own), QUERIES, site)
+        add("site's own memory features (decoder ceiling)", decode(decoder, own[q]), full[q],
+            paired=True)
+        truth = full[sample(len(full), TRUTH, site)]
+        for name, bank in (("memory bank (site upload)", up[BANK]),
+                           ("K-means global bank (what every site receives)", merged[BANK])):
+            r = torch.from_numpy(np.asarray(bank, dtype=np.float32)).reshape(-1, channels)
+            add(name, decode(decoder, r[sample(len(r), QUERIES, site)]), truth)
+        add("random public patches (baseline)",
+            public_baseline[sample(len(public_baseline), QUERIES, site)], truth)
+        print(f"feddymem site {site} audited ({time.perf_counter() - t0:.0f}s)", flush=True)
+    return {**audit.summary(), "rounds": mtd.train.rounds}
 
 
 def leakage(args, clips: dict) -> tuple[dict, dict]:
-    out, pictures = {}, {}
-    for det in DETECTORS:
-        clip = clips.get(det) or public_clip(det, args.overrides)
-        res = leakage_space(det, args, clip)
-        out[det] = res["table"]
+    old = (args.previous or {}).get("leakage", {})
+    out, pictures = dict(old.get("spaces", {})), {}
+    for det in args.spaces:
+        if det == FEDDYMEM:
+            res = leakage_feddymem(args)
+            out[det] = res["table"]
+            print(f"feddymem: the banks of round {res['rounds']}", flush=True)
+        else:
+            clip = clips.get(det) or public_clip(det, args.overrides)
+            res = leakage_space(det, args, clip)
+            out[det] = res["table"]
         pictures.update({f"{det}: {k}": v for k, v in res["best"].items()})
         print(json.dumps(out[det], indent=1), flush=True)
     return {"epsilon": args.leak_epsilon, "decoder_steps": args.decoder_steps,
@@ -244,7 +343,10 @@ def leakage_markdown(leak: dict) -> list[str]:
              "A decoder trained on the public textures only; each decoded patch (16 px) "
              "against the nearest of the site's true training patches. Means over "
              f"{leak['queries_per_site']} decoded rows per site and upload; SSIM p95 and max: "
-             "the best-recovered patches.", "",
+             "the best-recovered patches. FedDyMem's banks live in each site's trained "
+             "projection: their decoder is trained on the public textures *through that "
+             "site's head*, a server that also holds the head (the summary exchange never "
+             "sends it).", "",
              "| feature space | what is decoded | PSNR dB | SSIM | SSIM p95 | SSIM max |",
              "|---|---|---|---|---|---|"]
     for space, table in leak["spaces"].items():
@@ -274,6 +376,108 @@ def plot_leakage(pictures: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+# -- secure aggregation ----------------------------------------------------------------------
+def _stats(path: Path) -> dict:
+    """A PaDiM run's global statistics: count, mean and Eq. 1's covariance (float64)."""
+    from fedad.components.gaussian import gaussian
+
+    z = np.load(path)
+    mean, cov = gaussian({k: z[k] for k in ("count", "mean", "scatter")}, 0.0)
+    return {"count": int(z["count"][0]), "mean": mean, "covariance": cov}
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    """``max |a - b| / max |b|``."""
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+DROPS = 4  # the partition that drops out of SecAgg+ (fails in its masking stage)
+
+
+def secure(args) -> dict:
+    """PaDiM on MTD through Flower's simulation (5 sites): the plain upload, SecAgg+, and
+    SecAgg+ with one site dropping out after sharing its keys; against the centralized
+    statistics (one site, in one process) or those of the sites that stay."""
+    from fedad.cli.overrides import compose
+    from fedad.cli.sim import SimConfig, launch
+    from fedad.federation.in_process import InProcess
+    from fedad.federation.run import federate
+    from partitions import partition_nodes
+
+    root = Path(args.work)
+    base = [f"dataset.name={args.dataset}", f"dataset.root={Path(args.root).resolve()}",
+            "detector=padim", "exchange=summary", "num_clients=5", "partition.alpha=0.1",
+            "partition.seed=0", "examples=0", *args.overrides]
+    def in_process(overrides: list[str], folder: Path) -> dict:
+        t = time.perf_counter()
+        cfg = compose(overrides)
+        transport = InProcess(cfg, partition_nodes(cfg))
+        federate(cfg, transport, transport.keys, folder)
+        print(f"{folder.name}: statistics in {time.perf_counter() - t:.0f}s", flush=True)
+        return _stats(folder / "global_summary.npz")
+
+    # the reference: every training image at one site; with a site dropping out, the plain
+    # statistics of the sites that stay (in one process, the same fault)
+    central = in_process([*base, "num_clients=1"], root / "centralized")
+    stayed = in_process([*base, f"faults=[{DROPS}:raise]"], root / "plain-without-dropped")
+    variants = {"plain": ([], central), "secagg+": (["secure.enabled=true"], central),
+                f"secagg+, site {DROPS} drops out": (
+                    ["secure.enabled=true", f"faults=[{DROPS}:raise]"], stayed)}
+    rows = []
+    for name, (extra, reference) in variants.items():
+        folder = root / name.replace(" ", "_").replace(",", "").replace("+", "plus")
+        t = time.perf_counter()
+        code = launch(compose([*base, *extra, "client_cpus=2"], base=SimConfig()), folder)
+        seconds = time.perf_counter() - t
+        runs = sorted(folder.glob("run-*"))
+        if code != 0 or not runs:
+            rows.append({"variant": name, "failed": True, "seconds_run": seconds})
+            continue
+        result = json.loads((runs[-1] / "rounds.json").read_text())
+        (rec,) = result["rounds"]
+        got = _stats(runs[-1] / "global_summary.npz")
+        row = {"variant": name, "sites": rec["train"]["clients"],
+               "count": got["count"], "count_reference": reference["count"],
+               "bytes_up_per_site": rec["bytes"]["received_per_client"],
+               "bytes_down": rec["bytes"]["sent"],
+               "seconds_train_round": rec["seconds"]["train_exchange"],
+               "seconds_run": seconds,
+               **{k: result["final"][k]["mean"] for k in METRICS if k in result["final"]}}
+        if "secure" in rec["train"]:
+            row["secure"] = rec["train"]["secure"]
+        if got["count"] == reference["count"]:
+            row |= {f"max_rel_diff_{k}": _relative(got[k], reference[k])
+                    for k in ("mean", "covariance")}
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "secure"}), flush=True)
+    return {"rows": rows}
+
+
+def secure_markdown(sec: dict) -> list[str]:
+    lines = ["## Secure aggregation (SecAgg+) of PaDiM's statistics", "",
+             "Through Flower's simulation runtime, 5 sites (alpha 0.1); the difference to the "
+             "reference statistics as max |a - b| / max |b|: the centralized ones (one site "
+             "holding every training image), and, when a site drops out after sharing its "
+             "keys, the plain statistics of the sites that stay.",
+             "", "| variant | sites summed | count / reference | mean rel. diff | "
+             "covariance rel. diff | MB up / site | train round s | I-AUROC | P-AUROC | PRO |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sec["rows"]:
+        if r.get("failed"):
+            lines.append(f"| {r['variant']} | failed | | | | | | | | |")
+            continue
+
+        def rel(k: str, r=r) -> str:
+            v = r.get(f"max_rel_diff_{k}")
+            return "-" if v is None else f"{v:.1e}"
+        lines.append(f"| {r['variant']} | {r['sites']} | {r['count']} / "
+                     f"{r['count_reference']} | {rel('mean')} | {rel('covariance')} | "
+                     f"{r['bytes_up_per_site'] / 1e6:.1f} | {r['seconds_train_round']:.1f} | "
+                     f"{fmt(r.get('i_auroc'))} | {fmt(r.get('p_auroc'))} | "
+                     f"{fmt(r.get('pro'))} |")
+    return lines
 
 
 def fmt(v) -> str:
@@ -330,14 +534,38 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def markdown(results: dict, out: Path) -> str:
+    """``privacy.md`` from the results (its pictures are looked up in ``out``)."""
+    md = ["# What leaves a site", ""]
+    if "utility" in results:
+        md += utility_markdown(results["utility"]) + ["", "![utility](privacy.png)", ""]
+        if "history" in results["utility"]:
+            md[-2:-2] = [results["utility"]["history"], ""]
+    if "leakage" in results:
+        md += leakage_markdown(results["leakage"]) + [
+            "", "![best-recovered patches](privacy_leakage.png)", ""]
+        md += [f"![best-recovered patches, {p.stem[len('privacy_leakage_'):]}]({p.name})"
+               for p in sorted(out.glob("privacy_leakage_*.png"))] + [""]
+    if "secure" in results:
+        md += secure_markdown(results["secure"]) + [""]
+    md += ["Commands (a utility run replaces the rows it runs and keeps the others):"]
+    md += [f"- {k}: `{c}`" for k, cmds in results["commands"].items() for c in cmds]
+    return "\n".join(md)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True)
     parser.add_argument("--dataset", default="mtd")
     parser.add_argument("--parts", nargs="+", default=["utility", "leakage"],
-                        choices=["utility", "leakage"])
+                        choices=["utility", "leakage", "secure"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fedad-privacy-secure"),
+                        help="secure: where the runs are written")
     parser.add_argument("--leak-epsilon", type=float, default=10.0)
     parser.add_argument("--decoder-steps", type=int, default=3000)
+    parser.add_argument("--spaces", nargs="+", default=[*DETECTORS, FEDDYMEM],
+                        choices=[*DETECTORS, FEDDYMEM],
+                        help="leakage: the feature spaces audited (the others' rows are kept)")
     parser.add_argument("--detectors", nargs="+", default=list(DETECTORS),
                         choices=DETECTORS)
     parser.add_argument("--epsilons", type=float, nargs="+",
@@ -358,21 +586,20 @@ def main() -> int:
         results["commands"].setdefault("utility", []).append(command_line())
     if "leakage" in args.parts:
         results["leakage"], pictures = leakage(args, results.get("utility", {}).get("clips", {}))
-        results["commands"]["leakage"] = [command_line()]  # the whole part, redone
-        plot_leakage(pictures, args.out / "privacy_leakage.png")
+        every = set(args.spaces) == {*DETECTORS, FEDDYMEM}
+        if every:  # the whole part, redone
+            results["commands"]["leakage"] = [command_line()]
+        else:
+            results["commands"].setdefault("leakage", []).append(command_line())
+        plot_leakage(pictures, args.out / ("privacy_leakage.png" if every else
+                                           f"privacy_leakage_{'_'.join(args.spaces)}.png"))
+    if "secure" in args.parts:
+        results["secure"] = secure(args)
+        results["commands"]["secure"] = [command_line()]
     results["machine"] = machine()
-    md = ["# What leaves a site", ""]
     if "utility" in results:
         plot(results, args.out / "privacy.png")
-        md += utility_markdown(results["utility"]) + ["", "![utility](privacy.png)", ""]
-        if "history" in results["utility"]:
-            md[-2:-2] = [results["utility"]["history"], ""]
-    if "leakage" in results:
-        md += leakage_markdown(results["leakage"]) + [
-            "", "![best-recovered patches](privacy_leakage.png)", ""]
-    md += ["Commands (a utility run replaces the rows it runs and keeps the others):"]
-    md += [f"- {k}: `{c}`" for k, cmds in results["commands"].items() for c in cmds]
-    write_results(args.out, "privacy", results, "\n".join(md))
+    write_results(args.out, "privacy", results, markdown(results, args.out))
     return 0
 
 
