@@ -65,6 +65,9 @@ from fedad.progress import setup_logging  # noqa: E402
 from partitions import site_indices  # noqa: E402
 
 DETECTORS = ("padim", "patchcore")
+# the public textures at the sites' size (their own default is their 160-px crop); an
+# image_size override given to the benchmark comes after and applies to both
+PUBLIC = ("dataset=textures", "dataset.image_size=224")
 FEDDYMEM = "feddymem"  # audited with the site's head known (leakage_feddymem)
 EPSILONS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 CLIP_ONLY = 1e9  # an epsilon whose noise is negligible: what clipping alone costs
@@ -79,7 +82,7 @@ def feature_rows(cfg, features: torch.Tensor) -> torch.Tensor:
 def public_clip(detector: str, overrides: list[str]) -> float:
     """The median norm of ``detector``'s feature rows over the embedded texture photos'
     training images (one site holding all of them)."""
-    cfg = feature_config(compose(["dataset=textures", f"detector={detector}",
+    cfg = feature_config(compose([*PUBLIC, f"detector={detector}",
                                   "num_clients=1", *overrides]))
     data = load_client_data(cfg, 0, 1)
     return norm_quantile(feature_rows(cfg, data.train.features), 0.5)
@@ -195,7 +198,7 @@ class Audit:
 def leakage_space(det: str, args, clip: float) -> dict:
     """The decoder of one feature space and every upload of that space, audited."""
     base = ["num_clients=1", f"detector={det}", "exchange=summary", *args.overrides]
-    pub = feature_config(compose(["dataset=textures", *base]))
+    pub = feature_config(compose([*PUBLIC, *base]))
     feats = load_client_data(pub, 0, 1).train.features
     grid = feats.shape[-1]
     rows = feature_rows(pub, feats)
@@ -273,7 +276,7 @@ def leakage_feddymem(args) -> dict:
     features *through that site's head* and applied to the site's last uploaded bank and to
     the global bank it received."""
     base = ["num_clients=1", "detector=feddymem", "exchange=summary", *args.overrides]
-    pub = feature_config(compose(["dataset=textures", *base]))
+    pub = feature_config(compose([*PUBLIC, *base]))
     pub_feats = load_client_data(pub, 0, 1).train.features
     grid = pub_feats.shape[-1]
     pub_patches = position_patches(fitted_images(pub, None), grid).reshape(-1, 3, 16, 16)

@@ -15,6 +15,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+import fedad.cli.resolvers  # noqa: F401  (the resolvers conf/ uses)
 from fedad.config.flat import migrated_override
 from fedad.config.schema import RunConfig
 from fedad.detectors.registry import check

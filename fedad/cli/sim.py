@@ -29,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+import fedad.cli.resolvers  # noqa: F401  (the resolvers conf/ uses)
 from fedad.cli.crash import processes_of
 from fedad.cli.flwr_run import flwr_run, run_status
 from fedad.cli.processes import exit_on_sigterm
