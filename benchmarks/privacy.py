@@ -329,12 +329,11 @@ def leakage(args, clips: dict) -> tuple[dict, dict]:
     for det in args.spaces:
         if det == FEDDYMEM:
             res = leakage_feddymem(args)
-            out[det] = res["table"]
             print(f"feddymem: the banks of round {res['rounds']}", flush=True)
         else:
             clip = clips.get(det) or public_clip(det, args.overrides)
             res = leakage_space(det, args, clip)
-            out[det] = res["table"]
+        out[det] = res["table"]
         pictures.update({f"{det}: {k}": v for k, v in res["best"].items()})
         print(json.dumps(out[det], indent=1), flush=True)
     return {"epsilon": args.leak_epsilon, "decoder_steps": args.decoder_steps,
@@ -413,6 +412,7 @@ def secure(args) -> dict:
     base = [f"dataset.name={args.dataset}", f"dataset.root={Path(args.root).resolve()}",
             "detector=padim", "exchange=summary", "num_clients=5", "partition.alpha=0.1",
             "partition.seed=0", "examples=0", *args.overrides]
+
     def in_process(overrides: list[str], folder: Path) -> dict:
         t = time.perf_counter()
         cfg = compose(overrides)

@@ -26,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, command_line, machine, write_results  # noqa: E402
 
 TARGET = 180.0  # seconds (issue: the quickstart finishes in at most 3 minutes)
-# (stage, the text of the line that ends it), in the order the run prints them
-MARKS = (("start: SuperLink, flwr run, the app installed", "fedad feddymem: results in"),
-         ("ServerApp start", " rounds 0.."),
-         ("start-up data check", "start-up data check: "))  # its last progress line
+# (stage, the text of the line that ends it, whether its last such line does), in the
+# order the run prints them
+MARKS = (("start: SuperLink, flwr run, the app installed", "fedad feddymem: results in", False),
+         ("ServerApp start", " rounds 0..", False),
+         ("start-up data check", "start-up data check: ", True))  # its last progress line
 
 
 def timed_run(overrides: list[str], folder: Path) -> dict:
@@ -43,22 +44,22 @@ def timed_run(overrides: list[str], folder: Path) -> dict:
         for line in proc.stdout:
             lines.append((time.perf_counter() - t0, line.rstrip()))
     wall = time.perf_counter() - t0
-    (folder / "run.log").write_text("\n".join(f"{t:8.2f} {s}" for t, s in lines))
+    tail = "\n".join(s for _, s in lines[-20:])  # the folder goes with the run
     if proc.returncode != 0:
-        raise SystemExit(f"fedad-sim exited with {proc.returncode}; log: {folder / 'run.log'}")
+        raise SystemExit(f"fedad-sim exited with {proc.returncode}; its last lines:\n{tail}")
 
-    def when(text: str) -> float:
-        """When the first line with ``text`` came (the data check: its last line)."""
+    def when(text: str, last: bool) -> float:
+        """When the first (``last``: the last) line with ``text`` came."""
         hits = [t for t, s in lines if text in s]
         if not hits:
-            raise SystemExit(f"no line with {text!r} in {folder / 'run.log'}")
-        return hits[-1] if text == MARKS[-1][1] else hits[0]
+            raise SystemExit(f"no line with {text!r} in the output; its last lines:\n{tail}")
+        return hits[-1] if last else hits[0]
 
     (run,) = sorted(folder.glob("outputs/*/*/run-*"))
     result = json.loads((run / "rounds.json").read_text())
     stages, last = {}, 0.0
-    for name, text in MARKS:
-        t = when(text)
+    for name, text, last_line in MARKS:
+        t = when(text, last_line)
         stages[name] = t - last
         last = t
     rounds = result["rounds"]
@@ -75,8 +76,7 @@ def timed_run(overrides: list[str], folder: Path) -> dict:
     return {"wall_seconds": wall, "stages": stages,
             "evaluated_rounds": [r["round"] for r in rounds if r.get("evaluate")],
             "image_size": cfg["dataset"]["image_size"],
-            "final": {k: final[k]["mean"] for k in ("i_auroc", "p_auroc", "pro") if k in final},
-            "log": str(folder / "run.log")}
+            "final": {k: final[k]["mean"] for k in ("i_auroc", "p_auroc", "pro") if k in final}}
 
 
 def markdown(res: dict) -> str:
@@ -108,7 +108,6 @@ def main() -> int:
     for i in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="fedad-quickstart-") as tmp:
             runs.append(timed_run(args.overrides, Path(tmp)))
-            runs[-1]["log"] = f"(run {i}: removed with its folder)"
         print(f"run {i}: {runs[-1]['wall_seconds']:.1f} s", flush=True)
     res = {"overrides": args.overrides, "runs": runs, "target_seconds": TARGET,
            "command": command_line(), "machine": machine()}
