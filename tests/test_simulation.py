@@ -108,6 +108,11 @@ def test_frozen_feature_detectors_on_the_engine(tmp_path: Path, detector: str):
     holding = {str(i) for i, c in enumerate(cals) if c["holdout_images"] > 0}
     assert {p for p, m in final["per_client"].items() if "val_i_auroc" in m} == holding
     assert 0.0 <= final["val_i_auroc"]["mean"] <= 1.0
+    # and whether it can rank anything is recorded with it (a few images: within chance)
+    val = final["validation"]
+    assert val["sites"] == len(holding) and val["images"] == sum(
+        final["per_client"][p]["val-images"] for p in holding)
+    assert val["informative"] == (val["z"] > 2.0)
 
 
 @pytest.mark.slow

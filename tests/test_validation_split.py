@@ -82,3 +82,18 @@ def test_strength_blends_the_same_defect_in_part():
     assert float(d_half / d_full) == pytest.approx(0.5, abs=0.05)
     with pytest.raises(ConfigError, match="strength"):
         with_synthetic_anomalies(held, 0, strength=0.0)
+
+
+def test_validation_signal_says_when_a_few_images_cannot_rank():
+    from fedad.evaluation.chance import null_sd, validation_signal
+
+    # Mann-Whitney's null variance: 4 + 4 images give sd sqrt(9 / 192)
+    assert abs(null_sd(4, 4) - (9 / 192) ** 0.5) < 1e-12 and null_sd(0, 3) == float("inf")
+    few = {str(k): {"val_i_auroc": 0.6, "val-images": 8} for k in range(5)}
+    sig = validation_signal(few)
+    assert sig.sites == 5 and sig.images == 40 and not sig.informative
+    assert "not informative" in sig.describe() and "0.6000" not in sig.describe()
+    many = {str(k): {"val_i_auroc": 0.6, "val-images": 200} for k in range(5)}
+    assert validation_signal(many).informative  # the same mean, 25x the images
+    assert validation_signal(many).describe() == "validation i_auroc 0.6000"
+    assert validation_signal({"0": {"i_auroc": 0.9}}) is None  # no site holds a split

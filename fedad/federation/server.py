@@ -33,6 +33,7 @@ from fedad.detectors.registry import (
     schedule,
 )
 from fedad.errors import BankError, ConfigError
+from fedad.evaluation.chance import validation_signal
 from fedad.federation.exchanges.base import Upload
 from fedad.federation.participation import participants
 from fedad.federation.payload import NOTE, NUM_EXAMPLES
@@ -305,11 +306,15 @@ class Server:
         if not per_client:
             return None
         keys = [k for k in EVAL_KEYS if any(k in v for v in per_client.values())]
-        return {"per_client": {str(p): per_client[p] for p in sorted(per_client)},
-                **{k: mean_std(v[k] for v in per_client.values() if k in v) for k in keys},
-                "seconds-client": {"seconds-eval": max(seconds)},
-                "seconds-client-sum": {"seconds-eval": sum(seconds),
-                                       "seconds-features": sum(seconds_features)}}
+        out = {"per_client": {str(p): per_client[p] for p in sorted(per_client)},
+               **{k: mean_std(v[k] for v in per_client.values() if k in v) for k in keys},
+               "seconds-client": {"seconds-eval": max(seconds)},
+               "seconds-client-sum": {"seconds-eval": sum(seconds),
+                                      "seconds-features": sum(seconds_features)}}
+        signal = validation_signal(out["per_client"])
+        if signal is not None:  # whether the validation split can rank anything
+            out["validation"] = signal.as_dict()
+        return out
 
     # -- the loop ----------------------------------------------------------------------------
     def announce(self) -> None:
@@ -433,8 +438,9 @@ class Server:
             for k in ("i_auroc", "p_auroc", "pro"):
                 if k in ev and not math.isnan(ev[k]["mean"]):
                     parts.append(f"{k} {ev[k]['mean']:.4f}±{ev[k]['std']:.4f}")
-            if "val_i_auroc" in ev:  # the validation split (held-out normals + defects)
-                parts.append(f"validation i_auroc {ev['val_i_auroc']['mean']:.4f}")
+            signal = validation_signal(ev["per_client"])
+            if signal is not None:  # the validation split (held-out normals + defects)
+                parts.append(signal.describe())
         parts.append(f"{record['seconds']['round']:.1f}s")
         log.info(" | ".join(parts))
 
