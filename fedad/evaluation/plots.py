@@ -1,7 +1,9 @@
-"""Figures of a run: metrics per round and anomaly-map examples (matplotlib, Agg canvas)."""
+"""Figures of a run: metrics per round, ROC curves and anomaly-map examples (matplotlib,
+Agg canvas)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,11 +20,25 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
+def png_bytes(fig: Figure, dpi: int = 80) -> bytes:
+    """``fig`` as PNG bytes (e.g. to inline in an HTML page)."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
 def plot_metric_rounds(series: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path,
                        title: str = "") -> Path:
     """One panel per metric; per line (e.g. a method) ``rounds``, ``mean`` and optional
     ``std`` lists. ``series = {metric: {"rounds": [...], "mean": [...], "std": [...]}}`` or
     ``{metric: {line_name: {...}}}``."""
+    return _save(metric_rounds_figure(series, title), path)
+
+
+def metric_rounds_figure(series: Mapping[str, Mapping[str, Sequence[float]]],
+                         title: str = "") -> Figure:
+    """The figure of :func:`plot_metric_rounds`."""
     fig = Figure(figsize=(4.2 * max(1, len(series)), 3.4))
     axes = fig.subplots(1, max(1, len(series)), squeeze=False)[0]
     for ax, (metric, lines) in zip(axes, series.items(), strict=False):
@@ -42,7 +58,27 @@ def plot_metric_rounds(series: Mapping[str, Mapping[str, Sequence[float]]], path
             ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return fig
+
+
+def roc_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float], float]],
+               title: str = "") -> Figure:
+    """ROC curves, one line per key: ``(fpr, tpr, auroc)``; the chance diagonal dashed."""
+    fig = Figure(figsize=(4.6, 4.0))
+    ax = fig.subplots()
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, lw=1.4, label=f"{name} (AUROC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
 
 
 def plot_lines(panels: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],

@@ -1,8 +1,8 @@
 """One federated run from the server's side, whatever carries the messages: results in the
 run folder after every round, then the checkpoint (the commit point), and, at the end,
-the global summary that ``fedad-predict`` scores with. A resumed run (``resume=<run
-dir>``) goes on in the killed run's folder from its checkpoint, refusing a config that
-differs in anything but how to run (:data:`fedad.federation.checkpoint.OPERATIONAL`)."""
+the global summary that ``fedad-predict`` scores with and ``report.html``. A resumed run
+(``resume=<run dir>``) goes on in the killed run's folder from its checkpoint, refusing a
+config that differs in anything but how to run (:data:`fedad.federation.checkpoint.OPERATIONAL`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from fedad.config.flat import to_flat
 from fedad.config.schema import RunConfig
 from fedad.detectors.registry import label, resolve
 from fedad.errors import ConfigError
+from fedad.evaluation.html_report import report_after_run
 from fedad.evaluation.report import write_run
 from fedad.federation.checkpoint import config_changes, load_server, save_server, set_rng_state
 from fedad.federation.server import Server, Transport
@@ -65,5 +66,6 @@ def federate(cfg: RunConfig, transport: Transport, keys: Sequence[int], out: Pat
     if summary is not None:
         save_summary(out, summary)
     save({})
+    report_after_run(out)  # report.html; a failure is only a warning
     log.info("finished: %s", out / "summary.md")
     return server

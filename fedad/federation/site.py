@@ -11,7 +11,8 @@ config, the node's data description and a :class:`StateStore`; it gets back the
   when the server named a run folder, checkpointed for ``resume``;
 * ``evaluate``: score the test set (and the validation split) against what the exchange
   says to score with; in the final round also calibrate the threshold on the held-out
-  normals and leave what ``fedad-predict`` needs under ``<run dir>/site-<id>/``.
+  normals and leave what ``fedad-predict`` needs (and the report's ``scores.npz``) under
+  ``<run dir>/site-<id>/``.
 
 A detector's state (FedDyMem's head and Adam moments) and an exchange's (SCAFFOLD's ``c_i``)
 stay at the site between rounds: in the store (Flower's ``context.state``, so it survives
@@ -202,6 +203,19 @@ def refine(run: SiteRound, node: NodeData, summary, scores, held):
                        None if held is None else held.maps, run.data.partition_id)
 
 
+def keep_scores(out: str, data: ClientData, cfg: RunConfig, scores, threshold, held) -> None:
+    """``site-<id>/scores.npz`` for the run's report (:mod:`fedad.evaluation.cases`); a
+    failure only costs the report its per-image parts."""
+    from fedad.evaluation.cases import save_scores
+
+    try:
+        save_scores(out, data.partition_id, cfg, data.test, scores, threshold,
+                    None if held is None else held.maps)
+    except Exception as exc:  # noqa: BLE001 - the report's extra, never the run's outcome
+        log.warning("site %d: no per-image scores for the report (%s: %s)",
+                    data.partition_id, type(exc).__name__, exc)
+
+
 def evaluate(run: SiteRound, envelope: Envelope, node: NodeData) -> Reply:
     """Score the test set (and validation split) against what the exchange says; in the
     final round also calibrate the threshold and save the site for ``fedad-predict``."""
@@ -246,6 +260,8 @@ def evaluate(run: SiteRound, envelope: Envelope, node: NodeData) -> Reply:
                        float(refined.threshold))
         if site.threshold is not None:
             values["threshold"] = site.threshold
+        if tested:  # per-image scores and a few cases for the run's report
+            keep_scores(out, data, cfg, scores, site.threshold, held)
         if data.partition_id == 0 and cfg.examples > 0:
             from fedad.federation.examples import save_examples  # matplotlib when needed
 
