@@ -109,3 +109,30 @@ def run_in_process(cfg: RunConfig, pixels: bool = True, also_last: bool = True) 
         "validation": sum(r["seconds"].get("evaluate_exchange", 0.0) for r in server.history),
         "scoring": time.perf_counter() - t, "wall": time.perf_counter() - t0}
     return result
+
+
+def run_scoring_every_round(cfg: RunConfig) -> list[dict]:
+    """One federated run that scores the validation split *and* the test set after every
+    round, for studies of how the two agree (``validation_signal.py``); nothing is chosen
+    in it. Per round: the loss, the validation scores (:func:`_validation`) and the test
+    means over sites."""
+    cfg = resolve(copy.deepcopy(cfg))
+    cfg.eval_every, cfg.examples = 1, 0
+    transport = InProcess(cfg, partition_nodes(cfg))
+    server = Server(cfg, transport.keys)
+    rounds: list[dict] = []
+
+    def on_round(record: dict) -> None:
+        ev = record["evaluate"]
+        if ev is None:  # a round the schedule does not evaluate (round 0)
+            return
+        per = list(ev["per_client"].values())
+        test = {k: float(np.mean([p[k] for p in per])) for k in ("i_auroc", "p_auroc", "pro")
+                if k in per[0] and not any(np.isnan(p[k]) for p in per)}
+        rounds.append({"round": record["round"], **_validation(ev["per_client"]),
+                       "validation": ev.get("validation"), "test": test})
+        log.info("round %d/%d: validation %.4f, test I-AUROC %.4f", record["round"],
+                 server.last_round, rounds[-1]["val_score"], test["i_auroc"])
+
+    server.run(transport, {"test": True}, on_round)
+    return rounds
