@@ -208,7 +208,9 @@ class PatchCore:
         with torch.no_grad():
             _, support = torch_knn(bank[star], bank, k)
             missing = ~(support == star[:, None]).any(dim=1)
-            support[missing, -1] = star[missing]
+            # as reweight's masked assignment, written so an exported graph has no index_put
+            support = torch.cat([support[:, :-1],
+                                 torch.where(missing, star, support[:, -1])[:, None]], dim=1)
         dists = torch.linalg.vector_norm(bank[support] - test[:, None], dim=-1).double()
         own = (support == star[:, None]).double()
         return (1.0 - (torch.softmax(dists, dim=1) * own).sum(dim=1)).float()
