@@ -58,15 +58,21 @@ def _test(server: Server, transport: InProcess, rnd: int) -> dict:
     return out
 
 
+def _federation(cfg: RunConfig) -> tuple[InProcess, Server]:
+    """The in-process transport and the server of ``cfg`` (resolved, evaluated after every
+    round, no example plots)."""
+    cfg = resolve(copy.deepcopy(cfg))
+    cfg.eval_every, cfg.examples = 1, 0
+    transport = InProcess(cfg, partition_nodes(cfg))
+    return transport, Server(cfg, transport.keys)
+
+
 def run_in_process(cfg: RunConfig, pixels: bool = True, also_last: bool = True) -> dict:
     """One federated run; returns per-round losses and validation scores, the chosen
     round, its test metrics (and the last round's when it differs and ``also_last``).
     ``pixels`` is kept for callers: pixel metrics are reported when the data has masks."""
-    cfg = resolve(copy.deepcopy(cfg))
-    cfg.eval_every, cfg.examples = 1, 0
     t0 = time.perf_counter()
-    transport = InProcess(cfg, partition_nodes(cfg))
-    server = Server(cfg, transport.keys)
+    transport, server = _federation(cfg)
     history, best = [], None
 
     def on_round(record: dict) -> None:
@@ -116,10 +122,7 @@ def run_scoring_every_round(cfg: RunConfig) -> list[dict]:
     round, for studies of how the two agree (``validation_signal.py``); nothing is chosen
     in it. Per round: the loss, the validation scores (:func:`_validation`) and the test
     means over sites."""
-    cfg = resolve(copy.deepcopy(cfg))
-    cfg.eval_every, cfg.examples = 1, 0
-    transport = InProcess(cfg, partition_nodes(cfg))
-    server = Server(cfg, transport.keys)
+    transport, server = _federation(cfg)
     rounds: list[dict] = []
 
     def on_round(record: dict) -> None:
