@@ -4,6 +4,9 @@ or key path exists once ``fedad-certs`` has run."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -11,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from flwr.common.config import parse_config_args
+from packaging.specifiers import SpecifierSet
 
 from fedad.cli.certs import DEFAULT_HOSTS, make_certificates
 from fedad.config.flat import from_flat, to_flat
@@ -22,6 +26,17 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _deploy_script(name: str):
+    """A script of ``deploy/`` as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check_flwr_version = _deploy_script("check_flwr_version")
 
 
 def _defaults(text: str) -> str:
@@ -123,12 +138,99 @@ def test_deploy_run_config_matches_the_compose_file(services: dict):
 
 
 def test_images_share_one_flower_version(services: dict):
+    """Every image defaults to one Flower version, from one place (FLWR_IMAGES), and the
+    project's own flwr requirement admits it."""
     dockerfile = (ROOT / "Dockerfile").read_text()
     version = re.search(r"^ARG FLWR_VERSION=(\S+)$", dockerfile, re.M).group(1)
-    assert re.search(r"^FROM flwr/superexec:\$\{FLWR_VERSION\}$", dockerfile, re.M)
+    assert re.search(r"^ARG FLWR_IMAGES=flwr$", dockerfile, re.M)  # Flower's own by default
+    assert re.search(r"^FROM \$\{FLWR_IMAGES\}/superexec:\$\{FLWR_VERSION\}$", dockerfile, re.M)
+    local = (ROOT / "deploy" / "flower" / "Dockerfile").read_text()
+    assert re.search(r"^ARG FLWR_VERSION=(\S+)$", local, re.M).group(1) == version
+    for target in ("superlink", "supernode", "superexec"):
+        assert re.search(rf"^FROM base AS {target}$", local, re.M), target
     for name, service in services.items():
         if "build" in service:  # the app's image: SuperExecs
             assert service["build"]["context"] == "."
-            assert service["build"]["args"]["FLWR_VERSION"] == version, name
-        else:  # Flower's own SuperLink / SuperNode images
-            assert service["image"].split(":")[1] == version, name
+            assert service["build"]["args"] == {"FLWR_IMAGES": "flwr", "FLWR_VERSION": version,
+                                               "PIP_CONSTRAINTS": ""}
+            assert service["image"] == f"fedad-superexec:{version}", name
+        else:  # Flower's SuperLink / SuperNode images
+            assert service["image"] == f"flwr/{name.split('-')[0]}:{version}", name
+    spec = check_flwr_version.flwr_requirement(ROOT / "pyproject.toml")
+    assert spec and version in SpecifierSet(spec), f"flwr {version} outside flwr{spec}"
+
+
+def test_flower_version_check(tmp_path: Path):
+    """The build-time check: the installed flwr must be FLWR_VERSION, and the project must
+    admit that version."""
+    installed = importlib.metadata.version("flwr")
+    assert check_flwr_version.check(installed, ROOT / "pyproject.toml") is None
+    error = check_flwr_version.check("0.1.0", None)
+    assert error and f"flwr {installed}" in error and "FLWR_VERSION=0.1.0" in error
+    narrow = tmp_path / "pyproject.toml"
+    narrow.write_text('dependencies = ["flwr[simulation]>=99.0", "torch>=2.4"]\n')
+    assert check_flwr_version.flwr_requirement(narrow) == ">=99.0"
+    error = check_flwr_version.check(installed, narrow)
+    assert error and "outside the project's requirement flwr>=99.0" in error
+    assert check_flwr_version.main([installed, str(ROOT / "pyproject.toml")]) == 0
+    assert check_flwr_version.main(["0.1.0"]) == 1
+
+
+def test_build_ca_is_a_secret_with_a_harmless_default(services: dict):
+    """A host CA bundle reaches the build as a secret (in no layer); without one the build
+    uses the image's own store: the default file holds no certificate."""
+    compose = yaml.safe_load(_defaults((ROOT / "docker-compose.yml").read_text()))
+    default = ROOT / compose["secrets"]["ca"]["file"]
+    assert default.is_file() and "BEGIN CERTIFICATE" not in default.read_text()
+    for name, service in services.items():
+        if "build" in service:
+            assert service["build"]["secrets"] == ["ca"], name
+    for dockerfile in (ROOT / "Dockerfile", ROOT / "deploy" / "flower" / "Dockerfile"):
+        text = dockerfile.read_text()
+        assert "--mount=type=secret,id=ca,required=false" in text, dockerfile
+        assert not re.search(r"^(COPY|ADD|ENV)\b.*(ca-certificates|\.crt|PIP_CERT)", text, re.M)
+
+
+
+
+def _outputs(out: Path, run: str, misplaced: bool = False) -> None:
+    """A copied-out deployment: the coordinator's volume and three site volumes."""
+    (out / "server" / run).mkdir(parents=True)
+    per_client = {str(i): {"i_auroc": 0.7, "p_auroc": 0.8, "pro": 0.5} for i in range(3)}
+    (out / "server" / run / "rounds.json").write_text(json.dumps({
+        "rounds": [{"round": 1}, {"round": 2}], "rejected": [],
+        "final": {"i_auroc": {"mean": 0.7, "std": 0.1}, "per_client": per_client}}))
+    for i in range(3):
+        site = out / f"site-{i}" / run / f"site-{i}"
+        site.mkdir(parents=True)
+        (site / "state.pt").write_bytes(b"x")
+    if misplaced:  # site 0's state also in site 1's volume
+        (out / "site-1" / run / "site-0").mkdir()
+
+
+def test_compose_check_reads_the_copied_outputs(tmp_path: Path):
+    """deploy/compose_check.py's output check passes a good layout and names what is wrong in
+    a bad one (a site's state in another site's volume, a site without metrics)."""
+    mod = _deploy_script("compose_check")
+    _outputs(tmp_path / "good", "run-7")
+    entry = {"name": "feddymem", "run_id": "7"}
+    mod.check_run(entry, tmp_path / "good", caches=[5, 6, 7])
+    assert entry["rounds"] == [1, 2] and set(entry["per_client"]) == {"0", "1", "2"}
+    assert entry["final"] == {"i_auroc": 0.7}
+    assert entry["state_placement"]["site-1 volume"] == ["site-1"]
+    _outputs(tmp_path / "bad", "run-7", misplaced=True)
+    with pytest.raises(mod.CheckFailed, match="volume site-1 holds"):
+        mod.check_run({"name": "feddymem", "run_id": "7"}, tmp_path / "bad", caches=[5, 6, 7])
+    rounds = tmp_path / "good" / "server" / "run-7" / "rounds.json"
+    result = json.loads(rounds.read_text())
+    result["final"]["per_client"]["0"].update(p_auroc=float("nan"), pro=float("nan"))
+    rounds.write_text(json.dumps(result))  # image-level-only data: no pixel metrics
+    mod.check_run({"name": "feddymem", "run_id": "7"}, tmp_path / "good", caches=[5, 6, 7])
+    result["final"]["per_client"]["1"]["i_auroc"] = 1.5
+    rounds.write_text(json.dumps(result))
+    with pytest.raises(mod.CheckFailed, match="out of"):
+        mod.check_run({"name": "feddymem", "run_id": "7"}, tmp_path / "good", caches=[5, 6, 7])
+    del result["final"]["per_client"]["2"]
+    rounds.write_text(json.dumps(result))
+    with pytest.raises(mod.CheckFailed, match="not all of 3"):
+        mod.check_run({"name": "feddymem", "run_id": "7"}, tmp_path / "good", caches=[5, 6, 7])
