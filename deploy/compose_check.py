@@ -183,6 +183,21 @@ class Check:
         return res.stdout.strip()
 
     # -- steps ---------------------------------------------------------------------------
+    def ca_baked(self, images: list[str]) -> dict[str, bool]:
+        """Image -> whether the build's CA bundle (a secret) ended up in it: as its CA
+        store, or as ``PIP_CERT`` in its environment. It must not."""
+        bundle = Path(self.env["BUILD_CA_BUNDLE"]).read_bytes()
+        baked = {}
+        for image in images:
+            res = sh(["docker", "run", "--rm", "--entrypoint", "sh", image, "-c",
+                      "cat /etc/ssl/certs/ca-certificates.crt; echo; env"], timeout=120,
+                     what=f"reading {image}'s CA store")
+            baked[image] = bundle.decode(errors="replace") in res.stdout or (
+                "PIP_CERT=" in res.stdout)
+        if any(baked.values()):
+            raise CheckFailed(f"the build's CA bundle is baked into {baked}")
+        return baked
+
     def preflight(self) -> None:
         res = sh(["docker", "version", "--format", "{{.Server.Version}}"], check=False,
                  timeout=30, what="docker version")
@@ -241,6 +256,8 @@ class Check:
             self.report["images"]["app_packages"] = found
             if found != self.pins:
                 raise CheckFailed(f"{app} has {found}, not this checkout's {self.pins}")
+        if "BUILD_CA_BUNDLE" in self.env:
+            self.report["images"]["build_ca_in_image"] = self.ca_baked(list(names))
         wrong = {i: v for i, v in versions.items() if v != self.flwr_version}
         if wrong:
             raise CheckFailed(f"not every image runs flwr {self.flwr_version} (as the app "
