@@ -115,8 +115,8 @@ def markdown(res: dict) -> str:
         lines += [f"| {r['where']} | {r['metric']} | {r['compose']:.6f} | {r['local']:.6f} | "
                   f"{r['diff']:.1e} |" for r in cmp["rows"]]
     lines += ["", "Commands:", "", "```", res["command"], *check["commands"]]
-    if "local" in res:
-        lines.append(res["local"]["command"])
+    if "deploy_local" in res:
+        lines.append(res["deploy_local"]["command"])
     lines.append("```")
     return "\n".join(lines)
 
@@ -148,7 +148,7 @@ def main() -> int:
     if passed and not args.skip_local:
         local = deploy_local(check, work / "compose" / "sites", work / "local")
         (run,) = [r for r in check["runs"] if r.get("compare_local")]
-        res["local"] = {"command": local["command"], "final": local["result"]["final"]}
+        res["deploy_local"] = {"command": local["command"], "final": local["result"]["final"]}
         res["comparison"] = compare(run, local["result"])
     write_results(args.out, "compose", res, markdown(res))
     return 0 if passed else 1
