@@ -22,12 +22,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flwr.common.config import parse_config_args
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, command_line, machine, write_results  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "deploy")]
+from _common import RESULTS, command_line, machine, write_results  # noqa: E402
+from compose_check import base_overrides, final_means  # noqa: E402
+
 METRICS = ("i_auroc", "p_auroc", "pro")
 # The numerical stack: pinned in the app's image to this checkout's versions, so that the
 # compose run and fedad-deploy-local compute with the same code (a fresh image would take
@@ -38,8 +37,7 @@ MATCH_HOST = ("torch", "torchvision", "faiss-cpu", "timm", "numpy", "scikit-lear
 def deploy_local(check: dict, sites: Path, work: Path) -> dict:
     """The FedDyMem run of ``check`` again, through fedad-deploy-local."""
     (run,) = [r for r in check["runs"] if r.get("compare_local")]
-    base = [f"{k}={v}" for k, v in parse_config_args(
-        [str(ROOT / "deploy" / "run_config.toml")]).items() if k != "output_dir"]
+    base = [o for o in base_overrides() if not o.startswith("output_dir=")]
     cmd = ["fedad-deploy-local", "--sites", *[str(sites / f"site-{i}") for i in range(3)],
            "--secure", "--isolation", "process", "--work", str(work),
            *base, *run["overrides"], "output_dir=out"]
@@ -55,8 +53,7 @@ def compare(compose_run: dict, local: dict) -> dict:
     """Every final and per-site metric of both runs and their largest difference."""
     rows, worst = [], 0.0
     final = local["final"]
-    means = {k: v["mean"] for k, v in final.items() if isinstance(v, dict) and "mean" in v}
-    pairs = [("mean over sites", compose_run["final"], means)] + [
+    pairs = [("mean over sites", compose_run["final"], final_means(final))] + [
         (f"site {c}", m, final["per_client"][c]) for c, m in
         sorted(compose_run["per_client"].items())]
     for where, a, b in pairs:

@@ -69,6 +69,12 @@ def sh(cmd: list[str], env: dict[str, str] | None = None, timeout: float | None 
     return res
 
 
+def base_overrides() -> list[str]:
+    """``deploy/run_config.toml`` as ``key=value`` overrides (what every run starts from)."""
+    return [f"{k}={v}" for k, v in parse_config_args(
+        [str(ROOT / "deploy" / "run_config.toml")]).items()]
+
+
 def final_means(final: dict) -> dict[str, float]:
     """The mean over sites of each final metric of a ``rounds.json`` (``{"mean", "std"}``)."""
     return {k: v["mean"] for k, v in final.items()
@@ -177,11 +183,13 @@ class Check:
             rows = rows[0]
         return {r["Service"]: r for r in rows}
 
-    def image_flwr(self, image: str) -> str:
+    def package_versions(self, image: str, packages: list[str]) -> dict[str, str]:
+        """Package -> its version installed in ``image`` (one container)."""
         res = sh(["docker", "run", "--rm", "--entrypoint", "python", image, "-c",
-                  "import flwr; print(flwr.__version__)"], timeout=120,
-                 what=f"reading flwr's version in {image}")
-        return res.stdout.strip()
+                  "import sys; from importlib.metadata import version; "
+                  "print(' '.join(version(p) for p in sys.argv[1:]))", *packages],
+                 timeout=120, what=f"reading package versions in {image}")
+        return dict(zip(packages, res.stdout.split(), strict=True))
 
     # -- steps ---------------------------------------------------------------------------
     def ca_baked(self, images: list[str]) -> dict[str, dict]:
@@ -244,28 +252,25 @@ class Check:
         start = time.monotonic()
         self.dc("build", timeout=3600, what="building the app's image (Dockerfile)")
         images["app"] = {"build_s": round(time.monotonic() - start, 1)}
-        names = {f"{self.args.images}/{t}:{self.flwr_version}": t
-                 for t in ("superlink", "supernode", "superexec")}
-        names[f"fedad-superexec:{self.flwr_version}"] = "app"
-        sizes, versions = {}, {}
+        app = f"fedad-superexec:{self.flwr_version}"
+        names = [*(f"{self.args.images}/{t}:{self.flwr_version}"
+                   for t in ("superlink", "supernode", "superexec")), app]
+        sizes, versions, found = {}, {}, {}
         for image in names:
             res = sh(["docker", "image", "inspect", "-f", "{{.Size}}", image],
                      what=f"inspecting {image}")
             sizes[image] = round(int(res.stdout.strip()) / 1e6, 1)
-            versions[image] = self.image_flwr(image)
+            extra = list(self.pins) if image == app else []
+            installed = self.package_versions(image, ["flwr", *extra])
+            versions[image] = installed.pop("flwr")
+            found.update(installed)
         self.report["images"] = {"build": images, "size_mb": sizes, "flwr": versions}
-        app = f"fedad-superexec:{self.flwr_version}"
         if self.pins:
-            res = sh(["docker", "run", "--rm", "--entrypoint", "python", app, "-c",
-                      "import sys; from importlib.metadata import version; "
-                      "print(' '.join(version(p) for p in sys.argv[1:]))", *self.pins],
-                     timeout=120, what=f"reading package versions in {app}")
-            found = dict(zip(self.pins, res.stdout.split(), strict=True))
             self.report["images"]["app_packages"] = found
             if found != self.pins:
                 raise CheckFailed(f"{app} has {found}, not this checkout's {self.pins}")
         if "BUILD_CA_BUNDLE" in self.env:
-            self.report["images"]["build_ca_in_image"] = self.ca_baked(list(names))
+            self.report["images"]["build_ca_in_image"] = self.ca_baked(names)
         wrong = {i: v for i, v in versions.items() if v != self.flwr_version}
         if wrong:
             raise CheckFailed(f"not every image runs flwr {self.flwr_version} (as the app "
@@ -361,9 +366,7 @@ class Check:
                               f"(exit {res.returncode}, {online} nodes online):\n{out[-1500:]}")
 
     def run(self, name: str, overrides: list[str]) -> dict:
-        base = [f"{k}={v}" for k, v in parse_config_args(
-            [str(ROOT / "deploy" / "run_config.toml")]).items()]
-        cfg = compose([*base, *self.args.set, *overrides])
+        cfg = compose([*base_overrides(), *self.args.set, *overrides])
         toml = write_run_config(cfg, self.work / f"run_config-{name}.toml")
         self.report["commands"].append(
             f"flwr run . {CONNECTION} --stream --run-config {toml.name}  # {' '.join(overrides)}")
