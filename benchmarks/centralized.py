@@ -46,7 +46,7 @@ def main() -> int:
 
     lines = [f"Centralized FedDyMem on `{args.dataset}` ({rows['feddymem']['train_images']} "
              f"train / {rows['feddymem']['test_images']} test images), backbone "
-             f"{base.backbone.name} ({base.backbone.weights}), {base.dataset.image_size} px, "
+             f"{base.backbone.name} ({base.backbone.weights}), {base.dataset.scored_size()} px, "
              f"{base.train.rounds} rounds x {base.train.local_epochs} epoch(s).", "",
              "| row | " + " | ".join(METRICS) + " | " + " | ".join(f"{s} s" for s in STAGES)
              + " |", "|---" * (1 + len(METRICS) + len(STAGES)) + "|"]

@@ -87,7 +87,7 @@ def cell(row: dict, key: str) -> str:
 
 
 def markdown(rows: dict, base: SimConfig) -> str:
-    lines = [f"Detectors on `{base.dataset.name}` ({base.dataset.image_size} px, "
+    lines = [f"Detectors on `{base.dataset.name}` ({base.dataset.scored_size()} px, "
              f"{base.backbone.name}, {base.backbone.weights} weights). Federated: "
              f"{base.num_clients} clients, {base.partition.method} alpha "
              f"{base.partition.alpha}, partition seed {base.partition.seed}; metrics are the "

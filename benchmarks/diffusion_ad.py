@@ -54,7 +54,6 @@ from fedad.config.flat import from_flat  # noqa: E402
 from fedad.config.schema import RunConfig  # noqa: E402
 from fedad.detectors.base import FeatureShape  # noqa: E402
 from fedad.detectors.diffad.detector import _MAPS  # noqa: E402
-from fedad.detectors.diffad.reconstruct import padim_objective  # noqa: E402
 from fedad.detectors.registry import (  # noqa: E402
     check,
     client_seed,
@@ -65,10 +64,11 @@ from fedad.detectors.registry import (  # noqa: E402
 )
 from fedad.errors import ConfigError  # noqa: E402
 from fedad.evaluation.metrics import evaluate  # noqa: E402
+from fedad.evaluation.objectives import gaussian_objective  # noqa: E402
+from fedad.evaluation.saved_site import load_site, load_summary  # noqa: E402
 from fedad.features.extractor import build_feature_extractor  # noqa: E402
 from fedad.federation.centralized import centralized_config  # noqa: E402
 from fedad.federation.site_data import load_client_data  # noqa: E402
-from fedad.federation.site_files import load_site, load_summary  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
 
 log = logging.getLogger("fedad")
@@ -154,7 +154,7 @@ def reconstruction_setup(cfg: RunConfig, folder: Path, padim_cfg: RunConfig,
     pcfg = feature_config(padim_cfg)
     extractor, _ = build_feature_extractor(pcfg.backbone)
     padim = create(pcfg, FeatureShape(*extractor.output_shape(shape.height)), "cpu")
-    objective = padim_objective(padim, load_summary(padim_folder), extractor, det.units())
+    objective = gaussian_objective(padim, load_summary(padim_folder), extractor, det.units())
     return det, summary, objective
 
 

@@ -39,10 +39,10 @@ from _common import RESULTS, command_line, machine, write_results  # noqa: E402
 from fedad.components.knn import BANK_CHUNK, bank_chunk  # noqa: E402
 from fedad.data.export import write_mvtec  # noqa: E402
 from fedad.data.factory import build_dataset  # noqa: E402
-from fedad.evaluation.predict import load_run_config, site_scorer  # noqa: E402
+from fedad.evaluation.saved_site import load_summary  # noqa: E402
 from fedad.export.onnx_export import export_site, scorer_module  # noqa: E402
 from fedad.export.runtime import compare, load_images, session  # noqa: E402
-from fedad.federation.site_files import load_summary  # noqa: E402
+from fedad.federation.predict import load_run_config, site_scorer  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
 
 SIZE = 224
@@ -108,7 +108,7 @@ def measure(detector: str, run: Path, work: Path, repeats: int, threads: int,
     export_s = time.perf_counter() - t
     images = test_images(run, out)
     check = compare(result.model, run, images, 0, scorer=scorer, threads=threads)
-    x = load_images(sorted(images.glob("*.png"))[:1], scorer.cfg.dataset.image_size)
+    x = load_images(sorted(images.glob("*.png"))[:1], scorer.cfg.dataset.scored_size())
     feed = {"images": x.numpy()}
     sess = session(result.model, threads)
     module = scorer_module(scorer)
@@ -117,7 +117,7 @@ def measure(detector: str, run: Path, work: Path, repeats: int, threads: int,
 
     def faiss_path() -> None:  # fedad-predict's: normalise, backbone, faiss k-NN score
         scorer.detector.score(scorer.extractor((x - mean) / std), scorer.summary,
-                              scorer.cfg.dataset.image_size)
+                              scorer.cfg.dataset.scored_size())
 
     with torch.no_grad(), bank_chunk(chunk), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's chatter

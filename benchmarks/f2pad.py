@@ -169,7 +169,7 @@ def reconstructors(cfg, sites, summary, f2cfg, run_dir) -> dict:
     out = {}
     for s in sites:
         rebuild, memo = diffusion_reconstructor(run_dir, s.pid, s.detector, summary, extractor,
-                                                cfg.dataset.image_size,
+                                                cfg.dataset.scored_size(),
                                                 algorithm=cfg.diffad), {}
 
         def cached(x, rebuild=rebuild, memo=memo):
@@ -190,7 +190,7 @@ def evaluate_set(cfg, sites, summary, images, masks, names, f2cfg, units, with_a
     extractor, _ = extractor_for(cfg)
     scorer = sites[0].detector
     with torch.no_grad():
-        base = score(scorer, extractor(images), summary, cfg.dataset.image_size)
+        base = score(scorer, extractor(images), summary, cfg.dataset.scored_size())
     out: dict = {"images": len(images)}
     # a site with no held-out normals (a tiny Dirichlet share) cannot calibrate a threshold:
     # test images go to the sites that can, in turn
@@ -199,7 +199,7 @@ def evaluate_set(cfg, sites, summary, images, masks, names, f2cfg, units, with_a
         raise SystemExit("no site holds out normal images: no calibrated threshold")
     calibrated = {}
     for s in sites:
-        held = score(s.detector, s.data.holdout.features, summary, cfg.dataset.image_size)
+        held = score(s.detector, s.data.holdout.features, summary, cfg.dataset.scored_size())
         calibrated[s.pid] = calibrated_threshold(held.maps, cfg.calibration.quantile)
     priors = {s.pid: fit_prior(s.train_images, f2cfg, units) for s in sites}
     rebuild = reconstructors(cfg, sites, summary, f2cfg, run_dir)
@@ -279,7 +279,7 @@ def validation_score(cfg, site, summary, f2cfg, units, val) -> float:
     images, masks = val
     extractor, _ = extractor_for(cfg)
     with torch.no_grad():
-        base = score(site.detector, extractor(images), summary, cfg.dataset.image_size)
+        base = score(site.detector, extractor(images), summary, cfg.dataset.scored_size())
     prior = fit_prior(site.train_images, f2cfg, units)
     ref = F2PAD(f2cfg, site.detector, summary, extractor, units, prior)
     # each image's m0 at its own F1-optimal threshold (validation masks are synthetic):

@@ -103,7 +103,7 @@ def main() -> int:
         f"Federated FedDyMem on `{args.dataset}`: {base.num_clients} clients, "
         f"{base.partition.method} alpha {base.partition.alpha}, {base.train.rounds} rounds x "
         f"E={base.train.local_epochs}, backbone {base.backbone.name} ({base.backbone.weights}),"
-        f" {base.dataset.image_size} px. Mean ± std over clients after the last round.", "",
+        f" {base.dataset.scored_size()} px. Mean ± std over clients after the last round.", "",
         "| I-AUROC | P-AUROC | PRO | centralized I-AUROC | difference |", "|---|---|---|---|---|",
         f"| {row['i_auroc']:.4f} ± {row['i_auroc_std']:.4f} | {row['p_auroc']:.4f} | "
         f"{row['pro']:.4f} | " + (f"{central:.4f} | {row['i_auroc'] - central:+.4f} |"

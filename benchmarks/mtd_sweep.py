@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, command_line, machine  # noqa: E402
 
+from fedad.evaluation.run_status import read_status  # noqa: E402
 from fedad.evaluation.sweep_report import make_report  # noqa: E402
-from fedad.federation.run_status import read_status  # noqa: E402
 
 SETTINGS = ["dataset=mtd", "num_clients=5", "partition.seed=0", "train.rounds=10",
             "eval_every=5", "dataset.image_size=128", "client_cpus=2", "backbone.cache=disk"]

@@ -74,7 +74,7 @@ def main() -> int:
                        "images": int(sum(len(d.train) for d in data)),
                        "upload_bytes": int(sent)}
     md = ["Federated PaDiM against centralized on the same training images "
-          f"(`{args.dataset}`, {base.dataset.image_size} px, 5 clients, Dirichlet alpha 0.1): "
+          f"(`{args.dataset}`, {base.dataset.scored_size()} px, 5 clients, Dirichlet alpha 0.1): "
           "largest absolute difference relative to the largest centralized entry.", "",
           "| upload dtype | MB up / client | images | mean | covariance |", "|---|---|---|---|---|"]
     for dtype, r in rows.items():

@@ -58,15 +58,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import RESULTS, command_line, machine, write_results  # noqa: E402
-from fedad.rowfed.admm import (  # noqa: E402
-    INITS,
-    RowFedConfig,
-    initial_state,
-    row_clusters,
-    run_round,
-    solve,
-)
+from fedad.rowfed.admm import initial_state, row_clusters, run_round, solve  # noqa: E402
 from fedad.rowfed.baselines import fedavg, nonfed  # noqa: E402
+from fedad.rowfed.config import INITS, RowFedConfig  # noqa: E402
 from fedad.rowfed.problem import Client  # noqa: E402
 
 FUSION_GRID = (0.1, 0.3, 0.6, 1.2)

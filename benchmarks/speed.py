@@ -80,7 +80,7 @@ def floor(sim: SimConfig) -> dict:
     images = n_train + n_other + len(test)
     # one backbone pass: seconds per image of a batch of 16, without the cache
     extractor, _ = extractor_for(cfg)
-    batch = torch.randn(16, 3, cfg.dataset.image_size, cfg.dataset.image_size)
+    batch = torch.randn(16, 3, cfg.dataset.scored_size(), cfg.dataset.scored_size())
     with torch.no_grad():
         extractor(batch[:2])  # warm-up
         t = time.perf_counter()
@@ -93,7 +93,7 @@ def floor(sim: SimConfig) -> dict:
     x = train[0][:bs]
     train_flops = flops(lambda: client.train_epochs(x, bank, epochs=1)) / len(x)
     reduce_flops = flops(lambda: list(client.memories(x))) / len(x)
-    score_flops = flops(lambda: client.score(test[:bs], bank, cfg.dataset.image_size,
+    score_flops = flops(lambda: client.score(test[:bs], bank, cfg.dataset.scored_size(),
                                              cfg.score)) / bs
     bank_rows = h * w
     knn = 2.0 * h * w * bank_rows * c  # one image's queries against the bank
@@ -154,7 +154,7 @@ def main() -> int:
     lines = [
         f"FedDyMem on `{args.dataset}` through Flower: {sim.num_clients} clients, "
         f"alpha {sim.partition.alpha}, {sim.train.rounds} rounds x E={sim.train.local_epochs}, "
-        f"{sim.dataset.image_size} px, {sim.backbone.name}, evaluation every "
+        f"{sim.dataset.scored_size()} px, {sim.backbone.name}, evaluation every "
         f"{sim.eval_every} rounds, feature cache warm. I-AUROC "
         f"{result['final']['i_auroc']['mean']:.4f}.", "",
         "| stage | measured s | share | floor s |", "|---|---|---|---|",

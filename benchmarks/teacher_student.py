@@ -49,10 +49,11 @@ from fedad.config.flat import from_flat  # noqa: E402
 from fedad.config.schema import RunConfig  # noqa: E402
 from fedad.detectors.asymst.detector import DDPM, phases, teacher_for  # noqa: E402
 from fedad.detectors.asymst.synthesis import classical_defect  # noqa: E402
-from fedad.detectors.registry import check, feature_config, label, resolve  # noqa: E402
+from fedad.detectors.registry import feature_config, label, resolve  # noqa: E402
 from fedad.diffusion.defects import paste, perlin_mask  # noqa: E402
 from fedad.errors import ConfigError  # noqa: E402
 from fedad.federation.centralized import centralized_config  # noqa: E402
+from fedad.federation.compose import check  # noqa: E402
 from fedad.federation.site_data import load_client_data  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
 

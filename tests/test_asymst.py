@@ -14,13 +14,14 @@ from fedad.config.schema import RunConfig
 from fedad.detectors.asymst.detector import DDPM, HEAD, STUDENT, phases
 from fedad.detectors.asymst.synthesis import classical_defect
 from fedad.detectors.base import FeatureShape
-from fedad.detectors.registry import check, create, feature_shape
+from fedad.detectors.registry import create, feature_shape
 from fedad.diffusion.defects import GREY, paste, perlin_mask
 from fedad.diffusion.loss import ddpm_loss
 from fedad.diffusion.sample import ancestral_step
 from fedad.diffusion.schedule import alphas_cumprod, respaced
 from fedad.diffusion.unet import build_unet
 from fedad.errors import ConfigError
+from fedad.federation.compose import check
 from fedad.federation.in_process import InProcess
 from fedad.federation.records import TRAIN
 from fedad.federation.run import federate, run_folder

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from fedad.cli.sim import run_config_of
+from fedad.components.training import OptimSpec
 from fedad.config.schema import HeadConfig, RunConfig
 from fedad.detectors.base import FeatureShape
 from fedad.detectors.registry import create, exchange_for, resolve
-from fedad.federation.exchanges.weights import WEIGHTS
+from fedad.exchanges.weights import WEIGHTS
 from fedad.federation.in_process import InProcess
 from fedad.federation.run import federate
 from partitions import partition_nodes
@@ -32,8 +33,11 @@ def test_each_baseline_reproduces_its_run_before_the_exchange_registry(tmp_path:
     """Same config, same seeds: the metrics and losses the old Flower run of this method
     gave (tests/baselines_pinned.json). Measured here equal to 1e-9 on the host the pins
     were taken on; the tolerance is the one FedDyMem's pins allow for other CPUs' rounding
-    (tests/test_detectors.py)."""
-    cfg = run_config_of(tiny_sim(method=method, **{"head.batch_norm": method == "fedbn"}))
+    (tests/test_detectors.py). SCAFFOLD was pinned when it stepped plain SGD at
+    ``train.lr``; it now steps at its own ``scaffold.lr``, set here to that rate."""
+    extra = {"scaffold.lr": 1e-3} if method == "scaffold" else {}
+    cfg = run_config_of(tiny_sim(method=method, **{"head.batch_norm": method == "fedbn"},
+                                 **extra))
     cfg.examples = 0
     transport = InProcess(cfg, partition_nodes(cfg))
     server = federate(cfg, transport, transport.keys, tmp_path)
@@ -102,4 +106,8 @@ def test_scaffold_keeps_its_control_variate_at_the_site_between_rounds():
     assert info.steps > 0 and set(upload) == {WEIGHTS, "control-delta"}
     assert state and all(k.startswith("c_i.") for k in state)
     assert any(float(v.abs().sum()) > 0 for v in state.values())  # c_i moved
-    assert ex.cfg.train.optimizer == "sgd"
+    # plain SGD at SCAFFOLD's own rate for every part, whatever the detector's optimiser
+    own = OptimSpec("adam", 1e-3)
+    hooks = ex.hooks(state, ex.payload(1, 1))
+    assert all(hooks.optimizer(part, own) == OptimSpec("sgd", ex.cfg.scaffold.lr)
+               for part in ex.detector.parts(ex.cfg))

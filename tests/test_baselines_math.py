@@ -9,9 +9,9 @@ from torch import nn
 from fedad.components.states import weighted_mean
 from fedad.config.schema import HeadConfig
 from fedad.detectors.feddymem.head import FedDyMemHead
-from fedad.federation.exchanges.fedbn import batchnorm_keys, merge_state, split_state
-from fedad.federation.exchanges.fedprox import proximal_term
-from fedad.federation.exchanges.scaffold import (
+from fedad.exchanges.fedbn import batchnorm_keys, merge_state, split_state
+from fedad.exchanges.fedprox import proximal_term
+from fedad.exchanges.scaffold import (
     client_control_update,
     correct_gradients,
     server_update,
@@ -319,8 +319,9 @@ def test_fedbn_refuses_a_model_without_batchnorm():
     is composed (registry.check) and by the exchange itself, naming the fix."""
     from fedad.config.schema import HeadConfig, RunConfig
     from fedad.detectors.base import FeatureShape
-    from fedad.detectors.registry import check, create, exchange_for, resolve
+    from fedad.detectors.registry import create, exchange_for, resolve
     from fedad.errors import ConfigError
+    from fedad.federation.compose import check
 
     with pytest.raises(ConfigError, match="head.batch_norm=true"):
         check(RunConfig(method="fedbn"))

@@ -17,8 +17,9 @@ from fedad.cli.overrides import compose
 from fedad.cli.sim import SimConfig, run_config_of  # registers the run_schema config
 from fedad.config.flat import from_flat, to_flat
 from fedad.config.schema import RunConfig, check_choices, choices_of
-from fedad.detectors.registry import check, resolve
+from fedad.detectors.registry import resolve
 from fedad.errors import ConfigError
+from fedad.federation.compose import check
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -74,7 +75,8 @@ def test_every_bad_choice_is_named_at_once_and_nested_parts_are_checked():
 
 
 def test_a_bad_detector_method_pair_fails_at_compose():
-    with pytest.raises(ConfigError, match="detector=padim does not support exchange=fedavg"):
+    with pytest.raises(ConfigError, match="exchange=fedavg requires Trainable .*which "
+                       "detector=padim does not declare"):
         compose(["method=fedavg", "detector=padim"])
 
 

@@ -13,6 +13,7 @@ import torch
 
 from fedad.config.schema import RunConfig
 from fedad.detectors.base import Detector, FeatureShape, Scores
+from fedad.detectors.capabilities import Summarizes
 from fedad.detectors.registry import (
     DETECTORS,
     client_seed,
@@ -44,7 +45,7 @@ def features(n: int, seed: int, shape: FeatureShape) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", sorted(n for n in DETECTORS
-                                         if "summary" in detector_class(n).exchanges))
+                                         if issubclass(detector_class(n), Summarizes)))
 def test_conformance(name: str):
     """fit, summarize, validate, merge, score and a state round trip, on tiny features, for
     every detector a summary federates (one federated by weights alone, asymst, has its own
@@ -167,13 +168,16 @@ def test_registry_resolves_methods_and_detectors():
     cfg = resolve(RunConfig(method="fedavg"))
     assert (cfg.exchange, cfg.detector) == ("fedavg", "feddymem")  # a weight baseline
     assert resolve(RunConfig(method="bank", detector="padim")).exchange == "summary"
+    # SCAFFOLD's plain SGD is its own rule at its own rate; the detector's config is kept
     scaffold = resolve(RunConfig(method="scaffold"))
-    assert scaffold.train.optimizer == "sgd"  # what its option II update assumes
+    assert scaffold.train.optimizer == "adam" and scaffold.scaffold.lr == 0.01
     with pytest.raises(ConfigError, match="method must be one of"):
         resolve(RunConfig(method="fedsgd"))
     with pytest.raises(ConfigError, match="detector must be one of"):
         resolve(RunConfig(detector="nope"))
-    with pytest.raises(ConfigError, match="detector=patchcore does not support exchange=fedavg"):
+    with pytest.raises(ConfigError, match="exchange=fedavg requires Trainable .*which "
+                                          "detector=patchcore does not declare .*federated "
+                                          "by: summary\\)"):
         resolve(RunConfig(method="fedavg", detector="patchcore"))
     for name in DETECTORS:
         cls = detector_class(name)
@@ -197,41 +201,103 @@ def _names_in(path: Path) -> set[str]:
 def test_client_and_server_adapters_name_no_detector():
     """The adapters and the engine are generic: the registries, not a name, pick the
     detector and the exchange (a new one is one folder or module and one registry line)."""
-    from fedad.federation.exchanges import EXCHANGES
+    from fedad.exchanges import EXCHANGES
 
     names = set(DETECTORS) | set(EXCHANGES) | {"bank"}
     files = [*ROOT.glob("clients/*.py"), *ROOT.glob("server/*.py"),
              *(ROOT / "fedad/federation").glob("*.py"), ROOT / "fedad/federation/centralized.py",
-             ROOT / "fedad/evaluation/predict.py", ROOT / "benchmarks/_inprocess.py"]
+             ROOT / "benchmarks/_inprocess.py"]
     for path in files:
         strings = _names_in(path)
         assert not strings & names, f"{path.relative_to(ROOT)} names {strings & names}"
 
 
-def test_no_name_is_compared_outside_the_registries():
-    """No ``x == "fedavg"`` (or ``in (...)``) on a detector, exchange or method name
-    anywhere in the code but the two registries."""
-    from fedad.federation.exchanges import EXCHANGES
+CONFIG_FIELDS = {"detector", "exchange", "method", "refine"}  # a run config's name fields
+
+
+def _keyed_by_name(node: ast.AST, names: set[str], lookups: bool = True) -> str | None:
+    """What in ``node`` compares to, or (``lookups``) looks up by, a detector, exchange or
+    method name: a comparison with a name, a dict literal keyed by names, or a lookup
+    (``t[k]``, ``t.get(k)``, ``getattr(x, k)``) whose key is a name, a run config's name
+    field (``cfg.detector``) or a detector's or exchange's ``name``."""
+
+    def key_is_name(key: ast.AST) -> bool:
+        if isinstance(key, ast.Constant):
+            return key.value in names
+        if isinstance(key, ast.Attribute):
+            return key.attr in CONFIG_FIELDS or (
+                key.attr == "name" and any(w in ast.unparse(key.value)
+                                           for w in ("detector", "exchange", "cls")))
+        if isinstance(key, ast.Call) and isinstance(key.func, ast.Name):  # getattr(d, "name")
+            return key.func.id == "getattr" and any(
+                isinstance(a, ast.Constant) and a.value == "name" for a in key.args)
+        return False
+
+    if isinstance(node, ast.Compare):
+        bad = {c.value for c in ast.walk(node) if isinstance(c, ast.Constant)} & names
+        return f"compares to {bad}" if bad else None
+    if not lookups:
+        return None
+    if isinstance(node, ast.Dict):
+        bad = {k.value for k in node.keys if isinstance(k, ast.Constant)} & names
+        return f"a table keyed by {bad}" if bad else None
+    if isinstance(node, ast.Subscript) and key_is_name(node.slice):
+        return f"looks up {ast.unparse(node)}"
+    if isinstance(node, ast.Call) and node.args:
+        fn = node.func
+        lookup = ((isinstance(fn, ast.Attribute) and fn.attr in ("get", "pop", "setdefault"))
+                  or (isinstance(fn, ast.Name) and fn.id in ("getattr", "hasattr")))
+        arg = node.args[1] if isinstance(fn, ast.Name) and len(node.args) > 1 else node.args[0]
+        if lookup and key_is_name(arg):
+            return f"looks up {ast.unparse(node)}"
+    return None
+
+
+def test_no_name_is_compared_or_looked_up_outside_the_registries():
+    """No ``x == "fedavg"`` (or ``in (...)``) anywhere in the code but the two registries,
+    and in the package and its Flower apps no table keyed by a detector, exchange or method
+    name (``{"padim": ...}``, ``LOSSES.get(detector.name)``, ``getattr(cfg, cfg.detector)``):
+    what differs between detectors is what they declare (fedad/detectors/capabilities.py).
+    Benchmarks may list the pairs they run; fedad/config/ names each detector's section
+    (its fields are named after the detectors until the sections move to their folders)."""
+    from fedad.exchanges import EXCHANGES
 
     names = set(DETECTORS) | set(EXCHANGES) | {"bank"}
     allowed = {ROOT / "fedad/detectors/registry.py",
-               ROOT / "fedad/federation/exchanges/__init__.py"}
+               ROOT / "fedad/exchanges/__init__.py"}
+    found = []
     for path in [*ROOT.glob("fedad/**/*.py"), *ROOT.glob("clients/*.py"),
                  *ROOT.glob("server/*.py"), *ROOT.glob("benchmarks/*.py")]:
         if path in allowed:
             continue
+        rel = path.relative_to(ROOT)
+        lookups = rel.parts[0] != "benchmarks" and rel.parts[:2] != ("fedad", "config")
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Compare):
-                consts = {c.value for c in ast.walk(node) if isinstance(c, ast.Constant)}
-                bad = consts & names
-                assert not bad, f"{path.relative_to(ROOT)}:{node.lineno} compares to {bad}"
+            why = _keyed_by_name(node, names, lookups)
+            if why:
+                found.append(f"{rel}:{node.lineno} {why}")
+    assert not found, "\n".join(found)
+
+
+def test_the_name_check_catches_tables_and_lookups():
+    """The check above fails on each way a name-keyed table was written before."""
+    names = {"padim", "patchcore"}
+    for code in ('LOSSES = {"patchcore": f}', 'LOSSES.get(detector.name)',
+                 'TOLERANCE[getattr(d, "name", "")]', 'getattr(cfg, cfg.detector, None)',
+                 'x == "padim"', 'OBJ[detector.name]'):
+        tree = ast.parse(code)
+        assert any(_keyed_by_name(n, names) for n in ast.walk(tree)), code
+    for code in ('d = {"record": 1}', 'getattr(m, "strides")', 'x.get(key)',
+                 'hints[f.name]'):
+        tree = ast.parse(code)
+        assert not any(_keyed_by_name(n, {"padim"}) for n in ast.walk(tree)), code
 
 
 def test_registry_drives_the_server(monkeypatch):
     """A new detector registered in one line is what the server validates and merges with
     (the summary exchange; no Flower)."""
     import fedad.detectors.registry as registry
-    from fedad.federation.exchanges.summary import SUMMARY
+    from fedad.exchanges.summary import SUMMARY
     from fedad.federation.records import Reply
     from fedad.federation.server import Delivery, Server
 

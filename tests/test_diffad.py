@@ -11,9 +11,9 @@ import torch
 from fedad.config.schema import BackboneConfig, DiffADConfig, RunConfig
 from fedad.detectors.base import FeatureShape
 from fedad.detectors.diffad.crops import aligned_crops
-from fedad.detectors.diffad.reconstruct import padim_objective, reconstruct
+from fedad.detectors.diffad.reconstruct import reconstruct
 from fedad.detectors.padim.detector import PaDiM
-from fedad.detectors.registry import check, create, feature_config
+from fedad.detectors.registry import create, feature_config
 from fedad.diffusion.gradient_denoise import backtracking_step, diffusion_step, unit_gradient
 from fedad.diffusion.loss import ddpm_loss
 from fedad.diffusion.posterior import chain, posterior_kl
@@ -21,8 +21,10 @@ from fedad.diffusion.schedule import alphas_cumprod, q_sample
 from fedad.diffusion.train import random_crops
 from fedad.diffusion.unet import build_unet
 from fedad.errors import ConfigError
+from fedad.evaluation.objectives import gaussian_objective
 from fedad.features.extractor import build_feature_extractor
 from fedad.features.levels import Levels
+from fedad.federation.compose import check
 
 
 def tiny() -> RunConfig:
@@ -144,7 +146,7 @@ def test_the_reconstruction_removes_a_defect_and_moves_a_normal_image_far_less()
     padim = PaDiM(pcfg, FeatureShape(*train.shape[1:]))
     padim.fit(train, None, 1)
     summary = padim.merge([padim.validate(padim.summarize(1), "site")], 1)
-    objective = padim_objective(padim, summary, extractor, units)
+    objective = gaussian_objective(padim, summary, extractor, units)
 
     normal = smooth_normals(1, size, 5)
     defective = normal.clone()

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedad.detectors.base import DifferentiableDetector, FeatureShape
+from fedad.detectors.base import FeatureShape
+from fedad.detectors.capabilities import Differentiable
 from fedad.detectors.registry import create, feature_config
 from fedad.errors import ConfigError
 from fedad.evaluation.differentiable import (
@@ -40,7 +41,7 @@ def fitted(name: str, shape: FeatureShape = SHAPE, train: torch.Tensor | None = 
                                                ("padim", {}), ("feddymem", {})])
 def test_differentiable_path_equals_the_fast_path_and_has_gradients(name, section):
     det, glob = fitted(name, **section)
-    assert isinstance(det, DifferentiableDetector)
+    assert isinstance(det, Differentiable)
     x = features(3, 7, SHAPE)
     x[1, :, 2, 1] += 5.0
     fast = det.score(x, glob, 16)
@@ -62,7 +63,8 @@ def test_a_detector_without_a_differentiable_score_is_named():
 
     cfg = tiny_cfg("toyae")
     cfg.exchange = "fedavg"  # a trained network: weights travel, no summary
-    with pytest.raises(ConfigError, match="toyae has no differentiable score"):
+    with pytest.raises(ConfigError,
+                       match="requires Differentiable .*detector=toyae does not declare"):
         differentiable(create(cfg, SHAPE))
 
 

@@ -260,12 +260,19 @@ def test_refine_f2pad_at_evaluation_and_in_predict(tmp_path):
 
 
 def test_refine_needs_a_differentiable_detector_and_sane_f2pad_values():
-    from fedad.detectors.registry import check
     from fedad.errors import ConfigError
+    from fedad.federation.compose import check
 
     with pytest.raises(ConfigError, match="components"):
         check(RunConfig(detector="patchcore", refine="f2pad",
                         f2pad=replace(F2PADConfig(), components=0)))
     with pytest.raises(ConfigError, match="beta0"):
-        check(RunConfig(detector="padim", f2pad=replace(F2PADConfig(), beta0=-1.0)))
+        check(RunConfig(detector="padim", refine="f2pad",
+                        f2pad=replace(F2PADConfig(), beta0=-1.0)))
+    # the section of a refinement the run does not use is not its business
+    check(RunConfig(detector="padim", f2pad=replace(F2PADConfig(), beta0=-1.0)))
+    with pytest.raises(ConfigError, match="refine=f2pad requires Differentiable.*asymst"):
+        check(RunConfig(detector="asymst", exchange="fedavg", refine="f2pad"))
+    with pytest.raises(ConfigError, match="refine must be one of none, f2pad"):
+        check(RunConfig(detector="padim", refine="f2pda"))
     check(RunConfig(detector="padim", refine="f2pad"))  # PaDiM scores with gradients

@@ -31,8 +31,8 @@ from fedad.evaluation.html_report import (
     roc_curves,
     write_run_report,
 )
+from fedad.evaluation.run_status import write_status
 from fedad.federation.centralized import run_centralized
-from fedad.federation.run_status import write_status
 from tests.test_predict import site_folder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import pytest
 
 import tests.toy_trainable  # noqa: F401  (registers the toy detector)
 from fedad.config.schema import RunConfig
-from fedad.detectors.registry import check
 from fedad.errors import ConfigError
+from fedad.federation.compose import check
 from fedad.federation.in_process import InProcess
 from fedad.federation.participation import participants
 from fedad.federation.run import federate

@@ -12,8 +12,8 @@ from fedad.components.mmd import mmd
 from fedad.detectors.base import FeatureShape
 from fedad.detectors.registry import client_seed, create, exchange_for, resolve
 from fedad.errors import ConfigError
-from fedad.federation.exchanges.base import Upload
-from fedad.federation.exchanges.weights import WEIGHTS
+from fedad.exchanges.base import Upload
+from fedad.exchanges.weights import WEIGHTS
 from tests.test_detectors import features, tiny_cfg
 
 SHAPE = FeatureShape(12, 4, 4)
@@ -86,7 +86,7 @@ def test_fedphp_with_lam_zero_trains_as_fedavg_does():
 
 
 def test_apple_step_and_schedule_follow_the_rule():
-    from fedad.federation.exchanges.apple import adapt, lam_at, mixed
+    from fedad.exchanges.apple import adapt, lam_at, mixed
 
     cores = [{"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, -1.0])}]
     p, p0 = torch.tensor([0.5, 0.5], dtype=torch.float64), torch.tensor([0.25, 0.75],
@@ -113,7 +113,7 @@ def test_apple_relays_cores_and_a_site_scores_with_its_mixture():
     ups = []
     for i in (0, 1):  # site 2 is absent
         up, _ = sites[i].fit(x[i], server.payload(i, 1), 1, states[i])
-        ups.append(Upload(i, i, server.validate(up, f"client {i}"), len(x[i])))
+        ups.append(Upload(i, i, server.validate(up, f"client {i}", 1), len(x[i])))
     server.payload(2, 1)
     server.aggregate(ups, 1)
     cores = server.payload(0, 2)["apple.cores"]
@@ -139,7 +139,7 @@ def test_dbe_trains_a_bias_that_never_leaves_the_site_and_averages_the_means():
         up, _ = ex.fit(x[i], server.payload(i, 1), 1, states[i])
         assert "shift" not in up[WEIGHTS]
         assert torch.count_nonzero(ex.detector.module().shift) == 0  # round 1: no bias yet
-        ups.append(Upload(i, i, server.validate(up, f"client {i}"), len(x[i])))
+        ups.append(Upload(i, i, server.validate(up, f"client {i}", 1), len(x[i])))
     server.aggregate(ups, 1)
     means = [u.records["dbe"]["mean"] for u in ups]
     np.testing.assert_allclose(server.global_mean, (3 * means[0] + 5 * means[1]) / 8,
@@ -153,7 +153,7 @@ def test_dbe_trains_a_bias_that_never_leaves_the_site_and_averages_the_means():
     assert torch.equal(saved["head.shift"], shift)
     bad = {WEIGHTS: ups[0].records[WEIGHTS], "dbe": {"mean": np.full(12, np.nan, "f4")}}
     with pytest.raises(Exception, match="client 9"):
-        server.validate(bad, "client 9")
+        server.validate(bad, "client 9", 1)
 
 
 def test_a_head_saved_before_the_shift_loads_with_a_zero_one():
@@ -169,12 +169,13 @@ def test_a_head_saved_before_the_shift_loads_with_a_zero_one():
 
 
 def test_personalised_exchanges_refuse_a_module_without_a_representation():
+    """The pair is refused when the config is composed, naming the capability."""
     import tests.toy_trainable  # noqa: F401  (registers the toy detector)
-    from fedad.federation.exchanges import exchange_class
 
-    cfg = tiny_cfg("toyae")
-    cfg.exchange = "fedavg"
-    det = create(cfg, SHAPE, "cpu", seed=0)
-    for name, what in (("fedphp", "representation"), ("dbe", "representation")):
-        with pytest.raises(ConfigError, match=f"exchange={name}.*{what}"):
-            exchange_class(name)(cfg, det).check()
+    for name, what in (("fedphp", "Represents"), ("dbe", "ShiftedRepresentation"),
+                       ("rowfed", "RowMatrix")):
+        cfg = tiny_cfg("toyae")
+        cfg.exchange = name
+        with pytest.raises(ConfigError, match=f"exchange={name} requires {what} .*which "
+                                              "detector=toyae does not declare"):
+            resolve(cfg)

@@ -18,15 +18,15 @@ from fedad.data.export import write_mvtec
 from fedad.data.factory import build_dataset
 from fedad.detectors.registry import feature_config, resolve
 from fedad.errors import ConfigError, DataError
-from fedad.evaluation.predict import (
+from fedad.evaluation.saved_site import calibrate
+from fedad.federation.centralized import run_centralized
+from fedad.federation.predict import (
     check_reconstruction,
     false_alarm_rate,
     predict,
     site_scorer,
 )
-from fedad.federation.centralized import run_centralized
 from fedad.federation.site_data import load_client_data
-from fedad.federation.site_files import calibrate
 
 TINY = dict(texture_train_per_type=8, texture_test_normal_per_type=1,
             texture_test_anomalous_per_type=1, image_size=64)

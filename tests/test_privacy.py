@@ -16,8 +16,8 @@ from fedad.config.schema import PaDiMConfig, PatchCoreConfig, PrivacyConfig, Run
 from fedad.detectors.base import FeatureShape
 from fedad.detectors.padim import PaDiM
 from fedad.detectors.patchcore.detector import PatchCore
-from fedad.detectors.registry import check
 from fedad.errors import ConfigError
+from fedad.federation.compose import check
 from fedad.privacy.accountant import calibrated, epsilon_spent, noise_multiplier
 from fedad.privacy.bank import private_mean_map
 from fedad.privacy.clipping import clip_rows

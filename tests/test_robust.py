@@ -9,7 +9,7 @@ import pytest
 from fedad.config.schema import RunConfig
 from fedad.detectors.base import BANK
 from fedad.errors import ConfigError
-from fedad.federation.exchanges.summary import SUMMARY
+from fedad.exchanges.summary import SUMMARY
 from fedad.federation.faults import active, corrupt, inject, parse_faults
 from fedad.federation.robust import median_outliers
 from fedad.federation.server import Server, short_reason

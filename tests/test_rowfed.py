@@ -90,7 +90,8 @@ def toy_problem(m: int = 4, p: int = 6, q: int = 2, n: int = 60, seed: int = 0):
 
 
 def test_admm_reaches_a_stationary_point_on_a_tiny_problem():
-    from fedad.rowfed.admm import RowFedConfig, kkt_residual, row_clusters, solve
+    from fedad.rowfed.admm import kkt_residual, row_clusters, solve
+    from fedad.rowfed.config import RowFedConfig
 
     clients, truth = toy_problem()
     cfg = RowFedConfig(rounds=3000, fusion_lam=0.6, sparsity_lam=0.05)
@@ -102,8 +103,9 @@ def test_admm_reaches_a_stationary_point_on_a_tiny_problem():
 
 
 def test_no_fusion_is_nonfed_and_a_huge_fusion_shares_every_row():
-    from fedad.rowfed.admm import RowFedConfig, solve
+    from fedad.rowfed.admm import solve
     from fedad.rowfed.baselines import nonfed
+    from fedad.rowfed.config import RowFedConfig
 
     clients, _ = toy_problem()
     alone = nonfed(clients, RowFedConfig())
@@ -115,8 +117,9 @@ def test_no_fusion_is_nonfed_and_a_huge_fusion_shares_every_row():
 
 
 def test_the_admm_starts_from_each_clients_own_fit_or_from_zero():
-    from fedad.rowfed.admm import RowFedConfig, initial_state, solve
+    from fedad.rowfed.admm import initial_state, solve
     from fedad.rowfed.baselines import nonfed
+    from fedad.rowfed.config import RowFedConfig
 
     clients, _ = toy_problem()
     cfg = RowFedConfig(sparsity_lam=0.05)
@@ -132,7 +135,8 @@ def test_the_admm_starts_from_each_clients_own_fit_or_from_zero():
 
 
 def test_the_batched_client_steps_are_each_clients_own_steps():
-    from fedad.rowfed.admm import RowFedConfig, client_step, client_steps
+    from fedad.rowfed.admm import client_step, client_steps
+    from fedad.rowfed.config import RowFedConfig
 
     clients, _ = toy_problem()
     rng = np.random.default_rng(3)
@@ -144,7 +148,8 @@ def test_the_batched_client_steps_are_each_clients_own_steps():
 
 
 def test_absent_clients_keep_their_coefficients():
-    from fedad.rowfed.admm import RowFedConfig, RowFedState, run_round
+    from fedad.rowfed.admm import RowFedState, run_round
+    from fedad.rowfed.config import RowFedConfig
 
     clients, _ = toy_problem()
     cfg = RowFedConfig(participation=0.5, seed=1)
@@ -177,22 +182,22 @@ def rowfed_server(**changes):
 
 
 def upload_with(server, key: int, matrix: np.ndarray):
-    from fedad.federation.exchanges.base import Upload
-    from fedad.federation.exchanges.rowfed import from_matrix
-    from fedad.federation.exchanges.weights import WEIGHTS
+    from fedad.exchanges.base import Upload
+    from fedad.exchanges.rowfed import from_matrix
+    from fedad.exchanges.weights import WEIGHTS
 
-    name = server.cfg.rowfed.param
+    name = server.param()
     weights = dict(server.payload(key, 1)[WEIGHTS])
     weights[name] = from_matrix(matrix, weights[name].shape, weights[name].dtype)
     return Upload(key, key, {WEIGHTS: weights}, 10)
 
 
 def test_each_site_gets_its_own_matrix_and_an_absent_site_keeps_its_own():
-    from fedad.federation.exchanges.rowfed import TARGET, to_matrix
-    from fedad.federation.exchanges.weights import WEIGHTS
+    from fedad.exchanges.rowfed import TARGET, to_matrix
+    from fedad.exchanges.weights import WEIGHTS
 
     cfg, _, server = rowfed_server(fusion_lam=0.01)
-    name = cfg.rowfed.param
+    name = server.param()
     rng = np.random.default_rng(0)
     mats = {k: rng.normal(size=(12, 12)) for k in (7, 8, 9)}
     server.aggregate([upload_with(server, k, mats[k]) for k in (7, 8, 9)], 1)
@@ -226,9 +231,9 @@ def test_the_fusion_weight_decides_which_rows_the_sites_share():
 
 
 def test_the_site_hooks_couple_to_the_target_and_sparsify_after_each_step():
-    from fedad.detectors.base import step
+    from fedad.components.training import step
     from fedad.detectors.registry import create
-    from fedad.federation.exchanges.rowfed import TARGET, to_matrix
+    from fedad.exchanges.rowfed import TARGET, to_matrix
 
     cfg, shape, server = rowfed_server(sparsity_lam=0.05, sparsity_penalty="l1")
     site = type(server)(cfg, create(cfg, shape, "cpu", seed=1))
@@ -236,8 +241,8 @@ def test_the_site_hooks_couple_to_the_target_and_sparsify_after_each_step():
     payload[TARGET]["target"] = np.zeros_like(payload[TARGET]["target"])
     hooks = site.hooks({}, payload)
     module = site.detector.module()
-    w = dict(module.named_parameters())[cfg.rowfed.param]
-    coupling = hooks.extra_loss(module)
+    w = dict(module.named_parameters())[site.param()]
+    coupling = hooks.objective(module, torch.zeros(()))
     assert float(coupling.detach()) == pytest.approx(0.5 * 2 * float(w.detach().pow(2).sum()),
                                                      rel=1e-5)
     # the prox's threshold is sparsity_lam x train.lr = 5e-5: below it zeroed, above shrunk

@@ -64,8 +64,8 @@ def test_pyproject_flower_config_equals_dataclass_defaults():
 def test_the_textures_default_to_their_crop_size_and_other_data_to_224():
     from fedad.cli.overrides import compose
 
-    assert compose([]).dataset.image_size == 160  # the embedded textures' crop
-    assert compose(["dataset.texture_crop=128"]).dataset.image_size == 128
-    assert compose(["dataset.image_size=64"]).dataset.image_size == 64
+    assert compose([]).dataset.scored_size() == 160  # the embedded textures' crop
+    assert compose(["dataset.texture_crop=128"]).dataset.scored_size() == 128
+    assert compose(["dataset.image_size=64"]).dataset.scored_size() == 64
     for switch in (["dataset.name=mtd"], ["dataset=mtd"]):  # not the textures' size
-        assert compose([*switch, "dataset.root=/x"]).dataset.image_size == 224
+        assert compose([*switch, "dataset.root=/x"]).dataset.scored_size() == 224

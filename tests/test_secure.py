@@ -17,9 +17,10 @@ from fedad.components.states import weighted_mean
 from fedad.config.schema import PaDiMConfig, RunConfig, SecureConfig
 from fedad.detectors.base import FeatureShape
 from fedad.detectors.padim import PaDiM
-from fedad.detectors.registry import check, create, exchange_for, feature_shape
+from fedad.detectors.registry import create, exchange_for, feature_shape
 from fedad.errors import ConfigError
-from fedad.federation.exchanges.base import Upload
+from fedad.exchanges.base import Upload
+from fedad.federation.compose import check
 from fedad.federation.records import arrays, tensors
 from fedad.privacy.secure_sum import decode, encode, error_bound, quantization_range
 

@@ -8,9 +8,9 @@ import pytest
 
 from fedad.config.schema import RunConfig
 from fedad.detectors.base import BANK
-from fedad.federation.exchanges.scaffold import CONTROL, CONTROL_DELTA, ScaffoldExchange
-from fedad.federation.exchanges.summary import SUMMARY
-from fedad.federation.exchanges.weights import WEIGHTS
+from fedad.exchanges.scaffold import CONTROL, CONTROL_DELTA, ScaffoldExchange
+from fedad.exchanges.summary import SUMMARY
+from fedad.exchanges.weights import WEIGHTS
 from fedad.federation.records import Reply
 from fedad.federation.server import Delivery, Server
 

@@ -45,7 +45,7 @@ def test_hydra_composes_the_same_run_config():
     cfg = run_config_of(sim)
     assert cfg.partition.alpha == 0.5 and cfg.train.local_epochs == 3
     assert cfg.dataset.name == "mtd" and cfg.dataset.root == "/abs/path/mtd"
-    assert cfg.dataset.image_size == 224  # defaults come from the dataclass
+    assert cfg.dataset.scored_size() == 224  # defaults come from the dataclass
 
 
 @pytest.mark.slow

@@ -4,18 +4,41 @@ drives the bank strategy (tests/test_detectors.py)."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from fedad.components.maps import anomaly_maps, image_scores
 from fedad.components.validate import check_array, require_keys
+from fedad.detectors.base import Detector, FitInfo, Scores
+from fedad.detectors.capabilities import Summarizes
 
 
-class ToyMean:
+class ToyMean(Detector, Summarizes):
+    """The mean feature of a site; a position's score is its distance to the global mean."""
+
     name = "toymean"
     iterative = False
-    first_round = 1
-    exchanges = ("summary",)
 
     def __init__(self, cfg, shape, device="cpu", seed=0):
-        self.shape = shape
+        self.cfg, self.shape = cfg, shape
+        self.mean = np.zeros(shape.channels, np.float32)
+
+    def fit(self, features, global_summary, round_t):
+        self.mean = features.float().mean(dim=(0, 2, 3)).numpy()
+        return FitInfo()
+
+    def summarize(self, round_t):
+        return {"mean": self.mean}
+
+    def score(self, features, global_summary, image_size):
+        mean = torch.from_numpy(np.asarray(global_summary["mean"]))[None, :, None, None]
+        maps = anomaly_maps((features.float() - mean).pow(2).sum(1), image_size, 4.0)
+        return Scores(maps=maps, image=image_scores(maps))
+
+    def state(self):
+        return {}
+
+    def load_state(self, arrays):
+        pass
 
     def validate(self, summary, who):
         require_keys(summary, ("mean",), who)

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        from fedad.evaluation.predict import site_scorer
         from fedad.export.onnx_export import export_site, require_package
+        from fedad.federation.predict import site_scorer
 
         if not args.run_dir.is_dir():
             raise FedadError(f"{args.run_dir}: no such run folder")

@@ -15,11 +15,10 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import fedad.cli.resolvers  # noqa: F401  (the resolvers conf/ uses)
 from fedad.config.flat import migrated_override
 from fedad.config.schema import RunConfig
-from fedad.detectors.registry import check
 from fedad.errors import ConfigError
+from fedad.federation.compose import check
 
 
 def compose(overrides: Sequence[str] = (), base: RunConfig | None = None) -> RunConfig:

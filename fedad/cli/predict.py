@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fedad.device import resolve_device
 from fedad.errors import FedadError
-from fedad.evaluation.predict import (
+from fedad.federation.predict import (
     check_reconstruction,
     predict,
     reconstruct_predictions,
@@ -29,6 +29,7 @@ from fedad.evaluation.predict import (
     write_predictions,
 )
 from fedad.progress import setup_logging
+from fedad.refinements import NONE, REFINEMENTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-heatmaps", action="store_true")
     parser.add_argument("--skip-bad", action="store_true",
                         help="score the readable images and list the unreadable ones")
-    parser.add_argument("--refine", choices=("none", "f2pad"), default=None,
+    parser.add_argument("--refine", choices=(NONE, *REFINEMENTS), default=None,
                         help="pixel-level refinement (default: the run's refine setting); "
-                        "f2pad writes refined/<image>-mask.png and -normal.png")
+                        "it writes refined/<image>-mask.png and -normal.png")
     parser.add_argument("--reconstruct", action="store_true",
                         help="a diffad run: also write reconstructed/<image>.png, the "
                         "anomaly-free image (gradient denoising, about a minute per "
@@ -60,9 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             check_reconstruction(scorer, args.padim_run)
         preds, maps, dataset = predict(args.run_dir, args.folder, args.site, args.device,
                                        args.skip_bad, scorer=scorer)
-        how = args.refine or scorer.cfg.refine
-        refined = None if how == "none" else refine_predictions(
-            args.run_dir, dataset, maps, args.site, args.device, scorer=scorer)
+        refined = refine_predictions(args.run_dir, dataset, maps, args.site, args.device,
+                                     scorer=scorer, how=args.refine)
         recon = reconstruct_predictions(scorer, dataset, args.padim_run, args.device) \
             if args.reconstruct else None
         out = write_predictions(preds, maps, dataset,

@@ -29,7 +29,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-import fedad.cli.resolvers  # noqa: F401  (the resolvers conf/ uses)
 from fedad.cli.crash import processes_of
 from fedad.cli.flwr_run import flwr_run, run_status
 from fedad.cli.processes import exit_on_sigterm
@@ -37,11 +36,11 @@ from fedad.cli.superlink import CONNECTION, LocalSuperLink
 from fedad.config.flat import toml_table
 from fedad.config.schema import RunConfig
 from fedad.data.factory import build_dataset
-from fedad.detectors.registry import check
 from fedad.errors import ConfigError, FedadError
+from fedad.evaluation.run_status import completed_with, write_status
 from fedad.federation.checkpoint import load_server
+from fedad.federation.compose import check
 from fedad.federation.provenance import write_versions
-from fedad.federation.run_status import completed_with, write_status
 from fedad.progress import setup_logging
 
 log = logging.getLogger("fedad")

@@ -11,7 +11,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from fedad.federation.run_status import read_status, run_folders
+from fedad.evaluation.run_status import read_status, run_folders
 
 log = logging.getLogger("fedad")
 

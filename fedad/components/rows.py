@@ -28,3 +28,11 @@ def row_moments(rows: np.ndarray) -> np.ndarray:
     descriptor of a bank (a far-shifted bank moves the mean, a scaled one the spread)."""
     x = np.asarray(rows, dtype=np.float64).reshape(-1, np.shape(rows)[-1])
     return np.concatenate([x.mean(axis=0), x.std(axis=0)])
+
+
+def position_rows(features: torch.Tensor, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` features on the channels ``idx`` as ``(N, H*W, d)`` rows (sample,
+    position, channel): what per-position Gaussian statistics are taken over (PaDiM)."""
+    index = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=features.device)
+    n, _, h, w = features.shape
+    return features.index_select(1, index).reshape(n, index.numel(), h * w).transpose(1, 2)

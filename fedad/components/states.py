@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -86,3 +87,14 @@ def weighted_mean(states: Sequence[Mapping[str, Tensor]],
             out[k] = cast_like(acc / total, ref)
     return out
 
+
+def flat_update(weights: dict[str, np.ndarray], reference: dict[str, np.ndarray]
+                ) -> np.ndarray:
+    """``w - w_ref`` over the float arrays both hold, flattened in key order: what the
+    outlier rule compares for weight exchange."""
+    keys = sorted(k for k in weights if k in reference
+                  and np.issubdtype(np.asarray(weights[k]).dtype, np.floating))
+    if not keys:
+        return np.zeros(0)
+    return np.concatenate([(np.asarray(weights[k], dtype=np.float64)
+                            - np.asarray(reference[k], dtype=np.float64)).ravel() for k in keys])

@@ -65,7 +65,11 @@ class DataConfig:
     name: str = choice("textures", "mtd", "mvtec", "visa", "mixed")
     root: str | None = None
     categories: list[str] = field(default_factory=list)
-    image_size: int = 224
+    # side (px) the images are scored at; 0: the data's own default, the same under every
+    # entry point (fedad-sim, flwr run, a deployment): the embedded textures at their crop
+    # size (texture_crop, 160: upsampling them to 224 adds no detail and doubles the time),
+    # 224 for every other dataset (:meth:`scored_size`; resolved when a config is composed)
+    image_size: int = 0
     seed: int = 0
     # embedded textures
     texture_types: list[str] = field(default_factory=lambda: ["brick", "grass", "gravel"])
@@ -79,6 +83,13 @@ class DataConfig:
     # run before any round with the list of files; "skip" leaves them out and reports them
     on_bad: str = choice("refuse", "skip")
     parts: list[DataConfig] = field(default_factory=list)
+
+    def scored_size(self) -> int:
+        """``image_size``, or for 0 the data's default (the textures' crop size, else
+        224)."""
+        if self.image_size:
+            return int(self.image_size)
+        return int(self.texture_crop) if self.name == "textures" else 224
 
 
 @dataclass
@@ -122,7 +133,7 @@ class TrainConfig:
     rounds: int = 10
     local_epochs: int = 1
     batch_size: int = 8
-    optimizer: str = choice("adam", "sgd")  # adam (paper); SCAFFOLD always uses sgd
+    optimizer: str = choice("adam", "sgd")  # adam (paper); SCAFFOLD: its own (scaffold.*)
     lr: float = 1e-3
     proximal_mu: float = 0.01  # FedProx: (mu/2)||w - w_global||^2
     global_lr: float = 1.0  # SCAFFOLD: server step on the mean client update
@@ -366,15 +377,18 @@ class DiffADConfig:
 class RowFedExchangeConfig:
     """``exchange=rowfed``: RowFed's sparse row-wise fusion (seed 000's second abstract;
     ``fedad/rowfed/``, a reconstruction on FPFC's linearised ADMM) personalising one matrix
-    of a detector's module, its rows the matrix's input channels (FedDyMem's projection by
-    default: row ``j`` is input channel ``j``'s weights to every output); every other
+    of a detector's module, its rows the matrix's input channels (the matrix the detector
+    declares by default, FedDyMem's projection: row ``j`` is input channel ``j``'s weights
+    to every output); every other
     weight is averaged as FedAvg does. Each site ``m`` trains with
     ``rho (M - 1) / 2 ||B_m - U_m||^2`` added (``U_m``: its own target from the server's
     fusion variables and duals) and the sparsity prox after every step; the server keeps
     every site's last ``B_m`` and updates the fusion variables of every pair.
     Participation: ``train.participation``."""
 
-    param: str = "projection.conv.weight"  # the module's matrix (C_out, C_in[, 1, 1])
+    # the module's matrix (C_out, C_in[, 1, 1]); "": the one the detector declares
+    # (RowMatrix: FedDyMem's projection.conv.weight)
+    param: str = ""
     fusion: str = choice("row", "matrix", "entry")  # SROF's rows | the baselines' groups
     fusion_penalty: str = choice("scad", "mcp", "l1")
     # a priori: a tenth of an identity projection row's norm (FPFC's 0.6 is for its
@@ -385,6 +399,22 @@ class RowFedExchangeConfig:
     a: float = 3.7  # SCAD's a (MCP's gamma)
     rho: float = 1.0  # FPFC's
     cluster_tol: float = 0.1  # ||theta_j|| below it: two sites share row j (FPFC's)
+
+
+@dataclass
+class ScaffoldConfig:
+    """``exchange=scaffold``: SCAFFOLD's option II control update assumes plain SGD steps
+    (Karimireddy et al., 2020, Alg. 1), so every part of the detector's module trains with
+    SGD (no momentum) at this section's learning rate, whatever optimiser the detector
+    uses otherwise (an Adam rate is far too small for SGD: asymst trained nothing at 1e-3).
+
+    ``lr`` is fixed a priori at 0.01, the plain-SGD local rate of the FL libraries'
+    examples (Flower's and PFLlib's use 0.005-0.1); ``part_lr`` overrides it per part of
+    the module (``"<part>=<lr>"``, the part names the detector declares, e.g.
+    ``["ddpm=0.05"]`` for asymst). Choose on the validation split, not the test set."""
+
+    lr: float = 0.01
+    part_lr: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -553,12 +583,13 @@ class RunConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secure: SecureConfig = field(default_factory=SecureConfig)
     # refine=f2pad: pixel-level refinement of the final maps at evaluation (F2PAD, seed 002)
-    refine: str = choice("none", "f2pad")
+    refine: str = "none"  # a name in fedad.refinements.REFINEMENTS (checked there)
     f2pad: F2PADConfig = field(default_factory=F2PADConfig)
     ddpm: DDPMConfig = field(default_factory=DDPMConfig)
     asymst: AsymSTConfig = field(default_factory=AsymSTConfig)
     diffad: DiffADConfig = field(default_factory=DiffADConfig)
     rowfed: RowFedExchangeConfig = field(default_factory=RowFedExchangeConfig)
+    scaffold: ScaffoldConfig = field(default_factory=ScaffoldConfig)
     fedphp: FedPHPConfig = field(default_factory=FedPHPConfig)
     apple: APPLEConfig = field(default_factory=APPLEConfig)
     dbe: DBEConfig = field(default_factory=DBEConfig)
@@ -567,7 +598,7 @@ class RunConfig:
     detector: str = "feddymem"
     # exchange: summary (what the detector summarises travels) | local | fedavg | fedprox |
     # scaffold | fedbn | rowfed | fedphp | apple | dbe (a trained module's weights travel);
-    # fedad/federation/exchanges/
+    # fedad/exchanges/
     exchange: str = "summary"
     # method: a shorthand resolved into the two above (and then cleared): an exchange name
     # (method=fedavg: that exchange, detector unchanged), a detector name (method=patchcore:
@@ -588,7 +619,7 @@ class RunConfig:
     # seconds `flwr run` may stay in Flower's "pending" state (no ServerApp started) before
     # fedad gives up with a message instead of hanging
     pending_timeout: float = 600.0
-    # resume=<run dir>: go on from the last round that run checkpointed (see server/checkpoint.py)
+    # resume=<run dir>: go on from the last round it checkpointed (fedad/federation/checkpoint.py)
     resume: str | None = None
     # fault injection for reliability tests (fedad/federation/faults.py), e.g.
     # ["0:nan", "2:raise@2"]:

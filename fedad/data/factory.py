@@ -147,7 +147,7 @@ def _build_mixed(cfg: DataConfig, split: str) -> AnomalyDataset:
     originals = [(ds.source, r) for ds in datasets for r in ds.records]
     routes = dict(zip(records, originals, strict=True))
     return AnomalyDataset(
-        records, MixedSource(routes), image_size=cfg.image_size,
+        records, MixedSource(routes), image_size=cfg.scored_size(),
         has_masks=all(ds.has_masks for ds in datasets),
     )
 
@@ -177,5 +177,5 @@ def build_dataset(cfg: DataConfig, split: str) -> AnomalyDataset:
     records = file_records(cfg, split)  # checks the root first
     records = [replace(r, key=relative_key(r.path, Path(cfg.root))) for r in records]
     return AnomalyDataset(
-        records, FileSource(), image_size=cfg.image_size, has_masks=has_masks(records)
+        records, FileSource(), image_size=cfg.scored_size(), has_masks=has_masks(records)
     )

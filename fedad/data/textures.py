@@ -411,7 +411,7 @@ class InMemorySource:
 def build_texture_dataset(cfg: DataConfig, split: str) -> AnomalyDataset:
     """The embedded textures split as an :class:`AnomalyDataset` (``has_masks=True``)."""
     records, arrays = generate_textures(cfg, split)
-    return AnomalyDataset(records, InMemorySource(arrays), image_size=cfg.image_size,
+    return AnomalyDataset(records, InMemorySource(arrays), image_size=cfg.scored_size(),
                           has_masks=True)
 
 

@@ -1,12 +1,16 @@
 """The one list of detectors, and the run's pair: a run is a detector x an exchange
-(:mod:`fedad.federation.exchanges` lists those). Everything that depends on *which*
+(:mod:`fedad.exchanges` lists those). Everything that depends on *which*
 detector or exchange a run uses asks here or the object itself; nothing else compares
 their names.
 
-Add a detector: write ``fedad/detectors/<name>/`` with a class that follows
-:class:`~fedad.detectors.base.Detector`, add one line to :data:`DETECTORS` and one config
-section (a dataclass field of :class:`~fedad.config.schema.RunConfig` named like the detector, with
-an optional ``strides`` list choosing the backbone levels it reads).
+Which exchanges a detector can be federated by follows from what it declares: an
+exchange ``requires`` capabilities (:mod:`fedad.detectors.capabilities`) and a detector
+that lacks one is refused, naming it (:func:`supported`, :func:`pair_problem`).
+
+Add a detector: write ``fedad/detectors/<name>/`` with a subclass of
+:class:`~fedad.detectors.base.Detector` and the capabilities it offers, add one line to
+:data:`DETECTORS` and one config section (a dataclass field of
+:class:`~fedad.config.schema.RunConfig` named like the detector).
 """
 
 from __future__ import annotations
@@ -20,6 +24,14 @@ import torch
 
 from fedad.config.schema import RunConfig, check_choices
 from fedad.detectors.base import Detector, FeatureShape
+from fedad.detectors.capabilities import (
+    PrivateRelease,
+    Summarizes,
+    Trainable,
+    capabilities,
+    describe,
+    missing,
+)
 from fedad.errors import ConfigError
 
 # name -> "module:Class" (imported on first use, so a run loads only its own detector)
@@ -49,15 +61,14 @@ def load_plugins(cfg: RunConfig) -> None:
 
 def _apply_method(cfg: RunConfig) -> None:
     """``method`` (a shorthand) into ``detector`` and ``exchange``, then cleared."""
-    from fedad.federation.exchanges import EXCHANGES
+    from fedad.exchanges import EXCHANGES
 
     m = cfg.method
     if not m:
         return
     if m in DETECTORS:  # its summary, or (a network federated by weights alone) fedavg
-        supported = detector_class(m).exchanges
         cfg.detector = m
-        cfg.exchange = next((e for e in ("summary", "fedavg") if e in supported), supported[0])
+        cfg.exchange = "summary" if issubclass(detector_class(m), Summarizes) else "fedavg"
     elif m == BANK:
         cfg.exchange = "summary"
     elif m in EXCHANGES:
@@ -68,24 +79,48 @@ def _apply_method(cfg: RunConfig) -> None:
     cfg.method = ""
 
 
+def supported(detector: str) -> list[str]:
+    """The exchanges whose required capabilities ``detector`` declares."""
+    from fedad.exchanges import EXCHANGES, exchange_class
+
+    cls = detector_class(detector)
+    return [e for e in EXCHANGES if not missing(cls, exchange_class(e).requires)]
+
+
+def pair_problem(detector: str, exchange: str) -> str | None:
+    """Why ``detector`` cannot be federated by ``exchange`` (the capabilities it lacks),
+    or ``None``."""
+    from fedad.exchanges import exchange_class
+
+    lacks = missing(detector_class(detector), exchange_class(exchange).requires)
+    if not lacks:
+        return None
+    declared = [c.__name__ for c in capabilities(detector_class(detector))]
+    return (f"exchange={exchange} requires " + "; ".join(describe(c) for c in lacks)
+            + f", which detector={detector} does not declare (it declares: "
+            + (", ".join(declared) or "none") + "; it can be federated by: "
+            + (", ".join(supported(detector)) or "none") + ")")
+
+
 def resolve(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with ``method`` resolved into ``detector`` x ``exchange``, the pair checked
-    and the exchange's own settings applied (in place; idempotent).
+    """``cfg`` with ``method`` resolved into ``detector`` x ``exchange`` and the pair
+    checked (in place; idempotent).
 
     Raises:
-        ConfigError: an unknown method, detector or exchange, or a pair the detector does
-            not support (naming both and what it supports).
+        ConfigError: an unknown method, detector or exchange, or a pair whose exchange
+            requires a capability the detector does not declare (naming it).
     """
-    from fedad.federation.exchanges import exchange_class
+    from fedad.exchanges import exchange_class
 
     load_plugins(cfg)
     _apply_method(cfg)
-    detector = detector_class(cfg.detector)
-    exchange = exchange_class(cfg.exchange)
-    if cfg.exchange not in detector.exchanges:
-        raise ConfigError(f"detector={cfg.detector} does not support exchange={cfg.exchange}"
-                          f" (it supports: {', '.join(detector.exchanges)})")
-    exchange.adjust(cfg)
+    if not cfg.dataset.image_size:  # the data's default, the same under every entry point
+        cfg.dataset = replace(cfg.dataset, image_size=cfg.dataset.scored_size())
+    detector_class(cfg.detector)
+    exchange_class(cfg.exchange)
+    problem = pair_problem(cfg.detector, cfg.exchange)
+    if problem is not None:
+        raise ConfigError(problem)
     return cfg
 
 
@@ -112,7 +147,7 @@ def _check_privacy(cfg: RunConfig) -> None:
     """``privacy.*`` in range; with ``privacy.epsilon > 0``, a detector that can release its
     summary privately (``private_releases``) under the summary exchange, a clip bound and a
     reachable target."""
-    from fedad.federation.exchanges import exchange_class
+    from fedad.exchanges import exchange_class
     from fedad.privacy.accountant import calibrated
 
     pv = cfg.privacy
@@ -121,64 +156,47 @@ def _check_privacy(cfg: RunConfig) -> None:
     if pv.epsilon == 0:
         return
     detector = detector_class(cfg.detector)
-    releases = getattr(detector, "private_releases", None)
-    if releases is None or exchange_class(cfg.exchange).needs != "summary":
+    if (not issubclass(detector, PrivateRelease) or exchange_class(cfg.exchange).site_model):
         private = [name for name in DETECTORS
-                   if hasattr(detector_class(name), "private_releases")]
+                   if issubclass(detector_class(name), PrivateRelease)]
         raise ConfigError(f"privacy.epsilon > 0: differential privacy is built for the "
-                          f"summary exchange of {', '.join(private)}; not for "
+                          f"summary exchange of detectors that declare "
+                          f"{describe(PrivateRelease)}: {', '.join(private)}; not for "
                           f"detector={cfg.detector} with exchange={cfg.exchange}")
     if pv.centres < 1 or pv.lloyd_iterations < 0:
         raise ConfigError(f"privacy.centres must be >= 1 and privacy.lloyd_iterations >= 0 "
                           f"(got {pv.centres}, {pv.lloyd_iterations})")
-    calibrated(pv, releases(cfg))  # raises on a missing clip or an unreachable target
+    calibrated(pv, detector.private_releases(cfg))  # raises on a missing clip or target
 
 
 def check(cfg: RunConfig) -> RunConfig:
     """``cfg`` (unchanged) after checking every choice field, the detector x exchange pair
-    and whether the exchange can run on that detector (FedBN needs BatchNorm): what every
-    command calls once a config is composed, before any process starts.
+    and whether the exchange can run on that detector (FedBN needs BatchNorm). The run's
+    whole check, its refinement included, is :func:`fedad.federation.compose.check`: what
+    every command calls once a config is composed, before any process starts.
 
     Raises:
         ConfigError: naming the field(s) and the values they allow.
     """
-    from fedad.federation.exchanges import exchange_class
+    from fedad.exchanges import exchange_class
 
     check_choices(cfg)
     resolved = resolve(copy.deepcopy(cfg))
-    own_check = getattr(detector_class(resolved.detector), "check_config", None)
-    if own_check is not None:  # what only the detector knows (asymst: its phases' rounds)
-        own_check(resolved)
+    # what only the detector knows (asymst: its phases' rounds)
+    detector_class(resolved.detector).check_config(resolved)
     _check_privacy(resolved)
     _check_secure(resolved)
-    if exchange_class(resolved.exchange).needs == "module":  # built only when it matters
+    if exchange_class(resolved.exchange).site_model:  # built only when it matters
         exchange_for(resolved, create(resolved, feature_shape(resolved))).check()
-    if resolved.refine != "none" and not hasattr(detector_class(resolved.detector),
-                                                 "score_features"):
-        raise ConfigError(f"refine={resolved.refine} needs a detector with a differentiable "
-                          f"score (score_features); {resolved.detector} has none")
-    f2 = resolved.f2pad
-    bad = [k for k in ("components", "max_iterations", "k_s", "candidates")
-           if getattr(f2, k) < 1] + [k for k in ("alpha1", "alpha2", "beta0", "lr", "clip",
-                                                  "gamma0", "tolerance", "mask_threshold")
-                                      if getattr(f2, k) < 0]
-    bad += [k for k in ("dilation", "margin", "images", "opening", "patience",
-                        "min_iterations") if getattr(f2, k) < 0]
-    if bad:
-        raise ConfigError("f2pad: " + ", ".join(f"{k}={getattr(f2, k)}" for k in bad)
-                          + " out of range (counts >= 1, weights and sizes >= 0)")
     if not 0 < resolved.train.participation <= 1:
         raise ConfigError(f"train.participation must be in (0, 1], got "
                           f"{resolved.train.participation}")
-    if resolved.refine == "f2pad" and f2.init == "diffusion" and not f2.diffusion_run:
-        raise ConfigError("f2pad.init=diffusion needs f2pad.diffusion_run: a finished "
-                          "diffad run whose site models reconstruct the initial image")
     return cfg
 
 
 def exchange_for(cfg: RunConfig, detector: Detector):
     """The run's exchange on one side (``detector``: that side's detector)."""
-    from fedad.federation.exchanges import exchange_class
+    from fedad.exchanges import exchange_class
 
     return exchange_class(resolve(cfg).exchange)(cfg, detector)
 
@@ -190,7 +208,8 @@ def label(cfg: RunConfig) -> str:
     if cfg.exchange == "summary":
         return cfg.detector
     cls = detector_class(cfg.detector)
-    return f"{getattr(cls, 'weights_label', cls.name)}+{cfg.exchange}"
+    name = (cls.weights_label if issubclass(cls, Trainable) else "") or cls.name
+    return f"{name}+{cfg.exchange}"
 
 
 def detector_class(name: str) -> type[Detector]:
@@ -198,7 +217,7 @@ def detector_class(name: str) -> type[Detector]:
     if name not in DETECTORS:
         raise ConfigError(f"detector must be one of {', '.join(DETECTORS)}, got {name!r}")
     module, cls = DETECTORS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return vars(importlib.import_module(module))[cls]
 
 
 @lru_cache(maxsize=32)
@@ -216,16 +235,15 @@ def feature_config(cfg: RunConfig) -> RunConfig:
     detector's ``inputs`` (``"images"``: it is handed normalised pixels). Feature caches
     key on these, so detectors never share a wrongly shaped or wrongly pooled feature."""
     resolve(cfg)
-    section = getattr(cfg, cfg.detector, None)
-    strides = list(getattr(section, "strides", []) or [])
+    cls = detector_class(cfg.detector)
+    reads = cls.reads(cfg)
     backbone = cfg.backbone
-    if strides:
-        layers = list(_layers_for(backbone.name, tuple(int(s) for s in strides)))
+    if reads.strides:
+        layers = list(_layers_for(backbone.name, tuple(int(s) for s in reads.strides)))
         backbone = replace(backbone, layers=layers)
-    pool = getattr(section, "avg_pool", None)
-    if pool is not None:
-        backbone = replace(backbone, avg_pool=bool(pool))
-    pixels = getattr(detector_class(cfg.detector), "inputs", "features") == "images"
+    if reads.avg_pool is not None:
+        backbone = replace(backbone, avg_pool=bool(reads.avg_pool))
+    pixels = cls.inputs == "images"
     if backbone.pixels != pixels:
         backbone = replace(backbone, pixels=pixels)
     return cfg if backbone == cfg.backbone else replace(cfg, backbone=backbone)
@@ -235,7 +253,7 @@ def feature_shape(cfg: RunConfig) -> FeatureShape:
     """Geometry of the features the detector reads, without loading weights."""
     from fedad.features.extractor import feature_geometry
 
-    c, h, w = feature_geometry(feature_config(cfg).backbone, cfg.dataset.image_size)
+    c, h, w = feature_geometry(feature_config(cfg).backbone, cfg.dataset.scored_size())
     return FeatureShape(c, h, w)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from fedad.detectors.base import TrainHooks, step
+from fedad.components.training import TrainHooks, step
 from fedad.diffusion.loss import ddpm_loss
 from fedad.progress import progress
 

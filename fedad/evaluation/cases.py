@@ -100,7 +100,7 @@ def save_scores(out: str | Path, site: int, cfg: RunConfig, test: FeatureSet, sc
     dataset ``test`` was built from; the cases' images are read from it)."""
     values = torch.as_tensor(scores.image).double().cpu().numpy()
     labels = torch.as_tensor(test.labels).cpu().numpy().astype(np.int8)
-    size = cfg.dataset.image_size
+    size = cfg.dataset.scored_size()
     cases = pick_cases(values, labels)
     pixel = pixel_threshold(holdout_maps, cfg.calibration.quantile)
     dataset = build_dataset(cfg.dataset, "test")

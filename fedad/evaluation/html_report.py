@@ -39,7 +39,7 @@ from fedad.evaluation.html_page import (
     table,
 )
 from fedad.evaluation.report import METRICS, final_metrics, metric_series
-from fedad.federation.run_status import read_status
+from fedad.evaluation.run_status import read_status
 
 log = logging.getLogger("fedad")
 REPORT = "report.html"

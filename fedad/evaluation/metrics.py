@@ -25,6 +25,7 @@ precision-recall curves as sorting everything together.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -57,7 +58,8 @@ def _to_numpy(x: ArrayLike) -> np.ndarray:
     Torch tensors are detached and moved to the CPU; half-precision tensors (which numpy cannot
     hold for bfloat16) are widened to float32. torch is never imported here.
     """
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
+    torch = sys.modules.get("torch")  # a tensor can only come from a loaded torch
+    if torch is not None and isinstance(x, torch.Tensor):
         t = x.detach().cpu()
         if t.is_floating_point() and t.element_size() < 4:
             t = t.float()

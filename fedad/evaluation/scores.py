@@ -13,27 +13,26 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from fedad.detectors.base import Detector, DifferentiableDetector, Scores
-from fedad.errors import ConfigError
+from fedad.detectors.base import Detector, Scores
+from fedad.detectors.capabilities import Differentiable, require
 
 
-def differentiable(detector: Detector) -> DifferentiableDetector:
+def differentiable(detector: Detector) -> Differentiable:
     """``detector`` if it scores with gradients.
 
     Raises:
-        ConfigError: naming the detector, when it has no ``score_features``.
+        ConfigError: naming the detector, when it does not declare
+            :class:`~fedad.detectors.capabilities.Differentiable`.
     """
-    if not isinstance(detector, DifferentiableDetector):
-        raise ConfigError(f"{getattr(detector, 'name', type(detector).__name__)} has no "
-                          "differentiable score (score_features); a refinement cannot wrap it")
-    return detector
+    return require(detector, Differentiable, "a score with gradients (a refinement, "
+                   "an export)")
 
 
 def score(detector: Detector, features: torch.Tensor, summary: Mapping[str, np.ndarray],
           image_size: int, gradients: bool = False) -> Scores:
     """Anomaly maps ``(N, S, S)`` and image scores of ``features`` ``(N, C, H, W)`` against
     ``summary``: the fast path (faiss, no gradients), or with ``gradients`` the detector's
-    torch path (:meth:`~fedad.detectors.base.DifferentiableDetector.score_features`, the same
+    torch path (:meth:`~fedad.detectors.capabilities.Differentiable.score_features`, the same
     numbers within float32 rounding, gradients to the features)."""
     if gradients:
         return differentiable(detector).score_features(features, dict(summary), image_size)

@@ -26,7 +26,7 @@ from fedad.config.flat import from_flat
 from fedad.detectors.registry import label
 from fedad.errors import FedadError
 from fedad.evaluation.plots import plot_bars, plot_lines
-from fedad.federation.run_status import read_status, run_folders
+from fedad.evaluation.run_status import read_status, run_folders
 
 METRICS = ("i_auroc", "p_auroc", "pro")
 NAMES = {"i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "pro": "PRO"}

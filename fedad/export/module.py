@@ -1,6 +1,6 @@
 """A site's whole scorer as one ``torch.nn.Module`` (no I/O, no faiss): normalisation, the
 frozen backbone, the detector's torch scoring path
-(:meth:`~fedad.detectors.base.DifferentiableDetector.score_features`) against the global
+(:meth:`~fedad.detectors.capabilities.Differentiable.score_features`) against the global
 summary, and the threshold. What :mod:`fedad.export.onnx_export` traces into an ONNX graph.
 """
 
@@ -13,22 +13,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedad.detectors.base import Detector, DifferentiableDetector, TrainableDetector
+from fedad.detectors.base import Detector
+from fedad.detectors.capabilities import Differentiable, Trainable, require
 from fedad.errors import ConfigError
 
 
-def require_differentiable(detector: Detector) -> DifferentiableDetector:
+def require_differentiable(detector: Detector) -> Differentiable:
     """``detector`` if it has a torch-only scoring path (what an exported graph runs).
 
     Raises:
-        ConfigError: naming the detector, when it has none.
+        ConfigError: naming the detector, when it does not declare
+            :class:`~fedad.detectors.capabilities.Differentiable`.
     """
-    if not isinstance(detector, DifferentiableDetector):
-        name = getattr(detector, "name", type(detector).__name__)
-        raise ConfigError(f"detector {name} cannot be exported to ONNX: it has no torch-only "
-                          "score (score_features, the DifferentiableDetector contract) for "
-                          "the graph to run")
-    return detector
+    return require(detector, Differentiable, "an ONNX export (the graph runs the torch-only "
+                   "score)")
 
 
 class ScorerModule(nn.Module):
@@ -40,8 +38,9 @@ class ScorerModule(nn.Module):
     Without a threshold (``None``: the site held out no normal image) the threshold is
     ``+inf`` and every decision is ``False``. The summary is held as numpy arrays the
     detector reads at every call, so a trace or export bakes them into the graph as
-    constants. A trainable detector's network (:class:`TrainableDetector`) is frozen in
-    evaluation mode (its weights no longer train: build a fresh scorer to go on training).
+    constants. A trainable detector's network
+    (:class:`~fedad.detectors.capabilities.Trainable`) is frozen in evaluation mode (its
+    weights no longer train: build a fresh scorer to go on training).
     """
 
     def __init__(self, extractor: nn.Module, detector: Detector,
@@ -53,7 +52,7 @@ class ScorerModule(nn.Module):
         self.detector = require_differentiable(detector)
         # a trained network (FedDyMem's head) as a submodule: its weights are the graph's
         # parameters (a trace refuses weights that require grad as constants), frozen
-        self.network = detector.module() if isinstance(detector, TrainableDetector) else None
+        self.network = detector.module() if isinstance(detector, Trainable) else None
         if self.network is not None:
             self.network.eval().requires_grad_(False)
         self.summary = {k: np.asarray(v) for k, v in summary.items()}

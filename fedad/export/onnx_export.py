@@ -27,9 +27,9 @@ import torch
 
 from fedad.components.knn import BANK_CHUNK, bank_chunk
 from fedad.errors import ConfigError, FedadError
-from fedad.evaluation.predict import SiteScorer, site_scorer
 from fedad.export.module import ScorerModule, require_differentiable
 from fedad.export.sidecar import sidecar_path, write_sidecar
+from fedad.federation.predict import SiteScorer, site_scorer
 
 log = logging.getLogger("fedad")
 
@@ -65,7 +65,7 @@ def scorer_module(scorer: SiteScorer) -> ScorerModule:
     """
     require_differentiable(scorer.detector)
     return ScorerModule(scorer.extractor, scorer.detector, scorer.summary,
-                        scorer.cfg.dataset.image_size, scorer.info["mean"], scorer.info["std"],
+                        scorer.cfg.dataset.scored_size(), scorer.info["mean"], scorer.info["std"],
                         scorer.threshold)
 
 

@@ -1,5 +1,5 @@
 """Run an exported scorer with onnxruntime and check it against PyTorch
-(:func:`fedad.evaluation.predict.predict`, the faiss path a run scores with)."""
+(:func:`fedad.federation.predict.predict`, the faiss path a run scores with)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 from fedad.data.dataset import AnomalyDataset
 from fedad.data.io import FileSource
 from fedad.data.sample import SampleRecord
-from fedad.evaluation.predict import SiteScorer, predict, readable_images
 from fedad.export.onnx_export import INPUT, require_package
+from fedad.federation.predict import SiteScorer, predict, readable_images
 
 log = logging.getLogger("fedad")
 
@@ -77,7 +77,7 @@ class Comparison:
 def compare(model: str | Path, run_dir: str | Path, folder: str | Path, site: int,
             scorer: SiteScorer | None = None, threads: int | None = None) -> Comparison:
     """Score every image of ``folder`` with the exported ``model`` (onnxruntime) and with
-    PyTorch (:func:`~fedad.evaluation.predict.predict`: the run's own scoring path, faiss
+    PyTorch (:func:`~fedad.federation.predict.predict`: the run's own scoring path, faiss
     k-NN), and compare maps, scores and decisions."""
     preds, maps, _ = predict(run_dir, folder, site, device="cpu", scorer=scorer)
     files, _ = readable_images(folder)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import fedad
-from fedad.evaluation.predict import SiteScorer
+from fedad.federation.predict import SiteScorer
 
 FORMAT = "fedad-onnx-scorer"
 FORMAT_VERSION = 1
@@ -32,7 +32,7 @@ def sidecar_path(model: str | Path) -> Path:
 def sidecar(scorer: SiteScorer, site: int, model: Path, opset: int, chunk: int,
             exporter: str, input_name: str, outputs: tuple[str, ...]) -> dict:
     """The sidecar's content for ``scorer`` (site ``site``) exported to ``model``."""
-    s = int(scorer.cfg.dataset.image_size)
+    s = int(scorer.cfg.dataset.scored_size())
     shapes = {"map": ["N", s, s], "score": ["N"], "decision": ["N"]}
     return {
         "format": FORMAT,
@@ -69,8 +69,3 @@ def write_sidecar(path: Path, scorer: SiteScorer, site: int, model: Path, **kwar
     meta = sidecar(scorer, site, model, **kwargs)
     path.write_text(json.dumps(meta, indent=2) + "\n")
     return meta
-
-
-def read_sidecar(path: str | Path) -> dict:
-    """A sidecar written by :func:`write_sidecar`."""
-    return json.loads(Path(path).read_text())

@@ -73,13 +73,6 @@ class PixelExtractor(nn.Module):
         return 3, int(image_size), int(image_size)
 
 
-def feature_channels(cfg: BackboneConfig) -> int:
-    """Channels ``C`` of the fused features, without loading any weights."""
-    model = timm.create_model(cfg.name, pretrained=False, features_only=True,
-                              out_indices=tuple(int(i) for i in cfg.layers))
-    return int(sum(model.feature_info.channels()))
-
-
 def build_feature_extractor(cfg: BackboneConfig) -> tuple[FeatureExtractor | PixelExtractor, dict]:
     """The frozen extractor and its description (name, weights, layers, mean, std)."""
     layers = tuple(int(i) for i in cfg.layers)

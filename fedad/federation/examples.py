@@ -23,7 +23,7 @@ def save_examples(cfg: RunConfig, data: ClientData, scores: Scores, out: str, n:
         return
     pick = anomalous[np.linspace(0, anomalous.size - 1, min(n, anomalous.size)).astype(int)]
     dataset = build_dataset(cfg.dataset, "test")
-    size = cfg.dataset.image_size
+    size = cfg.dataset.scored_size()
     images, masks, maps, titles = [], [], [], []
     for i in pick:
         sample = dataset[int(i)]

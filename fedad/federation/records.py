@@ -5,14 +5,12 @@ records one to one; the in-process transport passes them as they are."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-Arrays = dict[str, np.ndarray]
-Records = dict[str, Arrays]  # record name -> its arrays
+from fedad.exchanges.records import Arrays, Records, arrays, tensors  # noqa: F401 - re-exported
+
 Scalar = int | float | str | bool
 
 TRAIN, EVALUATE, QUERY = "train", "evaluate", "query"  # message kinds
@@ -50,18 +48,6 @@ class Reply:
         """``client node <key>``, with its partition once its reply names it."""
         return f"client node {self.key}" + ("" if self.site is None
                                             else f" (partition {self.site})")
-
-
-def tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """Arrays as tensors (sharing memory where numpy allows)."""
-    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
-
-
-def arrays(state: Mapping[str, torch.Tensor]) -> Arrays:
-    """Tensors as contiguous numpy arrays, copies on the CPU (never views of a live
-    module's parameters, which training would change under the receiver)."""
-    return {k: np.array(v.detach().cpu().numpy(), copy=True, order="C")
-            for k, v in state.items()}
 
 
 def nbytes(records: Records) -> int:

@@ -56,13 +56,3 @@ def median_outliers(vectors: Sequence[np.ndarray], k: float = 3.0,
     return OutlierVerdict(d, threshold, d <= threshold)
 
 
-def flat_update(weights: dict[str, np.ndarray], reference: dict[str, np.ndarray]
-                ) -> np.ndarray:
-    """``w - w_ref`` over the float arrays both hold, flattened in key order: what the
-    outlier rule compares for weight exchange."""
-    keys = sorted(k for k in weights if k in reference
-                  and np.issubdtype(np.asarray(weights[k]).dtype, np.floating))
-    if not keys:
-        return np.zeros(0)
-    return np.concatenate([(np.asarray(weights[k], dtype=np.float64)
-                            - np.asarray(reference[k], dtype=np.float64)).ravel() for k in keys])

@@ -6,6 +6,7 @@ config that differs in anything but how to run (:data:`fedad.federation.checkpoi
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,8 @@ def run_folder(cfg: RunConfig, output_dir: str | Path,
         return (Path(output_dir).expanduser() / f"run-{run_id}").resolve(), None
     out = Path(cfg.resume).expanduser().resolve()
     ckpt = load_server(out)
-    changed = config_changes(ckpt["config"], to_flat(cfg), to_flat(RunConfig()))
+    changed = config_changes(ckpt["config"], to_flat(resolve(copy.deepcopy(cfg))),
+                             to_flat(resolve(RunConfig())))
     if changed:
         raise ConfigError(f"resume: the run config differs from the checkpointed run's in "
                           f"{', '.join(changed)}; resume with the same settings")

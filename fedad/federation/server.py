@@ -34,22 +34,22 @@ from fedad.detectors.registry import (
 )
 from fedad.errors import BankError, ConfigError
 from fedad.evaluation.chance import validation_signal
-from fedad.federation.exchanges.base import Upload
+from fedad.exchanges.base import Upload
 from fedad.federation.participation import participants
 from fedad.federation.payload import NOTE, NUM_EXAMPLES
 from fedad.federation.records import EVALUATE, QUERY, TRAIN, Envelope, Reply, nbytes
 from fedad.federation.robust import median_outliers
 from fedad.privacy.accountant import calibrated
 from fedad.privacy.secure_sum import decode, error_bound, quantization_range
+from fedad.refinements import metric_keys
 
 log = logging.getLogger("fedad")
 # test metrics, then validation metrics (held-out normals + synthetic defects; sites with
 # too few images hold none out and do not report them)
+# (a refinement adds its own: fedad.refinements.metric_keys)
 EVAL_KEYS = ("i_auroc", "p_auroc", "pro", "i_f1_max", "p_f1_max", "val_i_auroc",
-             "val_p_auroc", "f2pad_base_iou", "f2pad_base_dice", "f2pad_iou", "f2pad_dice",
-             "f2pad_p_auroc", "f2pad_pro")
-SITE_KEYS = ("threshold", "val-images", "f2pad_refined", "f2pad_empty", "f2pad_diverged",
-             "f2pad_seconds_median", "f2pad_iterations_median")  # per site, not averaged
+             "val_p_auroc")
+SITE_KEYS = ("threshold", "val-images")  # per site, not averaged
 STARTUP = "start-up"  # what rejections before round 1 are filed under
 TRAIN_SECONDS = ("seconds-features", "seconds-train", "seconds-reduce")
 
@@ -217,11 +217,10 @@ class Server:
 
     def accept(self, rnd: int, delivery: Delivery) -> dict:
         """Validate, screen and aggregate a round's uploads; the round's train record."""
-        self.exchange.round_t = rnd  # what a round's uploads hold may depend on it
         valid: list[tuple[Reply, dict]] = []
         for reply in self.ok_replies(delivery, rnd):
             try:
-                valid.append((reply, self.exchange.validate(reply.records, reply.who)))
+                valid.append((reply, self.exchange.validate(reply.records, reply.who, rnd)))
             except (BankError, KeyError, ValueError, TypeError) as exc:
                 self.reject(rnd, reply.who, str(exc).removeprefix(f"{reply.who}: "))
         replies = [r for r, _ in valid]
@@ -258,7 +257,6 @@ class Server:
         """``secure.enabled``: the round's train record from the sum SecAgg+ unmasked;
         the sites that dropped out are named, the sum decoded and handed to the exchange
         (whose result is checked as an upload would be)."""
-        self.exchange.round_t = rnd
         replies = self.ok_replies(delivery, rnd)
         why = ("dropped out of secure aggregation" if delivery.sums is not None else
                "secure aggregation halted: too few sites stayed to remove the masks "
@@ -296,16 +294,18 @@ class Server:
         """Mean and spread over sites of their metrics (and each site's)."""
         per_client: dict[int, dict[str, float]] = {}
         seconds, seconds_features = [], []
+        averaged, per_site = metric_keys(self.cfg)
+        averaged, per_site = (*EVAL_KEYS, *averaged), (*SITE_KEYS, *per_site)
         for reply in self.ok_replies(delivery, rnd, "evaluation "):
             m = reply.metrics
-            per_client[int(m["partition-id"])] = {k: float(m[k]) for k in (*EVAL_KEYS,
-                                                                           *SITE_KEYS)
+            per_client[int(m["partition-id"])] = {k: float(m[k]) for k in (*averaged,
+                                                                           *per_site)
                                                   if k in m}
             seconds.append(float(m["seconds-eval"]))
             seconds_features.append(float(m["seconds-features"]))
         if not per_client:
             return None
-        keys = [k for k in EVAL_KEYS if any(k in v for v in per_client.values())]
+        keys = [k for k in averaged if any(k in v for v in per_client.values())]
         out = {"per_client": {str(p): per_client[p] for p in sorted(per_client)},
                **{k: mean_std(v[k] for v in per_client.values() if k in v) for k in keys},
                "seconds-client": {"seconds-eval": max(seconds)},

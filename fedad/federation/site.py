@@ -37,8 +37,8 @@ from fedad.errors import BadFilesError, ConfigError
 from fedad.evaluation.metrics import evaluate as compute_metrics
 from fedad.evaluation.scores import score
 from fedad.evaluation.shared_scores import score_shared
+from fedad.exchanges.base import Exchange
 from fedad.federation.checkpoint import load_client, save_client
-from fedad.federation.exchanges.base import Exchange
 from fedad.federation.faults import active, inject
 from fedad.federation.payload import NOTE, NUM_EXAMPLES
 from fedad.federation.records import EVALUATE, QUERY, TRAIN, Envelope, Reply
@@ -53,6 +53,8 @@ from fedad.federation.site_data import (
 )
 from fedad.federation.site_files import save_site
 from fedad.privacy.secure_sum import SECURE, encode
+from fedad.refinements import NONE, refinement_for
+from fedad.refinements.base import SiteInputs, SiteOutcome
 
 log = logging.getLogger("fedad")
 EXCHANGE_STATE = "exchange."  # prefix of the exchange's part of a site's state
@@ -148,7 +150,7 @@ def open_round(cfg: RunConfig, node: NodeData, envelope: Envelope,
                       seed=client_seed(cfg, data.partition_id))
     exchange = exchange_for(cfg, detector)
     state = restored_state(store, envelope, data.partition_id,
-                           lambda: bool(detector.state()) or exchange.needs == "module")
+                           lambda: bool(detector.state()) or exchange.site_model)
     mine: dict[str, torch.Tensor] = {}
     if state is not None:
         detector.load_state({k: v for k, v in state.items()
@@ -193,14 +195,17 @@ def train(run: SiteRound, envelope: Envelope, store: StateStore) -> Reply:
         **{f"{NOTE}{k}": float(v) for k, v in notes.items()}})
 
 
-def refine(run: SiteRound, node: NodeData, summary, scores, held):
-    """``refine=f2pad``: the site's test maps refined (:mod:`fedad.refinements.f2pad.site`)."""
-    from fedad.refinements.f2pad.site import refine_site  # scipy, skimage when asked
-
+def refine(run: SiteRound, node: NodeData, summary, scores, held) -> SiteOutcome | None:
+    """The run's refinement (``refine=<name>``, :mod:`fedad.refinements`) of the site's test
+    maps at its final evaluation; ``None`` without one."""
+    refinement = refinement_for(run.cfg)
+    if refinement is None:
+        return None
     extractor, info = extractor_for(run.cfg)
     train, test = site_images(run.cfg, node)
-    return refine_site(run.cfg, run.detector, summary, extractor, info, train, test, scores,
-                       None if held is None else held.maps, run.data.partition_id)
+    return refinement.at_site(SiteInputs(
+        run.cfg, run.detector, summary, extractor, info, train, test, scores,
+        None if held is None else held.maps, run.data.partition_id))
 
 
 def keep_scores(out: str, data: ClientData, cfg: RunConfig, scores, threshold, held) -> None:
@@ -220,7 +225,7 @@ def evaluate(run: SiteRound, envelope: Envelope, node: NodeData) -> Reply:
     """Score the test set (and validation split) against what the exchange says; in the
     final round also calibrate the threshold and save the site for ``fedad-predict``."""
     cfg, data, detector = run.cfg, run.data, run.detector
-    size = cfg.dataset.image_size
+    size = cfg.dataset.scored_size()
     t = time.perf_counter()
     summary = run.exchange.scoring_summary(data.train.features, envelope.records)
     values: dict = {}
@@ -240,24 +245,20 @@ def evaluate(run: SiteRound, envelope: Envelope, node: NodeData) -> Reply:
     out = str(envelope.config.get("out", ""))
     final = bool(envelope.config.get("final", False))
     held = None
-    if final and data.holdout is not None and (out or cfg.refine != "none"):
+    if final and data.holdout is not None and (out or cfg.refine != NONE):
         held = score(detector, data.holdout.features, summary, size)
-    refined = None
-    if final and cfg.refine == "f2pad" and tested:
-        refined = refine(run, node, summary, scores, held)
+    refined = refine(run, node, summary, scores, held) if final and tested else None
+    if refined is not None:
         values.update(refined.metrics)
     seconds = time.perf_counter() - t
     if final and out:
         # a site that scores against its own summary keeps it (the server has none)
-        own = summary if run.exchange.needs == "module" else None
+        own = summary if run.exchange.site_model else None
         site = save_site(out, data.partition_id, detector,
                          None if held is None else held.image, cfg.calibration.quantile,
                          summary=own)
-        if refined is not None and refined.prior is not None:
-            from fedad.refinements.f2pad.prior import save_prior
-
-            save_prior(Path(out) / f"site-{data.partition_id}", refined.prior,
-                       float(refined.threshold))
+        if refined is not None and refined.save is not None:
+            refined.save(Path(out) / f"site-{data.partition_id}")
         if site.threshold is not None:
             values["threshold"] = site.threshold
         if tested:  # per-image scores and a few cases for the run's report

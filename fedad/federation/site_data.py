@@ -217,7 +217,9 @@ def node_config_applied(cfg: RunConfig, node: NodeData) -> RunConfig:
     copy, ``cfg`` is left as it is."""
     if not (node.cache_dir or node.data_root):
         return cfg
-    backbone, dataset = cfg.backbone, cfg.dataset
+    # the run's image size before a node's own data may change the dataset's name (the
+    # server sized the detector from the run config)
+    backbone, dataset = cfg.backbone, replace(cfg.dataset, image_size=cfg.dataset.scored_size())
     if node.cache_dir:
         backbone = replace(backbone, cache="disk", cache_dir=node.cache_dir)
     if node.data_root:

@@ -3,7 +3,7 @@ Flower's SecAgg+ masks and sums the encoded terms, :mod:`server.secure`,
 :mod:`clients.secure`).
 
 An exchange whose server step is a sum names its sum terms and a public scale for each
-(:meth:`~fedad.federation.exchanges.base.Exchange.sum_scales`: from ``secure.max_images``
+(:meth:`~fedad.exchanges.base.Exchange.sum_scales`: from ``secure.max_images``
 and ``secure.bound``, never from a site's data). A site divides each term by its scale and
 multiplies by SecAgg+'s ``clipping_range`` c, so a term within its bound lies in
 ``[-c, c]``; SecAgg+ clips to that range, quantises each value stochastically to ``R``

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedad.rowfed.admm import RowFedConfig, participants
+from fedad.rowfed.admm import participants
+from fedad.rowfed.config import RowFedConfig
 from fedad.rowfed.local import nonfed
 from fedad.rowfed.penalties import prox_entries
 from fedad.rowfed.problem import Client

@@ -3,15 +3,11 @@ NonFed baseline, and the start RowFed's ADMM takes by default (``RowFedConfig.in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
+from fedad.rowfed.config import RowFedConfig
 from fedad.rowfed.penalties import prox_entries
 from fedad.rowfed.problem import Client
-
-if TYPE_CHECKING:
-    from fedad.rowfed.admm import RowFedConfig
 
 
 def nonfed(clients: list[Client], cfg: RowFedConfig, steps: int = 2000,

@@ -9,7 +9,9 @@ from torch import nn
 
 from fedad.components.maps import anomaly_maps, image_scores
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
-from fedad.detectors.base import FitInfo, NoSummary, Scores, TrainHooks, step
+from fedad.components.training import OptimSpec, Part, TrainHooks, build_optimizer, step
+from fedad.detectors.base import Detector, FitInfo, Scores
+from fedad.detectors.capabilities import Trainable
 
 
 class AutoEncoder(nn.Module):
@@ -22,24 +24,29 @@ class AutoEncoder(nn.Module):
         return self.decode(self.encode(x))
 
 
-class ToyAE(NoSummary):
+class ToyAE(Detector, Trainable):
     name = "toyae"
     iterative = True
-    first_round = 1
-    exchanges = ("local", "fedavg", "fedprox", "scaffold", "toypersonal")
+
+    @classmethod
+    def parts(cls, cfg):
+        return {"net": Part("", OptimSpec(cfg.train.optimizer, cfg.train.lr))}
 
     def __init__(self, cfg, shape, device="cpu", seed=0):
         self.cfg, self.shape = cfg, shape
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.net = AutoEncoder(shape.channels)
-        make = torch.optim.SGD if cfg.train.optimizer == "sgd" else torch.optim.Adam
-        self.optimizer = make(self.net.parameters(), lr=cfg.train.lr)
+        self.spec = self.parts(cfg)["net"].optim
+        self.optimizer = build_optimizer(self.net.parameters(), self.spec)
 
     def module(self) -> nn.Module:
         return self.net
 
     def fit(self, features, global_summary, round_t, hooks: TrainHooks | None = None):
+        spec = self.optim_spec("net", hooks)  # the exchange's rule (SCAFFOLD: plain SGD)
+        if spec != self.spec:
+            self.spec, self.optimizer = spec, build_optimizer(self.net.parameters(), spec)
         self.net.train()
         steps, loss = 0, torch.zeros(())
         for _ in range(self.cfg.train.local_epochs):

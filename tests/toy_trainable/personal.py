@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange
+from fedad.exchanges.weights import WEIGHTS, WeightExchange
 
 
 class ToyPersonal(WeightExchange):
@@ -19,7 +19,8 @@ class ToyPersonal(WeightExchange):
     def payload(self, key, round_t):
         if key not in self.own:
             return {WEIGHTS: self.weights}
-        return {WEIGHTS: {k: (0.5 * self.own[key][k] + 0.5 * self.weights[k]).astype(
+        own = {**self.weights, **self.own[key]}  # a key it never uploaded: the global
+        return {WEIGHTS: {k: (0.5 * own[k] + 0.5 * self.weights[k]).astype(
             self.weights[k].dtype) for k in self.weights}}
 
     def evaluation_payload(self, key):
@@ -27,7 +28,8 @@ class ToyPersonal(WeightExchange):
 
     def aggregate(self, uploads, round_t):
         super().aggregate(uploads, round_t)
-        self.own.update({u.key: u.records[WEIGHTS] for u in uploads})
+        for u in uploads:  # a module trained part by part uploads the round's part
+            self.own.setdefault(u.key, {}).update(u.records[WEIGHTS])
 
     def state(self):
         return {**super().state(), "own": self.own}

@@ -34,21 +34,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
+from fedad.components.training import OptimSpec, Part, TrainHooks, build_optimizer, step
 from fedad.config.schema import RunConfig
 from fedad.detectors.asymst.head import SegmentationHead, cosine_map, discrepancy
 from fedad.detectors.asymst.losses import cosine_loss, segmentation_loss
 from fedad.detectors.asymst.student import Student
 from fedad.detectors.asymst.synthesis import defect_batch
 from fedad.detectors.asymst.teacher import Teacher, build_teacher, teacher_channels
-from fedad.detectors.base import (
-    FeatureShape,
-    FitInfo,
-    NoSummary,
-    Scores,
-    Summary,
-    TrainHooks,
-    step,
-)
+from fedad.detectors.base import Detector, FeatureShape, FitInfo, Reads, Scores, Summary
+from fedad.detectors.capabilities import Phased
 from fedad.diffusion.defects import draw_pool
 from fedad.diffusion.schedule import alphas_cumprod
 from fedad.diffusion.train import train_ddpm
@@ -77,12 +71,29 @@ def teacher_for(cfg: RunConfig, device) -> Teacher:
     return _TEACHERS[key]
 
 
-class AsymST(NoSummary):
+class AsymST(Detector, Phased):
     name = "asymst"
     iterative = True
     first_round = 1
-    exchanges = ("local", "fedavg", "fedprox", "scaffold", "fedbn")
     inputs = "images"
+
+    @classmethod
+    def reads(cls, cfg: RunConfig) -> Reads:
+        """The teacher's levels (``asymst.strides``)."""
+        return Reads(tuple(int(s) for s in cfg.asymst.strides))
+
+    @classmethod
+    def parts(cls, cfg: RunConfig) -> dict[str, Part]:
+        """The DDPM (``ddpm.lr``), the student (``asymst.student_lr``) and the head
+        (``asymst.head_lr``), each trained by ``train.optimizer``."""
+        a, name = cfg.asymst, cfg.train.optimizer
+        return {DDPM: Part(f"{DDPM}.", OptimSpec(name, cfg.ddpm.lr)),
+                STUDENT: Part(f"{STUDENT}.", OptimSpec(name, a.student_lr)),
+                HEAD: Part(f"{HEAD}.", OptimSpec(name, a.head_lr))}
+
+    @classmethod
+    def phases(cls, cfg: RunConfig) -> list[str]:
+        return phases(cfg)
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -120,6 +131,7 @@ class AsymST(NoSummary):
         self.pool: torch.Tensor | None = None
         self.fallback = ""  # why this site makes cut-paste defects instead of DDPM ones
         self.phase = ""  # the phase whose optimiser is kept
+        self.spec: OptimSpec | None = None  # ... and its settings
         self.optimizer: torch.optim.Optimizer | None = None
         self._optim_state: dict[str, torch.Tensor] = {}
 
@@ -127,27 +139,15 @@ class AsymST(NoSummary):
     def module(self) -> nn.Module:
         return self.net
 
-    def trained_parts(self, round_t: int) -> tuple[str, ...]:
-        """The module's parts round ``round_t`` trains: only their weights are uploaded."""
-        kinds = phases(self.cfg)
-        return (f"{kinds[round_t - 1]}.",) if 1 <= round_t <= len(kinds) else ("",)
-
-    def _lr(self, phase: str) -> float:
-        a = self.cfg.asymst
-        return {DDPM: self.cfg.ddpm.lr, STUDENT: a.student_lr, HEAD: a.head_lr}[phase]
-
-    def _optimizer(self, phase: str) -> torch.optim.Optimizer:
-        """The phase's optimiser (its moments carried over rounds of the same phase)."""
-        if self.optimizer is None or self.phase != phase:
-            params = self.net[phase].parameters()
-            name = self.cfg.train.optimizer
-            if name not in ("adam", "sgd"):
-                raise ConfigError(f"train.optimizer must be adam or sgd, got {name!r}")
-            make = torch.optim.Adam if name == "adam" else torch.optim.SGD
-            self.optimizer = make(params, lr=self._lr(phase))
-            if self.phase == phase and self._optim_state:
+    def _optimizer(self, phase: str, hooks: TrainHooks | None) -> torch.optim.Optimizer:
+        """The phase's optimiser (the exchange's rule applied to the part's own; its
+        moments carried over rounds of the same phase and settings)."""
+        spec = self.optim_spec(phase, hooks)
+        if self.optimizer is None or self.phase != phase or self.spec != spec:
+            self.optimizer = build_optimizer(self.net[phase].parameters(), spec)
+            if self.phase == phase and self._optim_state and (self.spec in (None, spec)):
                 load_optimizer_arrays(self.optimizer, self._optim_state)
-            self.phase = phase
+            self.phase, self.spec = phase, spec
         return self.optimizer
 
     # -- client ------------------------------------------------------------------------------
@@ -176,8 +176,7 @@ class AsymST(NoSummary):
             loss, steps = self._fit_network(teacher, features, phase, gen, rng, hooks)
             seconds["train"] = time.perf_counter() - t1
         notes = {"synthesis-fallback": 1.0} if self.fallback else None
-        return FitInfo(loss=loss, seconds=seconds, steps=steps, lr=self._lr(phase),
-                       notes=notes)
+        return FitInfo(loss=loss, seconds=seconds, steps=steps, notes=notes)
 
     def _fit_ddpm(self, teacher: Teacher, features: torch.Tensor, gen: torch.Generator,
                   round_t: int, hooks: TrainHooks | None) -> tuple[float, int]:
@@ -192,8 +191,8 @@ class AsymST(NoSummary):
         steps = -(-d.epochs * len(images) // d.batch_size)
         state = {k: v.clone() for k, v in self.net[DDPM].state_dict().items()}
         try:
-            return train_ddpm(self.net[DDPM], self._optimizer(DDPM), images, self.abar, steps,
-                              d.crop, d.batch_size, gen, hooks,
+            return train_ddpm(self.net[DDPM], self._optimizer(DDPM, hooks), images, self.abar,
+                              steps, d.crop, d.batch_size, gen, hooks,
                               desc=f"DDPM round {round_t} (site seed {self.seed})",
                               owner=self.net)
         except FloatingPointError as exc:
@@ -222,7 +221,7 @@ class AsymST(NoSummary):
         student, head = self.net[STUDENT], self.net[HEAD]
         student.train(phase == STUDENT)
         head.train(phase == HEAD)
-        optimizer = self._optimizer(phase)
+        optimizer = self._optimizer(phase, hooks)
         pool = self.pool if not self.fallback else None
         steps, losses = 0, []
         n = len(features)
@@ -279,8 +278,8 @@ class AsymST(NoSummary):
             out[POOL] = self.pool.clone()
         if self.fallback:
             out[FALLBACK] = torch.tensor(list(self.fallback.encode()), dtype=torch.uint8)
-        if self.optimizer is not None:
-            out[f"{PHASE}.{self.phase}"] = torch.zeros(0)
+        if self.optimizer is not None:  # the kept optimiser's phase, as its name's bytes
+            out[PHASE] = torch.tensor(list(self.phase.encode()), dtype=torch.uint8)
             out.update(optimizer_arrays(self.optimizer))
         return out
 
@@ -291,8 +290,7 @@ class AsymST(NoSummary):
         self.pool = arrays[POOL].clone() if POOL in arrays else None
         self.fallback = (bytes(arrays[FALLBACK].tolist()).decode() if FALLBACK in arrays
                          else "")
-        phase = [k.split(".", 1)[1] for k in arrays if k.startswith(f"{PHASE}.")]
-        self.phase = phase[0] if phase else ""
-        self.optimizer = None
+        self.phase = bytes(arrays[PHASE].tolist()).decode() if PHASE in arrays else ""
+        self.optimizer, self.spec = None, None
         self._optim_state = {k: v for k, v in arrays.items() if k.startswith("optim.")}
 

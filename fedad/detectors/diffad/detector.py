@@ -36,16 +36,10 @@ import torch.nn.functional as F
 
 from fedad.components.maps import gaussian_blur
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
+from fedad.components.training import OptimSpec, Part, TrainHooks, build_optimizer, step
 from fedad.config.schema import RunConfig
-from fedad.detectors.base import (
-    FeatureShape,
-    FitInfo,
-    NoSummary,
-    Scores,
-    Summary,
-    TrainHooks,
-    step,
-)
+from fedad.detectors.base import Detector, FeatureShape, FitInfo, Reads, Scores, Summary
+from fedad.detectors.capabilities import Reconstructs, Trainable
 from fedad.detectors.diffad.crops import aligned_crops
 from fedad.detectors.diffad.maps import combine, feature_error, level_targets, zscore
 from fedad.detectors.diffad.network import FeatureHead, NoiseAndFeatures
@@ -74,13 +68,24 @@ def grid_stride(cfg: RunConfig) -> int:
     return 2 ** (len(cfg.ddpm.channels) - 1)
 
 
-class DiffAD(NoSummary):
+class DiffAD(Detector, Trainable, Reconstructs):
     name = "diffad"
     iterative = True
     first_round = 1
-    # no fedbn: the UNet and the head normalise by GroupNorm, and FedBN keeps BatchNorm
-    exchanges = ("local", "fedavg", "fedprox", "scaffold")
     inputs = "images"
+    batch_norm_hint = (" (diffad's UNet and feature head normalise by GroupNorm, which "
+                       "FedBN does not keep local)")
+
+    @classmethod
+    def reads(cls, cfg: RunConfig) -> Reads:
+        """The levels of the feature target (``diffad.strides``)."""
+        return Reads(tuple(int(s) for s in cfg.diffad.strides))
+
+    @classmethod
+    def parts(cls, cfg: RunConfig) -> dict[str, Part]:
+        """One part, the UNet with its feature head, trained by ``train.optimizer`` at
+        ``ddpm.lr``."""
+        return {"network": Part("", OptimSpec(cfg.train.optimizer, cfg.ddpm.lr))}
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -117,21 +122,22 @@ class DiffAD(NoSummary):
             self.net = NoiseAndFeatures(unet, head).to(self.device)
         self.abar = alphas_cumprod(cfg.ddpm)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.spec: OptimSpec | None = None
         self._optim_state: dict[str, torch.Tensor] = {}
 
     # -- the module that travels -----------------------------------------------------------
     def module(self) -> torch.nn.Module:
         return self.net
 
-    def _optimizer(self) -> torch.optim.Optimizer:
-        if self.optimizer is None:
-            name = self.cfg.train.optimizer
-            if name not in ("adam", "sgd"):
-                raise ConfigError(f"train.optimizer must be adam or sgd, got {name!r}")
-            make = torch.optim.Adam if name == "adam" else torch.optim.SGD
-            self.optimizer = make(self.net.parameters(), lr=self.cfg.ddpm.lr)
-            if self._optim_state:
+    def _optimizer(self, hooks: TrainHooks | None) -> torch.optim.Optimizer:
+        """The network's optimiser (the exchange's rule applied to its own; its moments
+        carried over rounds while the settings stay)."""
+        spec = self.optim_spec("network", hooks)
+        if self.optimizer is None or self.spec != spec:
+            self.optimizer = build_optimizer(self.net.parameters(), spec)
+            if self._optim_state and self.spec is None:
                 load_optimizer_arrays(self.optimizer, self._optim_state)
+            self.spec = spec
         return self.optimizer
 
     # -- client ------------------------------------------------------------------------------
@@ -161,7 +167,7 @@ class DiffAD(NoSummary):
         gen = torch.Generator().manual_seed(
             (int(self.cfg.diffad.seed) * 1_000_003 + int(self.seed)) * 1009 + int(round_t))
         steps = -(-d.epochs * len(images) // d.batch_size)
-        optimizer = self._optimizer()
+        optimizer = self._optimizer(hooks)
         self.net.train()
         w = float(self.cfg.diffad.feature_weight)
         losses: list[float] = []
@@ -179,7 +185,7 @@ class DiffAD(NoSummary):
             losses.append(float(loss.detach()))
         tail = losses[-max(1, steps // 10):]
         return FitInfo(loss=sum(tail) / len(tail), seconds={"train": time.perf_counter() - t0},
-                       steps=steps, lr=d.lr)
+                       steps=steps)
 
     def raw_maps(self, features: torch.Tensor, image_size: int) -> tuple[torch.Tensor,
                                                                          torch.Tensor]:
@@ -286,7 +292,7 @@ class DiffAD(NoSummary):
         if not arrays:
             return
         self.net.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("net.")})
-        self.optimizer = None
+        self.optimizer, self.spec = None, None
         self._optim_state = {k: v for k, v in arrays.items() if k.startswith("optim.")}
 
 

@@ -16,8 +16,9 @@ from fedad.components.knn import NearestNeighbours, torch_knn
 from fedad.components.maps import anomaly_maps, image_scores, patch_scores
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
 from fedad.components.rows import as_rows
+from fedad.components.training import OptimSpec, TrainHooks, build_optimizer, step
 from fedad.config.schema import FedDyMemConfig, HeadConfig, ScoreConfig, TrainConfig
-from fedad.detectors.base import Scores, TrainHooks, step
+from fedad.detectors.base import Scores
 from fedad.detectors.feddymem.head import FedDyMemHead
 from fedad.detectors.feddymem.loss import bank_spacing, metric_loss, positions, repulsive_loss
 from fedad.detectors.feddymem.reduce import MemoryReducer
@@ -44,7 +45,8 @@ class FedDyMemClient:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.head = FedDyMemHead(channels, self.head_cfg).to(self.device)
-        self.optimizer = (make_optimizer(self.head, self.train_cfg.optimizer, self.train_cfg.lr)
+        self.spec = OptimSpec(self.train_cfg.optimizer, self.train_cfg.lr)
+        self.optimizer = (build_optimizer(self.head.parameters(), self.spec)
                           if self.head.trainable else None)
         self.shuffle = torch.Generator().manual_seed(seed)
         self.last_steps = 0
@@ -92,6 +94,13 @@ class FedDyMemClient:
                           rema=mem.rema, seed=seed, niter=self.train_cfg.kmeans_iters)
 
     # -- training ------------------------------------------------------------------------
+    def use_optimizer(self, spec: OptimSpec) -> None:
+        """Train with ``spec`` from now on (a weight exchange's rule, e.g. SCAFFOLD's plain
+        SGD): a different optimiser starts fresh, the same one keeps its moments."""
+        if self.optimizer is not None and spec != self.spec:
+            self.spec = spec
+            self.optimizer = build_optimizer(self.head.parameters(), spec)
+
     def train_epochs(self, features: torch.Tensor, bank: torch.Tensor,
                      epochs: int | None = None, hooks: TrainHooks | None = None,
                      ) -> list[float]:
@@ -211,11 +220,3 @@ class FedDyMemClient:
         if state.get("shuffle") is not None:
             self.shuffle.set_state(state["shuffle"])
 
-
-def make_optimizer(head: torch.nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
-    """``adam`` (the paper's) or plain ``sgd`` (what SCAFFOLD's option II assumes)."""
-    if name == "adam":
-        return torch.optim.Adam(head.parameters(), lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(head.parameters(), lr=lr)
-    raise ConfigError(f"train.optimizer must be adam or sgd, got {name!r}")

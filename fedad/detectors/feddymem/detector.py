@@ -33,9 +33,16 @@ import torch
 from fedad.components.coreset import greedy_coreset
 from fedad.components.kmeans import kmeans
 from fedad.components.rows import as_rows, row_moments
+from fedad.components.training import OptimSpec, Part, TrainHooks
 from fedad.components.validate import check_bank, require_keys
 from fedad.config.schema import RunConfig
-from fedad.detectors.base import BANK, FeatureShape, FitInfo, Scores, Summary, TrainHooks
+from fedad.detectors.base import BANK, Detector, FeatureShape, FitInfo, Scores, Summary
+from fedad.detectors.capabilities import (
+    Differentiable,
+    PrivateRelease,
+    RowMatrix,
+    ShiftedRepresentation,
+)
 from fedad.detectors.feddymem.aggregate import aggregate
 from fedad.detectors.feddymem.client import FedDyMemClient
 from fedad.detectors.feddymem.set_reduce import SET_REDUCES
@@ -47,14 +54,12 @@ REDUCES = ("positional", *SET_REDUCES)
 AGGREGATIONS = ("kmeans", "average", "coreset")
 
 
-class FedDyMem:
+class FedDyMem(Detector, PrivateRelease, Differentiable, ShiftedRepresentation, RowMatrix):
     """The paper's detector: a trained head per client and a shared positional bank."""
 
     name = "feddymem"
     iterative = True
     first_round = 0  # round 0: the initial banks (Alg. 4)
-    exchanges = ("summary", "local", "fedavg", "fedprox", "scaffold", "fedbn", "rowfed",
-                 "fedphp", "apple", "dbe")
     weights_label = "feddymem-head"  # a weight-exchange run's name: feddymem-head+fedavg
     batch_norm_hint = (" (head.batch_norm=true adds BatchNorm to FedDyMem's projection; "
                        "conf/method/fedbn.yaml sets it)")
@@ -117,6 +122,40 @@ class FedDyMem:
                               f"private bank is the mean map), got {cfg.feddymem.reduce!r}")
         return cfg.train.rounds + 1
 
+    def private_rows(self, features: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, H*W*C)``: each image's whole memory map, the row the private bank
+        clips (:func:`~fedad.privacy.bank.private_mean_map`)."""
+        maps = list(self.client.memories(features))
+        if not maps:
+            return torch.zeros(0, 1, int(np.prod(self.bank_shape)))
+        return torch.cat(maps).reshape(len(features), 1, -1)
+
+    # -- the trained head (weight exchanges) -------------------------------------------------
+    @classmethod
+    def parts(cls, cfg: RunConfig) -> dict[str, Part]:
+        """One part, the head (projection + memory generator), trained by
+        ``train.optimizer`` at ``train.lr`` (the paper's Adam at 1e-3)."""
+        return {"head": Part("", OptimSpec(cfg.train.optimizer, cfg.train.lr))}
+
+    def representation(self) -> torch.nn.Module:
+        """The projection (the part whose output FedPHP and DBE compare)."""
+        return self.client.head.representation
+
+    def representation_shift(self) -> torch.Tensor:
+        return self.client.head.shift
+
+    def set_representation_shift(self, shift: torch.Tensor) -> None:
+        self.client.head.shift = shift
+
+    @classmethod
+    def shift_key(cls) -> str:
+        return "shift"
+
+    @classmethod
+    def row_matrix(cls, cfg: RunConfig) -> str:
+        """The projection's 1x1 convolution: row ``j`` is input channel ``j``'s weights."""
+        return "projection.conv.weight"
+
     def _reduce(self, features: torch.Tensor, previous: torch.Tensor | None,
                 round_t: int) -> torch.Tensor:
         pv = self.cfg.privacy
@@ -151,6 +190,7 @@ class FedDyMem:
             self.own_bank = self._reduce(features, self.own_bank, self.own_rounds)
             sec_reduce = time.perf_counter() - t
             t = time.perf_counter()
+            self.client.use_optimizer(self.optim_spec("head", hooks))
             losses = self.client.train_epochs(features, self.own_bank, hooks=hooks)
             self.own_rounds += 1
             return FitInfo(losses[-1] if losses else 0.0,

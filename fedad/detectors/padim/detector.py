@@ -39,7 +39,16 @@ from fedad.components.gaussian import (
 from fedad.components.maps import anomaly_maps, image_scores
 from fedad.components.validate import check_array, require_keys
 from fedad.config.schema import RunConfig, SecureConfig
-from fedad.detectors.base import FeatureShape, FitInfo, Scores, Summary, summary_fingerprint
+from fedad.detectors.base import (
+    Detector,
+    FeatureShape,
+    FitInfo,
+    Reads,
+    Scores,
+    Summary,
+    summary_fingerprint,
+)
+from fedad.detectors.capabilities import PositionalGaussian, PrivateRelease, SecureSums
 from fedad.detectors.padim.statistics import channel_subset, position_rows
 from fedad.errors import BankError, ConfigError
 from fedad.privacy.accountant import calibrated
@@ -66,7 +75,7 @@ def upload_nbytes(shape: FeatureShape, cfg: RunConfig) -> int:
     return 8 + shape.positions * (d + packed_size(d)) * item
 
 
-class PaDiM:
+class PaDiM(Detector, PrivateRelease, SecureSums, PositionalGaussian):
     """A Gaussian per feature position over ``cfg.padim.channels`` random channels.
 
     The channel subset is drawn from ``cfg.padim.channel_seed`` (shared by all clients and
@@ -76,8 +85,20 @@ class PaDiM:
 
     name: ClassVar[str] = "padim"
     iterative: ClassVar[bool] = False
-    exchanges: ClassVar[tuple[str, ...]] = ("summary",)
     first_round: ClassVar[int] = 1
+
+    @classmethod
+    def reads(cls, cfg: RunConfig) -> Reads:
+        """``padim.strides`` (4/8/16), raw unless ``padim.avg_pool`` (as published)."""
+        return Reads(tuple(int(s) for s in cfg.padim.strides), cfg.padim.avg_pool)
+
+    def gaussians(self, summary: Mapping[str, np.ndarray]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`model` of ``summary``."""
+        return self.model(dict(summary))
+
+    def channel_subset(self) -> np.ndarray:
+        return self.idx
 
     def __init__(self, cfg: RunConfig, shape: FeatureShape, device: torch.device | str = "cpu",
                  seed: int = 0) -> None:

@@ -10,8 +10,8 @@ what is PaDiM's own is which channels it reads and how features become rows.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from fedad.components.rows import position_rows  # noqa: F401 - PaDiM's rows
 from fedad.errors import ConfigError
 
 
@@ -28,11 +28,3 @@ def channel_subset(channels: int, size: int, seed: int) -> np.ndarray:
         return np.arange(channels, dtype=np.int64)
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(channels, size=size, replace=False)).astype(np.int64)
-
-
-def position_rows(features: torch.Tensor, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """``(N, C, H, W)`` features on the channels ``idx`` as ``(N, H*W, d)`` rows (sample,
-    position, channel): what the Gaussian statistics are taken over."""
-    index = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=features.device)
-    n, _, h, w = features.shape
-    return features.index_select(1, index).reshape(n, index.numel(), h * w).transpose(1, 2)

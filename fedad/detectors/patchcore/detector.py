@@ -37,7 +37,8 @@ from fedad.components.maps import anomaly_maps
 from fedad.components.rows import patch_rows, row_moments
 from fedad.components.validate import check_array, check_bank, require_keys
 from fedad.config.schema import RunConfig
-from fedad.detectors.base import BANK, FeatureShape, FitInfo, Scores, Summary
+from fedad.detectors.base import BANK, Detector, FeatureShape, FitInfo, Reads, Scores, Summary
+from fedad.detectors.capabilities import NearestBank, PrivateRelease
 from fedad.errors import BankError, ConfigError
 from fedad.privacy.accountant import calibrated
 from fedad.privacy.lloyd import private_centres, releases
@@ -56,13 +57,22 @@ def coreset_size(ratio: float, rows: int, bound: int | None = None) -> int:
     return min(size, bound) if bound is not None else size
 
 
-class PatchCore:
-    """PatchCore with a federated memory bank: coresets up, one global coreset down."""
+class PatchCore(Detector, PrivateRelease, NearestBank):
+    """PatchCore with a federated memory bank: coresets up, one global coreset down
+    (frozen features: nothing to train, its summary travels)."""
 
     name = "patchcore"
     iterative = False
     first_round = 1
-    exchanges = ("summary",)  # frozen features: nothing to train, its summary travels
+
+    @classmethod
+    def reads(cls, cfg: RunConfig) -> Reads:
+        """``patchcore.strides`` (8/16), 3x3-averaged by ``patchcore.avg_pool``."""
+        return Reads(tuple(int(s) for s in cfg.patchcore.strides), cfg.patchcore.avg_pool)
+
+    def bank_rows(self, summary: Mapping[str, np.ndarray]) -> torch.Tensor:
+        """The global coreset ``(M, C)``."""
+        return torch.from_numpy(np.ascontiguousarray(summary[BANK], dtype=np.float32))
 
     def __init__(self, cfg: RunConfig, shape: FeatureShape, device: torch.device | str = "cpu",
                  seed: int = 0) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +18,11 @@ import torch
 from fedad.config.flat import from_dict
 from fedad.config.schema import DiffADConfig
 from fedad.detectors.base import Detector, FeatureShape
+from fedad.detectors.capabilities import Reconstructs, describe
 from fedad.detectors.registry import client_seed, create, detector_class, feature_config
 from fedad.errors import ConfigError
+from fedad.evaluation.saved_site import load_site
 from fedad.features.extractor import FeatureExtractor
-from fedad.federation.site_files import load_site
 
 Reconstructor = Callable[[torch.Tensor], torch.Tensor]
 # DiffADConfig's fields of the reconstruction (Algorithm 1), not of the trained model
@@ -43,25 +44,27 @@ def diffusion_reconstructor(run_dir: str | Path, site: int, detector: Detector,
         ConfigError: ``run_dir`` is not a finished diffad run of this image size, or holds
             no state for ``site``, naming it.
     """
-    from fedad.detectors.diffad.reconstruct import detector_objective
+    from fedad.evaluation.objectives import detector_objective
 
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"f2pad.diffusion_run: {path} is missing (a finished diffad run?)")
     cfg = feature_config(from_dict(json.loads(path.read_text())))
-    if cfg.dataset.image_size != image_size:
+    if cfg.dataset.scored_size() != image_size:
         raise ConfigError(f"f2pad.diffusion_run={run_dir} has dataset.image_size="
-                          f"{cfg.dataset.image_size}; the refined images are {image_size} px")
-    if not callable(getattr(detector_class(cfg.detector), "reconstruct", None)):
+                          f"{cfg.dataset.scored_size()}; the refined images are {image_size} px")
+    if not issubclass(detector_class(cfg.detector), Reconstructs):
         raise ConfigError(f"f2pad.diffusion_run={run_dir} is a {cfg.detector} run: its "
-                          "detector reconstructs nothing (a diffad run does)")
+                          f"detector reconstructs nothing (it does not declare "
+                          f"{describe(Reconstructs)}; a diffad run's does)")
     state, _ = load_site(run_dir, site)
     model = create(cfg, FeatureShape(3, image_size, image_size), device,
                    seed=client_seed(cfg, site))
     model.load_state(state)
     if algorithm is not None:
         model.cfg.diffad = replace(model.cfg.diffad,
-                                   **{k: getattr(algorithm, k) for k in ALGORITHM})
+                                   **{k: v for k, v in asdict(algorithm).items()
+                                      if k in ALGORITHM})
     objective = detector_objective(detector, summary, extractor, model.units(), image_size)
 
     def rebuild(x: torch.Tensor) -> torch.Tensor:

@@ -3,14 +3,19 @@ estimated normal image's features, over the feature positions the optimised regi
 (Sec. III-E2: only the scores the region affects). Built once per image from the features
 of the initial estimate ``n0``; called on the features of every iterate ``n``.
 
-* PatchCore (Eq. 5): squared L2 distance to the nearest of ``|M_ij|`` candidates, the
-  global bank's nearest rows of ``n0``'s feature at that position (Eq. 4 approximated, so a
-  step costs ``|M_ij|`` distances per position instead of the whole bank's);
-* PaDiM (Eq. 7): squared Mahalanobis distance to that position's Gaussian;
-* any other detector with a differentiable score (FedDyMem: its nearest-bank distance
-  through the trained head): its score map summed over the touched region, in feature
-  cells (the map is the patch scores upsampled and smoothed, so the sum is the patch
-  scores' sum up to the smoothing at the region's border).
+Which loss a detector gets follows from the capabilities it declares
+(:mod:`fedad.detectors.capabilities`):
+
+* a score by the nearest bank row (:class:`NearestBank`, PatchCore; Eq. 5): squared L2
+  distance to the nearest of ``|M_ij|`` candidates, the global bank's nearest rows of
+  ``n0``'s feature at that position (Eq. 4 approximated, so a step costs ``|M_ij|``
+  distances per position instead of the whole bank's);
+* one Gaussian per position (:class:`PositionalGaussian`, PaDiM; Eq. 7): squared
+  Mahalanobis distance to that position's Gaussian;
+* any other :class:`~fedad.detectors.capabilities.Differentiable` detector (FedDyMem: its
+  nearest-bank distance through the trained head): its score map summed over the touched
+  region, in feature cells (the map is the patch scores upsampled and smoothed, so the sum
+  is the patch scores' sum up to the smoothing at the region's border).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import torch
 
 from fedad.components.gaussian import squared_mahalanobis
 from fedad.components.knn import torch_knn
-from fedad.detectors.base import BANK, Detector
+from fedad.detectors.base import Detector
+from fedad.detectors.capabilities import NearestBank, PositionalGaussian
 from fedad.evaluation.scores import differentiable
 
 FeatureLoss = Callable[[torch.Tensor], torch.Tensor]  # features (1, C, H, W) -> scalar
@@ -87,29 +93,11 @@ def map_loss(detector: Detector, summary: Mapping[str, np.ndarray], where: torch
     return loss
 
 
-def _patchcore(detector: Detector, summary: Mapping[str, np.ndarray], f0: torch.Tensor,
-               where: torch.Tensor, candidates: int, origin: tuple[int, int],
-               grid: tuple[int, int]) -> FeatureLoss:
-    bank = torch.from_numpy(np.ascontiguousarray(summary[BANK], dtype=np.float32))
-    return patchcore_loss(bank.to(f0.device), f0, where, candidates)
-
-
-def _padim(detector: Detector, summary: Mapping[str, np.ndarray], f0: torch.Tensor,
-           where: torch.Tensor, candidates: int, origin: tuple[int, int],
-           grid: tuple[int, int]) -> FeatureLoss:
-    mean, inv = detector.model(dict(summary))
-    return padim_loss(mean, inv, detector.idx, where, origin, grid)
-
-
-# detector name -> its Eq. 4-7 loss, which also scores a crop of the image (the features of
-# the region's box: Sec. III-E2's acceleration); any other differentiable detector: map_loss
-# on the whole image
-LOSSES: dict[str, Callable[..., FeatureLoss]] = {"patchcore": _patchcore, "padim": _padim}
-
-
 def crops(detector: Detector) -> bool:
-    """Whether ``detector``'s loss can score the features of a crop of the image."""
-    return getattr(detector, "name", "") in LOSSES
+    """Whether ``detector``'s loss can score the features of a crop of the image: it
+    declares a score by the nearest bank row (:class:`NearestBank`, Eq. 5) or by one
+    Gaussian per position (:class:`PositionalGaussian`, Eq. 7)."""
+    return isinstance(detector, (NearestBank, PositionalGaussian))
 
 
 def feature_loss(detector: Detector, summary: Mapping[str, np.ndarray], f0: torch.Tensor,
@@ -125,8 +113,11 @@ def feature_loss(detector: Detector, summary: Mapping[str, np.ndarray], f0: torc
         ConfigError: the detector has no differentiable score.
     """
     where = where.to(f0.device)
-    build = LOSSES.get(getattr(detector, "name", ""))
-    if build is None:
-        return map_loss(detector, summary, where, image_size)
-    return build(detector, summary, f0, where, candidates, origin,
-                 grid or tuple(where.shape))
+    if isinstance(detector, NearestBank):
+        bank = detector.bank_rows(summary).to(f0.device)
+        return patchcore_loss(bank, f0, where, candidates)
+    if isinstance(detector, PositionalGaussian):
+        mean, inv = detector.gaussians(summary)
+        return padim_loss(mean, inv, detector.channel_subset(), where, origin,
+                          grid or tuple(where.shape))
+    return map_loss(detector, summary, where, image_size)

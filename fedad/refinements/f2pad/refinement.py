@@ -17,6 +17,7 @@ import torch
 
 from fedad.config.schema import F2PADConfig
 from fedad.detectors.base import Detector
+from fedad.detectors.capabilities import PositionalGaussian
 from fedad.errors import ConfigError
 from fedad.evaluation.differentiable import RefinedSet
 from fedad.evaluation.scores import differentiable
@@ -33,7 +34,11 @@ from fedad.refinements.f2pad.prior import PixelPrior, fit_pixel_prior, sample_pi
 
 log = logging.getLogger("fedad")
 PRIOR_REG = (1.0 / (255.0 * PAPER_STD[1])) ** 2
-TOLERANCE = {"padim": 0.1}  # the paper's stopping tolerance; every other detector: 0.05
+
+def paper_tolerance(detector: Detector) -> float:
+    """The paper's stopping tolerance: 0.1 for PaDiM's Gaussian scores
+    (:class:`PositionalGaussian`), 0.05 for every other detector."""
+    return 0.1 if isinstance(detector, PositionalGaussian) else 0.05
 
 
 def fit_prior(images: torch.Tensor, cfg: F2PADConfig, units: Units) -> PixelPrior:
@@ -60,7 +65,7 @@ class F2PAD:
         self.extractor = extractor
         self.units = units
         self.prior = prior
-        self.tolerance = cfg.tolerance or TOLERANCE.get(getattr(detector, "name", ""), 0.05)
+        self.tolerance = cfg.tolerance or paper_tolerance(detector)
         if cfg.init == "diffusion" and reconstructor is None:
             raise ConfigError("f2pad.init=diffusion needs the site's diffusion "
                               "reconstructor (f2pad.diffusion_run)")

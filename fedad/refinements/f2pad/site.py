@@ -83,7 +83,7 @@ def refine_site(cfg: RunConfig, detector: Detector, summary: Mapping[str, np.nda
         from fedad.refinements.f2pad.diffusion_init import diffusion_reconstructor
 
         rebuild = diffusion_reconstructor(f2.diffusion_run, site, detector, summary,
-                                          extractor, cfg.dataset.image_size,
+                                          extractor, cfg.dataset.scored_size(),
                                           algorithm=cfg.diffad)
     refiner = F2PAD(f2, detector, summary, extractor, units, prior, rebuild)
     log.info("site %d: F2PAD on %d test images (base threshold %.4g, calibrated)", site,

@@ -27,11 +27,13 @@ import copy
 import torch
 
 from fedad.components.mmd import mmd
-from fedad.detectors.base import FitInfo, TrainHooks
+from fedad.components.training import TrainHooks
+from fedad.detectors.base import FitInfo
+from fedad.detectors.capabilities import Represents
 from fedad.errors import ConfigError
-from fedad.federation.exchanges.representation import Capture, representation_part, rows
-from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange
-from fedad.federation.records import Records
+from fedad.exchanges.records import Records
+from fedad.exchanges.representation import Capture, part_name, rows
+from fedad.exchanges.weights import WEIGHTS, WeightExchange
 
 PRIVATE = "fedphp.private."  # site-state prefix of the private model's parameters
 
@@ -44,10 +46,11 @@ def inherit(local: dict[str, torch.Tensor], private: dict[str, torch.Tensor],
 
 class FedPHPExchange(WeightExchange):
     name = "fedphp"
+    requires = (Represents,)
 
     def check(self) -> None:
         super().check()
-        representation_part(self.detector, self.name)
+        part_name(self.detector)
         c = self.cfg.fedphp
         if not 0 <= c.lam < 1:
             raise ConfigError(f"fedphp.lam must be in [0, 1) (1 drops the task loss), got "
@@ -73,21 +76,22 @@ class FedPHPExchange(WeightExchange):
         if any(PRIVATE + k in site_state for k in names):  # inherited in an earlier round
             private.load_state_dict({**private.state_dict(),
                                      **{k: site_state[PRIVATE + k] for k in names}})
-        part = representation_part(self.detector, self.name)
+        part = self.detector.representation()
+        private_part = private.get_submodule(part_name(self.detector))
         draw = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + round_t)
 
         def distill(_module: torch.nn.Module) -> torch.Tensor:
             x, rep = cap.last()
             with torch.no_grad():
-                ref = private.representation(x)
+                ref = private_part(x)
             a, b = rows(rep), rows(ref)
             idx = torch.randperm(len(a), generator=draw)[:c.rows].to(a.device)
             return c.lam * mmd(a[idx], b[idx])
 
         self.round_t = round_t
         with Capture(part) as cap:
-            info = self.detector.fit(features, None, round_t,
-                                     TrainHooks(extra_loss=distill, task_weight=1 - c.lam))
+            info = self.detector.fit(features, None, round_t, TrainHooks(
+                objective=lambda m, task: (1 - c.lam) * task + distill(m)))
         upload = {WEIGHTS: self.module_weights(self.round_keys(round_t))}
         mu_t = c.mu * round_t / max(self.cfg.train.rounds, 1)
         local = {k: v.detach().clone() for k, v in module.named_parameters()}

@@ -17,13 +17,14 @@ import torch
 from torch import Tensor
 
 from fedad.components.states import StateError, cast_like, check_compatible, weighted_mean
+from fedad.components.training import OptimSpec, TrainHooks, part_of
 from fedad.components.validate import check_state
 from fedad.config.schema import RunConfig
-from fedad.detectors.base import FitInfo, TrainHooks
+from fedad.detectors.base import FitInfo
 from fedad.errors import ConfigError
-from fedad.federation.exchanges.base import Upload
-from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange
-from fedad.federation.records import Records, arrays, tensors
+from fedad.exchanges.base import Upload
+from fedad.exchanges.records import Records, arrays, tensors
+from fedad.exchanges.weights import WEIGHTS, WeightExchange
 
 
 def zeros_like_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -150,10 +151,40 @@ CONTROL_DELTA = "control-delta"  # a site's delta c_i, uploaded with its weights
 SITE_CONTROL = "c_i"  # prefix of the site's own control variate in its state
 
 
+def part_rates(cfg: RunConfig, parts: Sequence[str]) -> dict[str, float]:
+    """SCAFFOLD's plain-SGD learning rate of every part: ``scaffold.lr`` unless
+    ``scaffold.part_lr`` names the part (``"<part>=<lr>"``).
+
+    Raises:
+        ConfigError: a malformed entry, a part the detector does not have, or a rate that
+            is not positive and finite, naming it.
+    """
+    sc = cfg.scaffold
+    rates = dict.fromkeys(parts, float(sc.lr))
+    for item in sc.part_lr:
+        name, sep, value = str(item).partition("=")
+        name = name.strip()
+        try:
+            rate = float(value) if sep else float("nan")
+        except ValueError:
+            rate = float("nan")
+        if name not in rates:
+            raise ConfigError(f"scaffold.part_lr: {item!r} names no part of the detector's "
+                              f"module (its parts: {', '.join(parts)}; write '<part>=<lr>')")
+        rates[name] = rate
+    bad = {k: v for k, v in rates.items() if not (math.isfinite(v) and v > 0)}
+    if bad:
+        raise ConfigError("scaffold: plain SGD needs a positive learning rate per part, got "
+                          + ", ".join(f"{k}={v}" for k, v in bad.items())
+                          + " (scaffold.lr, scaffold.part_lr)")
+    return rates
+
+
 class ScaffoldExchange(WeightExchange):
-    """Alg. 1 with option II: sites correct every gradient by ``c - c_i`` (plain SGD) and
-    upload their weights and ``delta c_i``; the server steps ``x`` by ``eta_g`` times the
-    mean update and ``c`` by ``sum(delta c_i) / N``."""
+    """Alg. 1 with option II: sites correct every gradient by ``c - c_i`` and step with
+    plain SGD at SCAFFOLD's own learning rate per part (:func:`part_rates`), and upload
+    their weights and ``delta c_i``; the server steps ``x`` by ``eta_g`` times the mean
+    update and ``c`` by ``sum(delta c_i) / N``."""
 
     name = "scaffold"
     upload_records = (WEIGHTS, CONTROL_DELTA)
@@ -162,9 +193,13 @@ class ScaffoldExchange(WeightExchange):
         super().__init__(cfg, detector)
         self.control: dict[str, np.ndarray] = {}  # the server's c
 
-    @classmethod
-    def adjust(cls, cfg: RunConfig) -> None:
-        cfg.train.optimizer = "sgd"  # option II's control update assumes plain SGD steps
+    def rates(self) -> dict[str, float]:
+        """The plain-SGD learning rate of each part of the detector's module."""
+        return part_rates(self.cfg, list(self.detector.parts(self.cfg)))
+
+    def check(self) -> None:
+        super().check()
+        self.rates()
 
     def control_keys(self) -> list[str]:
         """Trainable parameters among the exchanged keys (what control variates cover)."""
@@ -182,9 +217,9 @@ class ScaffoldExchange(WeightExchange):
     def evaluation_payload(self, key: int) -> Records:
         return {WEIGHTS: self.weights}
 
-    def validate(self, upload: Records, who: str) -> Records:
-        out = super().validate(upload, who)
-        keys = set(self.round_keys(self.round_t, self.control))
+    def validate(self, upload: Records, who: str, round_t: int) -> Records:
+        out = super().validate(upload, who, round_t)
+        keys = set(self.round_keys(round_t, self.control))
         shapes = {k: tuple(v.shape) for k, v in self.control.items() if k in keys}
         return {**out, CONTROL_DELTA: check_state(upload[CONTROL_DELTA], who, shapes,
                                                   CONTROL_DELTA)}
@@ -221,8 +256,10 @@ class ScaffoldExchange(WeightExchange):
         self._x = {k: v.detach().clone() for k, v in self.detector.module().named_parameters()
                    if k in c_local}
         self._c = (c_local, c_global)
+        rates = self.rates()
         return TrainHooks(after_backward=lambda m: correct_gradients(m.named_parameters(),
-                                                                     c_local, c_global))
+                                                                     c_local, c_global),
+                          optimizer=lambda part, own: OptimSpec("sgd", rates[part]))
 
     def upload(self, site_state: dict[str, Tensor], payload: Records,
                info: FitInfo) -> Records:
@@ -234,9 +271,16 @@ class ScaffoldExchange(WeightExchange):
         if info.steps > 0:
             y = {k: v.detach().clone() for k, v in self.detector.module().named_parameters()
                  if k in mine}
-            new, delta_c, _ = client_control_update(
-                mine, {k: c_global[k] for k in mine}, {k: self._x[k] for k in mine}, y,
-                info.steps, info.lr or self.cfg.train.lr)
+            parts, rates = self.detector.parts(self.cfg), self.rates()
+            new, delta_c = {}, {}
+            for part in sorted({part_of(k, parts) for k in mine}):  # each at its own rate
+                keys = [k for k in mine if part_of(k, parts) == part]
+                got, dc, _ = client_control_update(
+                    {k: mine[k] for k in keys}, {k: c_global[k] for k in keys},
+                    {k: self._x[k] for k in keys}, {k: y[k] for k in keys}, info.steps,
+                    rates[part])
+                new.update(got)
+                delta_c.update(dc)
             c_local = {**c_local, **new}
         else:  # no step taken (e.g. a one-image site with BatchNorm): c_i unchanged
             delta_c = zeros_like_state(mine)

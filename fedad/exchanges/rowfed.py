@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedad.detectors.base import TrainHooks
+from fedad.components.training import TrainHooks, part_of
+from fedad.detectors.capabilities import RowMatrix
 from fedad.errors import ConfigError
-from fedad.federation.exchanges.base import Upload
-from fedad.federation.exchanges.slots import slot_of
-from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange
-from fedad.federation.records import Records
+from fedad.exchanges.base import Upload
+from fedad.exchanges.records import Records
+from fedad.exchanges.slots import slot_of
+from fedad.exchanges.weights import WEIGHTS, WeightExchange
 from fedad.rowfed.admm import RowFedConfig, RowFedState, row_clusters, server_step, targets
 from fedad.rowfed.penalties import prox_entries
 
@@ -54,6 +55,7 @@ def from_matrix(b: np.ndarray, shape: tuple[int, ...], dtype) -> np.ndarray:
 
 class RowFedExchange(WeightExchange):
     name = "rowfed"
+    requires = (RowMatrix,)
 
     def __init__(self, cfg, detector) -> None:
         super().__init__(cfg, detector)
@@ -61,6 +63,16 @@ class RowFedExchange(WeightExchange):
         self.admm: RowFedState | None = None
 
     # -- config ----------------------------------------------------------------------------
+    def param(self) -> str:
+        """The personalised matrix's key: ``rowfed.param``, or the one the detector
+        declares (:class:`~fedad.detectors.capabilities.RowMatrix`)."""
+        return self.cfg.rowfed.param or self.detector.row_matrix(self.cfg)
+
+    def step_size(self) -> float:
+        """The learning rate of the part that holds the matrix (the sparsity prox's)."""
+        parts = self.detector.parts(self.cfg)
+        return parts[part_of(self.param(), parts)].optim.lr
+
     def admm_config(self) -> RowFedConfig:
         r = self.cfg.rowfed
         return RowFedConfig(fusion=r.fusion, fusion_penalty=r.fusion_penalty,
@@ -71,7 +83,7 @@ class RowFedExchange(WeightExchange):
 
     def check(self) -> None:
         super().check()
-        name = self.cfg.rowfed.param
+        name = self.param()
         params = dict(self.detector.module().named_parameters())
         if name not in params:
             raise ConfigError(f"rowfed.param={name!r} is not a parameter of detector="
@@ -89,12 +101,12 @@ class RowFedExchange(WeightExchange):
         prox_entries(np.zeros(1), cfg.fusion_penalty, cfg.fusion_lam, cfg.rho, cfg.a)
         if cfg.sparsity_lam > 0:
             prox_entries(np.zeros(1), cfg.sparsity_penalty, cfg.sparsity_lam,
-                         1.0 / self.cfg.train.lr, cfg.a)
+                         1.0 / self.step_size(), cfg.a)
 
     # -- server ----------------------------------------------------------------------------
     def start(self) -> None:
         super().start()
-        b0 = to_matrix(self.weights[self.cfg.rowfed.param])
+        b0 = to_matrix(self.weights[self.param()])
         m = self.cfg.num_clients
         self.admm = RowFedState.start(m, *b0.shape, np.repeat(b0[None], m, 0))
         self.slots = {}
@@ -103,7 +115,7 @@ class RowFedExchange(WeightExchange):
         return slot_of(self.slots, key, len(self.admm.b), self.name)
 
     def payload(self, key: int, round_t: int) -> Records:
-        name = self.cfg.rowfed.param
+        name = self.param()
         m = self.slot(key)
         ref = self.weights[name]
         own = from_matrix(self.admm.b[m], ref.shape, ref.dtype)
@@ -117,7 +129,7 @@ class RowFedExchange(WeightExchange):
         if not uploads:
             return
         super().aggregate(uploads, round_t)
-        name = self.cfg.rowfed.param
+        name = self.param()
         for u in uploads:
             self.admm.b[self.slot(u.key)] = to_matrix(u.records[WEIGHTS][name])
         server_step(self.admm, self.admm_config())
@@ -143,7 +155,8 @@ class RowFedExchange(WeightExchange):
 
     # -- site ------------------------------------------------------------------------------
     def hooks(self, site_state: dict[str, torch.Tensor], payload: Records) -> TrainHooks:
-        name, r = self.cfg.rowfed.param, self.cfg.rowfed
+        name, r = self.param(), self.cfg.rowfed
+        lr = self.step_size()
         if TARGET not in payload:
             raise ConfigError("exchange=rowfed: the payload carries no target")
         target = torch.from_numpy(np.array(payload[TARGET]["target"]))
@@ -156,8 +169,8 @@ class RowFedExchange(WeightExchange):
         def sparsify(module: torch.nn.Module) -> None:
             w = dict(module.named_parameters())[name]
             b = prox_entries(to_matrix(w.detach().cpu().numpy()), r.sparsity_penalty,
-                             r.sparsity_lam, 1.0 / self.cfg.train.lr, r.a)
+                             r.sparsity_lam, 1.0 / lr, r.a)
             w.copy_(torch.from_numpy(from_matrix(b, tuple(w.shape), np.float32)).to(w))
 
-        return TrainHooks(extra_loss=coupling,
+        return TrainHooks(objective=lambda m, loss: loss + coupling(m),
                           after_step=sparsify if r.sparsity_lam > 0 else None)

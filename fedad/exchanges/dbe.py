@@ -26,20 +26,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedad.components.training import TrainHooks
 from fedad.components.validate import check_state
-from fedad.detectors.base import FitInfo, TrainHooks
+from fedad.detectors.base import FitInfo
+from fedad.detectors.capabilities import ShiftedRepresentation
 from fedad.errors import ConfigError
-from fedad.federation.exchanges.base import Upload
-from fedad.federation.exchanges.representation import Capture, representation_part, rows
-from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange
-from fedad.federation.records import Records
+from fedad.exchanges.base import Upload
+from fedad.exchanges.records import Records
+from fedad.exchanges.representation import Capture, part_name, rows
+from fedad.exchanges.weights import WEIGHTS, WeightExchange
 
 MEAN = "dbe"  # up: the site's running mean; down: the global mean
-SHIFT = "shift"  # the module's bias buffer (never travels)
 
 
 class DBEExchange(WeightExchange):
     name = "dbe"
+    requires = (ShiftedRepresentation,)
     upload_records = (WEIGHTS, MEAN)
 
     def __init__(self, cfg, detector) -> None:
@@ -47,13 +49,13 @@ class DBEExchange(WeightExchange):
         self.global_mean: np.ndarray | None = None  # g (server)
 
     def local_keys(self, module: torch.nn.Module) -> set[str]:
-        return {SHIFT}
+        return {self.detector.shift_key()}
 
     def channels(self) -> int:
-        return int(self.detector.module().shift.numel())
+        return int(self.detector.representation_shift().numel())
 
     def check(self) -> None:
-        representation_part(self.detector, self.name, shift=True)
+        part_name(self.detector)
         super().check()
         c = self.cfg.dbe
         if not 0 < c.momentum <= 1:
@@ -72,8 +74,8 @@ class DBEExchange(WeightExchange):
             out[MEAN] = {"mean": self.global_mean}
         return out
 
-    def validate(self, upload: Records, who: str) -> Records:
-        out = super().validate(upload, who)  # both records present, the weights checked
+    def validate(self, upload: Records, who: str, round_t: int) -> Records:
+        out = super().validate(upload, who, round_t)  # both records present, the weights checked
         mean = check_state(upload[MEAN], who, {"mean": (self.channels(),)}, "running mean")
         return {**out, MEAN: mean}
 
@@ -108,12 +110,12 @@ class DBEExchange(WeightExchange):
         if WEIGHTS in payload:
             self.load_weights(payload[WEIGHTS])
         c = self.cfg.dbe
-        module = self.detector.module()
-        part = representation_part(self.detector, self.name, shift=True)
+        det = self.detector
+        part = det.representation()
         g = (torch.from_numpy(np.array(payload[MEAN]["mean"], dtype=np.float32))
              if MEAN in payload else None)
-        shift = module.shift.detach().clone().requires_grad_(g is not None)
-        module.shift = shift  # the buffer, as a leaf the loss differentiates
+        shift = det.representation_shift().detach().clone().requires_grad_(g is not None)
+        det.set_representation_shift(shift)  # the buffer, as a leaf the loss differentiates
         running = torch.zeros_like(shift, requires_grad=False)
         pending: list[torch.Tensor] = []
 
@@ -135,7 +137,8 @@ class DBEExchange(WeightExchange):
         self.round_t = round_t
         with Capture(part) as cap:
             info = self.detector.fit(features, None, round_t,
-                                     TrainHooks(extra_loss=regularise, after_step=after))
-        module.shift = shift.detach()
+                                     TrainHooks(objective=lambda m, loss: loss + regularise(m),
+                                                after_step=after))
+        det.set_representation_shift(shift.detach())
         return {WEIGHTS: self.module_weights(self.round_keys(round_t)),
                 MEAN: {"mean": np.ascontiguousarray(running.numpy().astype(np.float32))}}, info

@@ -30,12 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedad.detectors.base import FitInfo, TrainHooks
+from fedad.components.training import TrainHooks
+from fedad.detectors.base import FitInfo
+from fedad.detectors.capabilities import Phased
 from fedad.errors import ConfigError
-from fedad.federation.exchanges.base import Upload
-from fedad.federation.exchanges.slots import slot_of
-from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange
-from fedad.federation.records import Arrays, Records
+from fedad.exchanges.base import Upload
+from fedad.exchanges.records import Arrays, Records
+from fedad.exchanges.slots import slot_of
+from fedad.exchanges.weights import WEIGHTS, WeightExchange
 
 CORES = "apple.cores"  # every site's core: "<slot>.<key>" -> array
 META = "apple"  # the receiving site's slot and p0
@@ -94,6 +96,11 @@ class APPLEExchange(WeightExchange):
 
     def check(self) -> None:
         super().check()
+        if isinstance(self.detector, Phased):
+            raise ConfigError(f"exchange=apple mixes every part of the module at every step, "
+                              f"but detector={self.detector.name} trains its module part by "
+                              "part (Phased): the parts a round does not train would move "
+                              "with the mixture")
         c = self.cfg.apple
         if self.cfg.num_clients < 2:
             raise ConfigError("exchange=apple mixes sites' core models: num_clients >= 2")

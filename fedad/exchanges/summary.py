@@ -13,16 +13,17 @@ import numpy as np
 import torch
 
 from fedad.detectors.base import FitInfo, Summary
+from fedad.detectors.capabilities import SecureSums, Summarizes
 from fedad.errors import BankError
-from fedad.federation.exchanges.base import Exchange, Upload
-from fedad.federation.records import Records
+from fedad.exchanges.base import Exchange, Upload
+from fedad.exchanges.records import Records
 
 SUMMARY = "summary"  # the record that carries a summary, both ways
 
 
 class SummaryExchange(Exchange):
     name = "summary"
-    needs = "summary"
+    requires = (Summarizes,)
     upload_records = (SUMMARY,)
 
     def __init__(self, cfg, detector) -> None:
@@ -42,8 +43,8 @@ class SummaryExchange(Exchange):
     def payload(self, key: int, round_t: int) -> Records:
         return {} if self.summary is None else {SUMMARY: self.summary}
 
-    def validate(self, upload: Records, who: str) -> Records:
-        super().validate(upload, who)
+    def validate(self, upload: Records, who: str, round_t: int) -> Records:
+        super().validate(upload, who, round_t)
         return {SUMMARY: self.detector.validate(upload[SUMMARY], who)}
 
     def descriptor(self, upload: Records) -> np.ndarray:
@@ -54,8 +55,8 @@ class SummaryExchange(Exchange):
 
     @property
     def summable(self) -> bool:  # type: ignore[override]
-        """The detector's statistics add up (PaDiM): ``sum_terms`` / ``from_sums``."""
-        return hasattr(self.detector, "from_sums")
+        """The detector's statistics add up (PaDiM: :class:`SecureSums`)."""
+        return isinstance(self.detector, SecureSums)
 
     def sum_scales(self, round_t: int) -> dict[str, float]:
         return self.detector.sum_scales(self.cfg.secure)
@@ -67,10 +68,10 @@ class SummaryExchange(Exchange):
         self.summary = self.detector.from_sums(sums)
 
     def state(self) -> dict[str, Any]:
-        return {"summary": self.summary}
+        return {SUMMARY: self.summary}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        self.summary = state["summary"]
+        self.summary = state[SUMMARY]
 
     def global_summary(self) -> Summary | None:
         return self.summary

@@ -1,29 +1,29 @@
 """What the personalised exchanges FedPHP and DBE read of a detector's module: its
-``representation`` part (the submodule whose output is the representation; FedDyMem's
-projection) and, for DBE, the ``shift`` buffer the module adds to that output."""
+representation part (:class:`~fedad.detectors.capabilities.Represents`: the submodule whose
+output is the representation; FedDyMem's projection) and where that part sits in a copy of
+the module."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from fedad.errors import ConfigError
+from fedad.detectors.capabilities import Represents
 
 
-def representation_part(detector, exchange: str, shift: bool = False) -> nn.Module:
-    """The module's representation part; raises :class:`~fedad.errors.ConfigError` naming
-    the exchange and detector when the module has none (or, with ``shift``, no ``shift``
-    buffer)."""
-    module = detector.module()
-    part = getattr(module, "representation", None)
-    if not isinstance(part, nn.Module):
-        raise ConfigError(f"exchange={exchange} acts on a module's representation: detector="
-                          f"{detector.name}'s {type(module).__name__} has no `representation` "
-                          "part")
-    if shift and not isinstance(getattr(module, "shift", None), torch.Tensor):
-        raise ConfigError(f"exchange={exchange} trains a per-site bias of the representation: "
-                          f"detector={detector.name}'s {type(module).__name__} has no `shift`")
-    return part
+def part_name(detector: Represents) -> str:
+    """The representation part's name in the module (``""``: the module itself), what
+    finds the same part in a copy of the module.
+
+    Raises:
+        ValueError: the representation is not a submodule of the module.
+    """
+    part = detector.representation()
+    for name, sub in detector.module().named_modules():
+        if sub is part:
+            return name
+    raise ValueError(f"detector={detector.name}: its representation is not a submodule of "
+                     "its module")
 
 
 def rows(rep: torch.Tensor) -> torch.Tensor:

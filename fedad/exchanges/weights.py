@@ -3,10 +3,11 @@ trained at each site and its weights travel; each site scores against its own su
 rebuilt from its training features with the current module (``own_summary``: FedDyMem's
 local bank; nothing for a network that scores alone, e.g. an autoencoder).
 
-A detector whose rounds train only part of its module (``trained_parts(round_t)``: the
-state-dict key prefixes that can change in that round; asymst trains its DDPM, its student
-and its head in turn) has a site upload only those keys; every payload still carries all
-the global weights, so a site is always in step.
+A detector whose rounds train only part of its module (``trained_parts(round_t)``, the
+named parts of :meth:`~fedad.detectors.capabilities.Trainable.parts` that can change in
+that round; asymst trains its DDPM, its student and its head in turn) has a site upload
+only those keys; every payload still carries all the global weights, so a site is always
+in step.
 
 Server: the global weights start as the module of a detector drawn with ``train.seed``;
 uploads are checked against the round's keys and shapes; the valid ones are combined by
@@ -23,13 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedad.components.states import weighted_mean
+from fedad.components.states import flat_update, weighted_mean
+from fedad.components.training import TrainHooks
 from fedad.components.validate import check_state
-from fedad.detectors.base import FitInfo, Summary, TrainHooks
+from fedad.detectors.base import FitInfo, Summary
+from fedad.detectors.capabilities import Trainable
 from fedad.errors import BankError, ConfigError
-from fedad.federation.exchanges.base import Exchange, Upload
-from fedad.federation.records import Arrays, Records, arrays, tensors
-from fedad.federation.robust import flat_update
+from fedad.exchanges.base import Exchange, Upload
+from fedad.exchanges.records import Arrays, Records, arrays, tensors
 
 WEIGHTS = "weights"  # the record of model weights, both ways
 IMAGES = "#images"  # secure sum term: the training images behind the sum
@@ -49,13 +51,15 @@ def trimmed_mean(values: Sequence[np.ndarray], beta: float) -> np.ndarray:
 class WeightExchange(Exchange):
     """Weights of ``detector.module()`` travel; the server averages them."""
 
-    needs = "module"
+    requires = (Trainable,)
+    site_model = True
     upload_records = (WEIGHTS,)
 
     def __init__(self, cfg, detector) -> None:
         super().__init__(cfg, detector)
         self.weights: Arrays = {}  # the global model (server)
         self.reference: dict[str, tuple[int, ...]] = {}  # its shapes, what uploads match
+        self.round_t = 0  # site: the round being trained (what it uploads depends on it)
 
     # -- what travels ------------------------------------------------------------------------
     def local_keys(self, module: torch.nn.Module) -> set[str]:
@@ -69,18 +73,21 @@ class WeightExchange(Exchange):
                 if not k.endswith("num_batches_tracked") and k not in local]
 
     def check(self) -> None:
-        if not callable(getattr(self.detector, "module", None)):
-            raise ConfigError(f"exchange={self.name} trains and exchanges a module's weights; "
-                              f"detector={self.detector.name} has no module()")
+        parts = self.detector.parts(self.cfg)
+        for part, p in parts.items():
+            p.optim.check(f"detector={self.detector.name}, part {part!r}")
         self.keys()
 
     def round_keys(self, round_t: int, keys=None) -> list[str]:
-        """Those of ``keys`` (default: the exchanged keys) that round ``round_t`` trains: all,
-        unless the detector's ``trained_parts`` names the parts it trains in that round."""
+        """Those of ``keys`` (default: the exchanged keys) that round ``round_t`` trains: the
+        keys of the parts the detector's ``trained_parts`` names (every key before round
+        1)."""
         keys = self.keys() if keys is None else list(keys)
-        parts = getattr(self.detector, "trained_parts", None)
-        prefixes = parts(round_t) if parts is not None and round_t >= 1 else None
-        return keys if prefixes is None else [k for k in keys if k.startswith(tuple(prefixes))]
+        if round_t < 1:
+            return keys
+        parts = self.detector.parts(self.cfg)
+        prefixes = tuple(parts[p].prefix for p in self.detector.trained_parts(round_t))
+        return [k for k in keys if k.startswith(prefixes)]
 
     def module_weights(self, keys: list[str] | None = None) -> Arrays:
         state = self.detector.module().state_dict()
@@ -106,9 +113,9 @@ class WeightExchange(Exchange):
     def payload(self, key: int, round_t: int) -> Records:
         return {WEIGHTS: self.weights}
 
-    def validate(self, upload: Records, who: str) -> Records:
-        super().validate(upload, who)
-        shapes = {k: self.reference[k] for k in self.round_keys(self.round_t, self.reference)}
+    def validate(self, upload: Records, who: str, round_t: int) -> Records:
+        super().validate(upload, who, round_t)
+        shapes = {k: self.reference[k] for k in self.round_keys(round_t, self.reference)}
         return {WEIGHTS: check_state(upload[WEIGHTS], who, shapes, WEIGHTS)}
 
     def descriptor(self, upload: Records) -> np.ndarray:

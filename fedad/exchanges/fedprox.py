@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedad.detectors.base import TrainHooks
+from fedad.components.training import TrainHooks
 from fedad.errors import ConfigError
-from fedad.federation.exchanges.weights import WEIGHTS, WeightExchange
-from fedad.federation.records import Records
+from fedad.exchanges.records import Records
+from fedad.exchanges.weights import WEIGHTS, WeightExchange
 
 
 def proximal_term(named_params: Iterable[tuple[str, Tensor]],
@@ -74,4 +74,5 @@ class FedProxExchange(WeightExchange):
                   if k in payload.get(WEIGHTS, {})}
         mu = (float(payload[MU]["mu"].reshape(-1)[0]) if MU in payload
               else self.cfg.train.proximal_mu)
-        return TrainHooks(extra_loss=lambda m: proximal_term(m.named_parameters(), anchor, mu))
+        return TrainHooks(objective=lambda m, loss: loss + proximal_term(m.named_parameters(),
+                                                                         anchor, mu))

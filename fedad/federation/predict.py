@@ -1,6 +1,6 @@
 """Score new images at a site after a run: the run's global summary, the site's own
 detector state and its threshold (calibrated on held-out normal training images, see
-:mod:`fedad.federation.site_files`). No Flower and no test labels: a site's inspection step."""
+:mod:`fedad.evaluation.saved_site`). No Flower and no test labels: a site's inspection step."""
 
 from __future__ import annotations
 
@@ -19,13 +19,17 @@ from fedad.data.dataset import AnomalyDataset
 from fedad.data.io import FileSource, list_images, read_image, require_dir
 from fedad.data.sample import SampleRecord
 from fedad.detectors.base import FeatureShape
+from fedad.detectors.capabilities import Differentiable, Reconstructs, describe
 from fedad.detectors.registry import client_seed, create, detector_class, feature_config
 from fedad.device import resolve_device
 from fedad.errors import ConfigError, DataError
+from fedad.evaluation.differentiable import RefinedSet
+from fedad.evaluation.saved_site import load_site, load_summary
 from fedad.evaluation.scores import score
 from fedad.features.cache import extract_features
 from fedad.features.extractor import build_feature_extractor, extractor_signature
-from fedad.federation.site_files import load_site, load_summary
+from fedad.refinements import NONE, refinement_class
+from fedad.refinements.base import SiteInputs
 
 log = logging.getLogger("fedad")
 
@@ -90,7 +94,7 @@ def site_scorer(run_dir: str | Path, site: int, dev: torch.device) -> SiteScorer
     summary = load_summary(run_dir, site)
     state, cal = load_site(run_dir, site)
     extractor, info = build_feature_extractor(cfg.backbone)
-    shape = FeatureShape(*extractor.output_shape(cfg.dataset.image_size))
+    shape = FeatureShape(*extractor.output_shape(cfg.dataset.scored_size()))
     detector = create(cfg, shape, dev, seed=client_seed(cfg, site))
     detector.load_state(state)
     return SiteScorer(cfg, detector, summary, extractor, info, cal.threshold)
@@ -106,12 +110,12 @@ def predict(run_dir: str | Path, folder: str | Path, site: int = 0,
     s = scorer or site_scorer(run_dir, site, dev)
     cfg, info = s.cfg, s.info
     records = [SampleRecord(path=str(f), label=0, product_type="site") for f in files]
-    dataset = AnomalyDataset(records, FileSource(), cfg.dataset.image_size,
+    dataset = AnomalyDataset(records, FileSource(), cfg.dataset.scored_size(),
                              info["mean"], info["std"], has_masks=False)
     feats = extract_features(s.extractor, dataset, extractor_signature(
                              info, s.extractor.state_dict()), dev,
                              batch_size=cfg.train.batch_size, cache="none", desc="features")
-    scores = score(s.detector, feats.features, s.summary, cfg.dataset.image_size)
+    scores = score(s.detector, feats.features, s.summary, cfg.dataset.scored_size())
     out = []
     for path, v in zip(feats.paths, scores.image.tolist(), strict=True):
         flag = None if s.threshold is None else bool(v > s.threshold)
@@ -120,32 +124,26 @@ def predict(run_dir: str | Path, folder: str | Path, site: int = 0,
 
 
 def refine_predictions(run_dir: str | Path, dataset: AnomalyDataset, maps: torch.Tensor,
-                       site: int = 0, device: str = "auto", scorer: SiteScorer | None = None):
-    """F2PAD's refinement (:mod:`fedad.refinements.f2pad`) of ``maps`` of ``dataset``'s
-    images with the site's pixel prior and pixel threshold (saved by a ``refine=f2pad``
-    run in its folder): a :class:`~fedad.evaluation.differentiable.RefinedSet`.
+                       site: int = 0, device: str = "auto", scorer: SiteScorer | None = None,
+                       how: str | None = None) -> RefinedSet | None:
+    """The refinement ``how`` (default: the run's ``refine``; :mod:`fedad.refinements`) of
+    ``maps`` of ``dataset``'s images, with what the run left in the site's folder; ``None``
+    for ``refine=none``.
 
     Raises:
-        ConfigError: the site's folder has no prior (the run was not ``refine=f2pad``).
+        ConfigError: an unknown refinement, or the site's folder lacks what it needs (the
+            run did not use it).
     """
-    from fedad.refinements.f2pad.algorithm import Units
-    from fedad.refinements.f2pad.prior import load_prior
-    from fedad.refinements.f2pad.refinement import F2PAD
-
-    prior, threshold = load_prior(Path(run_dir) / f"site-{site}")
     s = scorer or site_scorer(run_dir, site, resolve_device(device))
-    rebuild = None
-    if s.cfg.f2pad.init == "diffusion":
-        from fedad.refinements.f2pad.diffusion_init import diffusion_reconstructor
-
-        rebuild = diffusion_reconstructor(s.cfg.f2pad.diffusion_run, site, s.detector,
-                                          s.summary, s.extractor, s.cfg.dataset.image_size,
-                                          algorithm=s.cfg.diffad)
-    refiner = F2PAD(s.cfg.f2pad, s.detector, s.summary, s.extractor,
-                    Units.of(s.info["mean"], s.info["std"]), prior, rebuild)
+    name = how or s.cfg.refine
+    if name == NONE:
+        return None
     images = torch.stack([dataset[i].image for i in range(len(dataset))])
-    return refiner.refine(images, maps, threshold,
-                          names=[r.path for r in dataset.records])
+    inputs = SiteInputs(s.cfg, s.detector, s.summary, s.extractor, s.info, dataset, dataset,
+                        None, None, site)
+    return refinement_class(name).on_new_images(Path(run_dir) / f"site-{site}", inputs,
+                                                images, maps,
+                                                [r.path for r in dataset.records])
 
 
 def check_reconstruction(scorer: SiteScorer, base_run: str | Path | None) -> RunConfig:
@@ -156,23 +154,25 @@ def check_reconstruction(scorer: SiteScorer, base_run: str | Path | None) -> Run
             image size or backbone differ, or its detector has no differentiable score,
             naming what is wrong.
     """
-    if not callable(getattr(scorer.detector, "reconstruct", None)):
-        raise ConfigError(f"--reconstruct needs a run whose detector reconstructs images "
-                          f"(diffad); this run's detector is {scorer.cfg.detector}")
+    if not isinstance(scorer.detector, Reconstructs):
+        raise ConfigError(f"--reconstruct needs a run whose detector declares "
+                          f"{describe(Reconstructs)} (diffad); this run's detector is "
+                          f"{scorer.cfg.detector}, which reconstructs nothing")
     if base_run is None:
         raise ConfigError("--reconstruct needs --padim-run RUN_DIR: the statistics (a PaDiM "
                           "run's, or any run whose detector scores with gradients) the "
                           "reconstruction descends on")
     pcfg = load_run_config(base_run)
-    for what, a, b in (("dataset.image_size", pcfg.dataset.image_size,
-                        scorer.cfg.dataset.image_size),
+    for what, a, b in (("dataset.image_size", pcfg.dataset.scored_size(),
+                        scorer.cfg.dataset.scored_size()),
                        ("backbone.name", pcfg.backbone.name, scorer.cfg.backbone.name)):
         if a != b:
             raise ConfigError(f"{base_run}: {what}={a!r}, but the reconstructing run's is "
                               f"{b!r}")
-    if not hasattr(detector_class(pcfg.detector), "score_features"):
+    if not issubclass(detector_class(pcfg.detector), Differentiable):
         raise ConfigError(f"{base_run}: detector={pcfg.detector} has no differentiable "
-                          "score to descend on")
+                          f"score to descend on (it does not declare "
+                          f"{describe(Differentiable)})")
     return pcfg
 
 
@@ -187,16 +187,16 @@ def reconstruct_predictions(scorer: SiteScorer, dataset: AnomalyDataset,
     Raises:
         ConfigError: as :func:`check_reconstruction`.
     """
-    from fedad.detectors.diffad.reconstruct import detector_objective
+    from fedad.evaluation.objectives import detector_objective
 
     pcfg = check_reconstruction(scorer, base_run)
     dev = resolve_device(device)
     extractor, _ = build_feature_extractor(pcfg.backbone)
     extractor = extractor.to(dev)
-    base = create(pcfg, FeatureShape(*extractor.output_shape(pcfg.dataset.image_size)), dev)
+    base = create(pcfg, FeatureShape(*extractor.output_shape(pcfg.dataset.scored_size())), dev)
     det = scorer.detector
     objective = detector_objective(base, load_summary(base_run), extractor, det.units(),
-                                   pcfg.dataset.image_size)
+                                   pcfg.dataset.scored_size())
     n = len(dataset)
     return torch.cat([det.reconstruct(dataset[i].image[None].to(dev), objective,
                                       desc=f"reconstruction {i + 1}/{n}").cpu()

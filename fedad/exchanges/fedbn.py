@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from fedad.components.states import StateError
 from fedad.errors import ConfigError
-from fedad.federation.exchanges.weights import WeightExchange
+from fedad.exchanges.weights import WeightExchange
 
 
 def batchnorm_keys(model: nn.Module) -> set[str]:
@@ -70,5 +70,5 @@ class FedBNExchange(WeightExchange):
             raise ConfigError(
                 f"exchange=fedbn keeps BatchNorm layers local, but detector="
                 f"{self.detector.name}'s {type(module).__name__} has none"
-                + getattr(self.detector, "batch_norm_hint", ""))
+                + self.detector.batch_norm_hint)
         return local

@@ -3,9 +3,13 @@ combines it (no Flower here). A run is a detector x an exchange (:mod:`fedad.det
 
 An exchange object lives on one side of one round:
 
+An exchange states the detector capabilities it needs (``requires``,
+:mod:`fedad.detectors.capabilities`); a detector that does not declare one of them is
+refused when the config is composed, with a message naming the capability.
+
 * **server** (built with the server's detector, fed no images): :meth:`Exchange.start`
   sets the first global state, :meth:`payload` says what a site receives (a personalised
-  exchange may send every site its own), :meth:`validate` checks an upload (raising
+  exchange may send every site its own), :meth:`validate` checks an upload of a round (raising
   :class:`~fedad.errors.BankError` naming the sender), :meth:`descriptor` is what robust
   aggregation compares, :meth:`aggregate` combines the valid uploads, :meth:`state` /
   :meth:`load_state` are what a checkpoint keeps of it;
@@ -29,7 +33,8 @@ import torch
 from fedad.components.validate import require_keys
 from fedad.config.schema import RunConfig
 from fedad.detectors.base import Detector, FitInfo, Summary
-from fedad.federation.records import Records
+from fedad.detectors.capabilities import Capability
+from fedad.exchanges.records import Records
 
 
 @dataclass
@@ -47,28 +52,22 @@ class Exchange:
     """Base of every exchange (override what differs)."""
 
     name: ClassVar[str]
-    # what the detector must offer: "summary" (summarize/validate/merge) or "module" (a
-    # trainable torch module whose weights travel)
-    needs: ClassVar[str] = "summary"
+    # the detector capabilities it needs (the pair check and its message come from these)
+    requires: ClassVar[tuple[type[Capability], ...]] = ()
+    # the site trains a module of its own and keeps it between rounds, and scores against
+    # a summary of its own (weight exchanges); else it scores against the global summary
+    site_model: ClassVar[bool] = False
     # record names a valid upload holds
     upload_records: ClassVar[tuple[str, ...]] = ()
     # its server step is a sum of per-site terms, so SecAgg+ can compute it
     # (``secure.enabled``; :meth:`sum_scales`, :meth:`sum_terms`, :meth:`aggregate_sums`)
     summable: ClassVar[bool] = False
-    # the round whose uploads the server is checking and combining (set by the server before
-    # it validates them; a weight exchange uploads only what the round trains)
-    round_t: int = 0
 
     def __init__(self, cfg: RunConfig, detector: Detector) -> None:
         self.cfg = cfg
         self.detector = detector
 
     # -- config ----------------------------------------------------------------------------
-    @classmethod
-    def adjust(cls, cfg: RunConfig) -> None:
-        """Settings the exchange fixes in ``cfg`` when it is composed (SCAFFOLD: plain
-        SGD, which its control-variate update assumes)."""
-
     def check(self) -> None:
         """Raise :class:`~fedad.errors.ConfigError` when this exchange cannot run on the
         detector (called when a config is composed)."""
@@ -93,8 +92,9 @@ class Exchange:
         """What site ``key`` receives to be evaluated (after a round)."""
         return self.payload(key, -1)
 
-    def validate(self, upload: Records, who: str) -> Records:
-        """The upload, checked; raises :class:`~fedad.errors.BankError` naming ``who``."""
+    def validate(self, upload: Records, who: str, round_t: int) -> Records:
+        """The upload of round ``round_t``, checked; raises
+        :class:`~fedad.errors.BankError` naming ``who``."""
         require_keys(upload, self.upload_records, who)
         return upload
 

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from fedad.detectors.base import FitInfo
-from fedad.federation.exchanges.base import Upload
-from fedad.federation.exchanges.weights import WeightExchange
-from fedad.federation.records import Records
+from fedad.exchanges.base import Upload
+from fedad.exchanges.records import Records
+from fedad.exchanges.weights import WeightExchange
 
 
 class LocalExchange(WeightExchange):
@@ -25,7 +25,7 @@ class LocalExchange(WeightExchange):
     def payload(self, key: int, round_t: int) -> Records:
         return {}
 
-    def validate(self, upload: Records, who: str) -> Records:
+    def validate(self, upload: Records, who: str, round_t: int) -> Records:
         return {}  # nothing is expected, anything sent is ignored
 
     def descriptor(self, upload: Records) -> np.ndarray:
