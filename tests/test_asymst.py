@@ -275,3 +275,29 @@ def test_a_site_that_cannot_train_the_ddpm_says_so_and_makes_cut_paste_defects(
     assert "pool" in states[0] and "pool" not in states[1]
     assert all(r["train"]["loss"]["mean"] > 0 for r in rounds)
     assert server.history[-1]["evaluate"]["per_client"].keys() == {"0", "1"}
+
+
+@pytest.mark.parametrize("exchange", ["rowfed", "fedphp"])
+def test_asymst_is_personalised_by_rowfed_and_fedphp(tmp_path: Path, exchange: str):
+    """Two rounds (the DDPM's, then the student's) in process with a personalised exchange:
+    asymst declares a representation and a row matrix (the student's finest projection),
+    which is all RowFed and FedPHP ask of a detector; the sites end with their own
+    projection, and each scores with its own model."""
+    import json
+
+    from fedad.detectors.registry import detector_class
+
+    cfg = tiny(**{"exchange": exchange, "train.rounds": 2, "asymst.seg_head": False})
+    check(cfg)
+    transport = InProcess(cfg, partition_nodes(cfg))
+    federate(cfg, transport, transport.keys, tmp_path / "run")
+    result = json.loads((tmp_path / "run" / "rounds.json").read_text())
+    assert [r["round"] for r in result["rounds"]] == [1, 2] and not result["rejected"]
+    assert result["label"] == f"asymst+{exchange}"
+    assert all(r["train"]["loss"]["mean"] > 0 for r in result["rounds"])
+    key = "net." + detector_class("asymst").row_matrix(cfg)
+    states = [transport.stores[s].get() for s in range(cfg.num_clients)]
+    assert all(torch.isfinite(s[key]).all() for s in states)
+    assert not torch.equal(states[0][key], states[1][key])  # personalised at each site
+    final = result["final"]["per_client"]
+    assert set(final) == {"0", "1"} and all(0 <= v["i_auroc"] <= 1 for v in final.values())

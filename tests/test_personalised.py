@@ -169,13 +169,12 @@ def test_a_head_saved_before_the_shift_loads_with_a_zero_one():
 
 
 def test_personalised_exchanges_refuse_a_module_without_a_representation():
-    """The pair is refused when the config is composed, naming the capability."""
-    import tests.toy_trainable  # noqa: F401  (registers the toy detector)
-
+    """The pair is refused when the config is composed, naming the capability (diffad
+    trains a module but declares no representation and no row matrix)."""
     for name, what in (("fedphp", "Represents"), ("dbe", "ShiftedRepresentation"),
                        ("rowfed", "RowMatrix")):
-        cfg = tiny_cfg("toyae")
+        cfg = tiny_cfg("diffad")
         cfg.exchange = name
         with pytest.raises(ConfigError, match=f"exchange={name} requires {what} .*which "
-                                              "detector=toyae does not declare"):
+                                              "detector=diffad does not declare"):
             resolve(cfg)

@@ -179,3 +179,37 @@ def test_calibration_quantile_is_a_real_score_and_bounds_false_alarms():
     assert calibrate(None, 0.99).threshold is None
     with pytest.raises(ConfigError, match="quantile"):
         calibrate(s, 1.5)
+
+
+def test_a_toy_refinement_plugs_in_without_touching_the_engine(tmp_path: Path):
+    """tests/toy_refinement.py registers a refinement from outside fedad (a plug-in with
+    its own config section): a run with refine=toythreshold reports its metrics (averaged
+    and per site) and leaves its level in the site's folder, and fedad-predict refines new
+    images with it."""
+    from fedad.config.sections import section
+    from fedad.federation.compose import check
+    from tests.toy_refinement import ToyThreshold, ToyThresholdConfig
+
+    cfg = RunConfig(detector="padim", refine="toythreshold", plugins=["tests.toy_refinement"],
+                    sections={"toythreshold": {"quantile": 0.9}})
+    check(cfg)
+    assert section(cfg, "toythreshold", ToyThresholdConfig).quantile == 0.9
+    with pytest.raises(ConfigError, match="toythreshold.quantile must be in"):
+        check(RunConfig(detector="padim", refine="toythreshold",
+                        plugins=["tests.toy_refinement"],
+                        sections={"toythreshold": {"quantile": 2.0}}))
+    cfg.dataset.name, cfg.dataset.root = "mvtec", str(site_folder(tmp_path / "site"))
+    cfg.dataset.image_size, cfg.padim.channels = 64, 16
+    cfg.calibration.holdout = 0.35
+    run = tmp_path / "run-1"
+    run_centralized(cfg, run)
+    final = json.loads((run / "rounds.json").read_text())["final"]
+    assert 0 <= final["toy_masked"]["mean"] <= 1
+    level = final["per_client"]["0"]["toy_level"]
+    assert json.loads((run / "site-0" / "toy-level.json").read_text())["level"] == level
+    folder = tmp_path / "new"
+    shutil.copytree(tmp_path / "site" / "brick" / "test" / "good", folder)
+    out = tmp_path / "pred"
+    assert predict_main([str(run), str(folder), "--out", str(out), "-q"]) == 0
+    masks = sorted((out / "refined").glob("*-mask.png"))
+    assert len(masks) == len(list(folder.iterdir())) and ToyThreshold.name == cfg.refine

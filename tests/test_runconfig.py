@@ -69,3 +69,26 @@ def test_the_textures_default_to_their_crop_size_and_other_data_to_224():
     assert compose(["dataset.image_size=64"]).dataset.scored_size() == 64
     for switch in (["dataset.name=mtd"], ["dataset=mtd"]):  # not the textures' size
         assert compose([*switch, "dataset.root=/x"]).dataset.scored_size() == 224
+
+
+def test_fedad_sim_and_flwr_run_score_the_textures_at_the_same_size(tmp_path: Path):
+    """The run config a Flower app reads under ``flwr run .`` (pyproject's table, as Flower
+    fuses it) and under ``fedad-sim`` (Hydra's defaults written to run_config.toml and
+    fused the same way) resolve to one image size: the textures' crop."""
+    from flwr.common.config import get_fused_config_from_dir, parse_config_args
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from fedad.cli.sim import run_config_of, write_run_config
+    from fedad.detectors.registry import resolve
+
+    flwr_run = get_fused_config_from_dir(ROOT, {})
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        sim = OmegaConf.to_object(hydra_compose("config"))
+    toml = write_run_config(run_config_of(sim), tmp_path / "run_config.toml")
+    fedad_sim = get_fused_config_from_dir(ROOT, parse_config_args([str(toml)]))
+    sizes = {resolve(from_flat(c)).dataset.image_size for c in (flwr_run, fedad_sim)}
+    assert sizes == {160}  # dataset.texture_crop
+    crop = {**flwr_run, "dataset.texture_crop": 128}
+    assert resolve(from_flat(crop)).dataset.image_size == 128

@@ -42,9 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-heatmaps", action="store_true")
     parser.add_argument("--skip-bad", action="store_true",
                         help="score the readable images and list the unreadable ones")
-    parser.add_argument("--refine", choices=(NONE, *REFINEMENTS), default=None,
-                        help="pixel-level refinement (default: the run's refine setting); "
-                        "it writes refined/<image>-mask.png and -normal.png")
+    parser.add_argument("--refine", default=None, metavar="NAME",
+                        help="pixel-level refinement: "
+                        f"{', '.join((NONE, *REFINEMENTS))} or one a plug-in of the run "
+                        "registers (default: the run's refine setting); it writes "
+                        "refined/<image>-mask.png and -normal.png")
     parser.add_argument("--reconstruct", action="store_true",
                         help="a diffad run: also write reconstructed/<image>.png, the "
                         "anomaly-free image (gradient denoising, about a minute per "

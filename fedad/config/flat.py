@@ -38,10 +38,21 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
 def _encode(value: Any) -> Scalar:
     if value is None:
         return ""
+    if isinstance(value, Mapping):  # the plugins' sections: one JSON string
+        return json.dumps(_plain(value), sort_keys=True) if value else ""
     if isinstance(value, list):
         if value and dataclasses.is_dataclass(value[0]):
             return json.dumps([dataclasses.asdict(v) for v in value])
         return ",".join(str(v) for v in value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses (a section already built) as dicts, for JSON."""
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
     return value
 
 
@@ -64,6 +75,12 @@ def _decode(raw: Scalar, tp: Any, key: str) -> Any:
         return None
     origin = typing.get_origin(tp)
     try:
+        if origin is dict:  # the plugins' sections: JSON (a string) or a mapping
+            value = json.loads(raw) if isinstance(raw, str) and raw else (raw or {})
+            if not isinstance(value, Mapping) or not all(isinstance(v, Mapping)
+                                                         for v in value.values()):
+                raise ValueError(raw)
+            return {str(k): _plain(v) for k, v in value.items()}
         if origin is list:
             (item,) = typing.get_args(tp)
             if dataclasses.is_dataclass(item):
@@ -103,6 +120,17 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         names = ", ".join(prefix + k for k in sorted(unknown))
         raise ConfigError(f"unknown config key(s): {names}")
     return cls(**kwargs)
+
+
+def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """``cls`` (a config dataclass) from a nested mapping of its keys; ``prefix`` names
+    them in errors (``sections.toyae.``).
+
+    Raises:
+        ConfigError: a key ``cls`` does not have, a value of the wrong type or a choice
+            it does not allow.
+    """
+    return check_choices(_build(cls, data, prefix))
 
 
 def _migrate(nested: dict[str, Any], cls: type) -> dict[str, Any]:

@@ -609,6 +609,12 @@ class RunConfig:
     # exchange of its own (one line: DETECTORS["name"] = "module:Class"), e.g. a lab's
     # detector kept outside fedad ("mylab.detectors"); they must import on every host
     plugins: list[str] = field(default_factory=list)
+    # the config sections of what is not in this file: a plugin's detector, exchange or
+    # refinement declares its own dataclass beside its code (``sections`` on the class) and
+    # reads it with fedad.config.sections.section; here by name, e.g.
+    # {"toyae": {"hidden": 16}} (one JSON string in Flower's run config; Hydra:
+    # +sections.toyae.hidden=16)
+    sections: dict[str, Any] = field(default_factory=dict)
     num_clients: int = 5
     eval_every: int = 1  # evaluate every n rounds (the last round always)
     wait_for_nodes: float = 300.0  # seconds the server waits for num_clients nodes

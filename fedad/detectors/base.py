@@ -110,12 +110,16 @@ class Detector(ABC):
             ``"images"`` for a detector that runs a network on the pixels itself (a
             teacher-student network, a diffusion model): it is then handed normalised pixels
             ``(N, 3, S, S)`` and its :class:`FeatureShape` is ``(3, S, S)``.
+        sections: a plug-in detector's own config sections, name -> dataclass, kept beside
+            its code and read with :func:`fedad.config.sections.section` (the built-in
+            detectors' sections are in :mod:`fedad.config.schema`).
     """
 
     name: ClassVar[str]
     iterative: ClassVar[bool]
     first_round: ClassVar[int] = 1
     inputs: ClassVar[str] = "features"
+    sections: ClassVar[dict[str, type]] = {}
 
     cfg: RunConfig
 

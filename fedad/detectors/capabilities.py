@@ -49,7 +49,7 @@ class Capability(ABC):  # noqa: B024 - a marker; each capability declares its me
 def capabilities(cls: type) -> list[type[Capability]]:
     """The capabilities ``cls`` declares (most specific first, as its MRO lists them)."""
     return [c for c in cls.__mro__ if isinstance(c, type) and issubclass(c, Capability)
-            and c is not Capability]
+            and c is not Capability and not issubclass(c, Detector)]
 
 
 def missing(cls: type, required: Sequence[type[Capability]]) -> list[type[Capability]]:

@@ -62,6 +62,9 @@ class Exchange:
     # its server step is a sum of per-site terms, so SecAgg+ can compute it
     # (``secure.enabled``; :meth:`sum_scales`, :meth:`sum_terms`, :meth:`aggregate_sums`)
     summable: ClassVar[bool] = False
+    # a plug-in exchange's own config sections, name -> dataclass beside its code
+    # (fedad.config.sections.section reads them)
+    sections: ClassVar[dict[str, type]] = {}
 
     def __init__(self, cfg: RunConfig, detector: Detector) -> None:
         self.cfg = cfg

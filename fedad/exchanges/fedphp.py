@@ -80,18 +80,22 @@ class FedPHPExchange(WeightExchange):
         private_part = private.get_submodule(part_name(self.detector))
         draw = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + round_t)
 
-        def distill(_module: torch.nn.Module) -> torch.Tensor:
-            x, rep = cap.last()
+        def objective(_module: torch.nn.Module, task: torch.Tensor) -> torch.Tensor:
+            """Step 1: ``(1 - lam) * task + lam * MMD(rep, private rep)``; a step
+            that ran no forward through the representation keeps its task loss."""
+            got = cap.take()
+            if got is None:
+                return task
+            x, rep = got
             with torch.no_grad():
                 ref = private_part(x)
             a, b = rows(rep), rows(ref)
             idx = torch.randperm(len(a), generator=draw)[:c.rows].to(a.device)
-            return c.lam * mmd(a[idx], b[idx])
+            return (1 - c.lam) * task + c.lam * mmd(a[idx], b[idx])
 
         self.round_t = round_t
         with Capture(part) as cap:
-            info = self.detector.fit(features, None, round_t, TrainHooks(
-                objective=lambda m, task: (1 - c.lam) * task + distill(m)))
+            info = self.detector.fit(features, None, round_t, TrainHooks(objective=objective))
         upload = {WEIGHTS: self.module_weights(self.round_keys(round_t))}
         mu_t = c.mu * round_t / max(self.cfg.train.rounds, 1)
         local = {k: v.detach().clone() for k, v in module.named_parameters()}

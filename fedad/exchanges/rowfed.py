@@ -130,6 +130,8 @@ class RowFedExchange(WeightExchange):
             return
         super().aggregate(uploads, round_t)
         name = self.param()
+        if name not in self.round_keys(round_t):
+            return  # a phase that trains another part (asymst's DDPM): the rows wait
         for u in uploads:
             self.admm.b[self.slot(u.key)] = to_matrix(u.records[WEIGHTS][name])
         server_step(self.admm, self.admm_config())
@@ -154,11 +156,14 @@ class RowFedExchange(WeightExchange):
                                 round=int(a["round"]))
 
     # -- site ------------------------------------------------------------------------------
-    def hooks(self, site_state: dict[str, torch.Tensor], payload: Records) -> TrainHooks:
+    def hooks(self, site_state: dict[str, torch.Tensor], payload: Records
+              ) -> TrainHooks | None:
         name, r = self.param(), self.cfg.rowfed
         lr = self.step_size()
         if TARGET not in payload:
             raise ConfigError("exchange=rowfed: the payload carries no target")
+        if name not in self.round_keys(self.round_t):
+            return None  # this round trains another part (asymst's DDPM): nothing to couple
         target = torch.from_numpy(np.array(payload[TARGET]["target"]))
         weight = float(np.asarray(payload[TARGET]["weight"]).reshape(-1)[0])
 

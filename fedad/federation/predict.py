@@ -20,7 +20,13 @@ from fedad.data.io import FileSource, list_images, read_image, require_dir
 from fedad.data.sample import SampleRecord
 from fedad.detectors.base import FeatureShape
 from fedad.detectors.capabilities import Differentiable, Reconstructs, describe
-from fedad.detectors.registry import client_seed, create, detector_class, feature_config
+from fedad.detectors.registry import (
+    client_seed,
+    create,
+    detector_class,
+    feature_config,
+    load_plugins,
+)
 from fedad.device import resolve_device
 from fedad.errors import ConfigError, DataError
 from fedad.evaluation.differentiable import RefinedSet
@@ -141,6 +147,7 @@ def refine_predictions(run_dir: str | Path, dataset: AnomalyDataset, maps: torch
     images = torch.stack([dataset[i].image for i in range(len(dataset))])
     inputs = SiteInputs(s.cfg, s.detector, s.summary, s.extractor, s.info, dataset, dataset,
                         None, None, site)
+    load_plugins(s.cfg)  # a plug-in refinement registers itself on import
     return refinement_class(name).on_new_images(Path(run_dir) / f"site-{site}", inputs,
                                                 images, maps,
                                                 [r.path for r in dataset.records])
@@ -220,7 +227,7 @@ def write_reconstructions(images: torch.Tensor, dataset: AnomalyDataset, out: Pa
 
 
 def write_refined(refined, dataset: AnomalyDataset, out: Path) -> None:
-    """F2PAD's outputs per image: ``refined/<NNN>-<stem>-mask.png`` (the pixel-level mask,
+    """A refinement's outputs per image: ``refined/<NNN>-<stem>-mask.png`` (the pixel mask,
     white = anomalous) and ``refined/<NNN>-<stem>-normal.png`` (the estimated normal
     image, ``x - a``)."""
     from PIL import Image

@@ -68,6 +68,9 @@ class Refinement(ABC):
     # metrics averaged over sites in a round's record, and those only listed per site
     averaged_keys: ClassVar[tuple[str, ...]] = ()
     site_keys: ClassVar[tuple[str, ...]] = ()
+    # a plug-in refinement's own config sections, name -> dataclass beside its code
+    # (fedad.config.sections.section reads them)
+    sections: ClassVar[dict[str, type]] = {}
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:

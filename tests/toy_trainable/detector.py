@@ -1,6 +1,10 @@
 """A toy trained detector: a small convolutional autoencoder on the frozen features. The
 anomaly map is the squared reconstruction error per feature position; nothing but the
-autoencoder's weights can travel (weight exchanges), and it scores alone (no summary)."""
+autoencoder's weights can travel (weight exchanges), and it scores alone (no summary).
+
+It declares what the personalised exchanges ask for: its code is a representation with a
+per-site bias (FedPHP, DBE) and the encoder's 1x1 convolution a row matrix (RowFed). Its
+settings are its own section (``sections.toyae``, :class:`ToyAEConfig`)."""
 
 from __future__ import annotations
 
@@ -10,38 +14,70 @@ from torch import nn
 from fedad.components.maps import anomaly_maps, image_scores
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
 from fedad.components.training import OptimSpec, Part, TrainHooks, build_optimizer, step
+from fedad.config.sections import section
 from fedad.detectors.base import Detector, FitInfo, Scores
-from fedad.detectors.capabilities import Trainable
+from fedad.detectors.capabilities import RowMatrix, ShiftedRepresentation
+from fedad.errors import ConfigError
+from tests.toy_trainable.config import ToyAEConfig
+
+SECTION = "toyae"
 
 
 class AutoEncoder(nn.Module):
     def __init__(self, channels: int, hidden: int = 8) -> None:
         super().__init__()
-        self.encode = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU())
+        self.project = nn.Conv2d(channels, hidden, 1)  # the representation
+        self.register_buffer("shift", torch.zeros(hidden))  # DBE's per-site bias
         self.decode = nn.Conv2d(hidden, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        code = self.project(x) + self.shift[None, :, None, None]
+        return self.decode(torch.relu(code))
 
 
-class ToyAE(Detector, Trainable):
+class ToyAE(Detector, ShiftedRepresentation, RowMatrix):
     name = "toyae"
     iterative = True
+    sections = {SECTION: ToyAEConfig}
+
+    @classmethod
+    def check_config(cls, cfg):
+        own = section(cfg, SECTION, ToyAEConfig)
+        if own.hidden < 1 or own.lr <= 0:
+            raise ConfigError(f"sections.toyae: hidden={own.hidden} must be >= 1 and "
+                              f"lr={own.lr} > 0")
 
     @classmethod
     def parts(cls, cfg):
-        return {"net": Part("", OptimSpec(cfg.train.optimizer, cfg.train.lr))}
+        return {"net": Part("", OptimSpec("adam", section(cfg, SECTION, ToyAEConfig).lr))}
+
+    @classmethod
+    def row_matrix(cls, cfg):
+        return "project.weight"
+
+    @classmethod
+    def shift_key(cls):
+        return "shift"
 
     def __init__(self, cfg, shape, device="cpu", seed=0):
         self.cfg, self.shape = cfg, shape
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = AutoEncoder(shape.channels)
+            self.net = AutoEncoder(shape.channels, section(cfg, SECTION, ToyAEConfig).hidden)
         self.spec = self.parts(cfg)["net"].optim
         self.optimizer = build_optimizer(self.net.parameters(), self.spec)
 
     def module(self) -> nn.Module:
         return self.net
+
+    def representation(self) -> nn.Module:
+        return self.net.project
+
+    def representation_shift(self) -> torch.Tensor:
+        return self.net.shift
+
+    def set_representation_shift(self, shift: torch.Tensor) -> None:
+        self.net.shift = shift
 
     def fit(self, features, global_summary, round_t, hooks: TrainHooks | None = None):
         spec = self.optim_spec("net", hooks)  # the exchange's rule (SCAFFOLD: plain SGD)

@@ -42,7 +42,7 @@ from fedad.detectors.asymst.student import Student
 from fedad.detectors.asymst.synthesis import defect_batch
 from fedad.detectors.asymst.teacher import Teacher, build_teacher, teacher_channels
 from fedad.detectors.base import Detector, FeatureShape, FitInfo, Reads, Scores, Summary
-from fedad.detectors.capabilities import Phased
+from fedad.detectors.capabilities import Phased, Represents, RowMatrix
 from fedad.diffusion.defects import draw_pool
 from fedad.diffusion.schedule import alphas_cumprod
 from fedad.diffusion.train import train_ddpm
@@ -71,7 +71,7 @@ def teacher_for(cfg: RunConfig, device) -> Teacher:
     return _TEACHERS[key]
 
 
-class AsymST(Detector, Phased):
+class AsymST(Detector, Phased, Represents, RowMatrix):
     name = "asymst"
     iterative = True
     first_round = 1
@@ -138,6 +138,17 @@ class AsymST(Detector, Phased):
     # -- the module that travels -----------------------------------------------------------
     def module(self) -> nn.Module:
         return self.net
+
+    def representation(self) -> nn.Module:
+        """The student's finest output projection (stride 4, the teacher's first level):
+        what FedPHP's MMD and a representation mean compare."""
+        return self.net[STUDENT].out[-1]
+
+    @classmethod
+    def row_matrix(cls, cfg: RunConfig) -> str:
+        """That projection's weight ``(C_teacher, width, 1, 1)``: RowFed personalises it
+        row by row."""
+        return f"{STUDENT}.out.{len(cfg.asymst.strides) - 1}.weight"
 
     def _optimizer(self, phase: str, hooks: TrainHooks | None) -> torch.optim.Optimizer:
         """The phase's optimiser (the exchange's rule applied to the part's own; its
