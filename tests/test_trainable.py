@@ -109,4 +109,4 @@ def test_scaffolds_loss_falls_on_the_toy_detector(tmp_path: Path):
     result = json.loads((tmp_path / "run" / "rounds.json").read_text())
     losses = [r["train"]["loss"]["mean"] for r in result["rounds"]]
     assert len(losses) == 4 and not result["rejected"]
-    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert all(b < a for a, b in zip(losses[:-1], losses[1:], strict=True)), losses
