@@ -20,8 +20,7 @@ import numpy as np
 
 from fedad.config.schema import RunConfig
 from fedad.detectors.registry import resolve
-from fedad.federation.in_process import InProcess
-from fedad.federation.records import EVALUATE, Envelope
+from fedad.federation.in_process import InProcess, evaluate_round, keep_round, restore_round
 from fedad.federation.server import Server
 from partitions import partition_nodes
 
@@ -46,10 +45,7 @@ def _validation(per_client: dict) -> dict:
 
 
 def _test(server: Server, transport: InProcess, rnd: int) -> dict:
-    conf = {"round": rnd, "final": False}
-    ev = server.evaluation(rnd, transport.send(
-        EVALUATE, {k: Envelope(server.exchange.evaluation_payload(k), conf)
-                   for k in transport.keys}, server.cfg.round_timeout, "test"))
+    ev = evaluate_round(server, transport, rnd, desc="test")
     per = list(ev["per_client"].values())
     keys = [k for k in ("i_auroc", "i_f1_max", "p_auroc", "pro", "p_f1_max") if k in per[0]]
     out = {k: float(np.mean([p[k] for p in per])) for k in keys}
@@ -87,25 +83,21 @@ def run_in_process(cfg: RunConfig, pixels: bool = True, also_last: bool = True) 
                  rec["round"], server.last_round, rec["loss"], rec["val_i_auroc"],
                  rec["val_p_auroc"])
         if best is None or rec["val_score"] > best[0]:
-            best = (rec["val_score"], rec["round"],
-                    {k: copy.deepcopy(s.state) for k, s in transport.stores.items()},
-                    copy.deepcopy(server.exchange.state()))
+            best = (rec["val_score"], keep_round(server, transport, rec["round"]))
 
     server.run(transport, {"test": False}, on_round)
     last = server.last_round
     t = time.perf_counter()
-    result = {"last_round": last, "chosen_round": best[1], "history": history,
+    result = {"last_round": last, "chosen_round": best[1].round, "history": history,
               "validation_normals": [v["images"] // 2 for v in history[-1]["val_per_client"]],
               "upload_bytes_per_client": int(max(r["bytes"]["received_per_client"]
                                                  for r in server.history))}
-    if best[1] == last:
+    if best[1].round == last:
         result["test"] = result["test_last_round"] = _test(server, transport, last)
     else:
         result["test_last_round"] = _test(server, transport, last) if also_last else None
-        for k, state in best[2].items():
-            transport.stores[k].state = state
-        server.exchange.load_state(best[3])
-        result["test"] = _test(server, transport, best[1])
+        restore_round(server, transport, best[1])
+        result["test"] = _test(server, transport, best[1].round)
     trains = [r["train"] for r in server.history]
     result["seconds"] = {
         "features": max(t["seconds-client-sum"]["seconds-features"] for t in trains[:1]),

@@ -13,7 +13,7 @@ from fedad.detectors.registry import create, feature_config
 from fedad.errors import ConfigError
 from fedad.evaluation.differentiable import (
     RefinedSet,
-    Refinement,
+    Refiner,
     differentiable,
     score_images,
 )
@@ -102,7 +102,7 @@ def test_score_images_through_the_backbone_and_a_refinement_changes_the_maps():
     assert float(slow.image[1]) > float(slow.image[0])
 
     refinement = OneStep(extractor, det, glob)
-    assert isinstance(refinement, Refinement)
+    assert isinstance(refinement, Refiner)
     refined = refinement.refine(images, fast.maps, 1e-3)
     assert refined.maps.shape == (2, 64, 64) and not torch.allclose(refined.maps, fast.maps)
     assert refined.masks.dtype == torch.bool and refined.masks.any()

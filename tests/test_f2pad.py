@@ -14,7 +14,7 @@ from fedad.config.schema import F2PADConfig, RunConfig
 from fedad.data.cutpaste import MIN_CONTRAST, Shape, blob_shapes, paste
 from fedad.detectors.base import FeatureShape
 from fedad.detectors.registry import create, feature_config
-from fedad.evaluation.differentiable import Refinement
+from fedad.evaluation.differentiable import Refiner
 from fedad.evaluation.scores import score
 from fedad.evaluation.segmentation import calibrated_threshold, f1_threshold, iou_dice
 from fedad.federation.site_data import extractor_for
@@ -158,7 +158,7 @@ def test_refined_mask_beats_the_base_mask_on_a_pasted_square(pasted_square):
     m0 = s["base"] >= f1_threshold(s["base"][None], s["gt"][None])
     before = iou_dice(m0[None], s["gt"][None])["iou"]
     ref = F2PAD(s["f2"], s["det"], s["summary"], s["extractor"], s["units"], s["prior"])
-    assert isinstance(ref, Refinement)  # the hook of fedad.evaluation.differentiable
+    assert isinstance(ref, Refiner)  # the hook of fedad.evaluation.differentiable
     r = ref.refine_one(s["x"], m0)
     after = iou_dice(r.mask[None], s["gt"][None])["iou"]
     assert r.status == REFINED and r.iterations > 0

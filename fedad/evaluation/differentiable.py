@@ -1,16 +1,18 @@
-"""Scoring from images with gradients, and the hook a refinement plugs into.
+"""Scoring from images with gradients, and what a refinement's refiner returns.
 
 The fast path scores cached frozen features through faiss without gradients. A refinement
 that changes the *image* to explain the anomaly (F2PAD: ``x = n + a``, optimise ``n`` so
 that its features score as normal) needs the whole chain differentiable:
 images -> frozen backbone (:meth:`~fedad.features.extractor.FeatureExtractor.fuse`, gradients to the
-pixels) -> the detector's :meth:`~fedad.detectors.base.DifferentiableDetector.score_features`
+pixels) -> the detector's :meth:`~fedad.detectors.capabilities.Differentiable.score_features`
 (torch k-NN or Mahalanobis in place of faiss, the same numbers).
 
-A :class:`Refinement` gets the images, the base detector's maps of them and the threshold
+A :class:`Refiner` gets the images, the base detector's maps of them and the threshold
 their base masks are cut at, and returns a :class:`RefinedSet` (masks and maps at full
 resolution, the estimated normal images). Nothing about the federation changes: a site
-refines with the global summary it already holds.
+refines with the global summary it already holds. How a refinement plugs into the engine
+(its config, a site's final evaluation, fedad-predict) is
+:class:`fedad.refinements.base.Refinement`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from fedad.detectors.base import Detector, Scores
 from fedad.evaluation.scores import differentiable, score
 from fedad.features.extractor import FeatureExtractor
 
-__all__ = ["RefinedSet", "Refinement", "differentiable", "score_images"]
+__all__ = ["RefinedSet", "Refiner", "differentiable", "score_images"]
 
 
 def score_images(extractor: FeatureExtractor, detector: Detector, images: torch.Tensor,
@@ -68,7 +70,7 @@ class RefinedSet:
 
 
 @runtime_checkable
-class Refinement(Protocol):
+class Refiner(Protocol):
     """What refines a detector's base maps at the pixel level (F2PAD:
     :class:`fedad.refinements.f2pad.refinement.F2PAD`). It is built with what it scores
     with (the detector, the global summary, the frozen backbone: :func:`score_images`

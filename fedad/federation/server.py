@@ -32,15 +32,16 @@ from fedad.detectors.registry import (
     resolve,
     schedule,
 )
-from fedad.errors import BankError, ConfigError
+from fedad.errors import BankError
 from fedad.evaluation.chance import validation_signal
 from fedad.exchanges.base import Upload
 from fedad.federation.participation import participants
 from fedad.federation.payload import NOTE, NUM_EXAMPLES
-from fedad.federation.records import EVALUATE, QUERY, TRAIN, Envelope, Reply, nbytes
+from fedad.federation.records import EVALUATE, QUERY, Envelope, Reply, nbytes
 from fedad.federation.robust import median_outliers
+from fedad.federation.uploads import uploads_for
 from fedad.privacy.accountant import calibrated
-from fedad.privacy.secure_sum import decode, error_bound, quantization_range
+from fedad.privacy.secure_sum import decode, error_bound
 from fedad.refinements import metric_keys
 
 log = logging.getLogger("fedad")
@@ -70,13 +71,16 @@ class Delivery:
 
 
 class Transport(Protocol):
-    """How envelopes reach sites and replies come back. A transport that can also run
-    secure aggregation has ``secure_sum(envelopes, timeout, desc, names, levels)``: train
+    """How envelopes reach sites and replies come back; ``secure_sum`` sends train
     messages whose replies the server receives only as the sum of the sites' encoded
-    terms ``names`` (a :class:`Delivery` with ``sums``)."""
+    terms ``names`` (a :class:`Delivery` with ``sums``; a transport that cannot raises
+    :class:`~fedad.errors.ConfigError` saying where it runs)."""
 
     def send(self, kind: str, envelopes: dict[int, Envelope], timeout: float,
              desc: str) -> Delivery: ...
+
+    def secure_sum(self, envelopes: dict[int, Envelope], timeout: float, desc: str,
+                   names: list[str], levels: int) -> Delivery: ...
 
 
 def site_order(reply: Reply) -> tuple[float, int]:
@@ -108,6 +112,7 @@ class Server:
         self.keys = list(keys)
         self.detector = create(cfg, feature_shape(cfg), "cpu", seed=cfg.train.seed)
         self.exchange = exchange_for(cfg, self.detector)
+        self.uploads = uploads_for(self.cfg)  # as sent, or a secure sum (secure.enabled)
         self.first_round, self.last_round = self.exchange.rounds()
         self.history: list[dict] = []
         self.rejected: list[str] = []  # "round r, client ...: reason", in order
@@ -369,14 +374,8 @@ class Server:
                 conf["resume-round"] = resumed
             envelopes = self.train_envelopes(rnd, conf)
             desc = f"round {rnd}/{last} train"
-            if self.cfg.secure.enabled:
-                tx = secure_send(transport, envelopes, timeout, desc,
-                                 list(self.exchange.sum_scales(rnd)),
-                                 quantization_range(self.cfg.secure, len(envelopes)))
-                record: dict = {"round": rnd, "train": self.accept_sum(rnd, tx)}
-            else:
-                tx = transport.send(TRAIN, envelopes, timeout, desc)
-                record = {"round": rnd, "train": self.accept(rnd, tx)}
+            tx = self.uploads.deliver(self, transport, envelopes, timeout, desc, rnd)
+            record: dict = {"round": rnd, "train": self.uploads.accept(self, rnd, tx)}
             if len(envelopes) < len(self.keys):  # partial participation: who was asked
                 record["train"]["participants"] = [self.name(k) for k in sorted(envelopes)]
             record["bytes"] = {"sent": tx.bytes_sent, "received": tx.bytes_received,
@@ -443,16 +442,6 @@ class Server:
                 parts.append(signal.describe())
         parts.append(f"{record['seconds']['round']:.1f}s")
         log.info(" | ".join(parts))
-
-
-def secure_send(transport: Transport, envelopes: dict[int, Envelope], timeout: float,
-                desc: str, names: list[str], levels: int) -> Delivery:
-    """The transport's ``secure_sum``, or a :class:`ConfigError` saying where it runs."""
-    run = getattr(transport, "secure_sum", None)
-    if run is None:
-        raise ConfigError("secure.enabled: secure aggregation runs through Flower's SecAgg+ "
-                          "(fedad-sim or a deployment), not in one process")
-    return run(envelopes, timeout, desc, names, levels)
 
 
 def delivered(replies: list[Reply], missing: list[int], sent: dict[int, Envelope],

@@ -52,7 +52,7 @@ from fedad.federation.site_data import (
     validation_metrics,
 )
 from fedad.federation.site_files import save_site
-from fedad.privacy.secure_sum import SECURE, encode
+from fedad.federation.uploads import uploads_for
 from fedad.refinements import NONE, refinement_for
 from fedad.refinements.base import SiteInputs, SiteOutcome
 
@@ -174,16 +174,11 @@ def train(run: SiteRound, envelope: Envelope, store: StateStore) -> Reply:
     stages = info.seconds or {}
     other = sum(v for k, v in stages.items() if k != "train")
     notes = dict(info.notes or {})
-    if run.cfg.secure.enabled:  # only the scaled sum terms leave, for SecAgg+ to mask
-        terms = run.exchange.sum_terms(upload, len(run.data.train))
-        encoded, clipped = encode(terms, run.exchange.sum_scales(round_t),
-                                  run.cfg.secure.clipping_range)
-        upload, notes["secure-clipped"] = {SECURE: encoded}, clipped
-        if clipped:
-            log.warning("site %d: %d value(s) beyond the public bounds of the secure sum "
-                        "(secure.bound=%g, secure.max_images=%d) are clipped",
-                        run.data.partition_id, clipped, run.cfg.secure.bound,
-                        run.cfg.secure.max_images)
+    # as it is, or (secure.enabled) only its scaled sum terms, for SecAgg+ to mask
+    upload, packed = uploads_for(run.cfg).pack(run.cfg, run.exchange, upload,
+                                               len(run.data.train), round_t,
+                                               run.data.partition_id)
+    notes.update(packed)
     return Reply(key=-1, records=upload, metrics={
         NUM_EXAMPLES: len(run.data.train), "partition-id": run.data.partition_id,
         "loss": float(info.loss), "steps": int(info.steps),

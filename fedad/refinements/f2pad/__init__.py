@@ -7,5 +7,5 @@ on a site's own training pixels (Eq. 9), :mod:`.feature_loss` the detectors' ``l
 (Eq. 4-7), :mod:`.sharing` the local gradient-sharing direction (Eq. 13-14), :mod:`.step`
 the adaptive step (Eq. 15), :mod:`.solver` the optimiser (Sec. III-D), :mod:`.init` the
 initial normal image, :mod:`.algorithm` Algorithm 1 for one image, :mod:`.refinement` a set
-of images (the :class:`~fedad.evaluation.differentiable.Refinement` hook) and :mod:`.site`
+of images (the :class:`~fedad.evaluation.differentiable.Refiner`) and :mod:`.site`
 what a site does with ``refine=f2pad`` at evaluation."""

@@ -53,7 +53,7 @@ def fit_prior(images: torch.Tensor, cfg: F2PADConfig, units: Units) -> PixelPrio
 
 class F2PAD:
     """Refines base maps of ``detector`` against ``summary`` (:mod:`.algorithm`): a
-    :class:`~fedad.evaluation.differentiable.Refinement`."""
+    :class:`~fedad.evaluation.differentiable.Refiner`."""
 
     def __init__(self, cfg: F2PADConfig, detector: Detector, summary: Mapping[str, np.ndarray],
                  extractor: FeatureExtractor, units: Units, prior: PixelPrior,
