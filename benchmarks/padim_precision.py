@@ -3,11 +3,13 @@ the centralized one (all training images in one set), with float64 and float32 u
 
     python benchmarks/padim_precision.py --root ../shared/data/mtd [--dataset mtd] [key=value ...]
 
-In one process, no Flower: each client's statistics (count, mean, centred scatter) from
-its partition (Dirichlet alpha 0.1, partition seed 0, the detectors benchmark's split),
-validated and merged as the server does; the centralized statistics from the union of the
-same training images. Reported: the largest absolute difference of the means and of the
-covariances, relative to the largest entry of the centralized ones. Needs no masks (runs on
+In one process, no Flower, on the engine (:class:`~fedad.federation.in_process.InProcess`,
+the same sites, uploads, checks and merge as a Flower run): each client's statistics
+(count, mean, centred scatter) from its partition (Dirichlet alpha 0.1, partition seed 0,
+the detectors benchmark's split); the centralized statistics from the union of the same
+training images (each site's, read back from its data). Reported: the largest absolute
+difference of the means and of the covariances, relative to the largest entry of the
+centralized ones. Needs no masks (runs on
 image-level-only data). Writes ``padim_precision.{json,md}`` to ``--out``.
 """
 
@@ -26,10 +28,12 @@ from _common import RESULTS, command_line, machine, write_results  # noqa: E402
 from fedad.cli.overrides import compose  # noqa: E402
 from fedad.components.gaussian import gaussian  # noqa: E402
 from fedad.detectors.base import FeatureShape  # noqa: E402
-from fedad.detectors.registry import create, feature_config  # noqa: E402
+from fedad.detectors.registry import create, feature_config, resolve  # noqa: E402
+from fedad.federation.in_process import InProcess  # noqa: E402
+from fedad.federation.server import Server  # noqa: E402
 from fedad.federation.site_data import load_client_data  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
-from partitions import site_indices  # noqa: E402
+from partitions import partition_nodes, site_indices  # noqa: E402
 
 
 def relative(a: np.ndarray, b: np.ndarray) -> float:
@@ -51,24 +55,21 @@ def main() -> int:
     rows = {}
     central = None
     for dtype in ("float64", "float32"):
-        cfg = feature_config(compose([f"padim.upload_dtype={dtype}"], base=base))
+        cfg = resolve(compose([f"padim.upload_dtype={dtype}", "examples=0"], base=base))
+        transport = InProcess(cfg, partition_nodes(cfg))
+        server = Server(cfg, transport.keys)
+        server.run(transport, {"test": False})  # one round: fit, upload, check, merge
+        mean_f, cov_f = gaussian(server.exchange.global_summary(), cfg.padim.epsilon)
+        sent = server.history[-1]["bytes"]["received_per_client"]
         n = cfg.num_clients
-        data = [load_client_data(cfg, i, n, site_indices(cfg, i, n)) for i in range(n)]
-        shape = FeatureShape(*data[0].train.features.shape[1:])
-        server = create(cfg, shape)
-        ups, sent = [], 0
-        for i, d in enumerate(data):
-            client = create(cfg, shape)
-            client.fit(d.train.features, None, 1)
-            upload = client.summarize(1)
-            sent = max(sent, sum(np.asarray(v).nbytes for v in upload.values()))
-            ups.append(server.validate(upload, f"client {i}"))
-        mean_f, cov_f = gaussian(server.merge(ups, 1), cfg.padim.epsilon)
+        data = [load_client_data(feature_config(cfg), i, n, site_indices(cfg, i, n))
+                for i in range(n)]
         if central is None:
+            shape = FeatureShape(*data[0].train.features.shape[1:])
             one = create(cfg, shape)
             one.fit(torch.cat([d.train.features for d in data]), None, 1)
             summary = one.summarize(1)
-            central = gaussian(server.validate(summary, "centralized"), cfg.padim.epsilon)
+            central = gaussian(one.validate(summary, "centralized"), cfg.padim.epsilon)
         rows[dtype] = {"mean_rel": relative(mean_f, central[0]),
                        "cov_rel": relative(cov_f, central[1]),
                        "images": int(sum(len(d.train) for d in data)),
@@ -76,7 +77,8 @@ def main() -> int:
     md = ["Federated PaDiM against centralized on the same training images "
           f"(`{args.dataset}`, {base.dataset.scored_size()} px, 5 clients, Dirichlet alpha 0.1): "
           "largest absolute difference relative to the largest centralized entry.", "",
-          "| upload dtype | MB up / client | images | mean | covariance |", "|---|---|---|---|---|"]
+          "| upload dtype | MB up / client (mean) | images | mean | covariance |",
+          "|---|---|---|---|---|"]
     for dtype, r in rows.items():
         md.append(f"| {dtype} | {r['upload_bytes'] / 1e6:.2f} | {r['images']} | "
                   f"{r['mean_rel']:.2e} | {r['cov_rel']:.2e} |")
