@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import RESULTS, command_line, machine, write_results  # noqa: E402
 from fedad.rowfed.admm import initial_state, row_clusters, run_round, solve  # noqa: E402
 from fedad.rowfed.baselines import fedavg, nonfed  # noqa: E402
-from fedad.rowfed.config import INITS, RowFedConfig  # noqa: E402
+from fedad.rowfed.config import INITS, RowFedConfig, fpfc  # noqa: E402
 from fedad.rowfed.problem import Client  # noqa: E402
 
 FUSION_GRID = (0.1, 0.3, 0.6, 1.2)
@@ -193,7 +193,7 @@ def seed_rows(seed: int, quick: bool, init: str = "nonfed") -> dict:
     validation), RowFed at each ``pi`` (the penalties chosen at ``pi = 1``), the
     convergence curves (seed 0 only) and the wine rows."""
     size = dict(m=6, p=10) if quick else {}
-    base = RowFedConfig(rounds=300 if quick else 2000, init=init)
+    base = fpfc(rounds=300 if quick else 2000, init=init)  # FPFC's synthetic scale
     tol = 1e-6
     train, test, truth, labels = synthetic(seed, **size)
     out: dict = {"synthetic": {}, "participation": {}, "curves": {}, "wine": {}}

@@ -91,10 +91,10 @@ def toy_problem(m: int = 4, p: int = 6, q: int = 2, n: int = 60, seed: int = 0):
 
 def test_admm_reaches_a_stationary_point_on_a_tiny_problem():
     from fedad.rowfed.admm import kkt_residual, row_clusters, solve
-    from fedad.rowfed.config import RowFedConfig
+    from fedad.rowfed.config import fpfc
 
     clients, truth = toy_problem()
-    cfg = RowFedConfig(rounds=3000, fusion_lam=0.6, sparsity_lam=0.05)
+    cfg = fpfc(rounds=3000, fusion_lam=0.6, sparsity_lam=0.05)
     state = solve(clients, cfg, tol=1e-9)
     assert kkt_residual(clients, state, cfg) < 1e-4
     labels = row_clusters(state, cfg.cluster_tol)
@@ -105,13 +105,13 @@ def test_admm_reaches_a_stationary_point_on_a_tiny_problem():
 def test_no_fusion_is_nonfed_and_a_huge_fusion_shares_every_row():
     from fedad.rowfed.admm import solve
     from fedad.rowfed.baselines import nonfed
-    from fedad.rowfed.config import RowFedConfig
+    from fedad.rowfed.config import fpfc
 
     clients, _ = toy_problem()
-    alone = nonfed(clients, RowFedConfig())
-    free = solve(clients, RowFedConfig(fusion_lam=0.0, rounds=3000), tol=1e-10)
+    alone = nonfed(clients, fpfc())
+    free = solve(clients, fpfc(fusion_lam=0.0, rounds=3000), tol=1e-10)
     assert np.abs(free.b - alone).max() < 1e-5
-    shared = solve(clients, RowFedConfig(fusion_lam=1e4, rounds=3000), tol=1e-10)
+    shared = solve(clients, fpfc(fusion_lam=1e4, rounds=3000), tol=1e-10)
     assert np.abs(shared.b - shared.b[0]).max() < 1e-4  # one B for all
     assert np.abs(shared.b - alone).max() > 0.5  # and not anyone's own
 
@@ -119,29 +119,29 @@ def test_no_fusion_is_nonfed_and_a_huge_fusion_shares_every_row():
 def test_the_admm_starts_from_each_clients_own_fit_or_from_zero():
     from fedad.rowfed.admm import initial_state, solve
     from fedad.rowfed.baselines import nonfed
-    from fedad.rowfed.config import RowFedConfig
+    from fedad.rowfed.config import fpfc
 
     clients, _ = toy_problem()
-    cfg = RowFedConfig(sparsity_lam=0.05)
+    cfg = fpfc(sparsity_lam=0.05)
     alone = nonfed(clients, cfg)
     start = initial_state(clients, cfg)
     assert np.array_equal(start.b, alone) and np.abs(alone).max() > 0.5
     i, k = start.pairs.T
     assert np.array_equal(start.theta, alone[i] - alone[k]) and not start.v.any()
-    zero = initial_state(clients, RowFedConfig(init="zero"))
+    zero = initial_state(clients, fpfc(init="zero"))
     assert not zero.b.any() and not zero.theta.any()
     with pytest.raises(ValueError, match="rowfed.init"):
-        solve(clients, RowFedConfig(init="random"))
+        solve(clients, fpfc(init="random"))
 
 
 def test_the_batched_client_steps_are_each_clients_own_steps():
     from fedad.rowfed.admm import client_step, client_steps
-    from fedad.rowfed.config import RowFedConfig
+    from fedad.rowfed.config import fpfc
 
     clients, _ = toy_problem()
     rng = np.random.default_rng(3)
     b, target = rng.normal(size=(2, 4, 6, 2))
-    cfg = RowFedConfig(sparsity_lam=0.2)
+    cfg = fpfc(sparsity_lam=0.2)
     one = np.stack([client_step(c, b[m], target[m], 3.0, cfg) for m, c in enumerate(clients)])
     assert np.abs(client_steps(clients, b, target, 3.0, cfg) - one).max() < 1e-12
     assert np.abs(one - b).max() > 0.01  # the steps moved
@@ -149,10 +149,10 @@ def test_the_batched_client_steps_are_each_clients_own_steps():
 
 def test_absent_clients_keep_their_coefficients():
     from fedad.rowfed.admm import RowFedState, run_round
-    from fedad.rowfed.config import RowFedConfig
+    from fedad.rowfed.config import fpfc
 
     clients, _ = toy_problem()
-    cfg = RowFedConfig(participation=0.5, seed=1)
+    cfg = fpfc(participation=0.5, seed=1)
     state = RowFedState.start(4, 6, 2)
     state.b += 1.0
     before = state.b.copy()

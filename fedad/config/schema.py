@@ -374,21 +374,14 @@ class DiffADConfig:
 
 
 @dataclass
-class RowFedExchangeConfig:
-    """``exchange=rowfed``: RowFed's sparse row-wise fusion (seed 000's second abstract;
-    ``fedad/rowfed/``, a reconstruction on FPFC's linearised ADMM) personalising one matrix
-    of a detector's module, its rows the matrix's input channels (the matrix the detector
-    declares by default, FedDyMem's projection: row ``j`` is input channel ``j``'s weights
-    to every output); every other
-    weight is averaged as FedAvg does. Each site ``m`` trains with
-    ``rho (M - 1) / 2 ||B_m - U_m||^2`` added (``U_m``: its own target from the server's
-    fusion variables and duals) and the sparsity prox after every step; the server keeps
-    every site's last ``B_m`` and updates the fusion variables of every pair.
-    Participation: ``train.participation``."""
+class RowFedSettings:
+    """RowFed's fusion and sparsity (seed 000's second abstract, on FPFC's linearised
+    ADMM): the one set of its settings and their defaults, for the exchange
+    (:class:`RowFedExchangeConfig`) and for the solver run alone
+    (:class:`fedad.rowfed.config.RowFedConfig`, which adds its own rounds and steps).
+    FPFC's synthetic-scale values (``fusion_lam=0.6``, ``sparsity_lam=0.05``) are a
+    preset, :func:`fedad.rowfed.config.fpfc`."""
 
-    # the module's matrix (C_out, C_in[, 1, 1]); "": the one the detector declares
-    # (RowMatrix: FedDyMem's projection.conv.weight)
-    param: str = ""
     fusion: str = choice("row", "matrix", "entry")  # SROF's rows | the baselines' groups
     fusion_penalty: str = choice("scad", "mcp", "l1")
     # a priori: a tenth of an identity projection row's norm (FPFC's 0.6 is for its
@@ -399,6 +392,23 @@ class RowFedExchangeConfig:
     a: float = 3.7  # SCAD's a (MCP's gamma)
     rho: float = 1.0  # FPFC's
     cluster_tol: float = 0.1  # ||theta_j|| below it: two sites share row j (FPFC's)
+
+
+@dataclass
+class RowFedExchangeConfig(RowFedSettings):
+    """``exchange=rowfed``: RowFed's sparse row-wise fusion (``fedad/rowfed/``)
+    personalising one matrix of a detector's module, its rows the matrix's input channels
+    (the matrix the detector declares by default, FedDyMem's projection: row ``j`` is input
+    channel ``j``'s weights to every output); every other weight is averaged as FedAvg
+    does. Each site ``m`` trains with ``rho (M - 1) / 2 ||B_m - U_m||^2`` added (``U_m``:
+    its own target from the server's fusion variables and duals) and the sparsity prox
+    after every step; the server keeps every site's last ``B_m`` and updates the fusion
+    variables of every pair. Participation: ``train.participation``; steps and rounds:
+    ``train.*``."""
+
+    # the module's matrix (C_out, C_in[, 1, 1]); "": the one the detector declares
+    # (RowMatrix: FedDyMem's projection.conv.weight)
+    param: str = ""
 
 
 @dataclass

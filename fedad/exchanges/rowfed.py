@@ -24,12 +24,14 @@ Which sites train in a round is the engine's ``train.participation`` (RowFed's `
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import torch
 
 from fedad.components.training import TrainHooks, part_of
+from fedad.config.schema import RowFedSettings
 from fedad.detectors.capabilities import RowMatrix
 from fedad.errors import ConfigError
 from fedad.exchanges.base import Upload
@@ -74,12 +76,11 @@ class RowFedExchange(WeightExchange):
         return parts[part_of(self.param(), parts)].optim.lr
 
     def admm_config(self) -> RowFedConfig:
-        r = self.cfg.rowfed
-        return RowFedConfig(fusion=r.fusion, fusion_penalty=r.fusion_penalty,
-                            fusion_lam=r.fusion_lam, sparsity_penalty=r.sparsity_penalty,
-                            sparsity_lam=r.sparsity_lam, a=r.a, rho=r.rho,
-                            participation=self.cfg.train.participation,
-                            cluster_tol=r.cluster_tol, seed=self.cfg.train.seed)
+        """The solver's config: the run's RowFed settings (one class, one set of
+        defaults), with participation and seed from ``train.*``."""
+        settings = {f.name: getattr(self.cfg.rowfed, f.name) for f in fields(RowFedSettings)}
+        return RowFedConfig(**settings, participation=self.cfg.train.participation,
+                            seed=self.cfg.train.seed)
 
     def check(self) -> None:
         super().check()

@@ -6,23 +6,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedad.config.schema import RowFedSettings
+
 FUSIONS = ("row", "matrix", "entry")
 INITS = ("nonfed", "zero")
 
 
 @dataclass
-class RowFedConfig:
-    fusion: str = "row"  # row (SROF) | matrix | entry (the baselines' groups)
-    fusion_penalty: str = "scad"  # P_1: scad | mcp | l1 (SCAD: FPFC's, a priori)
-    fusion_lam: float = 0.6  # FPFC's lambda
-    sparsity_penalty: str = "scad"  # P_2 on each entry: scad | mcp | l1
-    sparsity_lam: float = 0.05
-    a: float = 3.7  # SCAD's a (MCP's gamma when mcp)
-    rho: float = 1.0  # FPFC's
+class RowFedConfig(RowFedSettings):
+    """The solver run alone (benchmarks, baselines): the fusion and sparsity of
+    :class:`~fedad.config.schema.RowFedSettings`, with their one set of defaults, plus
+    what the exchange takes from ``train.*``."""
+
     participation: float = 1.0  # pi: each client joins a round with this probability
     local_steps: int = 10  # FPFC: 10 local epochs
     rounds: int = 200
-    cluster_tol: float = 0.1  # ||theta|| below it joins a pair (FPFC)
     seed: int = 0
     init: str = "nonfed"  # nonfed (each client's own fit) | zero (module docstring)
 
@@ -36,3 +34,12 @@ class RowFedConfig:
                              f"{self.participation}")
         if self.rho <= 0 or self.local_steps < 1 or self.rounds < 0:
             raise ValueError("rowfed: rho > 0, local_steps >= 1 and rounds >= 0 needed")
+
+
+FPFC = {"fusion_lam": 0.6, "sparsity_lam": 0.05}  # FPFC's values at its synthetic scale
+
+
+def fpfc(**changes) -> RowFedConfig:
+    """The solver with FPFC's synthetic-scale penalties (``fusion_lam=0.6``,
+    ``sparsity_lam=0.05``; the RowFed benchmark's design), ``changes`` on top."""
+    return RowFedConfig(**{**FPFC, **changes})
