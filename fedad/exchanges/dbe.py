@@ -83,10 +83,18 @@ class DBEExchange(WeightExchange):
         return np.concatenate([super().descriptor(upload),
                                np.asarray(upload[MEAN]["mean"], dtype=np.float64)])
 
+    def trains_representation(self, round_t: int) -> bool:
+        """Whether round ``round_t`` trains the representation part (a phased detector's
+        other phases do not: asymst's DDPM rounds)."""
+        prefix = part_name(self.detector) + "."
+        return any(k.startswith(prefix) for k in self.round_keys(round_t))
+
     def aggregate(self, uploads: Sequence[Upload], round_t: int) -> None:
         if not uploads:
             return
         super().aggregate(uploads, round_t)
+        if not self.trains_representation(round_t):
+            return  # no representation ran this round: the global mean stays
         w = np.array([u.num_examples for u in uploads], dtype=np.float64)
         means = np.stack([np.asarray(u.records[MEAN]["mean"], dtype=np.float64)
                           for u in uploads])
@@ -119,8 +127,12 @@ class DBEExchange(WeightExchange):
         running = torch.zeros_like(shift, requires_grad=False)
         pending: list[torch.Tensor] = []
 
-        def regularise(_module: torch.nn.Module) -> torch.Tensor:
-            _, rep = cap.last()
+        def regularise(_module: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
+            got = cap.take()
+            if got is None:  # a step that ran no forward through the representation
+                pending[:] = []
+                return loss.new_zeros(())
+            _, rep = got
             m = (1 - c.momentum) * running.to(rep) + c.momentum * rows(rep).mean(0)
             pending[:] = [m]
             if g is None:
@@ -129,16 +141,16 @@ class DBEExchange(WeightExchange):
 
         def after(_module: torch.nn.Module) -> None:
             nonlocal running
-            running = pending[0].detach().cpu()
+            if pending:
+                running = pending[0].detach().cpu()
             if shift.grad is not None:
                 shift.sub_(self.cfg.train.lr * shift.grad)
                 shift.grad = None
 
         self.round_t = round_t
         with Capture(part) as cap:
-            info = self.detector.fit(features, None, round_t,
-                                     TrainHooks(objective=lambda m, loss: loss + regularise(m),
-                                                after_step=after))
+            info = self.detector.fit(features, None, round_t, TrainHooks(
+                objective=lambda m, loss: loss + regularise(m, loss), after_step=after))
         det.set_representation_shift(shift.detach())
         return {WEIGHTS: self.module_weights(self.round_keys(round_t)),
                 MEAN: {"mean": np.ascontiguousarray(running.numpy().astype(np.float32))}}, info

@@ -42,7 +42,7 @@ from fedad.detectors.asymst.student import Student
 from fedad.detectors.asymst.synthesis import defect_batch
 from fedad.detectors.asymst.teacher import Teacher, build_teacher, teacher_channels
 from fedad.detectors.base import Detector, FeatureShape, FitInfo, Reads, Scores, Summary
-from fedad.detectors.capabilities import Phased, Represents, RowMatrix
+from fedad.detectors.capabilities import Phased, RowMatrix, ShiftedRepresentation
 from fedad.diffusion.defects import draw_pool
 from fedad.diffusion.schedule import alphas_cumprod
 from fedad.diffusion.train import train_ddpm
@@ -71,7 +71,7 @@ def teacher_for(cfg: RunConfig, device) -> Teacher:
     return _TEACHERS[key]
 
 
-class AsymST(Detector, Phased, Represents, RowMatrix):
+class AsymST(Detector, Phased, ShiftedRepresentation, RowMatrix):
     name = "asymst"
     iterative = True
     first_round = 1
@@ -140,9 +140,21 @@ class AsymST(Detector, Phased, Represents, RowMatrix):
         return self.net
 
     def representation(self) -> nn.Module:
-        """The student's finest output projection (stride 4, the teacher's first level):
-        what FedPHP's MMD and a representation mean compare."""
+        """The student's finest output projection (stride 4, the teacher's first level),
+        before its per-site bias: what FedPHP's MMD and DBE's representation mean
+        compare."""
         return self.net[STUDENT].out[-1]
+
+    def representation_shift(self) -> torch.Tensor:
+        """The student's per-site bias of its finest output (zero but under DBE)."""
+        return self.net[STUDENT].shift
+
+    def set_representation_shift(self, shift: torch.Tensor) -> None:
+        self.net[STUDENT].shift = shift
+
+    @classmethod
+    def shift_key(cls) -> str:
+        return f"{STUDENT}.shift"
 
     @classmethod
     def row_matrix(cls, cfg: RunConfig) -> str:

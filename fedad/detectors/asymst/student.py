@@ -53,6 +53,13 @@ class Student(nn.Module):
             self.up.append(Residual(cin, cout))
             self.out.append(nn.Conv2d(cout, out_channels[i], 1))
             cin = cout
+        # a per-site bias of the finest output (DBE's PRBM; zero unless exchange=dbe sets it)
+        self.register_buffer("shift", torch.zeros(out_channels[0]))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # a student saved before the bias existed has none: it was zero
+        state_dict.setdefault(prefix + "shift", torch.zeros_like(self.shift))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(images)
@@ -65,4 +72,5 @@ class Student(nn.Module):
             size = sizes[len(self.down) - 1 - j]
             x = block(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
             outs.append(head(x))
+        outs[-1] = outs[-1] + self.shift[None, :, None, None]  # the finest (stride 4)
         return outs[::-1]
