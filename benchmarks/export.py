@@ -39,10 +39,13 @@ from _common import RESULTS, command_line, machine, write_results  # noqa: E402
 from fedad.components.knn import BANK_CHUNK, bank_chunk  # noqa: E402
 from fedad.data.export import write_mvtec  # noqa: E402
 from fedad.data.factory import build_dataset  # noqa: E402
-from fedad.evaluation.saved_site import load_summary  # noqa: E402
+from fedad.evaluation.saved_site import (
+    load_run_config,  # noqa: E402
+    load_summary,  # noqa: E402
+)
 from fedad.export.onnx_export import export_site, scorer_module  # noqa: E402
 from fedad.export.runtime import compare, load_images, session  # noqa: E402
-from fedad.federation.predict import load_run_config, site_scorer  # noqa: E402
+from fedad.federation.predict import site_scorer  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
 
 SIZE = 224

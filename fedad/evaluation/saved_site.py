@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedad.config.flat import from_dict
+from fedad.config.schema import RunConfig
 from fedad.detectors.base import Summary
+from fedad.detectors.registry import feature_config
 from fedad.errors import ConfigError
 
 SUMMARY_FILE = "global_summary.npz"
@@ -35,6 +38,18 @@ class Calibration:
     quantile: float
     holdout_images: int
     holdout_scores: list[float] = field(default_factory=list)
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run saved (``config.json``).
+
+    Raises:
+        ConfigError: the file is missing, naming it.
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing (is {run_dir} a fedad run directory?)")
+    return feature_config(from_dict(json.loads(path.read_text())))
 
 
 def calibrate(scores: np.ndarray | torch.Tensor | None, quantile: float) -> Calibration:

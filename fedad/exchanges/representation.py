@@ -52,11 +52,6 @@ class Capture:
         self._handle.remove()
         self.input = self.output = None
 
-    def last(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.output is None:
-            raise RuntimeError("no forward through the representation since the last step")
-        return self.input, self.output
-
     def take(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The last forward's input and output, then forgotten; ``None`` when the step ran
         no forward through the part (a phase that trains another part: asymst's DDPM)."""

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedad.config.flat import from_dict
 from fedad.config.schema import RunConfig
 from fedad.data.dataset import AnomalyDataset
 from fedad.data.io import FileSource, list_images, read_image, require_dir
@@ -24,13 +23,12 @@ from fedad.detectors.registry import (
     client_seed,
     create,
     detector_class,
-    feature_config,
     load_plugins,
 )
 from fedad.device import resolve_device
 from fedad.errors import ConfigError, DataError
 from fedad.evaluation.differentiable import RefinedSet
-from fedad.evaluation.saved_site import load_site, load_summary
+from fedad.evaluation.saved_site import load_run_config, load_site, load_summary
 from fedad.evaluation.scores import score
 from fedad.features.cache import extract_features
 from fedad.features.extractor import build_feature_extractor, extractor_signature
@@ -48,14 +46,6 @@ class Prediction:
     score: float
     threshold: float | None
     anomalous: bool | None
-
-
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    """The resolved config a run saved (``config.json``)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{path}: missing (is {run_dir} a fedad run directory?)")
-    return feature_config(from_dict(json.loads(path.read_text())))
 
 
 def readable_images(folder: str | Path, skip_bad: bool = False) -> tuple[list[Path], list[str]]:

@@ -113,6 +113,8 @@ class Server:
         self.detector = create(cfg, feature_shape(cfg), "cpu", seed=cfg.train.seed)
         self.exchange = exchange_for(cfg, self.detector)
         self.uploads = uploads_for(self.cfg)  # as sent, or a secure sum (secure.enabled)
+        averaged, per_site = metric_keys(self.cfg)  # the run's refinement adds its own
+        self.averaged_keys, self.site_keys = (*EVAL_KEYS, *averaged), (*SITE_KEYS, *per_site)
         self.first_round, self.last_round = self.exchange.rounds()
         self.history: list[dict] = []
         self.rejected: list[str] = []  # "round r, client ...: reason", in order
@@ -299,18 +301,16 @@ class Server:
         """Mean and spread over sites of their metrics (and each site's)."""
         per_client: dict[int, dict[str, float]] = {}
         seconds, seconds_features = [], []
-        averaged, per_site = metric_keys(self.cfg)
-        averaged, per_site = (*EVAL_KEYS, *averaged), (*SITE_KEYS, *per_site)
         for reply in self.ok_replies(delivery, rnd, "evaluation "):
             m = reply.metrics
-            per_client[int(m["partition-id"])] = {k: float(m[k]) for k in (*averaged,
-                                                                           *per_site)
-                                                  if k in m}
+            per_client[int(m["partition-id"])] = {
+                k: float(m[k]) for k in (*self.averaged_keys, *self.site_keys) if k in m}
             seconds.append(float(m["seconds-eval"]))
             seconds_features.append(float(m["seconds-features"]))
         if not per_client:
             return None
-        keys = [k for k in averaged if any(k in v for v in per_client.values())]
+        keys = [k for k in self.averaged_keys
+                if any(k in v for v in per_client.values())]
         out = {"per_client": {str(p): per_client[p] for p in sorted(per_client)},
                **{k: mean_std(v[k] for v in per_client.values() if k in v) for k in keys},
                "seconds-client": {"seconds-eval": max(seconds)},

@@ -7,7 +7,6 @@ detector with a differentiable score: the sum of its map). Nothing new leaves th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -15,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedad.config.flat import from_dict
 from fedad.config.schema import DiffADConfig
 from fedad.detectors.base import Detector, FeatureShape
 from fedad.detectors.capabilities import Reconstructs, describe
-from fedad.detectors.registry import client_seed, create, detector_class, feature_config
+from fedad.detectors.registry import client_seed, create, detector_class
 from fedad.errors import ConfigError
-from fedad.evaluation.saved_site import load_site
+from fedad.evaluation.saved_site import load_run_config, load_site
 from fedad.features.extractor import FeatureExtractor
 
 Reconstructor = Callable[[torch.Tensor], torch.Tensor]
@@ -46,10 +44,10 @@ def diffusion_reconstructor(run_dir: str | Path, site: int, detector: Detector,
     """
     from fedad.evaluation.objectives import detector_objective
 
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"f2pad.diffusion_run: {path} is missing (a finished diffad run?)")
-    cfg = feature_config(from_dict(json.loads(path.read_text())))
+    try:
+        cfg = load_run_config(run_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"f2pad.diffusion_run: {exc} (a finished diffad run?)") from exc
     if cfg.dataset.scored_size() != image_size:
         raise ConfigError(f"f2pad.diffusion_run={run_dir} has dataset.image_size="
                           f"{cfg.dataset.scored_size()}; the refined images are {image_size} px")
