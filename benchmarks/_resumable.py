@@ -84,3 +84,36 @@ def results_payload(args: argparse.Namespace) -> dict:
     payload.setdefault("rows", {})
     payload["commands"] = list(dict.fromkeys([*payload.get("commands", []), command_line()]))
     return payload
+
+
+def centralized_of(cfg: RunConfig, sites: int) -> RunConfig:
+    """The centralized row of a step-budgeted detector beside a federated one of ``sites``
+    sites: one site with every training image, taking the same optimiser steps in the same
+    rounds with batches ``sites`` times as large (``train.batch_size``,
+    ``ddpm.batch_size``): FedAvg's round averages ``sites`` updates of a batch each, so the
+    two rows see as many images per step and spend the same compute; federated minus
+    centralized then measures federation, not budget."""
+    from dataclasses import replace
+
+    from fedad.detectors.registry import resolve
+    from fedad.federation.centralized import centralized_config
+
+    cfg = resolve(centralized_config(cfg))
+    cfg.train = replace(cfg.train, batch_size=cfg.train.batch_size * sites)
+    cfg.ddpm = replace(cfg.ddpm, batch_size=cfg.ddpm.batch_size * sites)
+    return cfg
+
+
+def by_phase(result: dict) -> dict[str, dict]:
+    """Per phase of a step-budgeted run (``rounds.json``'s ``train.phase``, in order): its
+    rounds, steps, mean training loss of each round and seconds of training summed over the
+    sites (the rest of the stages are reported beside them)."""
+    out: dict[str, dict] = {}
+    for r in result["rounds"]:
+        phase = r["train"].get("phase", {}).get("name", "train")
+        entry = out.setdefault(phase, {"rounds": 0, "steps": 0, "losses": [], "seconds": 0.0})
+        entry["rounds"] += 1
+        entry["steps"] += int(r["train"].get("phase", {}).get("steps", 0))
+        entry["losses"].append(float(r["train"]["loss"]["mean"]))
+        entry["seconds"] += float(r["train"]["seconds-client-sum"].get("seconds-train", 0.0))
+    return out

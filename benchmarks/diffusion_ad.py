@@ -8,15 +8,18 @@ Rows (``--rows``; all by default), each a full in-process run of the engine
 (:mod:`benchmarks._resumable`: resumed from its checkpoint when interrupted, read back when
 finished):
 
-* ``centralized``: diffad, one site with every training image (FedAvg of one);
+* ``centralized``: diffad, one site with every training image (FedAvg of one), the same
+  optimiser steps in the same rounds with batches 5x as large
+  (:func:`benchmarks._resumable.centralized_of`);
 * ``fedavg``: diffad, 5 sites (Dirichlet alpha 0.1 over acquisition conditions), FedAvg;
 * ``padim-centralized`` / ``padim-federated``: fedad's PaDiM on the same sites (its exact
   statistics exchange), the baseline the targets compare with.
 
-Every value is the config's default, fixed a priori (``DiffADConfig``, ``DDPMConfig``,
-``conf/method/diffad.yaml``); the last round is the model; nothing is chosen on the test
-set. For each diffad row the two maps of every site's final model are combined four ways on
-the shared test set: the KL map alone, the feature map alone, Eq. 11 (the default) and the
+Every value is the config's default and its step budget's (``budget=cpu``,
+``fedad/detectors/diffad/budgets.py``), fixed a priori (docs/diffad.md says where each
+comes from); the last round is the model; nothing is chosen on the test set. For each
+diffad row the two maps of every site's final model are combined four ways on the shared
+test set: the KL map alone, the feature map alone, Eq. 11 (the default) and the
 code's plain sum (the run's own evaluation is Eq. 11's; sites of one process that hold one
 global model compute the maps once). Reported: I-AUROC, P-AUROC, PRO (mean over sites), MB
 uploaded per round, seconds of training, scoring seconds per test image, and for
@@ -49,7 +52,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import write_results  # noqa: E402
-from benchmarks._resumable import base_flat, results_payload, row_parser, run_row  # noqa: E402
+from benchmarks._resumable import (  # noqa: E402
+    base_flat,
+    by_phase,
+    centralized_of,
+    results_payload,
+    row_parser,
+    run_row,
+)
 from fedad.config.flat import from_flat  # noqa: E402
 from fedad.config.schema import RunConfig  # noqa: E402
 from fedad.detectors.base import FeatureShape  # noqa: E402
@@ -87,7 +97,9 @@ STEP_RULES = (("fixed", 0.02), ("fixed", 0.005), ("fixed", 0.00125), ("backtrack
 def row_config(base: dict, row: str) -> RunConfig:
     """The row's config: ``base`` (dotted keys) with the row's changes."""
     cfg = from_flat({**base, **ROWS[row]})
-    if row.endswith("centralized"):
+    if row == "centralized":
+        cfg = centralized_of(cfg, 5)
+    elif row.endswith("centralized"):
         cfg = centralized_config(cfg)
     else:
         cfg.eval_every = 10**9  # the final round only
@@ -110,7 +122,9 @@ def summarise(cfg: RunConfig, result: dict) -> dict:
                                               for r in rounds])) / 1e6,
             "seconds_train": train,
             "seconds_eval": float(sum(e.get("seconds-eval", 0.0) for e in ev)),
-            "losses": [r["train"]["loss"]["mean"] for r in rounds]}
+            "rounds": len(rounds), "phases": by_phase(result),
+            **{k: float(np.mean([v[k] for v in final.values()])) for k in ("val_i_auroc",)
+               if all(k in v for v in final.values())}}
 
 
 def site_detectors(cfg: RunConfig, folder: Path, shape: FeatureShape):
@@ -252,6 +266,19 @@ def markdown(payload: dict) -> str:
         lines.append(f"| {row} | {r['label']} ({r['sites']} site(s)) | {f3(r, 'i_auroc')} | "
                      f"{f3(r, 'p_auroc')} | {f3(r, 'pro')} | {r['mb_up_per_round']:.2f} | "
                      f"{r['seconds_train']:.0f} | {r['seconds_eval']:.0f} |")
+    phased = {row: r["phases"] for row, r in payload["rows"].items() if "phases" in r
+              and row in PADIM_OF}
+    if phased:
+        lines += ["", "Training (steps per site; mean over sites of a round's loss, first -> "
+                  "last round, and the last round's change on the one before):", "",
+                  "| row | steps | rounds | loss first -> last | last change |",
+                  "|---|---|---|---|---|"]
+        for row, ph in phased.items():
+            for v in ph.values():
+                ls = v["losses"]
+                change = f"{ls[-1] - ls[-2]:+.4f}" if len(ls) > 1 else "-"
+                lines.append(f"| {row} | {v['steps']} | {v['rounds']} | {ls[0]:.4f} -> "
+                             f"{ls[-1]:.4f} | {change} |")
     abl = {row: r["ablation"] for row, r in payload["rows"].items() if "ablation" in r}
     if abl:
         lines += ["", "Maps combined (the same models; eq11 is the default, sum the code's):",
@@ -297,8 +324,8 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="RunConfig overrides (after --)")
     args = p.parse_args()
     setup_logging()
-    # conf/method/diffad.yaml's choices (a priori), then the overrides
-    flat = base_flat(p, args, {"train.rounds": 8})
+    # the budget preset's values (resolved per row), then the overrides
+    flat = base_flat(p, args, {})
     try:
         for row in ROWS:
             row_config(flat, row)  # a bad override stops here, before any run

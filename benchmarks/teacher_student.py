@@ -7,22 +7,27 @@
 Rows (``--rows``; all by default), every one a full run of the engine in this process (the
 same sites, messages and aggregation as a Flower run, :mod:`fedad.federation.in_process`):
 
-* ``centralized``: one site with every training image;
+* ``centralized``: one site with every training image, the same optimiser steps in the
+  same rounds with batches 5x as large (:func:`benchmarks._resumable.centralized_of`);
 * ``fedavg``: 5 sites (Dirichlet alpha 0.1 over acquisition conditions), FedAvg;
-* ``scaffold``: the same sites, SCAFFOLD;
+* ``scaffold``: the same sites, SCAFFOLD (plain SGD at its own rates, ``scaffold.*``);
 * ``cutpaste``: as ``fedavg`` with cut-paste/Perlin/scratch defects instead of the DDPM's
-  (no DDPM rounds);
-* ``nohead``: as ``fedavg`` without the segmentation head (the cosine discrepancy scores).
+  (no DDPM phase; the student's and head's steps the same);
+* ``nohead``: as ``fedavg`` without the segmentation head (the levels' cosine maps
+  multiplied score; no head phase).
 
-Every value is the config's default, fixed a priori (``fedad/config/schema.py``
-``AsymSTConfig``, ``DDPMConfig``); nothing is chosen on the test set: the last round is the
+Every value is the config's default and its step budget's (``budget=cpu``,
+``fedad/detectors/asymst/budgets.py``), fixed a priori or chosen on the validation split
+(docs/asymst.md says which); nothing is chosen on the test set: the last round is the
 model (no round picked). Each row's run folder is under ``--work``; a row interrupted
 (killed, out of time) resumes from its last checkpointed round when the script is run
 again with the same ``--work``, and a finished row is read back, not re-run.
 
-Per row: I-AUROC, P-AUROC, PRO (mean over sites; the test set is the shared one), the MB a
-site uploads per round, and the seconds of each stage summed over sites: DDPM training,
-drawing the DDPM sample pool, detector training (student and head), evaluation.
+Per row: I-AUROC, P-AUROC, PRO (mean over sites; the test set is the shared one), the
+validation split's I-AUROC (synthetic defects on held-out training normals), the MB a site
+uploads per round, the seconds of each stage summed over sites (DDPM training, drawing the
+DDPM sample pool, student, head, evaluation) and each phase's steps and loss curve (first
+and last round's mean: is it still learning at the end?).
 With pixel masks, a realism measure of the synthetic defects: the Frechet distance between
 Gaussians fitted to Lite0 features (stride 8) averaged over each defect region, of DDPM
 defects, cut-paste defects and normal regions, each against the real defects' (lower is
@@ -44,15 +49,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import write_results  # noqa: E402
-from benchmarks._resumable import base_flat, results_payload, row_parser, run_row  # noqa: E402
+from benchmarks._resumable import (  # noqa: E402
+    base_flat,
+    by_phase,
+    centralized_of,
+    results_payload,
+    row_parser,
+    run_row,
+)
 from fedad.config.flat import from_flat  # noqa: E402
 from fedad.config.schema import RunConfig  # noqa: E402
-from fedad.detectors.asymst.detector import DDPM, phases, teacher_for  # noqa: E402
+from fedad.detectors.asymst.detector import teacher_for  # noqa: E402
 from fedad.detectors.asymst.synthesis import classical_defect  # noqa: E402
 from fedad.detectors.registry import feature_config, label, resolve  # noqa: E402
 from fedad.diffusion.defects import paste, perlin_mask  # noqa: E402
 from fedad.errors import ConfigError  # noqa: E402
-from fedad.federation.centralized import centralized_config  # noqa: E402
 from fedad.federation.compose import check  # noqa: E402
 from fedad.federation.site_data import load_client_data  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
@@ -72,7 +83,7 @@ def row_config(base: dict, row: str) -> RunConfig:
     cfg = from_flat({**base, **ROWS[row]})
     if row == "centralized":
         cfg.exchange = "fedavg"
-        cfg = centralized_config(cfg)
+        cfg = centralized_of(cfg, 5)
     else:
         cfg.eval_every = 10**9  # the final round only
     cfg.examples = 0
@@ -80,16 +91,13 @@ def row_config(base: dict, row: str) -> RunConfig:
 
 
 def summarise(cfg: RunConfig, result: dict) -> dict:
-    kinds = phases(cfg)
     rounds = result["rounds"]
-    stage = {"ddpm": 0.0, "synthesis": 0.0, "detector": 0.0, "evaluation": 0.0}
-    for rec in rounds:
-        tr = rec["train"]["seconds-client-sum"]
-        kind = kinds[rec["round"] - 1]
-        stage["ddpm" if kind == DDPM else "detector"] += tr.get("seconds-train", 0.0)
-        stage["synthesis"] += tr.get("seconds-synthesis", 0.0)
-        ev = (rec.get("evaluate") or {}).get("seconds-client-sum", {})
-        stage["evaluation"] += ev.get("seconds-eval", 0.0)
+    phases = by_phase(result)
+    stage = {p: v["seconds"] for p, v in phases.items()}
+    stage["synthesis"] = sum(r["train"]["seconds-client-sum"].get("seconds-synthesis", 0.0)
+                             for r in rounds)
+    stage["evaluation"] = sum((r.get("evaluate") or {}).get("seconds-client-sum", {}).get(
+        "seconds-eval", 0.0) for r in rounds)
     final = result["final"]["per_client"]
     keys = [k for k in ("i_auroc", "p_auroc", "pro", "val_i_auroc", "val_p_auroc")
             if all(k in v for v in final.values())]
@@ -97,10 +105,9 @@ def summarise(cfg: RunConfig, result: dict) -> dict:
     return {"label": label(cfg), "sites": len(final),
             **{k: float(np.mean([v[k] for v in final.values()])) for k in keys},
             "i_auroc_spread": float(np.ptp([v["i_auroc"] for v in final.values()])),
-            "mb_up_per_round": float(np.mean(up)) / 1e6,
-            "seconds": stage, "losses": [r["train"]["loss"]["mean"] for r in rounds],
-            "fallback_sites": sorted({s for r in rounds for s in r["train"].get("site-notes", {})}),
-            "phases": kinds}
+            "mb_up_per_round": float(np.mean(up)) / 1e6, "rounds": len(rounds),
+            "seconds": stage, "phases": phases,
+            "fallback_sites": sorted({s for r in rounds for s in r["train"].get("site-notes", {})})}
 
 
 # -- realism of the synthetic defects ------------------------------------------------------
@@ -186,17 +193,30 @@ def picture(teacher, sets: dict, real, path: Path, n: int = 4) -> None:
 
 def markdown(payload: dict) -> str:
     lines = [f"# DDPM defects + asymmetric teacher-student ({payload['dataset']})", "",
-             "| row | run | I-AUROC | P-AUROC | PRO | MB up/round | DDPM s | pool s | "
-             "detector s | eval s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| row | run | I-AUROC | P-AUROC | PRO | val I-AUROC | rounds | MB up/round | "
+             "DDPM s | pool s | student s | head s | eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row, r in payload["rows"].items():
         s = r["seconds"]
 
         def f(k, r=r):
             return f"{r[k]:.3f}" if k in r else "-"
         lines.append(f"| {row} | {r['label']} ({r['sites']} site(s)) | {f('i_auroc')} | "
-                     f"{f('p_auroc')} | {f('pro')} | {r['mb_up_per_round']:.2f} | "
-                     f"{s['ddpm']:.0f} | {s['synthesis']:.0f} | {s['detector']:.0f} | "
-                     f"{s['evaluation']:.0f} |")
+                     f"{f('p_auroc')} | {f('pro')} | {f('val_i_auroc')} | "
+                     f"{r.get('rounds', '-')} | {r['mb_up_per_round']:.2f} | "
+                     + " | ".join(f"{s.get(k, 0.0):.0f}" for k in
+                                  ("ddpm", "synthesis", "student", "head", "evaluation"))
+                     + " |")
+    lines += ["", "Steps and loss per phase (mean over sites of a round's loss; first -> "
+              "last round, and the last round's change on the one before):", "",
+              "| row | phase | steps | rounds | loss first -> last | last change |",
+              "|---|---|---|---|---|---|"]
+    for row, r in payload["rows"].items():
+        for phase, v in r.get("phases", {}).items():
+            ls = v["losses"]
+            change = f"{ls[-1] - ls[-2]:+.4f}" if len(ls) > 1 else "-"
+            lines.append(f"| {row} | {phase} | {v['steps']} | {v['rounds']} | "
+                         f"{ls[0]:.4f} -> {ls[-1]:.4f} | {change} |")
     real = payload.get("realism", {})
     if "frechet_to_real_defects" in real:
         lines += ["", "Realism: Frechet distance of region features (Lite0, stride 8) to the "
@@ -218,9 +238,8 @@ def main() -> None:
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
-    # conf/method/asymst.yaml's choices (a priori), then the overrides
-    flat = base_flat(p, args, {"detector": "asymst", "exchange": "fedavg",
-                               "train.local_epochs": 5})
+    # the budget preset's values (resolved per row), then the overrides
+    flat = base_flat(p, args, {"detector": "asymst", "exchange": "fedavg"})
     try:
         check(from_flat(flat))  # a bad override stops here, before any run
     except ConfigError as exc:

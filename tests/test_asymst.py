@@ -14,7 +14,7 @@ from fedad.config.schema import RunConfig
 from fedad.detectors.asymst.detector import DDPM, HEAD, STUDENT, phases
 from fedad.detectors.asymst.synthesis import classical_defect
 from fedad.detectors.base import FeatureShape
-from fedad.detectors.registry import create, feature_shape
+from fedad.detectors.registry import create, feature_shape, resolve
 from fedad.diffusion.defects import GREY, paste, perlin_mask
 from fedad.diffusion.loss import ddpm_loss
 from fedad.diffusion.sample import ancestral_step
@@ -34,11 +34,12 @@ def tiny(**changes) -> RunConfig:
     d = cfg.dataset
     d.texture_train_per_type, d.texture_test_normal_per_type = 6, 2
     d.texture_test_anomalous_per_type, d.image_size = 2, 64
-    cfg.train.rounds = 3
+    cfg.train.local_steps = 2  # one round per phase
     a = cfg.asymst
-    a.ddpm_rounds, a.student_rounds, a.pool, a.sample_steps = 1, 1, 2, 2
-    a.student_width, a.head_channels = 8, 8
-    cfg.ddpm.channels, cfg.ddpm.groups, cfg.ddpm.epochs, cfg.ddpm.crop = [8, 16], 4, 1, 32
+    a.student_steps, a.head_steps, a.pool, a.sample_steps = 2, 2, 2, 2
+    a.student_width, a.head_channels, a.student_lr, a.head_lr = 8, 8, 1e-3, 1e-3
+    cfg.ddpm.channels, cfg.ddpm.groups, cfg.ddpm.steps, cfg.ddpm.crop = [8, 16], 4, 2, 32
+    cfg.ddpm.lr, cfg.ddpm.batch_size, cfg.ddpm.ema = 1e-3, 4, 0.0
     return from_flat({**to_flat(cfg), **changes}) if changes else cfg
 
 
@@ -116,10 +117,12 @@ def test_perlin_masks_are_seeded_and_large_enough():
 
 def test_phases_and_their_rounds_are_checked_when_a_config_is_composed():
     assert phases(tiny()) == [DDPM, STUDENT, HEAD]
-    assert phases(tiny(**{"asymst.synthesis": "cutpaste"})) == [STUDENT, HEAD, HEAD]
-    assert phases(tiny(**{"asymst.seg_head": False})) == [DDPM, STUDENT, STUDENT]
+    assert phases(tiny(**{"asymst.synthesis": "cutpaste"})) == [STUDENT, HEAD]
+    assert phases(tiny(**{"asymst.seg_head": False})) == [DDPM, STUDENT]
+    assert phases(tiny(**{"asymst.head_steps": 5})) == [DDPM, STUDENT, HEAD, HEAD, HEAD]
     check(tiny())
-    with pytest.raises(ConfigError, match="train.rounds >= 3"):
+    assert resolve(tiny()).train.rounds == 3  # train.rounds=0: the budget's
+    with pytest.raises(ConfigError, match="takes 3 rounds"):
         check(tiny(**{"train.rounds": 2}))
     with pytest.raises(ConfigError, match="asymst.opacity"):
         check(tiny(**{"asymst.opacity": [0.9, 0.5]}))
@@ -141,7 +144,7 @@ def test_each_phase_trains_only_its_part_of_the_module():
         assert changed == {phase}, (r, changed)
         parts = {k: {n: v.clone() for n, v in now[k].items()} for k in parts}
         if phase == STUDENT:
-            assert det.pool is not None and det.pool.shape == (2, 3, 64, 64)
+            assert det.pool is not None and det.pool.shape == (2, 3, 32, 32)  # ddpm.crop
     scores = det.score(x, {}, 64)
     assert scores.maps.shape == (4, 64, 64) and torch.isfinite(scores.image).all()
 
@@ -183,10 +186,10 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path: Path):
         "per_client"]
 
 
-TINY_ASYMST = {"asymst.ddpm_rounds": 1, "asymst.student_rounds": 1, "asymst.seg_head": False,
+TINY_ASYMST = {"train.local_steps": 2, "asymst.student_steps": 2, "asymst.seg_head": False,
                "asymst.pool": 2, "asymst.sample_steps": 2, "asymst.student_width": 8,
                "asymst.head_channels": 8, "ddpm.channels": [8, 16], "ddpm.groups": 4,
-               "ddpm.epochs": 1, "ddpm.crop": 32}
+               "ddpm.steps": 2, "ddpm.crop": 32}
 
 
 def check_global_run(result: dict, states: list[dict], exchange: str,
@@ -211,7 +214,7 @@ def check_global_run(result: dict, states: list[dict], exchange: str,
     net = [k for k in states[0] if k.startswith("net.") and "num_batches" not in k]
     same = all(torch.equal(states[0][k], s[k]) for s in states[1:] for k in net)
     assert net and same == saved_global
-    assert all(s["pool"].shape == (2, 3, 64, 64) for s in states)  # drawn at each site
+    assert all(s["pool"].shape == (2, 3, 32, 32) for s in states)  # at each site, ddpm.crop
     if exchange == "scaffold":
         assert result["rounds"][-1]["bytes"]["sent"] >= len(states) * up[-1]
 

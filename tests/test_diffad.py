@@ -10,7 +10,6 @@ import torch
 
 from fedad.config.schema import BackboneConfig, DiffADConfig, RunConfig
 from fedad.detectors.base import FeatureShape
-from fedad.detectors.diffad.crops import aligned_crops
 from fedad.detectors.diffad.reconstruct import reconstruct
 from fedad.detectors.padim.detector import PaDiM
 from fedad.detectors.registry import create, feature_config
@@ -29,8 +28,9 @@ from fedad.federation.compose import check
 
 def tiny() -> RunConfig:
     cfg = RunConfig(detector="diffad", exchange="fedavg")
-    cfg.ddpm.channels, cfg.ddpm.groups, cfg.ddpm.epochs, cfg.ddpm.crop = [8, 16], 4, 4, 16
-    cfg.diffad.norm_images = 2
+    cfg.ddpm.channels, cfg.ddpm.groups, cfg.ddpm.crop = [8, 16], 4, 16
+    cfg.ddpm.steps, cfg.ddpm.lr, cfg.ddpm.ema, cfg.train.local_steps = 40, 1e-3, 0.0, 8
+    cfg.diffad.norm_images, cfg.diffad.size, cfg.diffad.head_stride = 2, 0, 2
     cfg.train.batch_size = cfg.ddpm.batch_size = 4
     return cfg
 
@@ -60,15 +60,6 @@ def test_the_kl_map_is_zero_where_the_noise_is_predicted_exactly_and_positive_el
         assert (kl[:, :, :4] > 1e-4).all()
     with pytest.raises(ValueError):  # t' must come before t
         posterior_kl(x0, x0, noise, float(abar[5]), float(abar[10]))
-
-
-def test_aligned_crops_take_the_targets_of_the_same_region_flips_included():
-    g = torch.Generator().manual_seed(1)
-    images = torch.randn(3, 3, 32, 32, generator=g)
-    targets = torch.nn.functional.avg_pool2d(images, 4)  # a feature of the region it covers
-    crops, crop_targets = aligned_crops(images, targets, 16, 12, g)
-    assert crops.shape == (12, 3, 16, 16) and crop_targets.shape == (12, 3, 4, 4)
-    assert torch.allclose(torch.nn.functional.avg_pool2d(crops, 4), crop_targets, atol=1e-6)
 
 
 def test_config_values_no_run_can_use_are_refused_when_composed():
@@ -199,15 +190,17 @@ def test_diffad_is_federated_by_fedavg_through_flower(tmp_path: Path):
     from tests.test_simulation import tiny_sim
 
     sim = tiny_sim(detector="diffad", exchange="fedavg", examples=0, eval_every=2, **{
-        "train.rounds": 2, "ddpm.channels": [8, 16], "ddpm.groups": 4, "ddpm.epochs": 1,
-        "ddpm.crop": 32, "diffad.norm_images": 2})
+        "ddpm.steps": 2, "train.local_steps": 1, "ddpm.channels": [8, 16], "ddpm.groups": 4,
+        "ddpm.crop": 32, "diffad.norm_images": 2, "diffad.size": 0, "diffad.head_stride": 2})
     out = tmp_path / "out"
     assert launch(sim, out) == 0
     (run,) = list(out.glob("run-*"))
     result = json.loads((run / "rounds.json").read_text())
     assert [r["round"] for r in result["rounds"]] == [1, 2] and not result["rejected"]
     assert result["label"] == "diffad+fedavg"
-    assert {k.split(".")[0] for k in result["received_keys"][0]} == {"unet", "head"}
+    # the budget preset's EMA shadow travels beside the weights (fedad/components/ema.py)
+    assert {k.split(".")[0] for k in result["received_keys"][0]} == {"unet", "head", "ema"}
+    assert [r["train"]["phase"]["name"] for r in result["rounds"]] == ["network"] * 2
     final = result["final"]["per_client"]
     assert set(final) == {"0", "1", "2"}
     assert all(0.0 <= v["i_auroc"] <= 1.0 for v in final.values())

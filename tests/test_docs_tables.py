@@ -20,4 +20,5 @@ def test_the_docs_capability_tables_are_generated_from_the_declarations():
         "python -c 'from fedad.federation.catalogue import capability_tables; "
         "print(capability_tables())'")
     # the table names every built-in detector and what can federate it
-    assert "| asymst | Phased, ShiftedRepresentation, Represents, RowMatrix, Trainable |" in shown
+    assert ("| asymst | Budgeted, Phased, ShiftedRepresentation, Represents, RowMatrix, "
+            "Trainable |") in shown

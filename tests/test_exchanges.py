@@ -44,16 +44,17 @@ PIXELS = FeatureShape(3, 32, 32)  # what a detector that reads images is handed
 def tiny_asymst(cfg) -> None:
     """asymst's smallest run: a DDPM round, then a student round (the pool drawn)."""
     a = cfg.asymst
-    a.ddpm_rounds, a.student_rounds, a.pool, a.sample_steps = 1, 1, 2, 2
+    a.student_steps, a.head_steps, a.pool, a.sample_steps = 1, 1, 2, 2
     a.student_width, a.head_channels = 8, 8
-    cfg.ddpm.channels, cfg.ddpm.groups, cfg.ddpm.epochs, cfg.ddpm.crop = [8, 16], 4, 1, 16
-    cfg.train.rounds = 3
+    cfg.ddpm.channels, cfg.ddpm.groups, cfg.ddpm.steps, cfg.ddpm.crop = [8, 16], 4, 1, 16
+    cfg.train.local_steps, cfg.train.rounds = 1, 0  # rounds: the budget's (3)
 
 
 def tiny_diffad(cfg) -> None:
-    """diffad's smallest run: a two-level UNet of 8/16 channels on 16-px crops."""
-    cfg.ddpm.channels, cfg.ddpm.groups, cfg.ddpm.epochs, cfg.ddpm.crop = [8, 16], 4, 1, 16
-    cfg.diffad.norm_images = 2
+    """diffad's smallest run: a two-level UNet of 8/16 channels, two steps a round."""
+    cfg.ddpm.channels, cfg.ddpm.groups, cfg.ddpm.steps, cfg.ddpm.crop = [8, 16], 4, 2, 16
+    cfg.diffad.norm_images, cfg.diffad.size, cfg.diffad.head_stride = 2, 0, 2
+    cfg.train.local_steps, cfg.train.rounds = 2, 0  # rounds: the budget's (1)
 
 
 def shape_of(cfg) -> FeatureShape:

@@ -177,6 +177,26 @@ def from_flat(flat: Mapping[str, Scalar], cls: type = RunConfig) -> Any:
     return check_choices(_build(cls, _migrate(nested, cls), ""))
 
 
+def fill_defaults(cfg: Any, values: Mapping[str, Any], where: str) -> list[str]:
+    """Set each dotted key of ``values`` that ``cfg`` leaves at its dataclass default (a
+    budget preset's way: a value the run sets itself wins), in place; returns the keys
+    set.
+
+    Raises:
+        ConfigError: a key that is not a config field, named with ``where``.
+    """
+    flat, defaults = to_flat(cfg), to_flat(type(cfg)())
+    unknown = sorted(set(values) - set(flat))
+    if unknown:
+        raise ConfigError(f"{where}: {', '.join(unknown)} not config keys")
+    keys = [k for k in values if flat[k] == defaults[k]]
+    if keys:
+        new = from_flat({**flat, **{k: _encode(values[k]) for k in keys}}, type(cfg))
+        for f in dataclasses.fields(cfg):
+            setattr(cfg, f.name, getattr(new, f.name))
+    return keys
+
+
 def toml_value(value: Scalar) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -130,8 +130,16 @@ class HeadConfig:
 class TrainConfig:
     """Rounds and local training, for every trained detector and weight exchange."""
 
-    rounds: int = 10
+    # 0: the detector's own: the rounds its step budget needs (asymst, diffad: every
+    # phase's steps, train.local_steps a round), else 10
+    rounds: int = 0
     local_epochs: int = 1
+    # detectors trained by a step budget (asymst, diffad): optimiser steps a site takes per
+    # round (0: the budget preset's), the learning rate's schedule over each phase's steps
+    # (a linear warm-up over its first `warmup` fraction, then cosine | step | constant)
+    local_steps: int = 0
+    schedule: str = choice("cosine", "step", "constant")
+    warmup: float = 0.05
     batch_size: int = 8
     optimizer: str = choice("adam", "sgd")  # adam (paper); SCAFFOLD: its own (scaffold.*)
     lr: float = 1e-3
@@ -289,50 +297,63 @@ class DDPMConfig:
     for 2 CPU cores (``fedad/diffusion/unet.py`` says why): a ``diffusers`` UNet without
     attention on random ``crop`` x ``crop`` crops, federated by the run's weight exchange."""
 
-    crop: int = 64  # training crops (px) of the images at the detector's input size
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # UNet levels
+    # 0 / empty: the value of the run's budget preset (`budget`; the detector's budgets.py)
+    crop: int = 0  # training crops (px) of the images at the detector's input size
+    channels: list[int] = field(default_factory=list)  # UNet levels' channels
     layers_per_block: int = 1
     groups: int = 8  # GroupNorm groups
     timesteps: int = 1000  # T (Ho et al.)
     schedule: str = choice("linear", "squaredcos_cap_v2")  # beta_t: 1e-4..0.02 | cosine
-    epochs: int = 10  # crops per DDPM round: epochs x the site's images (one step per batch)
-    batch_size: int = 16
-    lr: float = 1e-3
+    steps: int = 0  # the DDPM's optimiser steps (its phase of the budget)
+    batch_size: int = 0
+    lr: float = 0.0
+    ema: float = -1.0  # EMA decay of the weights scored (0: none; -1: the preset's)
 
 
 @dataclass
 class AsymSTConfig:
     """DDPM-synthesised defects and an asymmetric teacher-student (seed 000, first abstract;
     ``fedad/detectors/asymst/``). Only the abstract is public: every value below is a
-    choice fixed a priori after the documented designs it is read by (RealNet's SDAS for
-    the synthesis, DRAEM's Perlin masks, DeSTSeg's student and segmentation head; docs:
-    seed-methods.md section 2), kept as switches where the alternatives are named.
+    choice read from the documented designs (RealNet's SDAS and SDEdit for the synthesis,
+    DRAEM's Perlin masks and opacity, DeSTSeg's student, segmentation head and image
+    score; docs: seed-methods.md section 2, docs/asymst.md), the alternatives kept as
+    switches.
 
-    Rounds: the first ``ddpm_rounds`` train the DDPM, the next ``student_rounds`` the
-    student, the rest of ``train.rounds`` the segmentation head (DeSTSeg's two stages);
-    every round moves the whole module's weights."""
+    Training is a step budget (``budget``; ``fedad/detectors/asymst/budgets.py``): the
+    DDPM's ``ddpm.steps``, then the student's ``student_steps``, then the head's
+    ``head_steps`` (the student frozen; DeSTSeg's two stages), ``train.local_steps`` a
+    round; every round moves the weights of the part it trains. 0: the preset's."""
 
     synthesis: str = choice("ddpm", "cutpaste")  # defects: the DDPM | cut-paste/Perlin/scratch
-    start: str = choice("noise", "image")  # the DDPM defect from pure noise (RealNet) | SDEdit
-    t_start: float = 0.5  # start=image: the fraction of T the image is noised to
-    sample_steps: int = 10  # respaced reverse steps (RealNet: 20; halved for 2 cores)
+    # image (SDEdit): a normal crop noised to t_start of T, then denoised with inflation |
+    # noise: from pure noise (RealNet's reading)
+    start: str = choice("image", "noise")
+    t_start: float = 0.3  # start=image: the fraction of T a crop is noised to
+    sample_steps: int = 10  # respaced reverse steps from the start (RealNet: 20)
     inflation: list[float] = field(default_factory=lambda: [0.1, 0.2])  # s ~ U[a, b]
-    opacity: list[float] = field(default_factory=lambda: [0.5, 1.0])  # blend ~ U[a, b]
-    clean_fraction: float = 0.5  # training images shown without a defect (RealNet: 50%)
-    # perturbed samples a site draws once (the DDPM at its global weights when the student
-    # rounds start); every training defect pastes one of them, flipped and rotated at
-    # random, into a fresh Perlin mask (RealNet pastes a whole generated image the same way)
-    pool: int = 32
-    ddpm_rounds: int = 4
-    student_rounds: int = 3
+    # the drawn defect's weight in the blend ~ U[a, b] (DRAEM: 1 - beta, beta ~ U[0, 0.8))
+    opacity: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    clean_fraction: float = 0.0  # training images shown without a defect (DeSTSeg: none)
+    # perturbed samples a site draws once, at the DDPM's training crop size (the size it
+    # learnt; the DDPM at its global weights when the student's phase starts); a defect
+    # pastes one of them, flipped and rotated at random, at a random place of the image
+    # inside a Perlin mask drawn in that window
+    pool: int = 256
+    student_steps: int = 0  # 0: the budget preset's
+    head_steps: int = 0
     strides: list[int] = field(default_factory=lambda: [4, 8, 16])  # teacher levels
     student_width: int = 32  # the student's first level's channels (doubles per level)
     seg_head: bool = True  # ablation switch: False scores by the cosine discrepancy alone
+    # seg_head=False: the levels' cosine maps multiplied (DeSTSeg) | summed
+    levels: str = choice("product", "sum")
     head_channels: int = 64
-    student_lr: float = 1e-3
-    head_lr: float = 1e-3
+    student_lr: float = 0.0  # 0: the budget preset's
+    head_lr: float = 0.0
     focal_gamma: float = 4.0  # DeSTSeg's focal loss
-    top_k: int = 100  # image score: mean of the top_k pixels of the map at stride 4
+    # image score: the mean of the top_k pixels of the map upsampled to the input size
+    # (DeSTSeg: top 100 of 256 x 256) | map: of the map at stride 4 (fedad's before)
+    top_k: int = 100
+    top_k_on: str = choice("input", "map")
     seed: int = 0
 
 
@@ -347,7 +368,18 @@ class DiffADConfig:
     # code: EfficientNet-B4 strides 2-16; Lite0's 2/4/8/16 give 16+24+40+112 = 192
     # channels, a priori)
     strides: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
-    feature_weight: float = 1.0  # the feature MSE beside L_simple in training (code: 1)
+    # the squared error of the features, each channel standardised by its mean and spread
+    # over the site's training images, beside L_simple (the code: 1 on raw features, which
+    # left the noise predictor ~0.3% of the loss; 0.1 a priori: a standardised error starts
+    # near 1 and the noise loss near 1, falling to ~0.03, so the noise keeps its share)
+    feature_weight: float = 0.1
+    # the feature loss's timesteps: scored (half of each batch at the chain steps the maps
+    # are scored at, kl_steps) | uniform (t ~ U{0..T-1}, as the noise loss)
+    feature_t: str = choice("scored", "uniform")
+    head_stride: int = 4  # the decoder block the head reads (the code: 64 px of 256)
+    # the side (px) of the whole images the network trains and scores on (0: the input's;
+    # the maps are upsampled to it); -1: the budget preset's
+    size: int = -1
     chain: int = 250  # the respaced chain the maps are scored on (code: 250 steps)
     kl_steps: list[int] = field(default_factory=lambda: [5, 50, 100])  # indices on it
     # Eq. 11: alpha * feature map + (1 - alpha) * KL map, the feature map standardised by
@@ -615,6 +647,10 @@ class RunConfig:
     # that detector with the summary exchange; method=asymst: fedavg, it has no summary) or
     # "bank" (the summary exchange)
     method: str = ""
+    # the scale a trained detector's step budget is filled from where the run leaves a
+    # value at 0 (fedad/detectors/<name>/budgets.py): cpu (<= 1 h per MTD row on 2 cores)
+    # | paper (the reference's model size, steps and resolution, for a GPU)
+    budget: str = choice("cpu", "paper")
     # modules imported before the registries are read: each may add a detector or an
     # exchange of its own (one line: DETECTORS["name"] = "module:Class"), e.g. a lab's
     # detector kept outside fedad ("mylab.detectors"); they must import on every host

@@ -13,6 +13,7 @@ capability                      what the detector offers
 :class:`PrivateRelease`         ... released with differential privacy (clipped rows)
 :class:`Trainable`              a trained module, its named parts and their optimisers
 :class:`Phased`                 ... trained part by part, one phase per round
+:class:`Budgeted`               ... for a step budget per phase, with an lr schedule
 :class:`Represents`             ... with a representation part (FedPHP, DBE)
 :class:`ShiftedRepresentation`  ... plus a per-site bias of that representation (DBE)
 :class:`RowMatrix`              ... with a matrix personalised row by row (RowFed)
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
+from fedad.components.budget import RoundPlan, Scheduled, Stage, mean_factor, plan
 from fedad.components.training import OptimSpec, Part, TrainHooks
 from fedad.detectors.base import Detector, FitInfo, Scores, Summary
 from fedad.errors import ConfigError
@@ -202,6 +204,62 @@ class Phased(Trainable):
         kinds = self.phases(self.cfg)
         return (kinds[round_t - 1],) if 1 <= round_t <= len(kinds) else tuple(
             self.parts(self.cfg))
+
+
+class Budgeted(Phased):
+    """The training is a budget of optimiser steps per phase (:meth:`stages`), spent
+    ``train.local_steps`` a round (:func:`~fedad.components.budget.plan`) with the learning
+    rate scheduled over each phase's steps (``train.schedule``, ``train.warmup``): a
+    federated run takes the steps a centralized one takes, in the same rounds. Every
+    value the run leaves unset (0) is filled from the preset named by ``budget``
+    (:meth:`presets`) when the config is resolved."""
+
+    what = "training measured in optimiser steps per phase, with a learning-rate schedule"
+
+    @classmethod
+    @abstractmethod
+    def stages(cls, cfg: RunConfig) -> list[Stage]:
+        """The phases in order and their optimiser steps (from the resolved config)."""
+
+    @classmethod
+    @abstractmethod
+    def presets(cls) -> dict[str, dict[str, object]]:
+        """Budget name (``cpu``, ``paper``) -> dotted config keys and their values, each
+        filling a field the run left unset."""
+
+    @classmethod
+    def plan(cls, cfg: RunConfig) -> list[RoundPlan]:
+        """What every round ``1..train.rounds`` trains."""
+        return plan(cls.stages(cfg), int(cfg.train.local_steps))
+
+    @classmethod
+    def phases(cls, cfg: RunConfig) -> list[str]:
+        return [r.phase for r in cls.plan(cfg)]
+
+    def round_plan(self, round_t: int) -> RoundPlan:
+        """Round ``round_t``'s phase and steps.
+
+        Raises:
+            ConfigError: a round outside the budget's.
+        """
+        rounds = self.plan(self.cfg)
+        if not 1 <= round_t <= len(rounds):
+            raise ConfigError(f"{type(self).name}: round {round_t} is outside the budget's "
+                              f"1..{len(rounds)}")
+        return rounds[round_t - 1]
+
+    def scheduled(self, optimizer: torch.optim.Optimizer, spec: OptimSpec,
+                  rp: RoundPlan) -> Scheduled:
+        """``optimizer`` (built from ``spec``) with its rate on the run's schedule over
+        ``rp``'s phase (call ``.at(rp.first + i)`` before step ``i`` of the round)."""
+        t = self.cfg.train
+        return Scheduled(optimizer, spec.lr, rp.total, float(t.warmup), t.schedule)
+
+    def lr_scale(self, round_t: int) -> float:
+        """The mean of the schedule's multipliers over round ``round_t``'s steps (what
+        SCAFFOLD's ``K * eta_l`` becomes under a schedule)."""
+        t = self.cfg.train
+        return mean_factor(self.round_plan(round_t), float(t.warmup), t.schedule)
 
 
 class Represents(Trainable):

@@ -22,9 +22,11 @@ from functools import lru_cache
 
 import torch
 
+from fedad.config.flat import fill_defaults
 from fedad.config.schema import RunConfig, check_choices
 from fedad.detectors.base import Detector, FeatureShape
 from fedad.detectors.capabilities import (
+    Budgeted,
     PrivateRelease,
     Summarizes,
     Trainable,
@@ -114,14 +116,43 @@ def resolve(cfg: RunConfig) -> RunConfig:
 
     load_plugins(cfg)
     _apply_method(cfg)
+    _apply_budget(cfg, detector_class(cfg.detector))  # may set the image size (paper)
     if not cfg.dataset.image_size:  # the data's default, the same under every entry point
         cfg.dataset = replace(cfg.dataset, image_size=cfg.dataset.scored_size())
-    detector_class(cfg.detector)
     exchange_class(cfg.exchange)
     problem = pair_problem(cfg.detector, cfg.exchange)
     if problem is not None:
         raise ConfigError(problem)
     return cfg
+
+
+DEFAULT_ROUNDS = 10  # train.rounds=0 for a detector without a step budget
+
+
+def _apply_budget(cfg: RunConfig, cls: type[Detector]) -> None:
+    """A step-budgeted detector's unset values from its ``budget`` preset and the rounds
+    its budget needs (``train.rounds``: 0, or refused when it says otherwise); any other
+    detector's ``train.rounds=0`` is :data:`DEFAULT_ROUNDS`."""
+    if not issubclass(cls, Budgeted):
+        if not cfg.train.rounds:
+            cfg.train = replace(cfg.train, rounds=DEFAULT_ROUNDS)
+        return
+    presets = cls.presets()
+    if cfg.budget not in presets:
+        raise ConfigError(f"budget={cfg.budget!r}: detector={cfg.detector} has the presets "
+                          f"{', '.join(presets)}")
+    fill_defaults(cfg, presets[cfg.budget], f"detector={cfg.detector} budget={cfg.budget}")
+    rounds = len(cls.plan(cfg))
+    if cfg.train.rounds and cfg.train.rounds != rounds:
+        steps = ", ".join(f"{s.phase} {s.steps}" for s in cls.stages(cfg))
+        raise ConfigError(
+            f"train.rounds={cfg.train.rounds}: detector={cfg.detector} trains a budget of "
+            f"steps ({steps}) at train.local_steps={cfg.train.local_steps} a round, which "
+            f"takes {rounds} rounds; leave train.rounds at 0 or change the steps")
+    if rounds < 1:
+        raise ConfigError(f"detector={cfg.detector}: its step budget is empty (every "
+                          "phase's steps are 0)")
+    cfg.train = replace(cfg.train, rounds=rounds)
 
 
 def _check_secure(cfg: RunConfig) -> None:

@@ -19,18 +19,24 @@ from fedad.config.schema import DDPMConfig
 
 
 def build_unet(cfg: DDPMConfig, channels: int = 3, seed: int = 0) -> torch.nn.Module:
-    """A fresh noise predictor ``eps_theta(x_t, t)`` drawn with ``seed``."""
+    """A fresh noise predictor ``eps_theta(x_t, t)`` drawn with ``seed``, with an EMA
+    shadow of its weights when ``ddpm.ema > 0`` (:mod:`fedad.components.ema`)."""
     from diffusers import UNet2DModel  # imported when a DDPM is built
 
+    from fedad.components.ema import attach
+
     levels = tuple(int(c) for c in cfg.channels)
+    if not levels:
+        raise ValueError("ddpm.channels is empty: resolve the config (its budget preset "
+                         "fills it) before building a DDPM")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return UNet2DModel(
+        return attach(UNet2DModel(
             sample_size=cfg.crop, in_channels=channels, out_channels=channels,
             layers_per_block=cfg.layers_per_block, block_out_channels=levels,
             down_block_types=("DownBlock2D",) * len(levels),
             up_block_types=("UpBlock2D",) * len(levels),
-            norm_num_groups=cfg.groups)
+            norm_num_groups=cfg.groups), max(float(cfg.ema), 0.0))
 
 
 def predict_noise(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -96,7 +96,7 @@ class APPLEExchange(WeightExchange):
 
     def check(self) -> None:
         super().check()
-        if isinstance(self.detector, Phased):
+        if isinstance(self.detector, Phased) and len(self.detector.parts(self.cfg)) > 1:
             raise ConfigError(f"exchange=apple mixes every part of the module at every step, "
                               f"but detector={self.detector.name} trains its module part by "
                               "part (Phased): the parts a round does not train would move "

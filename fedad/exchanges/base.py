@@ -33,7 +33,7 @@ import torch
 from fedad.components.validate import require_keys
 from fedad.config.schema import RunConfig
 from fedad.detectors.base import Detector, FitInfo, Summary
-from fedad.detectors.capabilities import Capability
+from fedad.detectors.capabilities import Budgeted, Capability
 from fedad.exchanges.records import Records
 
 
@@ -81,6 +81,12 @@ class Exchange:
 
     def schedule(self) -> str:
         """The rounds in words (logs, summaries)."""
+        cls = self.detector if isinstance(self.detector, type) else type(self.detector)
+        if issubclass(cls, Budgeted):
+            steps = ", ".join(f"{s.phase} {s.steps}" for s in cls.stages(self.cfg)
+                              if s.steps)
+            return (f"{self.cfg.train.rounds} rounds x {self.cfg.train.local_steps} steps "
+                    f"(steps: {steps})")
         return f"{self.cfg.train.rounds} rounds x {self.cfg.train.local_epochs} epoch(s)"
 
     # -- server ----------------------------------------------------------------------------

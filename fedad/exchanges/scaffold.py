@@ -21,6 +21,7 @@ from fedad.components.training import OptimSpec, TrainHooks, part_of
 from fedad.components.validate import check_state
 from fedad.config.schema import RunConfig
 from fedad.detectors.base import FitInfo
+from fedad.detectors.capabilities import Budgeted
 from fedad.errors import ConfigError
 from fedad.exchanges.base import Upload
 from fedad.exchanges.records import Records, arrays, tensors
@@ -272,13 +273,17 @@ class ScaffoldExchange(WeightExchange):
             y = {k: v.detach().clone() for k, v in self.detector.module().named_parameters()
                  if k in mine}
             parts, rates = self.detector.parts(self.cfg), self.rates()
+            # under a step budget's schedule the rate of a step varies: K * eta_l is the
+            # sum of the rates stepped, the mean multiplier times K
+            scale = (self.detector.lr_scale(self.round_t)
+                     if isinstance(self.detector, Budgeted) else 1.0)
             new, delta_c = {}, {}
             for part in sorted({part_of(k, parts) for k in mine}):  # each at its own rate
                 keys = [k for k in mine if part_of(k, parts) == part]
                 got, dc, _ = client_control_update(
                     {k: mine[k] for k in keys}, {k: c_global[k] for k in keys},
                     {k: self._x[k] for k in keys}, {k: y[k] for k in keys}, info.steps,
-                    rates[part])
+                    rates[part] * scale)
                 new.update(got)
                 delta_c.update(dc)
             c_local = {**c_local, **new}

@@ -23,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from fedad.config.schema import RunConfig
+from fedad.detectors.capabilities import Budgeted
 from fedad.detectors.registry import (
     create,
     evaluated,
@@ -376,6 +377,10 @@ class Server:
             desc = f"round {rnd}/{last} train"
             tx = self.uploads.deliver(self, transport, envelopes, timeout, desc, rnd)
             record: dict = {"round": rnd, "train": self.uploads.accept(self, rnd, tx)}
+            if isinstance(self.detector, Budgeted):  # the phase and its steps (the losses
+                rp = self.detector.round_plan(rnd)  # per phase read from the rounds)
+                record["train"]["phase"] = {"name": rp.phase, "first_step": rp.first,
+                                            "steps": rp.steps, "of": rp.total}
             if len(envelopes) < len(self.keys):  # partial participation: who was asked
                 record["train"]["participants"] = [self.name(k) for k in sorted(envelopes)]
             record["bytes"] = {"sent": tx.bytes_sent, "received": tx.bytes_received,
@@ -431,7 +436,8 @@ class Server:
                  f"up {record['bytes']['received_per_client'] / 1e6:.2f} MB/client",
                  f"aggregate {record['seconds']['aggregate']:.1f}s"]
         if tr.get("loss") and record["round"] > 0:
-            parts.append(f"loss {tr['loss']['mean']:.4f}")
+            phase = f" ({tr['phase']['name']})" if "phase" in tr else ""
+            parts.append(f"loss{phase} {tr['loss']['mean']:.4f}")
         ev = record.get("evaluate")
         if ev:
             for k in ("i_auroc", "p_auroc", "pro"):

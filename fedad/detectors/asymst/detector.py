@@ -3,23 +3,25 @@ by the weight exchanges: its module is the DDPM, the student and the head
 (``nn.ModuleDict``); the teacher is frozen and never travels, nor do the site's images,
 its synthetic defects or its pool of DDPM samples.
 
-Rounds (``asymst``, checked when a config is composed): ``1..ddpm_rounds`` train the DDPM
-on random crops of the site's normals (``ddpm.epochs`` crops per image and round; none with
-``synthesis=cutpaste``); the next ``student_rounds`` train the student with the cosine loss
-on defective or clean images against the teacher's features of the clean ones; the rest
-train the segmentation head (the student frozen) with focal + L1 against the synthetic
-masks (DeSTSeg's two stages). With ``seg_head=false`` every round after the DDPM's trains
-the student and the map is the cosine discrepancy.
+Training is a step budget (:class:`~fedad.detectors.capabilities.Budgeted`;
+``budgets.py``: ``budget=cpu | paper``): ``ddpm.steps`` of the DDPM on random crops of the
+site's normals (none with ``synthesis=cutpaste``), then ``asymst.student_steps`` of the
+student with the cosine loss on defective images against the teacher's features of the
+clean ones, then ``asymst.head_steps`` of the segmentation head (the student frozen) with
+focal + L1 against the synthetic masks (DeSTSeg's two stages), ``train.local_steps`` a
+round, each phase's rate on ``train.schedule``. With ``seg_head=false`` there is no head
+phase and the map is the levels' cosine discrepancy (multiplied, DeSTSeg's).
 
-The first student round draws the site's pool of perturbed DDPM samples from the global
-DDPM (:mod:`fedad.diffusion.defects`) and keeps it in the site state. A site whose DDPM
+The student's first round draws the site's pool of perturbed DDPM samples (at the DDPM's
+crop size; with its EMA weights where it keeps them) from the global DDPM
+(:mod:`fedad.diffusion.defects`) and keeps it in the site state. A site whose DDPM
 training fails (a non-finite loss) or that has no image large enough for the UNet says so
 in the log and in its fit metrics (``synthesis-fallback``), uploads the weights it
 received, and makes cut-paste defects instead.
 
 Scores: the map is the head's probability (or the cosine discrepancy) at stride 4,
-upsampled to the image; the image score is the mean of its ``top_k`` largest positions
-(DeSTSeg's).
+upsampled to the image; the image score is the mean of its ``top_k`` largest pixels,
+upsampled (DeSTSeg's; ``top_k_on=map``: at stride 4).
 """
 
 from __future__ import annotations
@@ -33,16 +35,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedad.components.budget import Stage, plan
+from fedad.components.ema import shadow_weights
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
 from fedad.components.training import OptimSpec, Part, TrainHooks, build_optimizer, step
 from fedad.config.schema import RunConfig
+from fedad.detectors.asymst.budgets import BUDGETS
 from fedad.detectors.asymst.head import SegmentationHead, cosine_map, discrepancy
 from fedad.detectors.asymst.losses import cosine_loss, segmentation_loss
 from fedad.detectors.asymst.student import Student
 from fedad.detectors.asymst.synthesis import defect_batch
 from fedad.detectors.asymst.teacher import Teacher, build_teacher, teacher_channels
 from fedad.detectors.base import Detector, FeatureShape, FitInfo, Reads, Scores, Summary
-from fedad.detectors.capabilities import Phased, RowMatrix, ShiftedRepresentation
+from fedad.detectors.capabilities import Budgeted, RowMatrix, ShiftedRepresentation
 from fedad.diffusion.defects import draw_pool
 from fedad.diffusion.schedule import alphas_cumprod
 from fedad.diffusion.train import train_ddpm
@@ -55,13 +60,31 @@ POOL, FALLBACK, PHASE = "pool", "synthesis.fallback", "phase"
 _TEACHERS: dict[str, Teacher] = {}  # one frozen teacher per process and backbone
 
 
-def phases(cfg: RunConfig) -> list[str]:
-    """The phase of every round ``1..train.rounds``."""
+def stages(cfg: RunConfig) -> list[Stage]:
+    """The DDPM's, the student's and the head's steps (a phase without steps is left out:
+    the DDPM's with ``synthesis=cutpaste``, the head's with ``seg_head=false``)."""
     a = cfg.asymst
-    ddpm = a.ddpm_rounds if a.synthesis == "ddpm" else 0
-    student = a.student_rounds if a.seg_head else cfg.train.rounds - ddpm
-    head = cfg.train.rounds - ddpm - student
-    return [DDPM] * ddpm + [STUDENT] * student + [HEAD] * head
+    return [Stage(DDPM, int(cfg.ddpm.steps) if a.synthesis == "ddpm" else 0),
+            Stage(STUDENT, int(a.student_steps)),
+            Stage(HEAD, int(a.head_steps) if a.seg_head else 0)]
+
+
+def phases(cfg: RunConfig) -> list[str]:
+    """The phase of every round ``1..train.rounds`` (of a resolved config)."""
+    return [r.phase for r in plan(stages(cfg), int(cfg.train.local_steps))]
+
+
+def batches(n: int, size: int, steps: int, gen: torch.Generator):
+    """``steps`` batches of ``size`` indices of ``0..n-1``: passes over random
+    permutations, each batch from one pass (a pass's tail too short for a batch is
+    dropped, as a loader's ``drop_last``)."""
+    per = max(1, n // size)
+    order: list[torch.Tensor] = []
+    for _ in range(steps):
+        if not order:
+            perm = torch.randperm(n, generator=gen)
+            order = [perm[j * size:(j + 1) * size] for j in range(per)]
+        yield order.pop(0)
 
 
 def teacher_for(cfg: RunConfig, device) -> Teacher:
@@ -71,7 +94,7 @@ def teacher_for(cfg: RunConfig, device) -> Teacher:
     return _TEACHERS[key]
 
 
-class AsymST(Detector, Phased, ShiftedRepresentation, RowMatrix):
+class AsymST(Detector, Budgeted, ShiftedRepresentation, RowMatrix):
     name = "asymst"
     iterative = True
     first_round = 1
@@ -92,30 +115,38 @@ class AsymST(Detector, Phased, ShiftedRepresentation, RowMatrix):
                 HEAD: Part(f"{HEAD}.", OptimSpec(name, a.head_lr))}
 
     @classmethod
-    def phases(cls, cfg: RunConfig) -> list[str]:
-        return phases(cfg)
+    def stages(cls, cfg: RunConfig) -> list[Stage]:
+        return stages(cfg)
+
+    @classmethod
+    def presets(cls) -> dict[str, dict[str, object]]:
+        return BUDGETS
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
-        """Raises :class:`ConfigError` when the rounds cannot hold every phase."""
+        """Raises :class:`ConfigError` for values no run can use."""
         a = cfg.asymst
-        bad = [k for k in ("ddpm_rounds", "student_rounds", "pool", "sample_steps", "top_k")
-               if getattr(a, k) < 0 or (k != "ddpm_rounds" and getattr(a, k) < 1)]
+        need = ["student_steps", "pool", "sample_steps", "top_k"] + (
+            ["head_steps"] if a.seg_head else [])
+        bad = [k for k in need if getattr(a, k) < 1]
+        if a.synthesis == "ddpm" and cfg.ddpm.steps < 1:
+            bad.append("ddpm.steps")
         if bad:
-            raise ConfigError("asymst: " + ", ".join(f"{k}={getattr(a, k)}" for k in bad)
-                              + " out of range (ddpm_rounds >= 0, the others >= 1)")
+            raise ConfigError("asymst: " + ", ".join(
+                f"{k}={getattr(a, k) if '.' not in k else cfg.ddpm.steps}" for k in bad)
+                + " must be >= 1")
         for k in ("inflation", "opacity"):
             lo, hi = getattr(a, k)
             if not 0 <= lo <= hi:
                 raise ConfigError(f"asymst.{k}={getattr(a, k)}: need 0 <= low <= high")
-        p = phases(cfg)
-        need = (a.ddpm_rounds if a.synthesis == "ddpm" else 0) + a.student_rounds + int(
-            a.seg_head)
-        if len(p) < need or (a.seg_head and HEAD not in p):
-            raise ConfigError(
-                f"asymst needs train.rounds >= {need} (ddpm_rounds={a.ddpm_rounds}, "
-                f"student_rounds={a.student_rounds}, at least one head round), got "
-                f"train.rounds={cfg.train.rounds}")
+        if not 0.0 < a.t_start <= 1.0:
+            raise ConfigError(f"asymst.t_start={a.t_start}: need 0 < t_start <= 1")
+        if not 0.0 <= a.clean_fraction < 1.0:
+            raise ConfigError(f"asymst.clean_fraction={a.clean_fraction}: need 0 <= it < 1")
+        if a.synthesis == "ddpm" and cfg.ddpm.crop > cfg.dataset.image_size:
+            raise ConfigError(f"ddpm.crop={cfg.ddpm.crop} is larger than dataset.image_size="
+                              f"{cfg.dataset.image_size}: the defects are drawn at the crop "
+                              "size and pasted into the image")
 
     def __init__(self, cfg: RunConfig, shape: FeatureShape, device="cpu", seed: int = 0):
         self.cfg, self.shape, self.device, self.seed = cfg, shape, torch.device(device), seed
@@ -180,29 +211,26 @@ class AsymST(Detector, Phased, ShiftedRepresentation, RowMatrix):
 
     def fit(self, features: torch.Tensor, global_summary: Summary | None, round_t: int,
             hooks: TrainHooks | None = None) -> FitInfo:
-        kinds = phases(self.cfg)
-        if not 1 <= round_t <= len(kinds):
-            raise ConfigError(f"asymst: round {round_t} is outside 1..{len(kinds)}")
-        phase = kinds[round_t - 1]
+        rp = self.round_plan(round_t)
         teacher = teacher_for(self.cfg, self.device)
         gen, rng = self._generators(round_t)
         t0 = time.perf_counter()
         seconds: dict[str, float] = {}
-        if phase == DDPM:
-            loss, steps = self._fit_ddpm(teacher, features, gen, round_t, hooks)
+        if rp.phase == DDPM:
+            loss, steps = self._fit_ddpm(teacher, features, gen, rp, round_t, hooks)
             seconds["train"] = time.perf_counter() - t0
         else:
             if self.pool is None and self.cfg.asymst.synthesis == "ddpm" and not self.fallback:
                 self.pool = self._draw_pool(teacher, features, gen)
                 seconds["synthesis"] = time.perf_counter() - t0
             t1 = time.perf_counter()
-            loss, steps = self._fit_network(teacher, features, phase, gen, rng, hooks)
+            loss, steps = self._fit_network(teacher, features, rp, gen, rng, hooks)
             seconds["train"] = time.perf_counter() - t1
         notes = {"synthesis-fallback": 1.0} if self.fallback else None
         return FitInfo(loss=loss, seconds=seconds, steps=steps, notes=notes)
 
     def _fit_ddpm(self, teacher: Teacher, features: torch.Tensor, gen: torch.Generator,
-                  round_t: int, hooks: TrainHooks | None) -> tuple[float, int]:
+                  rp, round_t: int, hooks: TrainHooks | None) -> tuple[float, int]:
         d = self.cfg.ddpm
         multiple = 2 ** (len(d.channels) - 1)
         if self.fallback:
@@ -211,13 +239,14 @@ class AsymST(Detector, Phased, ShiftedRepresentation, RowMatrix):
             return self._fall_back(f"no image of at least {multiple} px"), 0
         images = torch.cat([teacher.to_unit(x.to(self.device).float()).cpu()
                             for x in features.split(self.cfg.train.batch_size)])
-        steps = -(-d.epochs * len(images) // d.batch_size)
         state = {k: v.clone() for k, v in self.net[DDPM].state_dict().items()}
+        optimizer = self._optimizer(DDPM, hooks)
         try:
-            return train_ddpm(self.net[DDPM], self._optimizer(DDPM, hooks), images, self.abar,
-                              steps, d.crop, d.batch_size, gen, hooks,
+            return train_ddpm(self.net[DDPM], optimizer, images, self.abar, rp.steps, d.crop,
+                              d.batch_size, gen, hooks,
                               desc=f"DDPM round {round_t} (site seed {self.seed})",
-                              owner=self.net)
+                              owner=self.net, first=rp.first,
+                              schedule=self.scheduled(optimizer, self.spec, rp))
         except FloatingPointError as exc:
             self.net[DDPM].load_state_dict(state)  # upload what it received
             return self._fall_back(str(exc)), 0
@@ -233,46 +262,49 @@ class AsymST(Detector, Phased, ShiftedRepresentation, RowMatrix):
         a = self.cfg.asymst
         images = torch.cat([teacher.to_unit(x.to(self.device).float()).cpu()
                             for x in features.split(self.cfg.train.batch_size)])
-        return draw_pool(self.net[DDPM], self.abar, images, a.pool, a.start, a.t_start,
-                         a.sample_steps, a.inflation, gen,
-                         desc=f"DDPM defect pool (site seed {self.seed})")
+        with shadow_weights(self.net[DDPM]) as unet:
+            return draw_pool(unet, self.abar, images, a.pool, a.start, a.t_start,
+                             a.sample_steps, a.inflation, gen,
+                             desc=f"DDPM defect pool (site seed {self.seed})",
+                             size=min(int(self.cfg.ddpm.crop), *images.shape[-2:]))
 
-    def _fit_network(self, teacher: Teacher, features: torch.Tensor, phase: str,
+    def _fit_network(self, teacher: Teacher, features: torch.Tensor, rp,
                      gen: torch.Generator, rng: np.random.Generator,
                      hooks: TrainHooks | None) -> tuple[float, int]:
         a, t = self.cfg.asymst, self.cfg.train
+        phase = rp.phase
         student, head = self.net[STUDENT], self.net[HEAD]
         student.train(phase == STUDENT)
         head.train(phase == HEAD)
         optimizer = self._optimizer(phase, hooks)
+        schedule = self.scheduled(optimizer, self.spec, rp)
         pool = self.pool if not self.fallback else None
-        steps, losses = 0, []
         n = len(features)
-        for _ in range(t.local_epochs):
-            order = torch.randperm(n, generator=gen)
-            for start in range(0, n, t.batch_size):
-                idx = order[start:start + t.batch_size]
-                if phase == STUDENT and len(idx) < 2 and n >= 2:
-                    continue  # BatchNorm needs two images per batch
-                clean = features[idx].to(self.device).float()
-                unit, masks = defect_batch(teacher.to_unit(clean).cpu(), pool, rng,
-                                           a.clean_fraction, a.opacity)
-                x = teacher.from_unit(unit.to(self.device))
-                if phase == STUDENT:
-                    loss = cosine_loss(teacher(clean), student(x))
-                else:
-                    with torch.no_grad():
-                        s = student(x)
-                    logits = head(discrepancy(teacher(x), s))
-                    target = F.interpolate(masks[:, None].to(self.device),
-                                           size=logits.shape[-2:], mode="area")[:, 0]
-                    loss = segmentation_loss(logits, (target > 0.5).float(), a.focal_gamma)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"asymst {phase} loss is {float(loss)}")
-                step(self.net, optimizer, loss, hooks)
-                steps += 1
-                losses.append(float(loss.detach()))
-        return (float(np.mean(losses)) if losses else 0.0), steps
+        b = min(t.batch_size, n)
+        if n == 0 or (phase == STUDENT and b < 2):
+            return 0.0, 0  # BatchNorm needs two images per batch
+        losses = []
+        for i, idx in enumerate(batches(n, b, rp.steps, gen)):
+            schedule.at(rp.first + i)
+            clean = features[idx].to(self.device).float()
+            unit, masks = defect_batch(teacher.to_unit(clean).cpu(), pool, rng,
+                                       a.clean_fraction, a.opacity)
+            x = teacher.from_unit(unit.to(self.device))
+            if phase == STUDENT:
+                loss = cosine_loss(teacher(clean), student(x))
+            else:
+                with torch.no_grad():
+                    s = student(x)
+                logits = head(discrepancy(teacher(x), s))
+                target = F.interpolate(masks[:, None].to(self.device),
+                                       size=logits.shape[-2:], mode="area")[:, 0]
+                loss = segmentation_loss(logits, (target > 0.5).float(), a.focal_gamma)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"asymst {phase} loss is {float(loss)}")
+            step(self.net, optimizer, loss, hooks)
+            losses.append(float(loss.detach()))
+        tail = losses[-max(1, len(losses) // 10):]
+        return float(np.mean(tail)), len(losses)
 
     def own_summary(self, features: torch.Tensor) -> Summary:
         return {}  # the network scores alone
@@ -286,12 +318,15 @@ class AsymST(Detector, Phased, ShiftedRepresentation, RowMatrix):
         for x in features.split(self.cfg.train.batch_size):
             x = x.to(self.device).float()
             t, s = teacher(x), self.net[STUDENT](x)
-            m = (torch.sigmoid(self.net[HEAD](discrepancy(t, s))) if self.cfg.asymst.seg_head
-                 else cosine_map(t, s))
-            k = min(self.cfg.asymst.top_k, m[0].numel())
-            images.append(m.flatten(1).topk(k, dim=1).values.mean(1).cpu())
-            maps.append(F.interpolate(m[:, None], size=(image_size, image_size),
-                                      mode="bilinear", align_corners=False)[:, 0].cpu())
+            a = self.cfg.asymst
+            m = (torch.sigmoid(self.net[HEAD](discrepancy(t, s))) if a.seg_head
+                 else cosine_map(t, s, a.levels))
+            up = F.interpolate(m[:, None], size=(image_size, image_size), mode="bilinear",
+                               align_corners=False)[:, 0]
+            top = up if a.top_k_on == "input" else m
+            k = min(a.top_k, top[0].numel())
+            images.append(top.flatten(1).topk(k, dim=1).values.mean(1).cpu())
+            maps.append(up.cpu())
         return Scores(maps=torch.cat(maps), image=torch.cat(images))
 
     # -- state at the site -------------------------------------------------------------------

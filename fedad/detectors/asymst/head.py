@@ -23,15 +23,18 @@ def discrepancy(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> tor
     return torch.cat(parts, dim=1)
 
 
-def cosine_map(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
-    """``sum_l up(1 - cos(T_l, S_l))`` ``(B, H, W)`` at the first level's size: the map of a
-    teacher-student pair without a head (the ``seg_head=false`` ablation)."""
+def cosine_map(teacher: list[torch.Tensor], student: list[torch.Tensor],
+               how: str = "product") -> torch.Tensor:
+    """The map of a teacher-student pair without a head (the ``seg_head=false`` ablation)
+    ``(B, H, W)`` at the first level's size: ``prod_l up(1 - cos(T_l, S_l))`` (DeSTSeg's
+    de-st map, ``how="product"``) or ``sum_l`` (``how="sum"``)."""
     size = teacher[0].shape[-2:]
-    out = 0.0
+    out = None
     for t, s in zip(teacher, student, strict=True):
         d = 1 - F.cosine_similarity(t, s, dim=1)[:, None]
-        out = out + (d if d.shape[-2:] == size else
-                     F.interpolate(d, size=size, mode="bilinear", align_corners=False))
+        d = d if d.shape[-2:] == size else F.interpolate(d, size=size, mode="bilinear",
+                                                          align_corners=False)
+        out = d if out is None else (out * d if how == "product" else out + d)
     return out[:, 0]
 
 

@@ -3,11 +3,16 @@
 and the feature head (:mod:`.network`); the backbone is frozen and never travels, nor do
 the site's images.
 
-Training, every round: ``ddpm.epochs`` crops per training image (``ddpm.crop`` px, on the
-UNet's coarsest grid), each step ``L_simple`` plus ``diffad.feature_weight`` times the
+Training is a step budget (:class:`~fedad.detectors.capabilities.Budgeted`;
+``budgets.py``: ``budget=cpu | paper``): ``ddpm.steps`` AdamW steps on whole training
+images downscaled to ``diffad.size`` (the size the maps are scored at), ``train.local_steps``
+a round, the rate on ``train.schedule``, an EMA of the weights (``ddpm.ema``) that the
+maps are scored with. Each step is ``L_simple`` plus ``diffad.feature_weight`` times the
 head's squared error against the backbone's features of the clean image at
-``diffad.strides`` (computed on the whole image, then cropped: the crop's targets are what
-the backbone sees in context), ``t`` uniform.
+``diffad.strides``, each channel standardised by its mean and spread over the site's
+training images (kept at the site); with ``diffad.feature_t=scored`` half of each batch
+is noised to the chain steps the maps are scored at and the feature error counts on that
+half only, the other half at ``t`` uniform.
 
 Scores (Sec. 3.3): at every index of ``diffad.kl_steps`` on a ``diffad.chain``-step chain,
 ``x_t`` is the image noised once (seeded by ``diffad.seed``, drawn image by image in the
@@ -20,7 +25,7 @@ smoothed by a Gaussian of ``diffad.sigma``; the image score is the mean of the m
 
 ``own_summary`` holds the two numbers Eq. 11's standardisation needs (the feature map's mean
 and standard deviation over up to ``diffad.norm_images`` of the site's training normals);
-they stay at the site.
+they stay at the site, as do the feature targets' channel statistics (site state).
 """
 
 from __future__ import annotations
@@ -34,13 +39,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedad.components import ema
+from fedad.components.budget import Stage
+from fedad.components.ema import shadow_weights
 from fedad.components.maps import gaussian_blur
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
 from fedad.components.training import OptimSpec, Part, TrainHooks, build_optimizer, step
 from fedad.config.schema import RunConfig
 from fedad.detectors.base import Detector, FeatureShape, FitInfo, Reads, Scores, Summary
-from fedad.detectors.capabilities import Reconstructs, Trainable
-from fedad.detectors.diffad.crops import aligned_crops
+from fedad.detectors.capabilities import Budgeted, Reconstructs
+from fedad.detectors.diffad.budgets import BUDGETS
 from fedad.detectors.diffad.maps import combine, feature_error, level_targets, zscore
 from fedad.detectors.diffad.network import FeatureHead, NoiseAndFeatures
 from fedad.diffusion.posterior import chain, posterior_kl
@@ -51,6 +59,8 @@ from fedad.features.levels import Levels, level_channels
 from fedad.progress import progress
 
 log = logging.getLogger("fedad")
+NETWORK = "network"
+TARGET_MEAN, TARGET_STD = "target.mean", "target.std"  # site state: the targets' statistics
 STATS = "feature_stats"  # own_summary: the feature map's (mean, std) over training normals
 _LEVELS: dict[str, Levels] = {}  # one frozen backbone per process, backbone and strides
 _MAPS: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}  # the last raw maps (raw_maps)
@@ -64,11 +74,28 @@ def levels_for(cfg: RunConfig, device) -> Levels:
 
 
 def grid_stride(cfg: RunConfig) -> int:
-    """The stride of the UNet's coarsest grid, where the head predicts."""
-    return 2 ** (len(cfg.ddpm.channels) - 1)
+    """The stride of the decoder block the head reads (``diffad.head_stride``)."""
+    return int(cfg.diffad.head_stride)
 
 
-class DiffAD(Detector, Trainable, Reconstructs):
+def net_size(cfg: RunConfig, image: int) -> int:
+    """The side the network sees for ``image``-px inputs (``diffad.size``, 0: the input's),
+    a multiple of the UNet's coarsest stride."""
+    size = int(cfg.diffad.size) or image
+    r = 2 ** (len(cfg.ddpm.channels) - 1)
+    return max(r, size // r * r)
+
+
+def to_net(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Images ``(B, C, H, W)`` at ``size`` x ``size`` (area-averaged when smaller)."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="area" if size < x.shape[-1] else
+                         "bilinear", **({} if size < x.shape[-1] else
+                                        {"align_corners": False}))
+
+
+class DiffAD(Detector, Budgeted, Reconstructs):
     name = "diffad"
     iterative = True
     first_round = 1
@@ -83,9 +110,18 @@ class DiffAD(Detector, Trainable, Reconstructs):
 
     @classmethod
     def parts(cls, cfg: RunConfig) -> dict[str, Part]:
-        """One part, the UNet with its feature head, trained by ``train.optimizer`` at
-        ``ddpm.lr``."""
-        return {"network": Part("", OptimSpec(cfg.train.optimizer, cfg.ddpm.lr))}
+        """One part, the UNet with its feature head, trained by AdamW at ``ddpm.lr`` (the
+        reference's; ``train.optimizer=sgd``: plain SGD)."""
+        name = "sgd" if cfg.train.optimizer == "sgd" else "adamw"
+        return {NETWORK: Part("", OptimSpec(name, cfg.ddpm.lr))}
+
+    @classmethod
+    def stages(cls, cfg: RunConfig) -> list[Stage]:
+        return [Stage(NETWORK, int(cfg.ddpm.steps))]
+
+    @classmethod
+    def presets(cls) -> dict[str, dict[str, object]]:
+        return BUDGETS
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -109,18 +145,33 @@ class DiffAD(Detector, Trainable, Reconstructs):
             problems.append("rounds, feature_weight, sigma and halvings must be >= 0")
         if d.combine not in ("eq11", "sum"):
             problems.append(f"combine={d.combine!r} (eq11 | sum)")
+        levels = len(cfg.ddpm.channels)
+        if d.head_stride not in [2 ** i for i in range(levels)]:
+            problems.append(f"head_stride={d.head_stride} (a decoder block's stride: "
+                            f"{', '.join(str(2 ** i) for i in range(levels))})")
+        if d.size < 0 or cfg.ddpm.steps < 1:
+            problems.append(f"size={d.size} (>= 0) and ddpm.steps={cfg.ddpm.steps} (>= 1)")
         if problems:
             raise ConfigError("diffad: " + "; ".join(problems))
 
     def __init__(self, cfg: RunConfig, shape: FeatureShape, device="cpu", seed: int = 0):
         self.cfg, self.shape, self.device, self.seed = cfg, shape, torch.device(device), seed
         out = sum(level_channels(cfg.backbone, cfg.diffad.strides))
+        block = len(cfg.ddpm.channels) - 1 - int(np.log2(grid_stride(cfg)))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             unet = build_unet(cfg.ddpm, shape.channels, seed)
-            head = FeatureHead(int(cfg.ddpm.channels[-1]), out, cfg.ddpm.groups)
-            self.net = NoiseAndFeatures(unet, head).to(self.device)
+            head = FeatureHead(int(list(reversed(cfg.ddpm.channels))[block]), out,
+                               cfg.ddpm.groups)
+            self.net = NoiseAndFeatures(unet, head, block).to(self.device)
+            if cfg.ddpm.ema > 0:  # the shadow covers the head too (the UNet's is replaced)
+                from fedad.components.ema import EMA, attach
+
+                delattr(unet, EMA)
+                attach(self.net, float(cfg.ddpm.ema))
         self.abar = alphas_cumprod(cfg.ddpm)
+        # the feature targets' per-channel mean and spread over the site's training images
+        self.target_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.spec: OptimSpec | None = None
         self._optim_state: dict[str, torch.Tensor] = {}
@@ -142,50 +193,80 @@ class DiffAD(Detector, Trainable, Reconstructs):
 
     # -- client ------------------------------------------------------------------------------
     def _unit_and_targets(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images in ``[-1, 1]`` and their feature targets on the coarsest grid (CPU;
-        targets in float16, 1.2 MB per 224-px image for Lite0's 192 channels)."""
+        """The images in ``[-1, 1]`` at the network's size and their feature targets on the
+        head's grid (CPU; targets in float16, unstandardised)."""
         levels = levels_for(self.cfg, self.device)
-        r = grid_stride(self.cfg)
+        size = net_size(self.cfg, int(features.shape[-1]))
+        cells = size // grid_stride(self.cfg)
         units, targets = [], []
         for x in features.split(self.cfg.train.batch_size):
-            x = x.to(self.device).float()
-            size = (x.shape[-2] // r, x.shape[-1] // r)
+            x = to_net(x.to(self.device).float(), size)
             units.append(levels.to_unit(x).cpu())
-            targets.append(level_targets(levels(x), size).half().cpu())
+            targets.append(level_targets(levels(x), (cells, cells)).half().cpu())
         return torch.cat(units), torch.cat(targets)
+
+    def _standardise(self, targets: torch.Tensor) -> torch.Tensor:
+        mean, std = self.target_stats or (torch.zeros(1), torch.ones(1))
+        shape = (1, -1, 1, 1)
+        return (targets.float() - mean.view(shape).to(targets.device)) / std.view(shape).to(
+            targets.device)
+
+    def scored_timesteps(self) -> list[int]:
+        """The steps of ``T`` the maps are scored at (``kl_steps`` on the chain)."""
+        ts = chain(len(self.abar), self.cfg.diffad.chain)
+        return [int(ts[int(k)]) for k in self.cfg.diffad.kl_steps]
 
     def fit(self, features: torch.Tensor, global_summary: Summary | None, round_t: int,
             hooks: TrainHooks | None = None) -> FitInfo:
-        d = self.cfg.ddpm
-        r = grid_stride(self.cfg)
+        d, dd = self.cfg.ddpm, self.cfg.diffad
+        rp = self.round_plan(round_t)
+        r = 2 ** (len(d.channels) - 1)
         if len(features) == 0 or min(features.shape[-2:]) < r:
             log.warning("diffad: site seed %d has no training image of at least %d px: it "
                         "uploads the weights it received", self.seed, r)
             return FitInfo(notes={"no-training-images": 1.0})
         t0 = time.perf_counter()
         images, targets = self._unit_and_targets(features)
+        if self.target_stats is None:  # fixed at the site's first round
+            f = targets.float()
+            self.target_stats = (f.mean((0, 2, 3)), f.std((0, 2, 3)).clamp_min(1e-6))
         gen = torch.Generator().manual_seed(
-            (int(self.cfg.diffad.seed) * 1_000_003 + int(self.seed)) * 1009 + int(round_t))
-        steps = -(-d.epochs * len(images) // d.batch_size)
+            (int(dd.seed) * 1_000_003 + int(self.seed)) * 1009 + int(round_t))
         optimizer = self._optimizer(hooks)
+        schedule = self.scheduled(optimizer, self.spec, rp)
+        scored = torch.tensor(self.scored_timesteps())
         self.net.train()
-        w = float(self.cfg.diffad.feature_weight)
+        w = float(dd.feature_weight)
         losses: list[float] = []
         desc = f"diffad round {round_t} (site seed {self.seed})"
-        for _ in progress(range(steps), steps, desc, every=30.0):
-            x0, f0 = aligned_crops(images, targets, d.crop, d.batch_size, gen)
-            x0, f0 = x0.to(self.device), f0.to(self.device).float()
-            t = torch.randint(0, len(self.abar), (len(x0),), generator=gen).to(self.device)
+        b = min(int(d.batch_size), len(images))
+        for i in progress(range(rp.steps), rp.steps, desc, every=30.0):
+            schedule.at(rp.first + i)
+            idx = torch.randint(0, len(images), (b,), generator=gen)
+            flips = torch.rand(2, generator=gen) < 0.5
+            dims = [k for k, f in zip((2, 3), flips.tolist(), strict=True) if f]
+            x0, f0 = images[idx], targets[idx]
+            if dims:
+                x0, f0 = x0.flip(dims), f0.flip(dims)
+            x0, f0 = x0.to(self.device), self._standardise(f0.to(self.device))
+            t = torch.randint(0, len(self.abar), (b,), generator=gen)
+            on = torch.ones(b, dtype=torch.bool)
+            if dd.feature_t == "scored":  # half the batch at the scored steps
+                on = torch.arange(b) < max(1, b // 2)
+                t[on] = scored[torch.randint(0, len(scored), (int(on.sum()),), generator=gen)]
+            t = t.to(self.device)
             noise = torch.randn(x0.shape, generator=gen).to(x0)
             eps, feats = self.net(q_sample(x0, t, noise, self.abar), t)
-            loss = (eps - noise).pow(2).mean() + w * feature_error(feats, f0).mean()
+            loss = (eps - noise).pow(2).mean() + w * feature_error(
+                feats[on.to(self.device)], f0[on.to(self.device)]).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: the loss is {float(loss)}")
             step(self.net, optimizer, loss, hooks)
+            ema.update(self.net)
             losses.append(float(loss.detach()))
-        tail = losses[-max(1, steps // 10):]
+        tail = losses[-max(1, len(losses) // 10):]
         return FitInfo(loss=sum(tail) / len(tail), seconds={"train": time.perf_counter() - t0},
-                       steps=steps)
+                       steps=len(losses))
 
     def raw_maps(self, features: torch.Tensor, image_size: int) -> tuple[torch.Tensor,
                                                                          torch.Tensor]:
@@ -194,7 +275,7 @@ class DiffAD(Detector, Trainable, Reconstructs):
         combined and smoothed. The last result is kept per process, keyed by the weights,
         the images and the config: sites of one process that hold the same global model
         (FedAvg's, evaluated in one simulation) score a shared test set once."""
-        key = _fingerprint(self.net, features, image_size, self.cfg)
+        key = _fingerprint(self.net, features, image_size, self.cfg, self.target_stats)
         if key not in _MAPS:
             _MAPS.clear()
             _MAPS[key] = self._raw_maps(features, image_size)
@@ -204,18 +285,24 @@ class DiffAD(Detector, Trainable, Reconstructs):
     @torch.no_grad()
     def _raw_maps(self, features: torch.Tensor, image_size: int) -> tuple[torch.Tensor,
                                                                           torch.Tensor]:
+        with shadow_weights(self.net):
+            return self._raw_maps_of(features, image_size)
+
+    def _raw_maps_of(self, features: torch.Tensor, image_size: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.cfg.diffad
         levels = levels_for(self.cfg, self.device)
-        r = grid_stride(self.cfg)
+        size = net_size(self.cfg, int(features.shape[-1]))
+        cells = size // grid_stride(self.cfg)
         ts = chain(len(self.abar), d.chain)
         a = self.abar.tolist()
         self.net.eval()
         feats, kls = [], []
         b = self.cfg.train.batch_size
         for start in range(0, len(features), b):
-            x = features[start:start + b].to(self.device).float()
+            x = to_net(features[start:start + b].to(self.device).float(), size)
             x0 = levels.to_unit(x)
-            target = level_targets(levels(x), (x.shape[-2] // r, x.shape[-1] // r))
+            target = self._standardise(level_targets(levels(x), (cells, cells)))
             fmap = torch.zeros(len(x), image_size, image_size, device=self.device)
             kmap = torch.zeros_like(fmap)
             noises = image_noise(x0.shape, len(d.kl_steps), int(d.seed), start)
@@ -278,12 +365,15 @@ class DiffAD(Detector, Trainable, Reconstructs):
         log its progress under that name)."""
         from fedad.detectors.diffad.reconstruct import reconstruct
 
-        return reconstruct(images.to(self.device), self.net.unet, self.abar, objective,
-                           self.units(), self.cfg.diffad, desc)
+        with shadow_weights(self.net):
+            return reconstruct(images.to(self.device), self.net.unet, self.abar, objective,
+                               self.units(), self.cfg.diffad, desc)
 
     # -- state at the site -------------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
         out = {f"net.{k}": v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+        if self.target_stats is not None:
+            out[TARGET_MEAN], out[TARGET_STD] = (v.clone() for v in self.target_stats)
         if self.optimizer is not None:
             out.update(optimizer_arrays(self.optimizer))
         return out
@@ -292,15 +382,18 @@ class DiffAD(Detector, Trainable, Reconstructs):
         if not arrays:
             return
         self.net.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("net.")})
+        self.target_stats = ((arrays[TARGET_MEAN].clone(), arrays[TARGET_STD].clone())
+                             if TARGET_MEAN in arrays else None)
         self.optimizer, self.spec = None, None
         self._optim_state = {k: v for k, v in arrays.items() if k.startswith("optim.")}
 
 
-
 def _fingerprint(net: torch.nn.Module, features: torch.Tensor, image_size: int,
-                 cfg: RunConfig) -> bytes:
+                 cfg: RunConfig, stats) -> bytes:
     """A content key of what :meth:`DiffAD.raw_maps` depends on."""
     h = hashlib.blake2b(digest_size=16)
+    for v in stats or ():
+        h.update(memoryview(v.detach().cpu().float().reshape(-1).numpy()).cast("B"))
     h.update(repr((image_size, cfg.diffad, cfg.ddpm, cfg.backbone, tuple(features.shape),
                    str(features.dtype), cfg.train.batch_size)).encode())
     for k, v in net.state_dict().items():
