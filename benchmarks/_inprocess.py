@@ -131,3 +131,27 @@ def run_scoring_every_round(cfg: RunConfig) -> list[dict]:
 
     server.run(transport, {"test": True}, on_round)
     return rounds
+
+
+def validation_only(cfg: RunConfig) -> dict:
+    """One federated run scored on the validation split alone, after its last round (no
+    test image is scored): the weighted validation scores (:func:`_validation`), the
+    per-round training losses and the seconds it took. What a choice made before any test
+    number is seen runs on."""
+    t0 = time.perf_counter()
+    cfg = resolve(copy.deepcopy(cfg))
+    cfg.eval_every, cfg.examples = 10**9, 0
+    transport = InProcess(cfg, partition_nodes(cfg))
+    server = Server(cfg, transport.keys)
+    out: dict = {}
+
+    def on_round(record: dict) -> None:
+        ev = record["evaluate"]
+        if ev is not None:
+            out.update(_validation(ev["per_client"]))
+
+    server.run(transport, {"test": False}, on_round)
+    if not out:
+        raise ValueError("no client holds a validation split (calibration.holdout > 0)")
+    return {**out, "losses": [r["train"]["loss"]["mean"] for r in server.history],
+            "seconds": time.perf_counter() - t0}

@@ -28,6 +28,15 @@ validation split's I-AUROC (synthetic defects on held-out training normals), the
 uploads per round, the seconds of each stage summed over sites (DDPM training, drawing the
 DDPM sample pool, student, head, evaluation) and each phase's steps and loss curve (first
 and last round's mean: is it still learning at the end?).
+``--choose``: before any row, the DDPM defects' noise level ``asymst.t_start`` is chosen on
+the validation split (held-out training normals, each also with a synthetic defect): one
+centralized run per value of :data:`T_START` (1.0 is pure noise, ``start=noise``) at the
+step budget with the federated rows' batches (a fifth of a row's compute), scored on the
+validation split alone; the value of the best mean of validation image and pixel AUROC wins
+(the lower on ties; when the lowest wins, the grid is widened below it) and is written to
+the results, with every value's scores, before any test image is scored; the rows then use
+it. Values already tried are read back, not re-run.
+
 With pixel masks, a realism measure of the synthetic defects: the Frechet distance between
 Gaussians fitted to Lite0 features (stride 8) averaged over each defect region, of DDPM
 defects, cut-paste defects and normal regions, each against the real defects' (lower is
@@ -49,6 +58,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import write_results  # noqa: E402
+from benchmarks._inprocess import validation_only  # noqa: E402
 from benchmarks._resumable import (  # noqa: E402
     base_flat,
     by_phase,
@@ -64,6 +74,7 @@ from fedad.detectors.asymst.synthesis import classical_defect  # noqa: E402
 from fedad.detectors.registry import feature_config, label, resolve  # noqa: E402
 from fedad.diffusion.defects import paste, perlin_mask  # noqa: E402
 from fedad.errors import ConfigError  # noqa: E402
+from fedad.federation.centralized import centralized_config  # noqa: E402
 from fedad.federation.compose import check  # noqa: E402
 from fedad.federation.site_data import load_client_data  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
@@ -76,6 +87,45 @@ ROWS = {
     "cutpaste": {"exchange": "fedavg", "asymst.synthesis": "cutpaste"},
     "nohead": {"exchange": "fedavg", "asymst.seg_head": False},
 }
+
+# asymst.t_start tried by --choose (fractions of T; 1.0: from pure noise), fixed before
+# any run: a low, the default's, a high noise level and none of the image left. When the
+# lowest wins the grid is widened below it (a third of it, down to WIDEST); 1.0 is the
+# top of the range
+T_START = (0.1, 0.3, 0.6, 1.0)
+WIDEST = 0.01
+
+
+def choose(base: dict, payload: dict, out: Path, name: str) -> float:
+    """``asymst.t_start`` chosen on the validation split (module docstring); kept in
+    ``payload["selection"]`` (values already tried are read back, not re-run) and written
+    before any row runs."""
+    done = {float(t["t_start"]): t for t in payload.get("selection", {}).get("tried", [])}
+
+    def tried(value: float) -> dict:
+        if value not in done:
+            cfg = centralized_config(from_flat({**base, "asymst.t_start": value}))
+            cfg.examples = 0
+            r = validation_only(check(resolve(cfg)))
+            done[value] = {"t_start": value, **{k: r[k] for k in (
+                "val_i_auroc", "val_p_auroc", "val_score", "seconds")}}
+            log.info("t_start %.3g: validation I-AUROC %.4f, P-AUROC %.4f", value,
+                     r["val_i_auroc"], r["val_p_auroc"])
+        return done[value]
+
+    grid = list(T_START)
+    while True:
+        scores = [tried(v) for v in grid]
+        best = max(scores, key=lambda t: (t["val_score"], -grid.index(t["t_start"])))
+        if best["t_start"] != min(grid) or min(grid) / 3 < WIDEST:
+            break
+        grid.insert(0, round(min(grid) / 3, 4))  # the lowest won: widen below it
+    payload["selection"] = {"chosen": best["t_start"], "grid": grid,
+                            "tried": [done[v] for v in grid],
+                            "how": "centralized, the step budget at the federated rows' "
+                                   "batch, validation split only"}
+    write_results(out, name, payload, markdown(payload))
+    return float(best["t_start"])
 
 
 def row_config(base: dict, row: str) -> RunConfig:
@@ -217,6 +267,13 @@ def markdown(payload: dict) -> str:
             change = f"{ls[-1] - ls[-2]:+.4f}" if len(ls) > 1 else "-"
             lines.append(f"| {row} | {phase} | {v['steps']} | {v['rounds']} | "
                          f"{ls[0]:.4f} -> {ls[-1]:.4f} | {change} |")
+    sel = payload.get("selection")
+    if sel:
+        lines += ["", f"asymst.t_start chosen on the validation split before any test image "
+                  f"was scored ({sel['how']}): " + ", ".join(
+                      f"{t['t_start']:g}: val I-AUROC {t['val_i_auroc']:.3f} / P-AUROC "
+                      f"{t['val_p_auroc']:.3f}" for t in sel["tried"])
+                  + f"; chosen {sel['chosen']:g}"]
     real = payload.get("realism", {})
     if "frechet_to_real_defects" in real:
         lines += ["", "Realism: Frechet distance of region features (Lite0, stride 8) to the "
@@ -233,6 +290,8 @@ def markdown(payload: dict) -> str:
 def main() -> None:
     p = row_parser(__doc__, list(ROWS), "/tmp/fedad-teacher-student", "teacher_student")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
+    p.add_argument("--choose", action="store_true",
+                   help="choose asymst.t_start on the validation split first")
     p.add_argument("overrides", nargs="*", help="RunConfig overrides (after --)")
     args = p.parse_args()
     setup_logging()
@@ -245,6 +304,8 @@ def main() -> None:
     except ConfigError as exc:
         p.error(str(exc))
     payload = results_payload(args)
+    if args.choose:
+        flat["asymst.t_start"] = choose(flat, payload, args.out, args.name)
     for row in args.rows:
         cfg = row_config(flat, row)
         folder = args.work / row

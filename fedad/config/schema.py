@@ -293,9 +293,10 @@ class F2PADConfig:
 
 @dataclass
 class DDPMConfig:
-    """The DDPM trained on normal images only (``fedad/diffusion/``, Ho et al. 2020), sized
-    for 2 CPU cores (``fedad/diffusion/unet.py`` says why): a ``diffusers`` UNet without
-    attention on random ``crop`` x ``crop`` crops, federated by the run's weight exchange."""
+    """The DDPM trained on normal images only (``fedad/diffusion/``, Ho et al. 2020): a
+    ``diffusers`` UNet without attention, federated by the run's weight exchange. Its size,
+    steps and rates come from the detector's step budget (``budget=cpu``: sized for 2 CPU
+    cores; ``budget=paper``: the reference's) wherever the run leaves them unset."""
 
     # 0 / empty: the value of the run's budget preset (`budget`; the detector's budgets.py)
     crop: int = 0  # training crops (px) of the images at the detector's input size

@@ -126,15 +126,15 @@ class AsymST(Detector, Budgeted, ShiftedRepresentation, RowMatrix):
     def check_config(cls, cfg: RunConfig) -> None:
         """Raises :class:`ConfigError` for values no run can use."""
         a = cfg.asymst
-        need = ["student_steps", "pool", "sample_steps", "top_k"] + (
-            ["head_steps"] if a.seg_head else [])
-        bad = [k for k in need if getattr(a, k) < 1]
-        if a.synthesis == "ddpm" and cfg.ddpm.steps < 1:
-            bad.append("ddpm.steps")
+        values = {f"asymst.{k}": getattr(a, k)
+                  for k in ("student_steps", "pool", "sample_steps", "top_k")}
+        if a.seg_head:
+            values["asymst.head_steps"] = a.head_steps
+        if a.synthesis == "ddpm":
+            values["ddpm.steps"] = cfg.ddpm.steps
+        bad = [f"{k}={v}" for k, v in values.items() if v < 1]
         if bad:
-            raise ConfigError("asymst: " + ", ".join(
-                f"{k}={getattr(a, k) if '.' not in k else cfg.ddpm.steps}" for k in bad)
-                + " must be >= 1")
+            raise ConfigError(f"asymst: {', '.join(bad)} must be >= 1")
         for k in ("inflation", "opacity"):
             lo, hi = getattr(a, k)
             if not 0 <= lo <= hi:

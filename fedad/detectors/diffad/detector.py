@@ -90,9 +90,9 @@ def to_net(x: torch.Tensor, size: int) -> torch.Tensor:
     """Images ``(B, C, H, W)`` at ``size`` x ``size`` (area-averaged when smaller)."""
     if x.shape[-2:] == (size, size):
         return x
-    return F.interpolate(x, size=(size, size), mode="area" if size < x.shape[-1] else
-                         "bilinear", **({} if size < x.shape[-1] else
-                                        {"align_corners": False}))
+    if size < x.shape[-1]:
+        return F.interpolate(x, size=(size, size), mode="area")
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
 class DiffAD(Detector, Budgeted, Reconstructs):
@@ -160,15 +160,12 @@ class DiffAD(Detector, Budgeted, Reconstructs):
         block = len(cfg.ddpm.channels) - 1 - int(np.log2(grid_stride(cfg)))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            unet = build_unet(cfg.ddpm, shape.channels, seed)
+            unet = build_unet(cfg.ddpm, shape.channels, seed, ema=False)
             head = FeatureHead(int(list(reversed(cfg.ddpm.channels))[block]), out,
                                cfg.ddpm.groups)
-            self.net = NoiseAndFeatures(unet, head, block).to(self.device)
-            if cfg.ddpm.ema > 0:  # the shadow covers the head too (the UNet's is replaced)
-                from fedad.components.ema import EMA, attach
-
-                delattr(unet, EMA)
-                attach(self.net, float(cfg.ddpm.ema))
+            # the EMA shadow covers the UNet and the head
+            self.net = ema.attach(NoiseAndFeatures(unet, head, block),
+                                  max(float(cfg.ddpm.ema), 0.0)).to(self.device)
         self.abar = alphas_cumprod(cfg.ddpm)
         # the feature targets' per-channel mean and spread over the site's training images
         self.target_stats: tuple[torch.Tensor, torch.Tensor] | None = None
