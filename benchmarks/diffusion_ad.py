@@ -307,6 +307,8 @@ def markdown(payload: dict) -> str:
                 f"{a:.3g} -> {b:.3g}" for a, b in zip(r["normal_padim_score_before"],
                                                       r["normal_padim_score_after"],
                                                       strict=True))
+    if payload.get("notes"):  # what the numbers cannot say themselves (kept across runs)
+        lines += ["", "Notes:", *[f"- {n}" for n in payload["notes"]]]
     lines += ["", "Commands:", *[f"- `{c}`" for c in payload["commands"]]]
     return "\n".join(lines)
 
