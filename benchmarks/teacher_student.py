@@ -1,8 +1,8 @@
 """DDPM-synthesised defects and the asymmetric teacher-student (seed 000, first abstract;
 ``detector=asymst``) on a real dataset, centralized and federated.
 
-    python benchmarks/teacher_student.py --root ../shared/data/mtd [--rows ROW ...]
-        [--work DIR] [--out DIR] [--name NAME] [-- key=value ...]
+    python benchmarks/teacher_student.py --root ../shared/data/mtd [--choose]
+        [--rows ROW ...] [--work DIR] [--out DIR] [--name NAME] [-- key=value ...]
 
 Rows (``--rows``; all by default), every one a full run of the engine in this process (the
 same sites, messages and aggregation as a Flower run, :mod:`fedad.federation.in_process`):
@@ -28,6 +28,7 @@ validation split's I-AUROC (synthetic defects on held-out training normals), the
 uploads per round, the seconds of each stage summed over sites (DDPM training, drawing the
 DDPM sample pool, student, head, evaluation) and each phase's steps and loss curve (first
 and last round's mean: is it still learning at the end?).
+
 ``--choose``: before any row, the DDPM defects' noise level ``asymst.t_start`` is chosen on
 the validation split (held-out training normals, each also with a synthetic defect): one
 centralized run per value of :data:`T_START` (1.0 is pure noise, ``start=noise``) at the
