@@ -55,7 +55,7 @@ def plan(stages: Sequence[Stage], local_steps: int) -> list[RoundPlan]:
 def factor(step: int, total: int, warmup: float, kind: str) -> float:
     """The learning rate's multiplier at ``step`` (0-based) of ``total``: a linear warm-up
     over the first ``warmup`` fraction of the steps (from ``1 / warm-up steps``), then
-    ``cosine`` (to 0 at the last step, Loshchilov & Hutter), ``step`` (x0.1 at 80% of the
+    ``cosine`` (towards 0 at the last step, Loshchilov & Hutter), ``step`` (x0.1 at 80% of the
     steps and again at 90%, the classic schedule) or ``constant``."""
     if kind not in SCHEDULES:
         raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {kind!r}")
@@ -71,8 +71,8 @@ def factor(step: int, total: int, warmup: float, kind: str) -> float:
 
 
 class Scheduled:
-    """An optimiser whose learning rates follow :func:`factor`: call :meth:`at` before
-    each step with the step's index in its phase."""
+    """An optimiser whose learning rate is ``base_lr`` times :func:`factor`: call
+    :meth:`at` before each step with the step's index in its phase."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, total: int,
                  warmup: float, kind: str) -> None:
