@@ -14,7 +14,9 @@ same sites, messages and aggregation as a Flower run, :mod:`fedad.federation.in_
 * ``cutpaste``: as ``fedavg`` with cut-paste/Perlin/scratch defects instead of the DDPM's
   (no DDPM phase; the student's and head's steps the same);
 * ``nohead``: as ``fedavg`` without the segmentation head (the levels' cosine maps
-  multiplied score; no head phase).
+  multiplied score; no head phase);
+* ``padim-federated``: fedad's PaDiM on the same 5 sites (frozen Lite0 features, its exact
+  statistics exchange): the untrained detector the trained one is measured against.
 
 Every value is the config's default and its step budget's (``budget=cpu``,
 ``fedad/detectors/asymst/budgets.py``), fixed a priori or chosen on the validation split
@@ -87,6 +89,8 @@ ROWS = {
     "scaffold": {"exchange": "scaffold"},
     "cutpaste": {"exchange": "fedavg", "asymst.synthesis": "cutpaste"},
     "nohead": {"exchange": "fedavg", "asymst.seg_head": False},
+    # the untrained frozen detector on the same sites, the row asymst must pass
+    "padim-federated": {"detector": "padim", "exchange": "summary"},
 }
 
 # asymst.t_start tried by --choose (fractions of T; 1.0: from pure noise), fixed before
@@ -264,6 +268,8 @@ def markdown(payload: dict) -> str:
               "|---|---|---|---|---|---|"]
     for row, r in payload["rows"].items():
         for phase, v in r.get("phases", {}).items():
+            if not v["steps"]:
+                continue  # a detector without a step budget (the frozen PaDiM row)
             ls = v["losses"]
             change = f"{ls[-1] - ls[-2]:+.4f}" if len(ls) > 1 else "-"
             lines.append(f"| {row} | {phase} | {v['steps']} | {v['rounds']} | "
