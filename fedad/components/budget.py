@@ -76,13 +76,13 @@ class Scheduled:
 
     def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, total: int,
                  warmup: float, kind: str) -> None:
-        self.optimizer, self.total, self.warmup, self.kind = optimizer, total, warmup, kind
-        self.base = [base_lr] * len(optimizer.param_groups)
+        self.optimizer, self.base_lr = optimizer, base_lr
+        self.total, self.warmup, self.kind = total, warmup, kind
 
     def at(self, step: int) -> float:
         f = factor(step, self.total, self.warmup, self.kind)
-        for g, lr in zip(self.optimizer.param_groups, self.base, strict=True):
-            g["lr"] = lr * f
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.base_lr * f
         return f
 
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedad.components.budget import Stage, plan
+from fedad.components.budget import Stage
 from fedad.components.ema import shadow_weights
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
 from fedad.components.training import OptimSpec, Part, TrainHooks, build_optimizer, step
@@ -71,7 +71,7 @@ def stages(cfg: RunConfig) -> list[Stage]:
 
 def phases(cfg: RunConfig) -> list[str]:
     """The phase of every round ``1..train.rounds`` (of a resolved config)."""
-    return [r.phase for r in plan(stages(cfg), int(cfg.train.local_steps))]
+    return AsymST.phases(cfg)
 
 
 def batches(n: int, size: int, steps: int, gen: torch.Generator):

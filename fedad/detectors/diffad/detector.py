@@ -78,11 +78,16 @@ def grid_stride(cfg: RunConfig) -> int:
     return int(cfg.diffad.head_stride)
 
 
+def coarsest_stride(cfg: RunConfig) -> int:
+    """The UNet's coarsest stride: an image side must be a multiple of it."""
+    return 2 ** (len(cfg.ddpm.channels) - 1)
+
+
 def net_size(cfg: RunConfig, image: int) -> int:
     """The side the network sees for ``image``-px inputs (``diffad.size``, 0: the input's),
     a multiple of the UNet's coarsest stride."""
     size = int(cfg.diffad.size) or image
-    r = 2 ** (len(cfg.ddpm.channels) - 1)
+    r = coarsest_stride(cfg)
     return max(r, size // r * r)
 
 
@@ -217,7 +222,7 @@ class DiffAD(Detector, Budgeted, Reconstructs):
             hooks: TrainHooks | None = None) -> FitInfo:
         d, dd = self.cfg.ddpm, self.cfg.diffad
         rp = self.round_plan(round_t)
-        r = 2 ** (len(d.channels) - 1)
+        r = coarsest_stride(self.cfg)
         if len(features) == 0 or min(features.shape[-2:]) < r:
             log.warning("diffad: site seed %d has no training image of at least %d px: it "
                         "uploads the weights it received", self.seed, r)
