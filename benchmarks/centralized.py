@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, command_line, machine, write_results  # noqa: E402
 
 from fedad.cli.overrides import compose
-from fedad.config.schema import HeadConfig  # noqa: E402
+from fedad.detectors.feddymem.config import HeadConfig  # noqa: E402
 from fedad.federation.centralized import run_centralized  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
 

@@ -14,11 +14,13 @@ pixel threshold on the set: it reads the test masks, the paper's protocol) and
 ``calibrated`` (the 0.99 quantile of the held-out normals' map maxima: what a site can
 deploy). The continuous ``||a||`` map gives P-AUROC and PRO (from the oracle ``m0``).
 
-Federated: 5 sites (Dirichlet alpha 0.1), each fits its detector on its partition; the
-server validates and merges the summaries (``merge``, as a one-round run of the summary
-exchange does). Test image ``i`` is refined by site ``i mod 5`` with the global summary,
-that site's pixel prior (fitted on its own training pixels) and its calibrated threshold;
-sites without held-out normals (they cannot calibrate) refine none, the others take turns.
+Federated: 5 sites (Dirichlet alpha 0.1), a one-round run of the summary exchange by the
+engine (each site fits its detector on its partition, the server validates and merges the
+uploads; centralized: one site with every image); the sites' detectors and the global
+summary are read back from the run's folder. Test image ``i`` is refined by site
+``i mod 5`` with the global summary, that site's pixel prior (fitted on its own training
+pixels) and its calibrated threshold; sites without held-out normals (they cannot
+calibrate) refine none, the others take turns.
 
 ``f2pad.init=diffusion`` (seed 003's gradient-denoising reconstruction as the initial normal
 image) needs ``--diffusion-runs centralized=DIR federated=DIR``: finished diffad runs at the
@@ -57,22 +59,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import RESULTS, command_line, machine, write_results  # noqa: E402
+from benchmarks._resumable import run_row  # noqa: E402
 from fedad.config.flat import from_flat  # noqa: E402
-from fedad.config.schema import F2PADConfig  # noqa: E402
 from fedad.data.cutpaste import blob_shapes, cut_paste, defect_shapes  # noqa: E402
 from fedad.data.factory import build_dataset  # noqa: E402
 from fedad.data.holdout import holdout_split  # noqa: E402
-from fedad.detectors.base import FeatureShape  # noqa: E402
-from fedad.detectors.registry import client_seed, create, feature_config  # noqa: E402
+from fedad.detectors.registry import feature_config, resolve  # noqa: E402
 from fedad.evaluation.metrics import pixel_auroc, pro_score  # noqa: E402
+from fedad.evaluation.saved_site import load_summary  # noqa: E402
 from fedad.evaluation.scores import score  # noqa: E402
 from fedad.evaluation.segmentation import (  # noqa: E402
     calibrated_threshold,
     f1_threshold,
     iou_dice,
 )
+from fedad.federation.centralized import centralized_config  # noqa: E402
+from fedad.federation.predict import site_scorer  # noqa: E402
 from fedad.federation.site_data import extractor_for, load_client_data  # noqa: E402
 from fedad.refinements.f2pad.algorithm import EMPTY, Units  # noqa: E402
+from fedad.refinements.f2pad.config import F2PADConfig  # noqa: E402
 from fedad.refinements.f2pad.refinement import F2PAD, fit_prior  # noqa: E402
 from fedad.refinements.f2pad.site import PRIOR_IMAGES, chosen  # noqa: E402
 from partitions import partition_nodes  # noqa: E402
@@ -95,10 +100,11 @@ def images_of(dataset, idx) -> tuple[torch.Tensor, torch.Tensor | None, list[str
 
 
 class Site:
-    """What one site holds: its training images (for the prior), held-out normals' maps
-    (its calibrated threshold), its detector fitted on its partition."""
+    """What one site holds after the engine's run: its data (held-out normals' maps give its
+    calibrated threshold), training images (for the prior) and its detector as the run left
+    it (:func:`fedad.federation.predict.site_scorer`)."""
 
-    def __init__(self, cfg, pid: int, n: int, indices) -> None:
+    def __init__(self, cfg, pid: int, n: int, indices, run_dir: Path) -> None:
         self.cfg, self.pid = cfg, pid
         self.data = load_client_data(cfg, pid, n, indices)
         train = build_dataset(cfg.dataset, "train")
@@ -110,19 +116,26 @@ class Site:
                                    cfg.calibration.seed)
         pick = np.random.default_rng(pid).permutation(fit_idx)[:PRIOR_IMAGES]
         self.train_images = images_of(train, sorted(pick.tolist()))[0]
-        self.detector = create(cfg, FeatureShape(*self.data.train.features.shape[1:]),
-                               "cpu", seed=client_seed(cfg, pid))
-        self.detector.fit(self.data.train.features, None, 1)
-
-    def upload(self):
-        return self.detector.validate(self.detector.summarize(1), f"site {self.pid}")
+        self.detector = site_scorer(run_dir, pid, torch.device("cpu")).detector
 
 
-def build_sites(cfg, federated: bool) -> list[Site]:
+def build_sites(cfg, federated: bool, work: Path) -> tuple[list[Site], dict]:
+    """The sites and the global summary of one round of the summary exchange, run by the
+    engine (:func:`benchmarks._resumable.run_row`: each site fits its detector, the server
+    validates and merges the uploads; a finished run in ``work`` is read back)."""
+    one = replace(cfg, exchange="summary", train=replace(cfg.train, rounds=1))
+    if federated:
+        run_cfg, folder = resolve(replace(one, num_clients=5)), work / f"{cfg.detector}-federated"
+    else:
+        run_cfg = resolve(centralized_config(one))
+        folder = work / f"{cfg.detector}-centralized"
+    run_row(run_cfg, folder)
     if not federated:
-        return [Site(cfg, 0, 1, None)]
-    nodes = partition_nodes(replace(cfg, num_clients=5))
-    return [Site(cfg, node.site, 5, node.indices) for node in nodes]
+        sites = [Site(cfg, 0, 1, None, folder)]
+    else:
+        nodes = partition_nodes(replace(cfg, num_clients=5))
+        sites = [Site(cfg, node.site, 5, node.indices, folder) for node in nodes]
+    return sites, load_summary(folder)
 
 
 def figure(path: Path, image, gt, base_map, mask, normal, units, title: str) -> None:
@@ -378,8 +391,7 @@ def run(args) -> dict:
         f2cfg = cfg.f2pad
         suffix = "" if f2cfg.init == DEFAULT_INIT else f"_{f2cfg.init}"
         for setting in args.settings:
-            sites = build_sites(cfg, setting == "federated")
-            summary = sites[0].detector.merge([s.upload() for s in sites], 1)
+            sites, summary = build_sites(cfg, setting == "federated", args.work / "runs")
             if setting == args.settings[0]:
                 if args.search:
                     t = time.perf_counter()

@@ -28,7 +28,7 @@ from _common import RESULTS, command_line, machine, write_results  # noqa: E402
 from fedad.cli.overrides import compose  # noqa: E402
 from fedad.cli.processes import exit_on_sigterm  # noqa: E402
 from fedad.cli.sim import SimConfig, launch  # noqa: E402
-from fedad.detectors.feddymem import FedDyMemHead  # noqa: E402
+from fedad.detectors.feddymem.head import FedDyMemHead  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
 
 

@@ -12,8 +12,9 @@ import torch
 
 from fedad.cli.sim import run_config_of
 from fedad.components.training import OptimSpec
-from fedad.config.schema import HeadConfig, RunConfig
+from fedad.config.schema import RunConfig
 from fedad.detectors.base import FeatureShape
+from fedad.detectors.feddymem.config import HeadConfig
 from fedad.detectors.registry import create, exchange_for, resolve
 from fedad.exchanges.weights import WEIGHTS
 from fedad.federation.in_process import InProcess

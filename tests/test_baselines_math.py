@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fedad.components.states import weighted_mean
-from fedad.config.schema import HeadConfig
+from fedad.detectors.feddymem.config import HeadConfig
 from fedad.detectors.feddymem.head import FedDyMemHead
 from fedad.exchanges.fedbn import batchnorm_keys, merge_state, split_state
 from fedad.exchanges.fedprox import proximal_term
@@ -317,8 +317,9 @@ def test_split_merge_round_trip_and_fedbn_round():
 def test_fedbn_refuses_a_model_without_batchnorm():
     """FedBN on a head without BatchNorm would silently be FedAvg: refused when the config
     is composed (registry.check) and by the exchange itself, naming the fix."""
-    from fedad.config.schema import HeadConfig, RunConfig
+    from fedad.config.schema import RunConfig
     from fedad.detectors.base import FeatureShape
+    from fedad.detectors.feddymem.config import HeadConfig
     from fedad.detectors.registry import create, exchange_for, resolve
     from fedad.errors import ConfigError
     from fedad.federation.compose import check

@@ -15,8 +15,9 @@ from omegaconf import OmegaConf
 
 from fedad.cli.overrides import compose
 from fedad.cli.sim import SimConfig, run_config_of  # registers the run_schema config
+from fedad.config.fields import check_choices, choices_of
 from fedad.config.flat import from_flat, to_flat
-from fedad.config.schema import RunConfig, check_choices, choices_of
+from fedad.config.schema import RunConfig
 from fedad.detectors.registry import resolve
 from fedad.errors import ConfigError
 from fedad.federation.compose import check

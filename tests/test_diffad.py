@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedad.config.schema import BackboneConfig, DiffADConfig, RunConfig
+from fedad.config.schema import BackboneConfig, RunConfig
 from fedad.detectors.base import FeatureShape
+from fedad.detectors.diffad.config import DiffADConfig
 from fedad.detectors.diffad.reconstruct import reconstruct
 from fedad.detectors.padim.detector import PaDiM
 from fedad.detectors.registry import create, feature_config

@@ -24,8 +24,8 @@ from fedad.detectors.registry import (
     supported,
 )
 from fedad.errors import BankError
-from fedad.exchanges import EXCHANGES
 from fedad.exchanges.base import Upload
+from fedad.exchanges.registry import EXCHANGES
 from fedad.federation.checkpoint import load_server, save_server
 from tests.test_detectors import features, tiny_cfg
 

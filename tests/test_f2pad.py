@@ -10,7 +10,7 @@ import pytest
 import torch
 from adan_pytorch import Adan
 
-from fedad.config.schema import F2PADConfig, RunConfig
+from fedad.config.schema import RunConfig
 from fedad.data.cutpaste import MIN_CONTRAST, Shape, blob_shapes, paste
 from fedad.detectors.base import FeatureShape
 from fedad.detectors.registry import create, feature_config
@@ -26,6 +26,7 @@ from fedad.refinements.f2pad.algorithm import (
     crop_box,
     refine_image,
 )
+from fedad.refinements.f2pad.config import F2PADConfig
 from fedad.refinements.f2pad.feature_loss import padim_loss, patchcore_loss
 from fedad.refinements.f2pad.refinement import F2PAD, fit_prior
 from fedad.refinements.f2pad.solver import solve

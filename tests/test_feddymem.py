@@ -7,17 +7,13 @@ import math
 import pytest
 import torch
 
-from fedad.config.schema import HeadConfig, ScoreConfig, TrainConfig
-from fedad.detectors.feddymem import (
-    FedDyMemClient,
-    FedDyMemHead,
-    MemoryGenerator,
-    memory_reduce,
-    metric_loss,
-)
-from fedad.detectors.feddymem.generator import coordinate_channels, sample_grid
-from fedad.detectors.feddymem.loss import positions
-from fedad.detectors.feddymem.reduce import reduce_weights
+from fedad.config.schema import ScoreConfig, TrainConfig
+from fedad.detectors.feddymem.client import FedDyMemClient
+from fedad.detectors.feddymem.config import HeadConfig
+from fedad.detectors.feddymem.generator import MemoryGenerator, coordinate_channels, sample_grid
+from fedad.detectors.feddymem.head import FedDyMemHead
+from fedad.detectors.feddymem.loss import metric_loss, positions
+from fedad.detectors.feddymem.reduce import memory_reduce, reduce_weights
 from fedad.errors import BankError
 
 

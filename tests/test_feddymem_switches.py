@@ -141,8 +141,9 @@ def test_set_bank_switches_are_checked():
 
 
 def test_relative_threshold_leaves_patches_within_the_bank_spacing_alone():
-    from fedad.config.schema import FedDyMemConfig, HeadConfig, TrainConfig
+    from fedad.config.schema import TrainConfig
     from fedad.detectors.feddymem.client import FedDyMemClient
+    from fedad.detectors.feddymem.config import FedDyMemConfig, HeadConfig
 
     feats = torch.randn(4, 8, 4, 4, generator=torch.Generator().manual_seed(0))
     for scale, moves in ((100.0, False), (0.0, True)):
@@ -157,7 +158,7 @@ def test_relative_threshold_leaves_patches_within_the_bank_spacing_alone():
 
 
 def test_identity_init_starts_the_head_as_the_activated_features():
-    from fedad.config.schema import HeadConfig
+    from fedad.detectors.feddymem.config import HeadConfig
     from fedad.detectors.feddymem.head import FedDyMemHead
 
     x = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(1))

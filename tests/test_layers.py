@@ -101,7 +101,17 @@ def import_edges() -> dict[str, dict[str, tuple[Path, int]]]:
     return edges
 
 
+def is_config_section(module: str) -> bool:
+    """A method's config section beside its code (``fedad/<part>/.../config.py``, outside
+    ``fedad.config``): plain dataclasses composed into the run config, so layer 0 wherever
+    their folder is."""
+    parts = module.split(".")
+    return len(parts) > 2 and parts[-1] == "config" and parts[1] != "config"
+
+
 def layer(module: str) -> int | None:
+    if is_config_section(module):
+        return LAYERS["fedad.config"]
     return LAYERS.get(".".join(module.split(".")[:2]))
 
 
@@ -203,6 +213,28 @@ def test_imports_point_down_only():
     assert not bad, "imports into a higher layer:\n  " + "\n  ".join(bad)
 
 
+def test_config_sections_load_without_their_folders_code():
+    """Importing ``fedad.detectors.asymst.config`` runs ``fedad/detectors/__init__.py`` and
+    ``fedad/detectors/asymst/__init__.py`` first: a config section is layer 0 only when every
+    package above it imports nothing of fedad (else loading the run config would load the
+    detectors, and a detector that imports the schema would find it half made)."""
+    known = modules()
+    sections = sorted(m for m in known if is_config_section(m))
+    assert "fedad.detectors.asymst.config" in sections and "fedad.exchanges.config" in sections
+    bad = []
+    for module in sections:
+        parts = module.split(".")
+        for i in range(2, len(parts)):
+            package = ".".join(parts[:i])
+            path = known[package]
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for imported, _, line in _imports(tree, package, True):
+                if imported == "fedad" or imported.startswith("fedad."):
+                    bad.append(f"{path.relative_to(ROOT)}:{line} imports {imported} "
+                               f"(above {module})")
+    assert not bad, "packages above a config section import fedad:\n  " + "\n  ".join(bad)
+
+
 def test_no_import_cycle():
     edges = import_edges()
     found = cycles(edges)
@@ -219,3 +251,7 @@ def test_the_checks_catch_an_upward_import_and_a_cycle():
                                      "fedad.federation.run (layer 5)"]
     assert cycles(edges) == [["fedad.federation.run", "fedad.federation.site",
                               "fedad.federation.run"]]
+    # a config section is layer 0: it may not import its own detector
+    edges = {"fedad.detectors.toy.config": {"fedad.detectors.toy.detector": here}}
+    assert upward_imports(edges) == ["fedad/errors.py:1: fedad.detectors.toy.config (layer 0) "
+                                     "imports fedad.detectors.toy.detector (layer 2)"]

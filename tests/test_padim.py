@@ -15,9 +15,11 @@ from fedad.components.gaussian import (
     position_statistics,
     unpack_upper,
 )
-from fedad.config.schema import PaDiMConfig, RunConfig, ScoreConfig
+from fedad.config.schema import RunConfig, ScoreConfig
 from fedad.detectors.base import Detector, FeatureShape, summary_nbytes
-from fedad.detectors.padim import PaDiM, channel_subset, position_rows, upload_nbytes
+from fedad.detectors.padim.config import PaDiMConfig
+from fedad.detectors.padim.detector import PaDiM, upload_nbytes
+from fedad.detectors.padim.statistics import channel_subset, position_rows
 from fedad.errors import BankError
 
 SHAPE = FeatureShape(channels=12, height=3, width=4)

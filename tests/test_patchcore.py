@@ -12,8 +12,7 @@ from fedad.components import coreset as cs
 from fedad.components.coreset import covering_radius, greedy_coreset
 from fedad.config.schema import RunConfig
 from fedad.detectors.base import Detector, FeatureShape
-from fedad.detectors.patchcore import PatchCore
-from fedad.detectors.patchcore.detector import coreset_size
+from fedad.detectors.patchcore.detector import PatchCore, coreset_size
 from fedad.errors import BankError, ConfigError
 
 

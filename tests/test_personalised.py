@@ -157,7 +157,7 @@ def test_dbe_trains_a_bias_that_never_leaves_the_site_and_averages_the_means():
 
 
 def test_a_head_saved_before_the_shift_loads_with_a_zero_one():
-    from fedad.config.schema import HeadConfig
+    from fedad.detectors.feddymem.config import HeadConfig
     from fedad.detectors.feddymem.head import FedDyMemHead
 
     head = FedDyMemHead(6, HeadConfig(grid_size=4, phi_hidden=8))

@@ -138,7 +138,7 @@ def test_predict_reconstructs_a_diffad_runs_images_on_a_padim_runs_statistics(
     image = torch.zeros(3, 64, 64)
     assert rebuild(image).shape == (3, 64, 64) and not torch.equal(rebuild(image), image)
     # Algorithm 1's settings are the caller's when given (the model stays the run's)
-    from fedad.config.schema import DiffADConfig
+    from fedad.detectors.diffad.config import DiffADConfig
 
     none = diffusion_reconstructor(run, 0, padim, base.summary, base.extractor, 64,
                                    algorithm=DiffADConfig(rounds=0))

@@ -12,9 +12,11 @@ import torch
 from scipy.stats import norm
 
 from fedad.components.gaussian import position_statistics
-from fedad.config.schema import PaDiMConfig, PatchCoreConfig, PrivacyConfig, RunConfig
+from fedad.config.schema import PrivacyConfig, RunConfig
 from fedad.detectors.base import FeatureShape
-from fedad.detectors.padim import PaDiM
+from fedad.detectors.padim.config import PaDiMConfig
+from fedad.detectors.padim.detector import PaDiM
+from fedad.detectors.patchcore.config import PatchCoreConfig
 from fedad.detectors.patchcore.detector import PatchCore
 from fedad.errors import ConfigError
 from fedad.federation.compose import check

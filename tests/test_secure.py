@@ -14,9 +14,10 @@ from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
 from fedad.components.gaussian import pack_upper
 from fedad.components.states import weighted_mean
-from fedad.config.schema import PaDiMConfig, RunConfig, SecureConfig
+from fedad.config.schema import RunConfig, SecureConfig
 from fedad.detectors.base import FeatureShape
-from fedad.detectors.padim import PaDiM
+from fedad.detectors.padim.config import PaDiMConfig
+from fedad.detectors.padim.detector import PaDiM
 from fedad.detectors.registry import create, exchange_for, feature_shape
 from fedad.errors import ConfigError
 from fedad.exchanges.base import Upload

@@ -14,8 +14,8 @@ import torch
 from fedad.config.sections import section
 from fedad.errors import ConfigError
 from fedad.evaluation.differentiable import RefinedSet
-from fedad.refinements import REFINEMENTS
 from fedad.refinements.base import Refinement, SiteInputs, SiteOutcome
+from fedad.refinements.registry import REFINEMENTS
 
 SECTION = "toythreshold"
 LEVEL = "toy-level.json"

@@ -29,7 +29,7 @@ from fedad.federation.predict import (
     write_predictions,
 )
 from fedad.progress import setup_logging
-from fedad.refinements import NONE, REFINEMENTS
+from fedad.refinements.registry import NONE, REFINEMENTS
 
 
 def main(argv: list[str] | None = None) -> int:

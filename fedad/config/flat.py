@@ -17,7 +17,9 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from fedad.config.schema import MOVED_TO_FEDDYMEM, RunConfig, check_choices
+from fedad.config.fields import check_choices
+from fedad.config.schema import RunConfig
+from fedad.detectors.feddymem.config import MOVED_TO_FEDDYMEM
 from fedad.errors import ConfigError
 
 Scalar = str | int | float | bool
@@ -163,7 +165,7 @@ def from_flat(flat: Mapping[str, Scalar], cls: type = RunConfig) -> Any:
 
     Raises:
         ConfigError: a key that is not a config field, a value of the wrong type, or a
-            choice field (:func:`~fedad.config.schema.choice`) set to a value it does not allow.
+            choice field (:func:`~fedad.config.fields.choice`) set to a value it does not allow.
     """
     nested: dict[str, Any] = {}
     for key, value in flat.items():

@@ -1,5 +1,5 @@
 """The one list of detectors, and the run's pair: a run is a detector x an exchange
-(:mod:`fedad.exchanges` lists those). Everything that depends on *which*
+(:mod:`fedad.exchanges.registry` lists those). Everything that depends on *which*
 detector or exchange a run uses asks here or the object itself; nothing else compares
 their names.
 
@@ -22,8 +22,9 @@ from functools import lru_cache
 
 import torch
 
+from fedad.config.fields import check_choices
 from fedad.config.flat import fill_defaults
-from fedad.config.schema import RunConfig, check_choices
+from fedad.config.schema import RunConfig
 from fedad.detectors.base import Detector, FeatureShape
 from fedad.detectors.capabilities import (
     Budgeted,
@@ -63,7 +64,7 @@ def load_plugins(cfg: RunConfig) -> None:
 
 def _apply_method(cfg: RunConfig) -> None:
     """``method`` (a shorthand) into ``detector`` and ``exchange``, then cleared."""
-    from fedad.exchanges import EXCHANGES
+    from fedad.exchanges.registry import EXCHANGES
 
     m = cfg.method
     if not m:
@@ -83,7 +84,7 @@ def _apply_method(cfg: RunConfig) -> None:
 
 def supported(detector: str) -> list[str]:
     """The exchanges whose required capabilities ``detector`` declares."""
-    from fedad.exchanges import EXCHANGES, exchange_class
+    from fedad.exchanges.registry import EXCHANGES, exchange_class
 
     cls = detector_class(detector)
     return [e for e in EXCHANGES if not missing(cls, exchange_class(e).requires)]
@@ -92,7 +93,7 @@ def supported(detector: str) -> list[str]:
 def pair_problem(detector: str, exchange: str) -> str | None:
     """Why ``detector`` cannot be federated by ``exchange`` (the capabilities it lacks),
     or ``None``."""
-    from fedad.exchanges import exchange_class
+    from fedad.exchanges.registry import exchange_class
 
     lacks = missing(detector_class(detector), exchange_class(exchange).requires)
     if not lacks:
@@ -112,7 +113,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
         ConfigError: an unknown method, detector or exchange, or a pair whose exchange
             requires a capability the detector does not declare (naming it).
     """
-    from fedad.exchanges import exchange_class
+    from fedad.exchanges.registry import exchange_class
 
     load_plugins(cfg)
     _apply_method(cfg)
@@ -178,7 +179,7 @@ def _check_privacy(cfg: RunConfig) -> None:
     """``privacy.*`` in range; with ``privacy.epsilon > 0``, a detector that can release its
     summary privately (``private_releases``) under the summary exchange, a clip bound and a
     reachable target."""
-    from fedad.exchanges import exchange_class
+    from fedad.exchanges.registry import exchange_class
     from fedad.privacy.accountant import calibrated
 
     pv = cfg.privacy
@@ -209,7 +210,7 @@ def check(cfg: RunConfig) -> RunConfig:
     Raises:
         ConfigError: naming the field(s) and the values they allow.
     """
-    from fedad.exchanges import exchange_class
+    from fedad.exchanges.registry import exchange_class
 
     check_choices(cfg)
     resolved = resolve(copy.deepcopy(cfg))
@@ -227,7 +228,7 @@ def check(cfg: RunConfig) -> RunConfig:
 
 def exchange_for(cfg: RunConfig, detector: Detector):
     """The run's exchange on one side (``detector``: that side's detector)."""
-    from fedad.exchanges import exchange_class
+    from fedad.exchanges.registry import exchange_class
 
     return exchange_class(resolve(cfg).exchange)(cfg, detector)
 

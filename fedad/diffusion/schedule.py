@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from fedad.config.schema import DDPMConfig
+from fedad.diffusion.config import DDPMConfig
 
 
 def alphas_cumprod(cfg: DDPMConfig) -> torch.Tensor:

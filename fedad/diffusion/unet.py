@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from fedad.config.schema import DDPMConfig
+from fedad.diffusion.config import DDPMConfig
 
 
 def build_unet(cfg: DDPMConfig, channels: int = 3, seed: int = 0,

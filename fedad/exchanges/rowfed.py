@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from fedad.components.training import TrainHooks, part_of
-from fedad.config.schema import RowFedSettings
 from fedad.detectors.capabilities import RowMatrix
 from fedad.errors import ConfigError
 from fedad.exchanges.base import Upload
@@ -39,6 +38,7 @@ from fedad.exchanges.records import Records
 from fedad.exchanges.slots import slot_of
 from fedad.exchanges.weights import WEIGHTS, WeightExchange
 from fedad.rowfed.admm import RowFedConfig, RowFedState, row_clusters, server_step, targets
+from fedad.rowfed.config import RowFedSettings
 from fedad.rowfed.penalties import prox_entries
 
 TARGET = "rowfed"  # the record of a site's target U_m and coupling weight

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from fedad.detectors.capabilities import capabilities, describe, missing
 from fedad.detectors.registry import DETECTORS, detector_class
-from fedad.exchanges import EXCHANGES, exchange_class
-from fedad.refinements import NONE, REFINEMENTS, refinement_class
+from fedad.exchanges.registry import EXCHANGES, exchange_class
+from fedad.refinements.registry import NONE, REFINEMENTS, refinement_class
 
 BUILT_IN = "fedad."  # plug-ins registered at run time are not the docs' business
 

@@ -12,9 +12,9 @@ import copy
 from fedad.config.schema import RunConfig
 from fedad.config.sections import check_sections
 from fedad.detectors import registry
-from fedad.exchanges import exchange_class
-from fedad.refinements import check as check_refinement
-from fedad.refinements import refinement_for
+from fedad.exchanges.registry import exchange_class
+from fedad.refinements.registry import check as check_refinement
+from fedad.refinements.registry import refinement_for
 
 
 def check(cfg: RunConfig) -> RunConfig:

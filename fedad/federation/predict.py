@@ -32,8 +32,8 @@ from fedad.evaluation.saved_site import load_run_config, load_site, load_summary
 from fedad.evaluation.scores import score
 from fedad.features.cache import extract_features
 from fedad.features.extractor import build_feature_extractor, extractor_signature
-from fedad.refinements import NONE, refinement_class
 from fedad.refinements.base import SiteInputs
+from fedad.refinements.registry import NONE, refinement_class
 
 log = logging.getLogger("fedad")
 
@@ -122,7 +122,7 @@ def predict(run_dir: str | Path, folder: str | Path, site: int = 0,
 def refine_predictions(run_dir: str | Path, dataset: AnomalyDataset, maps: torch.Tensor,
                        site: int = 0, device: str = "auto", scorer: SiteScorer | None = None,
                        how: str | None = None) -> RefinedSet | None:
-    """The refinement ``how`` (default: the run's ``refine``; :mod:`fedad.refinements`) of
+    """The refinement ``how`` (default: the run's ``refine``; :mod:`fedad.refinements.registry`) of
     ``maps`` of ``dataset``'s images, with what the run left in the site's folder; ``None``
     for ``refine=none``.
 

@@ -43,7 +43,7 @@ from fedad.federation.robust import median_outliers
 from fedad.federation.uploads import uploads_for
 from fedad.privacy.accountant import calibrated
 from fedad.privacy.secure_sum import decode, error_bound
-from fedad.refinements import metric_keys
+from fedad.refinements.registry import metric_keys
 
 log = logging.getLogger("fedad")
 # test metrics, then validation metrics (held-out normals + synthetic defects; sites with

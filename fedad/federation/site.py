@@ -53,8 +53,8 @@ from fedad.federation.site_data import (
 )
 from fedad.federation.site_files import save_site
 from fedad.federation.uploads import uploads_for
-from fedad.refinements import NONE, refinement_for
 from fedad.refinements.base import SiteInputs, SiteOutcome
+from fedad.refinements.registry import NONE, refinement_for
 
 log = logging.getLogger("fedad")
 EXCHANGE_STATE = "exchange."  # prefix of the exchange's part of a site's state
@@ -191,8 +191,8 @@ def train(run: SiteRound, envelope: Envelope, store: StateStore) -> Reply:
 
 
 def refine(run: SiteRound, node: NodeData, summary, scores, held) -> SiteOutcome | None:
-    """The run's refinement (``refine=<name>``, :mod:`fedad.refinements`) of the site's test
-    maps at its final evaluation; ``None`` without one."""
+    """The run's refinement (``refine=<name>``, :mod:`fedad.refinements.registry`) of the
+    site's test maps at its final evaluation; ``None`` without one."""
     refinement = refinement_for(run.cfg)
     if refinement is None:
         return None

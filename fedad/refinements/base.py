@@ -4,10 +4,10 @@ config section, what it does at a site's final evaluation and on new images
 (``fedad-predict``), and which of its metrics the server averages over sites. The engine
 (:mod:`fedad.federation.site`, :mod:`fedad.federation.server`,
 :mod:`fedad.federation.predict`) names no refinement: it asks the registry
-(:mod:`fedad.refinements`) for the run's ``refine``.
+(:mod:`fedad.refinements.registry`) for the run's ``refine``.
 
 Add a refinement: a folder ``fedad/refinements/<name>/`` with a subclass of
-:class:`Refinement`, one line in :data:`fedad.refinements.REFINEMENTS` (or a plugin module
+:class:`Refinement`, one line in :data:`fedad.refinements.registry.REFINEMENTS` (or a plugin module
 named in ``plugins`` that adds it).
 """
 

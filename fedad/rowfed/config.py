@@ -1,12 +1,37 @@
-"""RowFed's settings (:class:`RowFedConfig`): the fusion and sparsity penalties, ADMM's
-``rho``, participation and the start; shared by the solver (:mod:`fedad.rowfed.admm`), each
-client's own fit (:mod:`fedad.rowfed.local`) and the baselines."""
+"""RowFed's settings, its one config: :class:`RowFedSettings` (the fusion and sparsity
+penalties and ADMM's ``rho``, which the exchange's section
+:class:`fedad.exchanges.config.RowFedExchangeConfig` extends) and :class:`RowFedConfig`
+(the solver run alone: participation and the start too), shared by the solver
+(:mod:`fedad.rowfed.admm`), each client's own fit (:mod:`fedad.rowfed.local`) and the
+baselines. Plain dataclasses: layer 0 of the package."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedad.config.schema import RowFedSettings
+from fedad.config.fields import choice
+
+
+@dataclass
+class RowFedSettings:
+    """RowFed's fusion and sparsity (seed 000's second abstract, on FPFC's linearised
+    ADMM): the one set of its settings and their defaults, for the exchange
+    (:class:`fedad.exchanges.config.RowFedExchangeConfig`) and for the solver run alone
+    (:class:`RowFedConfig`, which adds its own rounds and steps).
+    FPFC's synthetic-scale values (``fusion_lam=0.6``, ``sparsity_lam=0.05``) are a
+    preset, :func:`fpfc`."""
+
+    fusion: str = choice("row", "matrix", "entry")  # SROF's rows | the baselines' groups
+    fusion_penalty: str = choice("scad", "mcp", "l1")
+    # a priori: a tenth of an identity projection row's norm (FPFC's 0.6 is for its
+    # synthetic scale; a benchmark chooses on validation)
+    fusion_lam: float = 0.1
+    sparsity_penalty: str = choice("scad", "mcp", "l1")
+    sparsity_lam: float = 0.0  # within-row sparsity (0: none, a priori for a head)
+    a: float = 3.7  # SCAD's a (MCP's gamma)
+    rho: float = 1.0  # FPFC's
+    cluster_tol: float = 0.1  # ||theta_j|| below it: two sites share row j (FPFC's)
+
 
 FUSIONS = ("row", "matrix", "entry")
 INITS = ("nonfed", "zero")
@@ -15,7 +40,7 @@ INITS = ("nonfed", "zero")
 @dataclass
 class RowFedConfig(RowFedSettings):
     """The solver run alone (benchmarks, baselines): the fusion and sparsity of
-    :class:`~fedad.config.schema.RowFedSettings`, with their one set of defaults, plus
+    :class:`RowFedSettings`, with their one set of defaults, plus
     what the exchange takes from ``train.*``."""
 
     participation: float = 1.0  # pi: each client joins a round with this probability

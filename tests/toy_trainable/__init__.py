@@ -4,7 +4,7 @@ folder (the detector's config section included: config.py), and one registry lin
 fedad/config/schema.py, clients/, server/ or the engine changes."""
 
 from fedad.detectors.registry import DETECTORS
-from fedad.exchanges import EXCHANGES
+from fedad.exchanges.registry import EXCHANGES
 
 DETECTORS["toyae"] = "tests.toy_trainable.detector:ToyAE"
 EXCHANGES["toypersonal"] = "tests.toy_trainable.personal:ToyPersonal"

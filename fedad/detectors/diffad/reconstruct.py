@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from fedad.config.schema import DiffADConfig
+from fedad.detectors.diffad.config import DiffADConfig
 from fedad.diffusion.gradient_denoise import Objective, gradient_denoise
 from fedad.features.levels import Levels
 

@@ -1,12 +1,5 @@
-"""FedDyMem (Chen et al.): projection, memory generator, metric loss, memory-reduce."""
-
-from fedad.detectors.feddymem.client import FedDyMemClient
-from fedad.detectors.feddymem.detector import FedDyMem
-from fedad.detectors.feddymem.generator import MemoryGenerator
-from fedad.detectors.feddymem.head import FedDyMemHead
-from fedad.detectors.feddymem.loss import metric_loss
-from fedad.detectors.feddymem.projection import Projection
-from fedad.detectors.feddymem.reduce import MemoryReducer, memory_reduce
-
-__all__ = ["FedDyMem", "FedDyMemClient", "FedDyMemHead", "MemoryGenerator", "MemoryReducer",
-           "Projection", "memory_reduce", "metric_loss"]
+"""FedDyMem (Chen et al.): projection (:mod:`.projection`), memory generator
+(:mod:`.generator`), metric loss (:mod:`.loss`), memory-reduce (:mod:`.reduce`), the head
+(:mod:`.head`), the site's training (:mod:`.client`), the detector on the contract
+(:mod:`.detector`) and its config section (:mod:`.config`). Nothing is imported here, so the
+config section loads without the networks."""

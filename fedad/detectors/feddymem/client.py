@@ -17,8 +17,9 @@ from fedad.components.maps import anomaly_maps, image_scores, patch_scores
 from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_arrays
 from fedad.components.rows import as_rows
 from fedad.components.training import OptimSpec, TrainHooks, build_optimizer, step
-from fedad.config.schema import FedDyMemConfig, HeadConfig, ScoreConfig, TrainConfig
+from fedad.config.schema import ScoreConfig, TrainConfig
 from fedad.detectors.base import Scores
+from fedad.detectors.feddymem.config import FedDyMemConfig, HeadConfig
 from fedad.detectors.feddymem.head import FedDyMemHead
 from fedad.detectors.feddymem.loss import bank_spacing, metric_loss, positions, repulsive_loss
 from fedad.detectors.feddymem.reduce import MemoryReducer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedad.config.schema import HeadConfig
+from fedad.detectors.feddymem.config import HeadConfig
 from fedad.detectors.feddymem.generator import MemoryGenerator
 from fedad.detectors.feddymem.projection import Projection
 from fedad.errors import ConfigError

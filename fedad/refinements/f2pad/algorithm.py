@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from fedad.config.schema import F2PADConfig
 from fedad.detectors.base import Detector
 from fedad.features.extractor import FeatureExtractor
+from fedad.refinements.f2pad.config import F2PADConfig
 from fedad.refinements.f2pad.feature_loss import crops, feature_loss
 from fedad.refinements.f2pad.init import initial_normal
 from fedad.refinements.f2pad.losses import objective

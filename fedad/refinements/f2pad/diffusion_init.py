@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedad.config.schema import DiffADConfig
 from fedad.detectors.base import Detector, FeatureShape
 from fedad.detectors.capabilities import Reconstructs, describe
+from fedad.detectors.diffad.config import DiffADConfig
 from fedad.detectors.registry import client_seed, create, detector_class
 from fedad.errors import ConfigError
 from fedad.evaluation.saved_site import load_run_config, load_site

@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from fedad.config.schema import F2PADConfig
 from fedad.detectors.base import Detector
 from fedad.detectors.capabilities import PositionalGaussian
 from fedad.errors import ConfigError
@@ -30,6 +29,7 @@ from fedad.refinements.f2pad.algorithm import (
     Units,
     refine_image,
 )
+from fedad.refinements.f2pad.config import F2PADConfig
 from fedad.refinements.f2pad.prior import PixelPrior, fit_pixel_prior, sample_pixels
 
 log = logging.getLogger("fedad")

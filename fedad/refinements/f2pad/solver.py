@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from adan_pytorch import Adan
 
-from fedad.config.schema import F2PADConfig
+from fedad.refinements.f2pad.config import F2PADConfig
 from fedad.refinements.f2pad.sharing import shared_direction, sharing_weights
 from fedad.refinements.f2pad.step import clipped, step_sizes
 
