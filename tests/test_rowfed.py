@@ -116,6 +116,44 @@ def test_no_fusion_is_nonfed_and_a_huge_fusion_shares_every_row():
     assert np.abs(shared.b - alone).max() > 0.5  # and not anyone's own
 
 
+@pytest.mark.parametrize("fusion", ["matrix", "entry"])
+def test_a_fused_baseline_fuses_at_the_grids_largest_weight(fusion):
+    """The matrix- and entry-wise baselines move away from NonFed's fits: before the fusion
+    weight was scaled by the group's size (:func:`fedad.rowfed.admm.group_weight`), a
+    whole matrix's difference lay beyond SCAD's ``a * lambda`` at every weight of the
+    benchmark's grid and the matrix baseline stopped after one round with NonFed's fit."""
+    from fedad.rowfed.admm import group_weight, solve
+    from fedad.rowfed.baselines import nonfed
+    from fedad.rowfed.config import fpfc
+
+    assert group_weight("row", 12, 2) == 1.0
+    assert group_weight("matrix", 12, 2) == pytest.approx(12 ** 0.5)
+    assert group_weight("entry", 12, 2) == pytest.approx(2 ** -0.5)
+    # the benchmark's kind of problem: every row splits the clients its own way, so every
+    # two clients' matrices differ by far more than SCAD's a * lambda at lambda 1.2 (4.4)
+    from fedad.rowfed.problem import Client
+
+    rng = np.random.default_rng(0)
+    m, p, q = 4, 12, 2
+    truth = np.zeros((m, p, q))
+    for j in range(p):
+        a = rng.normal(size=q)
+        a *= 2 / np.linalg.norm(a)
+        side = rng.permutation(m) < m // 2
+        truth[side, j], truth[~side, j] = a, -a
+    clients = []
+    for k in range(m):
+        x = rng.normal(size=(60, p))
+        clients.append(Client(x, x @ truth[k] + 0.1 * rng.normal(size=(60, q))))
+    assert min(np.linalg.norm(truth[i] - truth[k]) for i in range(m)
+               for k in range(i + 1, m)) > 3.7 * 1.2 * 2
+    cfg = fpfc(fusion=fusion, fusion_lam=1.2, sparsity_lam=0.05, rounds=300)
+    alone = nonfed(clients, cfg)
+    state = solve(clients, cfg, tol=1e-6)
+    assert len(state.history) > 1, "stopped after one round"
+    assert np.abs(state.b - alone).max() > 1e-2, "NonFed's fits, unfused"
+
+
 def test_the_admm_starts_from_each_clients_own_fit_or_from_zero():
     from fedad.rowfed.admm import initial_state, solve
     from fedad.rowfed.baselines import nonfed
