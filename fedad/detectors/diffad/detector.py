@@ -301,7 +301,9 @@ class DiffAD(Detector, Budgeted, Reconstructs):
         self.net.eval()
         feats, kls = [], []
         b = self.cfg.train.batch_size
-        for start in range(0, len(features), b):
+        batches = range(0, len(features), b)
+        for start in progress(batches, len(batches), f"diffad maps of {len(features)} images",
+                              every=30.0):
             x = to_net(features[start:start + b].to(self.device).float(), size)
             x0 = levels.to_unit(x)
             target = self._standardise(level_targets(levels(x), (cells, cells)))
