@@ -124,18 +124,13 @@ def build_sites(cfg, federated: bool, work: Path) -> tuple[list[Site], dict]:
     engine (:func:`benchmarks._resumable.run_row`: each site fits its detector, the server
     validates and merges the uploads; a finished run in ``work`` is read back)."""
     one = replace(cfg, exchange="summary", train=replace(cfg.train, rounds=1))
-    if federated:
-        run_cfg, folder = resolve(replace(one, num_clients=5)), work / f"{cfg.detector}-federated"
-    else:
-        run_cfg = resolve(centralized_config(one))
-        folder = work / f"{cfg.detector}-centralized"
-    run_row(run_cfg, folder)
-    if not federated:
-        sites = [Site(cfg, 0, 1, None, folder)]
-    else:
-        nodes = partition_nodes(replace(cfg, num_clients=5))
-        sites = [Site(cfg, node.site, 5, node.indices, folder) for node in nodes]
-    return sites, load_summary(folder)
+    folder = work / f"{cfg.detector}-{'federated' if federated else 'centralized'}"
+    run_row(resolve(replace(one, num_clients=5) if federated else centralized_config(one)),
+            folder)
+    parts = [(node.site, 5, node.indices)
+             for node in partition_nodes(replace(cfg, num_clients=5))] if federated \
+        else [(0, 1, None)]
+    return [Site(cfg, *part, folder) for part in parts], load_summary(folder)
 
 
 def figure(path: Path, image, gt, base_map, mask, normal, units, title: str) -> None:

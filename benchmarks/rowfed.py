@@ -337,12 +337,11 @@ def markdown(payload: dict) -> str:
               "value):", "", "| method | fusion_lam chosen | at edge | sparsity_lam chosen | "
               "at edge |", "|---|---|---|---|---|"]
     for method, rs in payload["synthetic"].items():
-        cells = []
-        for key, grid in (("fusion_lam", FUSION_GRID), ("sparsity_lam", SPARSITY_GRID)):
-            got = [r[key] for r in rs if key in r]
-            if method not in FUSION and key == "fusion_lam":
-                cells += ["-", "-"]
-                continue
+        fused = method in FUSION  # NonFed and FedAvg tune the sparsity alone
+        cells = [] if fused else ["-", "-"]
+        grids = [("fusion_lam", FUSION_GRID)] if fused else []
+        for key, grid in [*grids, ("sparsity_lam", SPARSITY_GRID)]:
+            got = [r[key] for r in rs]
             cells += [", ".join(f"{v:g}" for v in got),
                       f"{sum(v == grid[0] for v in got)} / {sum(v == grid[-1] for v in got)}"]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
