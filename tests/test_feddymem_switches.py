@@ -138,6 +138,8 @@ def test_set_bank_switches_are_checked():
         _set_detector(aggregation="average")
     with pytest.raises(ConfigError, match="feddymem.aggregation must be one of"):
         _set_detector(aggregation="mean")
+    with pytest.raises(ConfigError, match=r"feddymem.anchor = -1.0: must be >= 0"):
+        _set_detector(anchor=-1.0)
 
 
 def test_relative_threshold_leaves_patches_within_the_bank_spacing_alone():
@@ -166,3 +168,74 @@ def test_identity_init_starts_the_head_as_the_activated_features():
     assert torch.allclose(head(x), torch.nn.functional.leaky_relu(x, 0.2), atol=1e-6)
     with pytest.raises(ConfigError, match="head.init"):
         FedDyMemHead(8, HeadConfig(init="zeros"))
+
+
+def test_initial_target_keeps_the_round_0_global_bank_for_training_and_scoring():
+    feats = torch.randn(6, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    sites = []
+    for seed in (0, 1):
+        cfg = RunConfig()
+        cfg.feddymem.target = "initial"
+        sites.append(FedDyMem(cfg, FeatureShape(8, 4, 4), seed=seed))
+    for det in sites:
+        det.fit(feats, None, 0)
+    first = sites[0].merge([d.summarize(0) for d in sites], 0)
+    for det in sites:
+        before = [p.detach().clone() for p in det.module().parameters()]
+        det.fit(feats, first, 1)
+        assert np.array_equal(det.summarize(1)["bank"], first["bank"])  # not reduced again
+        assert any(not torch.equal(a, b) for a, b in zip(before, det.module().parameters(),
+                                                         strict=True))  # but trained
+    merged = sites[0].merge([d.summarize(1) for d in sites], 1)
+    assert np.array_equal(merged["bank"], first["bank"])
+    # the paper's default rebuilds the bank from the trained heads
+    paper = FedDyMem(RunConfig(), FeatureShape(8, 4, 4), seed=0)
+    paper.fit(feats, None, 0)
+    paper.fit(feats, first, 1)
+    assert not np.array_equal(paper.summarize(1)["bank"], first["bank"])
+
+
+def test_squared_distance_is_cfas_form_of_both_terms():
+    from fedad.detectors.feddymem.loss import metric_loss
+
+    feats = torch.tensor([[3.0, 4.0]])
+    bank = torch.zeros(2, 2)
+    idx = torch.tensor([[0]])
+    assert float(metric_loss(feats, bank, idx, 1.0)) == pytest.approx(4.0)  # 5 - 1
+    assert float(metric_loss(feats, bank, idx, 1.0, squared=True)) == pytest.approx(24.0)
+    assert float(repulsive_loss(feats, bank, idx, 6.0, squared=True)) == pytest.approx(11.0)
+    assert float(repulsive_loss(feats, bank, idx, 6.0)) == pytest.approx(1.0)
+
+
+def test_anchor_holds_the_head_near_its_start():
+    from fedad.config.schema import TrainConfig
+    from fedad.detectors.feddymem.client import FedDyMemClient
+    from fedad.detectors.feddymem.config import FedDyMemConfig, HeadConfig
+
+    feats = torch.randn(8, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    bank = torch.zeros(4, 4, 8)  # every feature far from the bank: Eq. 12 pulls hard
+    moved = {}
+    for anchor in (0.0, 100.0):
+        client = FedDyMemClient(8, HeadConfig(), TrainConfig(batch_size=4, lr=1e-2), seed=0,
+                                memory=FedDyMemConfig(anchor=anchor))
+        with torch.no_grad():
+            start = client.head(feats)
+        client.train_epochs(feats, bank, epochs=5)
+        with torch.no_grad():
+            moved[anchor] = float((client.head(feats) - start).square().mean())
+        # a client rebuilt from its seed (a Flower round) anchors to the same start
+        again = FedDyMemClient(8, HeadConfig(), TrainConfig(), seed=0,
+                               memory=FedDyMemConfig(anchor=anchor))
+        if anchor:
+            assert torch.equal(again.start(feats), start)
+    assert moved[100.0] < 0.2 * moved[0.0]
+
+
+def test_generator_paths_sum_to_its_output():
+    from fedad.detectors.feddymem.generator import MemoryGenerator
+
+    gen = MemoryGenerator(8, grid_size=4, phi_hidden=16)
+    x = torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(3))
+    grid, p_hat = gen.paths(x)
+    assert torch.allclose(grid + p_hat + gen.out.bias[:, None, None], gen(x), atol=1e-5)
+    assert grid.abs().sum() > 0 and p_hat.abs().sum() > 0

@@ -8,6 +8,7 @@ Everything runs on precomputed frozen features ``(N, C, H, W)`` (see
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import torch
@@ -21,7 +22,13 @@ from fedad.config.schema import ScoreConfig, TrainConfig
 from fedad.detectors.base import Scores
 from fedad.detectors.feddymem.config import FedDyMemConfig, HeadConfig
 from fedad.detectors.feddymem.head import FedDyMemHead
-from fedad.detectors.feddymem.loss import bank_spacing, metric_loss, positions, repulsive_loss
+from fedad.detectors.feddymem.loss import (
+    anchor_loss,
+    bank_spacing,
+    metric_loss,
+    positions,
+    repulsive_loss,
+)
 from fedad.detectors.feddymem.reduce import MemoryReducer
 from fedad.detectors.feddymem.set_reduce import set_reduce
 from fedad.errors import ConfigError
@@ -46,6 +53,11 @@ class FedDyMemClient:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.head = FedDyMemHead(channels, self.head_cfg).to(self.device)
+        # feddymem.anchor: the head as drawn (the same draw whenever the site rebuilds it
+        # from its seed), frozen, for Eq. 12's added pull toward the start
+        self.start: FedDyMemHead | None = None
+        if self.mem_cfg.anchor > 0:
+            self.start = copy.deepcopy(self.head).eval().requires_grad_(False)
         self.spec = OptimSpec(self.train_cfg.optimizer, self.train_cfg.lr)
         self.optimizer = (build_optimizer(self.head.parameters(), self.spec)
                           if self.head.trainable else None)
@@ -106,7 +118,8 @@ class FedDyMemClient:
                      epochs: int | None = None, hooks: TrainHooks | None = None,
                      ) -> list[float]:
         """E epochs of the optimiser on the metric loss (Eq. 12) against ``bank``; mean loss
-        per epoch (of Eq. 12 alone). A head with nothing to train (both ablation switches
+        per epoch (Eq. 12 plus the switched-on terms beyond the paper: repulsion, anchor;
+        not an exchange's own terms). A head with nothing to train (both ablation switches
         off) is skipped.
 
         ``hooks`` are a weight exchange's changes to each step (FedProx's proximal term,
@@ -127,6 +140,7 @@ class FedDyMemClient:
         margin = cfg.repulsion_margin * spacing
         if cfg.threshold_scale > 0:
             th = cfg.threshold_scale * spacing
+        squared = cfg.distance == "squared"
         has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in self.head.modules())
         losses = []
         self.last_steps = 0
@@ -142,10 +156,14 @@ class FedDyMemClient:
                 feats = positions(self.head(x))
                 _, nn_idx = index.search(feats.detach(), k + j)
                 nn_idx = nn_idx.to(self.device)
-                loss = metric_loss(feats, bank_feats, nn_idx[:, :k], th)
+                loss = metric_loss(feats, bank_feats, nn_idx[:, :k], th, squared)
                 if j:
-                    loss = loss + cfg.repulsion * repulsive_loss(feats, bank_feats,
-                                                                 nn_idx[:, k:], margin)
+                    loss = loss + cfg.repulsion * repulsive_loss(
+                        feats, bank_feats, nn_idx[:, k:], margin, squared)
+                if self.start is not None:
+                    with torch.no_grad():
+                        start = positions(self.start(x))
+                    loss = loss + cfg.anchor * anchor_loss(feats, start)
                 step(self.head, self.optimizer, loss, hooks)
                 self.last_steps += 1
                 total += float(loss.detach()) * len(idx)

@@ -51,6 +51,17 @@ class FedDyMemConfig:
     repulsion_j: int = 3
     repulsion_margin: float = 1.0
     kmeans_init: str = choice("positional", "kmeans++", "random")  # feddymem/aggregate.py
+    # Beyond the paper (benchmarks/feddymem_head.py's switches, all off by default):
+    # target: what Eq. 12 pulls toward after round 0: global (Alg. 5, the bank M^{t-1}
+    # rebuilt every round from the heads' own outputs) | initial (CFA's reading: the round-0
+    # global bank M^0, kept for training and scoring; sites upload it unchanged)
+    target: str = choice("global", "initial")
+    # distance: euclidean (Eq. 12: ||m - m'||_2 - th) | squared (CFA: ||m - m'||^2 - th^2,
+    # the repulsive term likewise)
+    distance: str = choice("euclidean", "squared")
+    # >0: anchor * mean ||M - M_0||^2 added to the loss, M_0 the memory features of the
+    # head as the site drew it (its round-0 weights), so training refines the start
+    anchor: float = 0.0
 
 
 # moved from ``train`` to ``feddymem``: old run configs (config.json, run_config.toml,

@@ -80,6 +80,12 @@ class FedDyMem(Detector, PrivateRelease, Differentiable, ShiftedRepresentation, 
         if cfg.feddymem.aggregation == "average" and cfg.feddymem.reduce != "positional":
             raise ConfigError(f"feddymem.aggregation=average averages positions; a set bank "
                               f"(feddymem.reduce={cfg.feddymem.reduce}) has none")
+        mem = cfg.feddymem
+        weights = {"anchor": mem.anchor, "repulsion": mem.repulsion,
+                   "threshold_scale": mem.threshold_scale}
+        negative = [f"feddymem.{k} = {v}" for k, v in weights.items() if v < 0]
+        if negative:
+            raise ConfigError(f"{', '.join(negative)}: must be >= 0 (0: off)")
         self.bank: torch.Tensor | None = None
         # a weight exchange: the client's own bank is kept (state) and rounds counted
         self.own_bank: torch.Tensor | None = None
@@ -99,6 +105,11 @@ class FedDyMem(Detector, PrivateRelease, Differentiable, ShiftedRepresentation, 
     def positional(self) -> bool:
         """The paper's ``(H, W, C)`` bank (``feddymem.reduce=positional``), else a set bank."""
         return self.cfg.feddymem.reduce == "positional"
+
+    @property
+    def fixed_target(self) -> bool:
+        """``feddymem.target=initial``: the first bank is kept for training and scoring."""
+        return self.cfg.feddymem.target == "initial"
 
     @property
     def bank_shape(self) -> tuple[int, ...]:
@@ -187,7 +198,8 @@ class FedDyMem(Detector, PrivateRelease, Differentiable, ShiftedRepresentation, 
         head, then train against it with the exchange's ``hooks``."""
         t = time.perf_counter()
         if global_summary is None and round_t > 0:
-            self.own_bank = self._reduce(features, self.own_bank, self.own_rounds)
+            if self.own_bank is None or not self.fixed_target:
+                self.own_bank = self._reduce(features, self.own_bank, self.own_rounds)
             sec_reduce = time.perf_counter() - t
             t = time.perf_counter()
             self.client.use_optimizer(self.optim_spec("head", hooks))
@@ -204,7 +216,9 @@ class FedDyMem(Detector, PrivateRelease, Differentiable, ShiftedRepresentation, 
         losses = self.client.train_epochs(features, previous)
         sec_train = time.perf_counter() - t
         t = time.perf_counter()
-        self.bank = self._reduce(features, previous, round_t)
+        # feddymem.target=initial: the round-0 global bank stays the bank (CFA's reading)
+        self.bank = (previous if self.fixed_target
+                     else self._reduce(features, previous, round_t))
         return FitInfo(losses[-1] if losses else 0.0,
                        {"train": sec_train, "reduce": time.perf_counter() - t},
                        notes=self._budget_notes())
@@ -270,9 +284,14 @@ class FedDyMem(Detector, PrivateRelease, Differentiable, ShiftedRepresentation, 
         """Alg. 3: K-means of the ``N*H*W`` uploaded features into ``H*W`` centres (set
         banks: ``N*K`` into ``K``, seeded k-means++ since positions mean nothing there);
         ``average`` (Table III's ablation) or ``coreset`` (greedy coreset of the union,
-        beyond the paper) by ``feddymem.aggregation``."""
+        beyond the paper) by ``feddymem.aggregation``. With ``feddymem.target=initial``
+        every round after the first returns the bank the sites kept (their median)."""
         banks = [torch.from_numpy(np.asarray(s[BANK], dtype=np.float32)) for s in summaries]
         train, mem = self.cfg.train, self.cfg.feddymem
+        if self.fixed_target and round_t > 0 and len({b.shape for b in banks}) == 1:
+            # every site uploads the kept global bank unchanged: the element-wise median
+            # returns it exactly, and no minority of sites can move it
+            return {BANK: np.ascontiguousarray(torch.stack(banks).median(0).values.numpy())}
         seed = train.seed + round_t
         rows = torch.cat([as_rows(b) for b in banks])
         size = min(int(np.prod(self.bank_shape[:-1])), rows.shape[0])  # set banks: <= K

@@ -73,6 +73,17 @@ class MemoryGenerator(nn.Module):
         sampled = sample_grid(self.grid, coords)
         return self.out(torch.cat([sampled, p_hat], dim=1))
 
+    def paths(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output's two terms without the bias, ``(W_O O, W_P P_hat)``, each
+        ``(B, C, H, W)``: what the sampled grid and what ``P_hat`` contribute to ``M``
+        (their sum plus the bias is :meth:`forward`); the grid path's share is a collapse
+        measure (benchmarks/feddymem_head.py)."""
+        c = self.grid.shape[0]
+        p_hat = self.coordconv(projected)
+        sampled = sample_grid(self.grid, self.phi(p_hat).permute(0, 2, 3, 1))
+        w = self.out.weight
+        return (F.conv2d(sampled, w[:, :c]), F.conv2d(p_hat, w[:, c:]))
+
     @torch.no_grad()
     def identity_(self) -> MemoryGenerator:
         """Start as ``M = P``: CoordConv passes ``P`` through (coordinate weights 0) and the

@@ -23,8 +23,10 @@ def metric_loss(
     bank: torch.Tensor,
     neighbour_idx: torch.Tensor,
     threshold: float = 0.01,
+    squared: bool = False,
 ) -> torch.Tensor:
-    """Eq. 12 averaged over every patch and neighbour.
+    """Eq. 12 averaged over every patch and neighbour (``squared``: CFA's form,
+    ``max(0, ||m_hw - m'_k||^2 - th^2)``, beyond the paper: ``feddymem.distance=squared``).
 
     Args:
         features: ``(N, C)`` patch features ``m_hw`` (with gradient).
@@ -33,12 +35,15 @@ def metric_loss(
         threshold: ``th``: distances below it cost nothing (mitigates overfitting).
     """
     neighbours = bank[neighbour_idx]  # (N, K, C)
-    dist = torch.linalg.vector_norm(features[:, None, :] - neighbours, dim=-1)
+    diff = features[:, None, :] - neighbours
+    if squared:
+        return torch.clamp(diff.square().sum(-1) - threshold ** 2, min=0.0).mean()
+    dist = torch.linalg.vector_norm(diff, dim=-1)
     return torch.clamp(dist - threshold, min=0.0).mean()
 
 
 def repulsive_loss(features: torch.Tensor, bank: torch.Tensor, negative_idx: torch.Tensor,
-                   margin: float) -> torch.Tensor:
+                   margin: float, squared: bool = False) -> torch.Tensor:
     """CFA's repulsive term (Lee et al. 2022, Eq. 5), beyond the paper: a switch
     (``feddymem.repulsion``) against the head collapsing every patch, anomalous ones included,
     onto the bank.
@@ -47,11 +52,20 @@ def repulsive_loss(features: torch.Tensor, bank: torch.Tensor, negative_idx: tor
     ``K+1..K+J`` nearest to each patch (``negative_idx``, ``(N, J)``): a patch may sit within
     ``th`` of its ``K`` nearest features (Eq. 12) but must keep the next ``J`` at least
     ``margin`` away, so the bank's neighbourhoods stay distinct. Zero when every negative
-    is beyond the margin.
+    is beyond the margin. ``squared``: ``max(0, margin^2 - ||m_hw - m'_j||^2)`` (CFA's form).
     """
     negatives = bank[negative_idx]  # (N, J, C)
-    dist = torch.linalg.vector_norm(features[:, None, :] - negatives, dim=-1)
+    diff = features[:, None, :] - negatives
+    if squared:
+        return torch.clamp(margin ** 2 - diff.square().sum(-1), min=0.0).mean()
+    dist = torch.linalg.vector_norm(diff, dim=-1)
     return torch.clamp(margin - dist, min=0.0).mean()
+
+
+def anchor_loss(memory: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """``mean_hw ||m_hw - m0_hw||^2``: how far the head's memory features ``(N, C)`` moved
+    from those of the head as drawn, ``start`` (beyond the paper: ``feddymem.anchor``)."""
+    return (memory - start).square().sum(-1).mean()
 
 
 def bank_spacing(bank: torch.Tensor, sample: int = 4096, seed: int = 0) -> float:
