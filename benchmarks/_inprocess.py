@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -155,3 +156,43 @@ def validation_only(cfg: RunConfig) -> dict:
         raise ValueError("no client holds a validation split (calibration.holdout > 0)")
     return {**out, "losses": [r["train"]["loss"]["mean"] for r in server.history],
             "seconds": time.perf_counter() - t0}
+
+
+def run_measured(cfg: RunConfig, measure: Callable[[Server, InProcess, int], dict] | None = None
+                 ) -> dict:
+    """One federated run for studies of training itself (``feddymem_head.py``): after every
+    round the validation split and ``measure(server, transport, round)`` (what the study
+    reads from the states the sites hold, e.g. collapse measures on a sample of the test
+    set); round 0 (the untrained start) included. The round kept is the one of best
+    validation score, earliest on ties, as in :func:`run_in_process`; only that round is
+    scored on the whole test set, once."""
+    t0 = time.perf_counter()
+    transport, server = _federation(cfg)
+    history: list[dict] = []
+    best = None
+
+    def on_round(record: dict) -> None:
+        nonlocal best
+        ev = record["evaluate"]
+        if ev is None:  # round 0 (the untrained head's bank): the loop does not evaluate it
+            ev = evaluate_round(server, transport, record["round"], {"test": False})
+        if ev is None or not any("val_i_auroc" in v for v in ev["per_client"].values()):
+            raise ValueError("no client holds a validation split (calibration.holdout > 0)")
+        rec = {"round": record["round"], "loss": record["train"]["loss"].get("mean", 0.0),
+               "seconds": record["train"].get("seconds-client-sum", {}),
+               **_validation(ev["per_client"])}
+        if measure is not None:
+            rec["measures"] = measure(server, transport, record["round"])
+        history.append(rec)
+        log.info("round %d/%d: loss %.4f, validation %.4f", rec["round"], server.last_round,
+                 rec["loss"], rec["val_score"])
+        if best is None or rec["val_score"] > best[0]:
+            best = (rec["val_score"], keep_round(server, transport, rec["round"]))
+
+    server.run(transport, {"test": False}, on_round)
+    restore_round(server, transport, best[1])
+    return {"history": history, "chosen_round": best[1].round, "last_round": server.last_round,
+            "test": _test(server, transport, best[1].round),
+            "upload_bytes_per_client": int(max(r["bytes"]["received_per_client"]
+                                               for r in server.history)),
+            "wall": time.perf_counter() - t0}
