@@ -64,10 +64,14 @@ def _federation(cfg: RunConfig) -> tuple[InProcess, Server]:
     return transport, Server(cfg, transport.keys)
 
 
-def run_in_process(cfg: RunConfig, pixels: bool = True, also_last: bool = True) -> dict:
-    """One federated run; returns per-round losses and validation scores, the chosen
-    round, its test metrics (and the last round's when it differs and ``also_last``).
-    ``pixels`` is kept for callers: pixel metrics are reported when the data has masks."""
+def run_in_process(cfg: RunConfig, pixels: bool = True, also_last: bool = True,
+                   measure: Callable[[Server, InProcess, int], dict] | None = None) -> dict:
+    """One federated run; returns per-round losses and validation scores (round 0, the
+    untrained start, included), the chosen round, its test metrics (and the last round's
+    when it differs and ``also_last``). ``measure(server, transport, round)``, when given,
+    adds to each round's record what a study reads from the states the sites hold (e.g.
+    ``feddymem_head.py``'s collapse measures). ``pixels`` is kept for callers: pixel
+    metrics are reported when the data has masks."""
     t0 = time.perf_counter()
     transport, server = _federation(cfg)
     history, best = [], None
@@ -75,10 +79,14 @@ def run_in_process(cfg: RunConfig, pixels: bool = True, also_last: bool = True) 
     def on_round(record: dict) -> None:
         nonlocal best
         ev = record["evaluate"]
+        if ev is None:  # round 0 (e.g. FedDyMem's first bank): the loop does not evaluate it
+            ev = evaluate_round(server, transport, record["round"], {"test": False})
         if ev is None or not any("val_i_auroc" in v for v in ev["per_client"].values()):
             raise ValueError("no client holds a validation split (calibration.holdout > 0)")
         rec = {"round": record["round"], "loss": record["train"]["loss"].get("mean", 0.0),
                **_validation(ev["per_client"])}
+        if measure is not None:
+            rec["measures"] = measure(server, transport, record["round"])
         history.append(rec)
         log.info("round %d/%d: loss %.4f, validation I-AUROC %.4f, P-AUROC %.4f",
                  rec["round"], server.last_round, rec["loss"], rec["val_i_auroc"],
@@ -157,42 +165,3 @@ def validation_only(cfg: RunConfig) -> dict:
     return {**out, "losses": [r["train"]["loss"]["mean"] for r in server.history],
             "seconds": time.perf_counter() - t0}
 
-
-def run_measured(cfg: RunConfig, measure: Callable[[Server, InProcess, int], dict] | None = None
-                 ) -> dict:
-    """One federated run for studies of training itself (``feddymem_head.py``): after every
-    round the validation split and ``measure(server, transport, round)`` (what the study
-    reads from the states the sites hold, e.g. collapse measures on a sample of the test
-    set); round 0 (the untrained start) included. The round kept is the one of best
-    validation score, earliest on ties, as in :func:`run_in_process`; only that round is
-    scored on the whole test set, once."""
-    t0 = time.perf_counter()
-    transport, server = _federation(cfg)
-    history: list[dict] = []
-    best = None
-
-    def on_round(record: dict) -> None:
-        nonlocal best
-        ev = record["evaluate"]
-        if ev is None:  # round 0 (the untrained head's bank): the loop does not evaluate it
-            ev = evaluate_round(server, transport, record["round"], {"test": False})
-        if ev is None or not any("val_i_auroc" in v for v in ev["per_client"].values()):
-            raise ValueError("no client holds a validation split (calibration.holdout > 0)")
-        rec = {"round": record["round"], "loss": record["train"]["loss"].get("mean", 0.0),
-               "seconds": record["train"].get("seconds-client-sum", {}),
-               **_validation(ev["per_client"])}
-        if measure is not None:
-            rec["measures"] = measure(server, transport, record["round"])
-        history.append(rec)
-        log.info("round %d/%d: loss %.4f, validation %.4f", rec["round"], server.last_round,
-                 rec["loss"], rec["val_score"])
-        if best is None or rec["val_score"] > best[0]:
-            best = (rec["val_score"], keep_round(server, transport, rec["round"]))
-
-    server.run(transport, {"test": False}, on_round)
-    restore_round(server, transport, best[1])
-    return {"history": history, "chosen_round": best[1].round, "last_round": server.last_round,
-            "test": _test(server, transport, best[1].round),
-            "upload_bytes_per_client": int(max(r["bytes"]["received_per_client"]
-                                               for r in server.history)),
-            "wall": time.perf_counter() - t0}

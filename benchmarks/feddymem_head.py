@@ -6,7 +6,7 @@ makes the detector worse (issue 53), each a switch fixed before any number was r
         [key=value ...]
 
 Every experiment is a federated run (5 sites, Dirichlet alpha 0.1 over MTD's product
-types, partition seed 0; 224 px, Lite0; in one process, ``_inprocess.run_measured``: the
+types, partition seed 0; 224 px, Lite0; in one process, ``_inprocess.run_in_process``: the
 same sites, messages and aggregation as a Flower run). After every round it records the
 validation split's scores (held-out normals and one synthetic defect each: what choices
 are made on), the mean training loss and, read from each site's head and the bank it
@@ -54,7 +54,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, command_line, machine, write_results  # noqa: E402
-from _inprocess import run_measured  # noqa: E402
+from _inprocess import run_in_process  # noqa: E402
 from feddymem_ablation import SET_BASE  # noqa: E402
 
 from fedad.cli.overrides import compose  # noqa: E402
@@ -187,7 +187,7 @@ def run_one(work: Path, name: str, base: list[str], overrides: list[str], seed: 
         if done.get("overrides") == every:  # the same run: reuse it
             return done
     log.info("== %s (seed %d): %s", name, seed, " ".join(overrides) or "(defaults)")
-    r = run_measured(compose(every), measures)
+    r = run_in_process(compose(every), also_last=False, measure=measures)
     r["overrides"] = every
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(r, indent=1))
