@@ -75,6 +75,31 @@ def test_fedphp_uploads_the_local_model_and_scores_with_the_inherited_one():
         torch.testing.assert_close(v, expect)
 
 
+def test_fedphp_mixes_batchnorm_statistics_with_the_weights_they_belong_to():
+    cfg, server, (site, *_) = pair("fedphp", **{"head.batch_norm": True})
+    x = features(5, 0, SHAPE)
+    glob = {k: torch.from_numpy(np.array(v)) for k, v in server.payload(0, 1)[WEIGHTS].items()}
+    stats = [k for k in glob if k.endswith(("running_mean", "running_var"))]
+    assert stats  # the head has BatchNorm
+    state: dict = {}
+    up, _ = site.fit(x, server.payload(0, 1), 1, state)
+    local = {k: torch.from_numpy(np.array(v)) for k, v in up[WEIGHTS].items()}
+    mu = cfg.fedphp.mu * 1 / cfg.train.rounds
+    now = site.detector.module().state_dict()
+    for k in stats:
+        assert not torch.equal(local[k], glob[k])  # training moved the statistics
+        torch.testing.assert_close(now[k], (1 - mu) * local[k] + mu * glob[k])
+        torch.testing.assert_close(state[f"fedphp.private.{k}"], now[k])
+    # round 2: the private model's statistics come from the site's state, not the global
+    kept = {k: now[k].clone() for k in stats}
+    up2, _ = site.fit(x, server.payload(0, 2), 2, state)
+    mu2 = cfg.fedphp.mu * 2 / cfg.train.rounds
+    after = site.detector.module().state_dict()
+    for k in stats:
+        expect = (1 - mu2) * torch.from_numpy(np.array(up2[WEIGHTS][k])) + mu2 * kept[k]
+        torch.testing.assert_close(after[k], expect)
+
+
 def test_fedphp_with_lam_zero_trains_as_fedavg_does():
     _, server, (a, *_) = pair("fedphp", **{"fedphp.lam": 0.0})
     _, other, (b, *_) = pair("fedavg")

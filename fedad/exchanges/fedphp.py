@@ -12,8 +12,11 @@ A site's round (round ``t`` of ``T``):
    step); in round 1, before any inheritance, the private model is the received global;
 2. it uploads the trained weights (averaged by the server as FedAvg's);
 3. the private model inherits them: ``private <- (1 - mu_t) * local + mu_t * private``,
-   ``mu_t = mu * t / T`` (parameters; buffers such as BatchNorm statistics are the local
-   model's).
+   ``mu_t = mu * t / T``, of the parameters and, with the same weights, of the floating
+   buffers (BatchNorm's running mean and variance), so the private model's normalisation
+   statistics match its weights (PFLlib mixes parameters only and leaves the local
+   model's statistics under the mixed weights); integer buffers (BatchNorm's batch count)
+   are the local model's.
 
 A site scores with its private model (the personalised one the method is named after;
 PFLlib's evaluation scores the local model just trained, kept as ``fedphp.score_with=local``).
@@ -40,8 +43,15 @@ PRIVATE = "fedphp.private."  # site-state prefix of the private model's paramete
 
 def inherit(local: dict[str, torch.Tensor], private: dict[str, torch.Tensor],
             mu: float) -> dict[str, torch.Tensor]:
-    """``(1 - mu) * local + mu * private`` of every parameter."""
+    """``(1 - mu) * local + mu * private`` of every entry of ``local``."""
     return {k: (1 - mu) * local[k] + mu * private[k] for k in local}
+
+
+def mixed_keys(module: torch.nn.Module) -> list[str]:
+    """The state entries the private model inherits: every parameter and every floating
+    buffer (BatchNorm's running statistics, mixed with the weights they normalise for)."""
+    return ([k for k, _ in module.named_parameters()]
+            + [k for k, b in module.named_buffers() if b.is_floating_point()])
 
 
 class FedPHPExchange(WeightExchange):
@@ -72,10 +82,12 @@ class FedPHPExchange(WeightExchange):
         module = self.detector.module()
         self.load_weights(payload[WEIGHTS])
         private = copy.deepcopy(module).eval().requires_grad_(False)
-        names = [k for k, _ in module.named_parameters()]
+        names = mixed_keys(module)
         if any(PRIVATE + k in site_state for k in names):  # inherited in an earlier round
+            # (a state saved before buffers were inherited holds parameters only)
             private.load_state_dict({**private.state_dict(),
-                                     **{k: site_state[PRIVATE + k] for k in names}})
+                                     **{k: site_state[PRIVATE + k] for k in names
+                                        if PRIVATE + k in site_state}})
         part = self.detector.representation()
         private_part = private.get_submodule(part_name(self.detector))
         draw = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + round_t)
@@ -98,11 +110,12 @@ class FedPHPExchange(WeightExchange):
             info = self.detector.fit(features, None, round_t, TrainHooks(objective=objective))
         upload = {WEIGHTS: self.module_weights(self.round_keys(round_t))}
         mu_t = c.mu * round_t / max(self.cfg.train.rounds, 1)
-        local = {k: v.detach().clone() for k, v in module.named_parameters()}
-        mine = inherit(local, dict(private.named_parameters()), mu_t)
+        state, kept = module.state_dict(), private.state_dict()
+        mine = inherit({k: state[k].detach().clone() for k in names},
+                       {k: kept[k] for k in names}, mu_t)
         site_state.update({PRIVATE + k: v.detach().cpu().clone() for k, v in mine.items()})
         if c.score_with == "private":
             with torch.no_grad():
-                for k, p in module.named_parameters():
-                    p.copy_(mine[k])
+                for k in names:
+                    state[k].copy_(mine[k])
         return upload, info
