@@ -286,9 +286,12 @@ def test_score_flags_an_outlier_patch_and_caches_the_inverse():
     assert scores.maps.shape == (4, 16, 16) and scores.image.shape == (4,)
     assert int(scores.image.argmax()) == 2
     assert float(scores.image[2]) > 2 * float(scores.image[[0, 1, 3]].max())
-    assert det.inversions == 1
+    assert det.inversions == 1 and det.fingerprints == 1
+    for _ in range(3):  # the same arrays again (every call of fedad-predict): no new hash
+        det.score(test[:1], dict(merged), image_size=16)
+    assert det.inversions == 1 and det.fingerprints == 1
     again = det.score(test, {k: v.copy() for k, v in merged.items()}, image_size=16)
-    assert det.inversions == 1  # same contents: no second inversion
+    assert det.inversions == 1 and det.fingerprints == 2  # same contents: no new inversion
     assert torch.equal(again.image, scores.image)
     other = det.merge([merged, merged], 1)
     det.score(test, other, image_size=16)
