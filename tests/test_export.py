@@ -70,7 +70,7 @@ def test_onnxruntime_scores_equal_pytorchs(runs, tmp_path: Path, capsys, detecto
         assert m > 4 and not _by_bank(onnx.load(model), m) and _blocks(onnx.load(model), 4)
 
     # the reference: fedad-predict's own path (faiss k-NN for PatchCore)
-    preds, maps, _ = predict(run, folder, 0, device="cpu")
+    preds, maps, _, _ = predict(run, folder, 0, device="cpu")
     ref = np.array([p.score for p in preds])
     assert np.allclose(ref, cal["holdout_scores"], rtol=1e-4)  # the held-out images
     x = load_images(sorted(folder.glob("*.png")), 64)
@@ -83,6 +83,22 @@ def test_onnxruntime_scores_equal_pytorchs(runs, tmp_path: Path, capsys, detecto
     want = np.array([p.anomalous for p in preds])
     assert want.any() and not want.all()  # the decision is not trivially constant
     assert np.array_equal(got_flag, want)
+
+
+def test_check_images_takes_skip_bad_as_its_error_suggests(runs, tmp_path: Path, capsys):
+    run, folder = runs["padim"]
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed)
+    (mixed / "broken.png").write_bytes(b"not a png")
+    model = tmp_path / "scorer.onnx"
+    args = [str(run), "--out", str(model), "--check-images", str(mixed), "-q"]
+    assert export_main(args) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "--skip-bad" in err
+    assert export_main([*args, "--skip-bad"]) == 0
+    printed = capsys.readouterr().out
+    assert "check on 10 images" in printed and "1 unreadable image(s) skipped" in printed
+    assert "broken.png" in printed
 
 
 def test_chunked_knn_equals_the_full_search():

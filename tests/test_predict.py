@@ -163,11 +163,31 @@ def test_predict_names_what_is_wrong(tmp_path: Path):
     (folder / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png"):
         predict(run, folder)
-    preds, _, _ = predict(run, folder, skip_bad=True)
+    preds, _, _, skipped = predict(run, folder, skip_bad=True)
     assert [Path(p.path).name for p in preds] == ["ok.png"]
+    assert [Path(b.path).name for b in skipped] == ["broken.png"]
+    assert "broken.png" in skipped[0].error
     with pytest.raises(ConfigError, match="site-3"):
         predict(run, folder, site=3, skip_bad=True)
     assert predict_main([str(tmp_path / "nowhere"), str(folder)]) == 2
+
+
+def test_skip_bad_lists_what_it_skipped_everywhere_it_writes(tmp_path: Path, capsys):
+    run, _, _, paths = make_run(tmp_path, "padim")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(paths[0], folder / "ok.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "pred"
+    assert predict_main([str(run), str(folder), "--skip-bad", "--no-heatmaps",
+                         "--out", str(out)]) == 0
+    console = capsys.readouterr().out
+    assert "1 unreadable image(s) skipped" in console and "broken.png" in console
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [Path(r["path"]).name for r in rows] == ["ok.png", "broken.png"]
+    assert rows[0]["error"] == "" and rows[1]["score"] == "" and "broken.png" in rows[1]["error"]
+    saved = json.loads((out / "predictions.json").read_text())
+    assert saved[1]["score"] is None and "broken.png" in saved[1]["error"]
 
 
 def test_calibration_quantile_is_a_real_score_and_bounds_false_alarms():

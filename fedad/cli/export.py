@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-images", type=Path, default=None, metavar="FOLDER",
                         help="score FOLDER with onnxruntime and with PyTorch and print the "
                         "largest differences of map and score")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="with --check-images: compare on the readable images and list "
+                        "the unreadable ones")
     parser.add_argument("--dynamo", action="store_true",
                         help="use the torch.export-based exporter (opset 18, slower) in "
                         "place of the TorchScript one")
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             from fedad.export.runtime import compare
 
             check = compare(result.model, args.run_dir, args.check_images, args.site,
-                            scorer=scorer)
+                            scorer=scorer, skip_bad=args.skip_bad)
     except FedadError as exc:
         print(f"fedad-export: error: {exc}", file=sys.stderr)
         return 2
@@ -82,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{check.max_map_diff:.3g}, max |score diff| {check.max_score_diff:.3g} "
               f"(scores up to {check.score_scale:.4g}), {check.decisions_differ} "
               "decisions differ")
+        if check.skipped:
+            print(f"{len(check.skipped)} unreadable image(s) skipped:")
+            for b in check.skipped:
+                print(f"  {b.error}")
     return 0
 
 

@@ -4,7 +4,7 @@
     fedad-predict RUN_DIR FOLDER --out predictions/ --no-heatmaps --skip-bad
     fedad-predict DIFFAD_RUN FOLDER --reconstruct --padim-run PADIM_RUN
 
-Writes ``scores.csv`` (path, score, threshold, anomalous), ``predictions.json`` and
+Writes ``scores.csv`` (path, score, threshold, anomalous, error), ``predictions.json`` and
 ``heatmaps/*.png`` to ``--out`` (default ``<run dir>/predict-site<id>``). The threshold is
 the site's own, calibrated on its held-out normal training images
 (``calibration.quantile``, default 0.99: about 1% false alarms on normal images).
@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-heatmaps", action="store_true")
     parser.add_argument("--skip-bad", action="store_true",
-                        help="score the readable images and list the unreadable ones")
+                        help="score the readable images and list the unreadable ones (on "
+                        "the console and, with their errors, in scores.csv and "
+                        "predictions.json)")
     parser.add_argument("--refine", default=None, metavar="NAME",
                         help="pixel-level refinement: "
                         f"{', '.join((NONE, *REFINEMENTS))} or one a plug-in of the run "
@@ -61,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         scorer = site_scorer(args.run_dir, args.site, resolve_device(args.device))
         if args.reconstruct:  # refused before any image is scored
             check_reconstruction(scorer, args.padim_run)
-        preds, maps, dataset = predict(args.run_dir, args.folder, args.site, args.device,
-                                       args.skip_bad, scorer=scorer)
+        preds, maps, dataset, skipped = predict(args.run_dir, args.folder, args.site,
+                                                args.device, args.skip_bad, scorer=scorer)
         refined = refine_predictions(args.run_dir, dataset, maps, args.site, args.device,
                                      scorer=scorer, how=args.refine)
         recon = reconstruct_predictions(scorer, dataset, args.padim_run, args.device) \
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         out = write_predictions(preds, maps, dataset,
                                 args.out or args.run_dir / f"predict-site{args.site}",
                                 heatmaps=not args.no_heatmaps, refined=refined,
-                                reconstructed=recon)
+                                reconstructed=recon, skipped=skipped)
     except FedadError as exc:
         print(f"fedad-predict: error: {exc}", file=sys.stderr)
         return 2
@@ -79,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(preds)} images scored; "
           + (f"{flagged} above the site's threshold {thr:.4g}" if thr is not None else
              "no threshold (the site held out no normal images: calibration.holdout=0)"))
+    if skipped:
+        print(f"{len(skipped)} unreadable image(s) skipped (listed with their error in "
+              "scores.csv and predictions.json):")
+        for b in skipped:
+            print(f"  {b.error}")
     print(f"results: {out}")
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from fedad.data.dataset import AnomalyDataset
 from fedad.data.io import FileSource
 from fedad.data.sample import SampleRecord
 from fedad.export.onnx_export import INPUT, require_package
-from fedad.federation.predict import SiteScorer, predict, readable_images
+from fedad.federation.predict import SiteScorer, Skipped, predict, readable_images
 
 log = logging.getLogger("fedad")
 
@@ -69,18 +69,22 @@ class Comparison:
     max_score_diff: float
     score_scale: float
     decisions_differ: int
+    skipped: list[Skipped] = field(default_factory=list)  # unreadable, with --skip-bad
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def compare(model: str | Path, run_dir: str | Path, folder: str | Path, site: int,
-            scorer: SiteScorer | None = None, threads: int | None = None) -> Comparison:
+            scorer: SiteScorer | None = None, threads: int | None = None,
+            skip_bad: bool = False) -> Comparison:
     """Score every image of ``folder`` with the exported ``model`` (onnxruntime) and with
     PyTorch (:func:`~fedad.federation.predict.predict`: the run's own scoring path, faiss
-    k-NN), and compare maps, scores and decisions."""
-    preds, maps, _ = predict(run_dir, folder, site, device="cpu", scorer=scorer)
-    files, _ = readable_images(folder)
+    k-NN), and compare maps, scores and decisions (``skip_bad``: the readable images only;
+    the others are in the result's ``skipped``)."""
+    files, skipped = readable_images(folder, skip_bad)
+    preds, maps, _, _ = predict(run_dir, folder, site, device="cpu", skip_bad=skip_bad,
+                                scorer=scorer)
     size = maps.shape[-1]
     onnx_maps, onnx_scores, onnx_flags = run_onnx(session(model, threads),
                                                   load_images(files, size))
@@ -91,7 +95,8 @@ def compare(model: str | Path, run_dir: str | Path, folder: str | Path, site: in
         max_map_diff=float(np.abs(onnx_maps.astype(np.float64) - maps.double().numpy()).max()),
         max_score_diff=float(np.abs(onnx_scores.astype(np.float64) - ref_scores).max()),
         score_scale=float(np.abs(ref_scores).max()),
-        decisions_differ=int((onnx_flags.astype(bool) != ref_flags).sum()))
+        decisions_differ=int((onnx_flags.astype(bool) != ref_flags).sum()),
+        skipped=skipped)
     log.info("onnxruntime vs PyTorch on %d images: max |map diff| %.3g, max |score diff| %.3g "
              "(scores up to %.4g), %d decisions differ", out.images, out.max_map_diff,
              out.max_score_diff, out.score_scale, out.decisions_differ)

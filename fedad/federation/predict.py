@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,13 +49,22 @@ class Prediction:
     anomalous: bool | None
 
 
-def readable_images(folder: str | Path, skip_bad: bool = False) -> tuple[list[Path], list[str]]:
-    """The image files under ``folder`` (sorted) that can be read, and one line per file
-    that cannot.
+@dataclass
+class Skipped:
+    """An image ``--skip-bad`` left out: its path and why it could not be read."""
+
+    path: str
+    error: str
+
+
+def readable_images(folder: str | Path, skip_bad: bool = False,
+                    flag: str = "--skip-bad") -> tuple[list[Path], list[Skipped]]:
+    """The image files under ``folder`` (sorted) that can be read, and the ones that cannot
+    with their errors.
 
     Raises:
         DataError: no image in the folder, or (unless ``skip_bad``) unreadable files, all
-            of them named.
+            of them named, with the command's ``flag`` that would skip them.
     """
     files = list_images(require_dir(folder, "image folder"))
     if not files:
@@ -65,10 +75,10 @@ def readable_images(folder: str | Path, skip_bad: bool = False) -> tuple[list[Pa
             read_image(f)
             good.append(f)
         except DataError as exc:
-            bad.append(str(exc))
+            bad.append(Skipped(str(f), str(exc)))
     if bad and not skip_bad:
-        raise DataError(f"{len(bad)} unreadable image(s) in {folder} (--skip-bad to score the "
-                        "rest):\n  " + "\n  ".join(bad))
+        raise DataError(f"{len(bad)} unreadable image(s) in {folder} ({flag} to score the "
+                        "rest):\n  " + "\n  ".join(b.error for b in bad))
     return good, bad
 
 
@@ -98,10 +108,11 @@ def site_scorer(run_dir: str | Path, site: int, dev: torch.device) -> SiteScorer
 
 def predict(run_dir: str | Path, folder: str | Path, site: int = 0,
             device: str = "auto", skip_bad: bool = False, scorer: SiteScorer | None = None
-            ) -> tuple[list[Prediction], torch.Tensor, AnomalyDataset]:
+            ) -> tuple[list[Prediction], torch.Tensor, AnomalyDataset, list[Skipped]]:
     """Scores, decisions and anomaly maps ``(N, S, S)`` of every image in ``folder``
-    (``scorer``: the site's, when the caller already built it)."""
-    files, _ = readable_images(folder, skip_bad)
+    (``scorer``: the site's, when the caller already built it), and the images
+    ``skip_bad`` left out with their errors."""
+    files, skipped = readable_images(folder, skip_bad)
     dev = resolve_device(device)
     s = scorer or site_scorer(run_dir, site, dev)
     cfg, info = s.cfg, s.info
@@ -116,7 +127,7 @@ def predict(run_dir: str | Path, folder: str | Path, site: int = 0,
     for path, v in zip(feats.paths, scores.image.tolist(), strict=True):
         flag = None if s.threshold is None else bool(v > s.threshold)
         out.append(Prediction(path, float(v), s.threshold, flag))
-    return out, scores.maps, dataset
+    return out, scores.maps, dataset, skipped
 
 
 def refine_predictions(run_dir: str | Path, dataset: AnomalyDataset, maps: torch.Tensor,
@@ -233,8 +244,10 @@ def write_refined(refined, dataset: AnomalyDataset, out: Path) -> None:
 
 def write_predictions(preds: list[Prediction], maps: torch.Tensor, dataset: AnomalyDataset,
                       out: str | Path, heatmaps: bool = True, refined=None,
-                      reconstructed: torch.Tensor | None = None) -> Path:
-    """``scores.csv`` (path, score, threshold, anomalous), ``predictions.json`` and, with
+                      reconstructed: torch.Tensor | None = None,
+                      skipped: Sequence[Skipped] = ()) -> Path:
+    """``scores.csv`` (path, score, threshold, anomalous, error), ``predictions.json`` (the
+    images ``skipped`` as unreadable are in both, with their error and no score) and, with
     ``heatmaps``, ``heatmaps/<NNN>-<stem>.png`` under ``out``; with ``refined`` (F2PAD)
     also its masks and estimated normal images (:func:`write_refined`), with
     ``reconstructed`` (diffad) its anomaly-free images (:func:`write_reconstructions`)."""
@@ -242,12 +255,16 @@ def write_predictions(preds: list[Prediction], maps: torch.Tensor, dataset: Anom
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scores.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "score", "threshold", "anomalous"])
+        w.writerow(["path", "score", "threshold", "anomalous", "error"])
         for p in preds:
             w.writerow([p.path, repr(p.score), "" if p.threshold is None else
-                        repr(p.threshold), "" if p.anomalous is None else int(p.anomalous)])
-    (out / "predictions.json").write_text(json.dumps([p.__dict__ for p in preds], indent=2)
-                                          + "\n")
+                        repr(p.threshold), "" if p.anomalous is None else int(p.anomalous), ""])
+        for b in skipped:
+            w.writerow([b.path, "", "", "", b.error])
+    rows = [p.__dict__ for p in preds] + [
+        {"path": b.path, "score": None, "threshold": None, "anomalous": None,
+         "error": b.error} for b in skipped]
+    (out / "predictions.json").write_text(json.dumps(rows, indent=2) + "\n")
     if refined is not None:
         write_refined(refined, dataset, out)
     if reconstructed is not None:
