@@ -92,3 +92,44 @@ def test_fedad_sim_and_flwr_run_score_the_textures_at_the_same_size(tmp_path: Pa
     assert sizes == {160}  # dataset.texture_crop
     crop = {**flwr_run, "dataset.texture_crop": 128}
     assert resolve(from_flat(crop)).dataset.image_size == 128
+
+
+@pytest.mark.parametrize(("override", "meant"), [
+    ("num_round=2", "train.rounds"), ("+num_round=2", "train.rounds"),
+    ("num_rounds=3", "train.rounds"), ("train.round=3", "train.rounds"),
+    ("train.batchsize=4", "train.batch_size"), ("local_epochs=2", "train.local_epochs")])
+def test_an_unknown_key_is_answered_with_the_key_meant(override: str, meant: str):
+    from fedad.cli.overrides import compose
+
+    with pytest.raises(ConfigError) as err:
+        compose([override])
+    text = str(err.value)
+    assert f"did you mean {meant}?" in text and "+" not in text.replace(override, "")
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ("train.rounds=-1", "train.rounds=-1 must be >= 0"),
+    ("train.batch_size=0", "train.batch_size=0 must be >= 1"),
+    ("train.local_epochs=0", "train.local_epochs=0 must be >= 1"),
+    ("partition.min_samples=0", "partition.min_samples=0 must be >= 1"),
+    ("dataset.image_size=7", "dataset.image_size=7 must be >= 8"),
+    ("calibration.holdout=1.0", "calibration.holdout=1.0 must be in [0, 1)")])
+def test_impossible_values_are_refused_before_anything_starts(override: str, field: str):
+    from fedad.cli.overrides import compose
+
+    with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        compose([override])
+    compose(["train.rounds=0", "dataset.image_size=0"])  # 0: the detector's / data's own
+
+
+def test_fedad_sim_refuses_an_unknown_key_before_hydra_parses_it(capsys):
+    from fedad.cli.sim import check_argv
+
+    check_argv(["-m", "train.rounds=1,2", "hydra.sweep.dir=x", "backbone=lite1"])  # all known
+    with pytest.raises(SystemExit) as stop:
+        check_argv(["num_round=2", "train.seed=1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "fedad-sim: error: num_round is not a config key; did you mean " \
+                          "train.rounds?"

@@ -15,7 +15,8 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fedad.config.flat import migrated_override
+from fedad.config.flat import migrated_override, to_flat
+from fedad.config.ranges import unknown_key
 from fedad.config.schema import RunConfig
 from fedad.errors import ConfigError
 from fedad.federation.compose import check
@@ -38,6 +39,7 @@ def compose(overrides: Sequence[str] = (), base: RunConfig | None = None) -> Run
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
     overrides = [migrated_override(o) for o in overrides]  # train.reduce= -> feddymem.
+    check_keys(overrides)
     fresh = base is None or base == type(base)()
     if not fresh:
         return check(_refine(base, overrides))
@@ -50,6 +52,37 @@ def compose(overrides: Sequence[str] = (), base: RunConfig | None = None) -> Run
         raise ConfigError(f"overrides {' '.join(overrides)}: {_reason(exc)}") from exc
     assert isinstance(sim, SimConfig)
     return check(sim if isinstance(base, SimConfig) else run_config_of(sim))
+
+
+GROUPS = ("method", "dataset", "partition", "backbone", "variant")  # the folders in conf/
+
+
+def known_keys() -> set[str]:
+    """Every key an override may set: the run config's fields (``fedad-sim``'s included),
+    dotted, and the config groups of ``conf/``."""
+    from fedad.cli.sim import SimConfig
+
+    return {*to_flat(SimConfig()), *GROUPS}
+
+
+def check_keys(overrides: Sequence[str]) -> None:
+    """Refuse overrides of keys the config does not have, with the key meant (``+key=``
+    too: the schema is closed, so Hydra's advice to append would start a default run);
+    Hydra's own keys (``hydra.*``, ``hydra/...``) pass.
+
+    Raises:
+        ConfigError: one line per unknown key.
+    """
+    known, bad = known_keys(), []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key.startswith(("hydra.", "hydra/")) or key == "hydra":
+            continue
+        line = unknown_key(key, known)
+        if line:
+            bad.append(line)
+    if bad:
+        raise ConfigError("; ".join(bad))
 
 
 def _reason(exc: BaseException) -> str:

@@ -165,6 +165,20 @@ def _main(dcfg: DictConfig) -> None:
         sys.exit(code)
 
 
+def check_argv(argv: list[str]) -> None:
+    """Refuse overrides of keys the config does not have before Hydra parses them (Hydra
+    would suggest ``+key=``, which the closed schema then ignores, starting a default
+    run): one line naming the key and the key meant, exit code 2."""
+    from fedad.cli.overrides import check_keys
+
+    try:
+        check_keys([a for a in argv if "=" in a and not a.startswith("-")])
+    except ConfigError as exc:
+        print(f"fedad-sim: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
     exit_on_sigterm()
+    check_argv(sys.argv[1:])
     _main()

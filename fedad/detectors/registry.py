@@ -24,6 +24,7 @@ import torch
 
 from fedad.config.fields import check_choices
 from fedad.config.flat import fill_defaults
+from fedad.config.ranges import check_ranges
 from fedad.config.schema import RunConfig
 from fedad.detectors.base import Detector, FeatureShape
 from fedad.detectors.capabilities import (
@@ -213,6 +214,7 @@ def check(cfg: RunConfig) -> RunConfig:
     from fedad.exchanges.registry import exchange_class
 
     check_choices(cfg)
+    check_ranges(cfg)
     resolved = resolve(copy.deepcopy(cfg))
     # what only the detector knows (asymst: its phases' rounds)
     detector_class(resolved.detector).check_config(resolved)
