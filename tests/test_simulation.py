@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fedad.cli.sim import PROJECT, SimConfig, launch, run_config_of
+from fedad.cli.sim import PROJECT, SimConfig, failure_of, launch, run_config_of
 from fedad.errors import ConfigError
 
 TINY = dict(texture_train_per_type=6, texture_test_normal_per_type=2,
@@ -124,6 +124,11 @@ def test_failed_run_is_detected(tmp_path: Path, capsys):
     out = capsys.readouterr().out
     assert "round 0: 0 valid replies, fewer than min_clients=1" in out
     assert "(partition 0): error reply: fault injection: partition 0 fails in round 0" in out
+    # the reason is kept where fedad-sim's status.json takes it from (not only in Flower's
+    # state and a traceback on the console)
+    reason = failure_of(tmp_path)
+    assert reason and reason.startswith("RuntimeError: round 0: 0 valid replies")
+    assert "fault injection: partition 0 fails in round 0" in reason
 
 
 def test_impossible_partition_fails_before_flower_starts(tmp_path: Path):

@@ -88,10 +88,16 @@ def flwr_run(app_dir: Path, connection: str, run_config: Path, env: dict[str, st
 def run_status(run_id: str, connection: str, env: dict[str, str]) -> str:
     """``finished:completed`` / ``finished:failed`` ... as the SuperLink reports it
     (``flwr run --stream`` exits 0 even when the ServerApp raised)."""
+    return run_record(run_id, connection, env)[0]
+
+
+def run_record(run_id: str, connection: str, env: dict[str, str]) -> tuple[str, str]:
+    """The run's status and Flower's details of it (for a failed run: the exception's
+    message, ``""`` when Flower gives none)."""
     res = subprocess.run(["flwr", "ls", connection, "--run-id", run_id, "--format", "json"],
                          env=env, capture_output=True, text=True, check=False)
     try:
-        runs = json.loads(res.stdout)["runs"]
-        return str(runs[0]["status"])
+        run = json.loads(res.stdout)["runs"][0]
+        return str(run["status"]), str(run.get("status-details") or "")
     except (json.JSONDecodeError, KeyError, IndexError):
-        return f"unknown ({res.stdout.strip()[:200]} {res.stderr.strip()[:200]})"
+        return f"unknown ({res.stdout.strip()[:200]} {res.stderr.strip()[:200]})", ""

@@ -30,14 +30,20 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedad.cli.crash import processes_of
-from fedad.cli.flwr_run import flwr_run, run_status
+from fedad.cli.flwr_run import flwr_run, run_record
 from fedad.cli.processes import exit_on_sigterm
 from fedad.cli.superlink import CONNECTION, LocalSuperLink
 from fedad.config.flat import toml_table
 from fedad.config.schema import RunConfig
 from fedad.data.factory import build_dataset
 from fedad.errors import ConfigError, FedadError
-from fedad.evaluation.run_status import completed_with, write_status
+from fedad.evaluation.run_status import (
+    FAILURE,
+    completed_with,
+    read_failure,
+    write_failure,
+    write_status,
+)
 from fedad.federation.checkpoint import load_server
 from fedad.federation.compose import check
 from fedad.federation.provenance import write_versions
@@ -94,7 +100,9 @@ def show_partition(cfg: RunConfig, out: Path) -> None:
 
 
 def launch(sim: SimConfig, out: Path) -> int:
-    """Run the app once; 0 when Flower reports the run ``finished:completed``."""
+    """Run the app once; 0 when Flower reports the run ``finished:completed``. A failed
+    run's reason (the ServerApp's error, naming the client, file or field; else Flower's
+    details) is logged and kept in ``out/failure.json`` (:func:`failure_of`)."""
     check(sim)  # choice fields, detector x method: before anything starts
     app_dir = Path(sim.app_dir)
     if not (app_dir / "pyproject.toml").is_file():
@@ -112,6 +120,7 @@ def launch(sim: SimConfig, out: Path) -> int:
                               "first (fedad.cli.crash.kill_processes_naming)")
         log.info("resuming %s after round %d", cfg.resume, ckpt["round"])
     out.mkdir(parents=True, exist_ok=True)
+    (out / FAILURE).unlink(missing_ok=True)  # an earlier launch's into the same folder
     write_versions(out, app_dir)
     toml = write_run_config(cfg, out / "run_config.toml")
     show_partition(cfg, out)
@@ -121,17 +130,32 @@ def launch(sim: SimConfig, out: Path) -> int:
                           pending_timeout=cfg.pending_timeout)
         if run_id is None:
             return 1
-        status = run_status(run_id, CONNECTION, link.env)
+        status, details = run_record(run_id, CONNECTION, link.env)
     result = Path(cfg.resume) if cfg.resume else out / f"run-{run_id}"
     if status != "finished:completed":
-        log.error("run %s ended as %s; see %s and %s", run_id, status, out / "superlink.log",
-                  result)
+        reason = read_failure(result, out) or details or f"the run ended as {status}"
+        write_failure(out, RunFailed(reason))
+        log.error("run %s ended as %s: %s", run_id, status, reason)
         return 1
     log.info("run %s completed; results: %s", run_id, result)
     summary = result / "summary.md"
     if summary.is_file():
         print(summary.read_text())
     return 0
+
+
+class RunFailed(FedadError):
+    """A run that Flower reports as not completed, with its reason."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "the run failed"
+
+
+def failure_of(out: Path) -> str | None:
+    """Why the run launched into ``out`` failed (:func:`launch` wrote it), if it did."""
+    text = read_failure(out)
+    prefix = f"{RunFailed.__name__}: "
+    return text[len(prefix):] if text and text.startswith(prefix) else text
 
 
 @hydra.main(version_base=None, config_path=str(PROJECT / "conf"), config_name="config")
@@ -149,7 +173,7 @@ def _main(dcfg: DictConfig) -> None:
         sim: SimConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
         code = launch(sim, out)
         if code:
-            error = f"the run failed; see {out / 'superlink.log'} and {out}/run-*"
+            error = failure_of(out) or f"the run failed; see {out / 'superlink.log'}"
     except FedadError as exc:
         log.error("fedad-sim: %s", exc)
         code, error = 2, str(exc)
@@ -161,6 +185,9 @@ def _main(dcfg: DictConfig) -> None:
     runs = sorted(out.glob("run-*"), key=lambda p: p.stat().st_mtime)
     write_status(out, "failed" if code else "completed", overrides, error,
                  runs[-1] if runs else None)
+    if code == 1 and error:  # once, as the last lines of the console
+        print(f"fedad-sim: run failed: {error}\n  (recorded in {out / 'status.json'})",
+              file=sys.stderr)
     if code and not sweep:
         sys.exit(code)
 

@@ -8,6 +8,34 @@ import os
 from pathlib import Path
 
 STATUS = "status.json"
+FAILURE = "failure.json"  # why a run failed, written where it failed (the ServerApp)
+
+
+def write_failure(folder: Path, exc: BaseException) -> Path | None:
+    """Record why a run stopped (``folder/failure.json``: the exception's type and its
+    message, which names the client, file or field) so the launcher can say it without
+    digging in Flower's state; ``None`` when the folder cannot be written."""
+    path = Path(folder) / FAILURE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"type": type(exc).__name__, "error": str(exc)}, indent=2)
+                       + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        return None
+    return path
+
+
+def read_failure(*folders: Path) -> str | None:
+    """The recorded reason of the first of ``folders`` that holds one."""
+    for folder in folders:
+        try:
+            got = json.loads((Path(folder) / FAILURE).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        return f"{got.get('type', 'Error')}: {got.get('error', '')}"
+    return None
 
 
 def write_status(out: Path, status: str, overrides: list[str], error: str | None = None,
