@@ -97,6 +97,18 @@ def test_report_names_what_is_wrong(tmp_path: Path):
         make_report(tmp_path)
 
 
+def test_a_failed_single_run_is_reported_with_its_reason(tmp_path: Path):
+    from fedad.evaluation.run_status import write_status
+
+    run = tmp_path / "10-00-00"  # what one fedad-sim run leaves when the run failed
+    run.mkdir()
+    write_status(run, "failed", ["train.rounds=2"], "RuntimeError: round 0: 0 valid replies "
+                 "(client node 7 (partition 1): error reply: mask missing: a/b_mask.png)")
+    report = make_report(run)["md"].read_text()
+    assert "## Failed runs" in report and "10-00-00" in report
+    assert "client node 7 (partition 1): error reply: mask missing: a/b_mask.png" in report
+
+
 def test_a_cell_with_one_seed_shows_no_spread():
     from fedad.evaluation.sweep_report import _fmt, _stat
 

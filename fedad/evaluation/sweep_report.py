@@ -244,13 +244,16 @@ def make_report(sweep: str | Path, out: str | Path | None = None) -> dict[str, P
     figures to ``out`` (default ``<sweep>/report``).
 
     Raises:
-        FedadError: ``sweep`` is not a folder or holds no run folders.
+        FedadError: ``sweep`` is not a folder or holds no run folders (one run's folder,
+            with its ``status.json``, is reported as a sweep of one, failed or not).
     """
     sweep = Path(sweep)
     if not sweep.is_dir():
         raise FedadError(f"{sweep}: not a folder (give the sweep folder, e.g. multirun/<date>/"
                          "<time>)")
     jobs = run_folders(sweep)
+    if not jobs and read_status(sweep) is not None:  # one fedad-sim run's folder
+        jobs = [sweep]
     if not jobs:
         raise FedadError(f"{sweep}: no run folders (each run of fedad-sim -m has a .hydra/ "
                          "folder and a status.json)")
