@@ -197,3 +197,50 @@ def test_leftovers_of_a_killed_run_are_found_by_their_flwr_home(tmp_path: Path):
     finally:
         proc.kill()
     assert processes_of(tmp_path) == []
+
+
+def test_a_wrapper_naming_the_run_folder_is_not_taken_for_the_killed_run(tmp_path: Path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "outputs" / "run-1"
+    folder.mkdir(parents=True)
+    code = ("import sys; from fedad.cli.crash import processes_of; "
+            "print(processes_of(sys.argv[1]))")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                              str(folder)])  # a process of the run, not an ancestor
+    try:
+        # `timeout 60 python ... <folder>`: the wrapper names the folder too
+        res = subprocess.run(["timeout", "60", sys.executable, "-c", code, str(folder)],
+                             capture_output=True, text=True, check=True)
+        assert res.stdout.strip() == f"[{other.pid}]"
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_resume_command_names_the_checkpointed_run_and_the_same_overrides(tmp_path: Path):
+    from fedad.cli.sim import resume_command
+
+    out = tmp_path / "10-00-00"
+    (out / "run-7").mkdir(parents=True)
+    assert resume_command(out, ["train.rounds=3"]) is None  # nothing checkpointed yet
+    (out / "run-7" / "checkpoint.pt").write_bytes(b"")
+    assert resume_command(out, ["train.rounds=3", "dataset.root=/a b"]) == (
+        f"fedad-sim resume={out / 'run-7'} train.rounds=3 'dataset.root=/a b'")
+    assert resume_command(out, ["resume=/x/run-1", "train.rounds=3"]) == (
+        "fedad-sim resume=/x/run-1 train.rounds=3")
+
+
+def test_resuming_with_other_settings_names_each_with_both_values():
+    from fedad.config.flat import to_flat
+    from fedad.config.schema import RunConfig
+    from fedad.detectors.registry import resolve
+    from fedad.federation.run import check_resumable
+
+    run = RunConfig()
+    ckpt = {"config": to_flat(resolve(RunConfig())), "round": 1}
+    check_resumable(run, ckpt)  # the same settings
+    run.train.rounds, run.output_dir = 7, "/elsewhere"  # where it writes does not count
+    with pytest.raises(ConfigError, match=r"train.rounds \(run: 10, now: 7\)"):
+        check_resumable(run, ckpt)

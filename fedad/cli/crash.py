@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fedad.cli.processes import alive, descendants
+from fedad.cli.processes import alive, ancestors, descendants
 from fedad.federation.checkpoint import SERVER_FILE
 
 log = logging.getLogger("fedad")
@@ -64,13 +64,16 @@ def kill_tree(root: int) -> int:
 def processes_of(folder: Path) -> list[int]:
     """Processes whose command line or environment names ``folder``: a SuperLink started for
     a run folder and, since they inherit its ``FLWR_HOME``, everything it started. Linux
-    ``/proc`` only (processes of other users are not readable and not listed)."""
+    ``/proc`` only (processes of other users are not readable and not listed). This
+    process and its ancestors are not listed: a wrapper that started it (``timeout 300
+    fedad-sim resume=<run dir>``, a batch script) names the folder too."""
     if not Path("/proc").is_dir():
         return []
     key = str(folder).encode()
     found = []
+    mine = {os.getpid(), *ancestors(os.getpid())}
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        if int(pid) == os.getpid():
+        if int(pid) in mine:
             continue
         try:
             if ((key in Path(f"/proc/{pid}/cmdline").read_bytes()

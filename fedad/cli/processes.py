@@ -44,6 +44,18 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def ancestors(pid: int) -> list[int]:
+    """``pid``'s parent, its parent's parent, ... (Linux ``/proc``; empty elsewhere)."""
+    out = []
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+        out.append(pid)
+    return out
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -18,6 +18,7 @@ In a sweep a failed combination is recorded and the others go on; ``fedad-report
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -44,9 +45,10 @@ from fedad.evaluation.run_status import (
     write_failure,
     write_status,
 )
-from fedad.federation.checkpoint import load_server
+from fedad.federation.checkpoint import SERVER_FILE, load_server
 from fedad.federation.compose import check
 from fedad.federation.provenance import write_versions
+from fedad.federation.run import check_resumable
 from fedad.progress import setup_logging
 
 log = logging.getLogger("fedad")
@@ -118,6 +120,7 @@ def launch(sim: SimConfig, out: Path) -> int:
             raise ConfigError(f"resume: processes of the killed run still run (pids "
                               f"{running[:8]}) and would write into {cfg.resume}; stop them "
                               "first (fedad.cli.crash.kill_processes_naming)")
+        check_resumable(cfg, ckpt)  # before any process or folder is made
         log.info("resuming %s after round %d", cfg.resume, ckpt["round"])
     out.mkdir(parents=True, exist_ok=True)
     (out / FAILURE).unlink(missing_ok=True)  # an earlier launch's into the same folder
@@ -158,6 +161,21 @@ def failure_of(out: Path) -> str | None:
     return text[len(prefix):] if text and text.startswith(prefix) else text
 
 
+def resume_command(out: Path, overrides: list[str]) -> str | None:
+    """The command that resumes the run launched into ``out`` with ``overrides`` (the
+    resumed run's folder when it was itself a resume, else the newest checkpointed
+    ``run-*``); ``None`` when no round was checkpointed."""
+    given = [o for o in overrides if o.startswith("resume=")]
+    folder = Path(given[-1].split("=", 1)[1]) if given else None
+    if folder is None:
+        done = [p.parent for p in out.glob(f"run-*/{SERVER_FILE}")]
+        folder = max(done, key=lambda p: p.stat().st_mtime) if done else None
+    if folder is None:
+        return None
+    rest = [o for o in overrides if not o.startswith("resume=")]
+    return shlex.join(["fedad-sim", f"resume={folder.resolve()}", *rest])
+
+
 @hydra.main(version_base=None, config_path=str(PROJECT / "conf"), config_name="config")
 def _main(dcfg: DictConfig) -> None:
     setup_logging()
@@ -174,6 +192,12 @@ def _main(dcfg: DictConfig) -> None:
         code = launch(sim, out)
         if code:
             error = failure_of(out) or f"the run failed; see {out / 'superlink.log'}"
+    except KeyboardInterrupt:  # Ctrl-C: one line on how to go on, no traceback
+        again = resume_command(out, overrides)
+        write_status(out, "failed", overrides, "interrupted (Ctrl-C)")
+        print("\nfedad-sim: interrupted; " + (f"resume with:\n  {again}" if again else
+              "no round was checkpointed, so run the same command again"), file=sys.stderr)
+        sys.exit(130)
     except FedadError as exc:
         log.error("fedad-sim: %s", exc)
         code, error = 2, str(exc)

@@ -36,13 +36,26 @@ def run_folder(cfg: RunConfig, output_dir: str | Path,
         return (Path(output_dir).expanduser() / f"run-{run_id}").resolve(), None
     out = Path(cfg.resume).expanduser().resolve()
     ckpt = load_server(out)
-    changed = config_changes(ckpt["config"], to_flat(resolve(copy.deepcopy(cfg))),
-                             to_flat(resolve(RunConfig())))
-    if changed:
-        raise ConfigError(f"resume: the run config differs from the checkpointed run's in "
-                          f"{', '.join(changed)}; resume with the same settings")
+    check_resumable(cfg, ckpt)
     log.info("resuming %s after round %d", out, ckpt["round"])
     return out, ckpt
+
+
+def check_resumable(cfg: RunConfig, ckpt: dict) -> None:
+    """Refuse to resume the checkpoint ``ckpt`` with settings other than its run's (what
+    the launcher checks before starting anything, and the server again).
+
+    Raises:
+        ConfigError: naming each setting that differs, with the run's value and the new one.
+    """
+    now = to_flat(resolve(copy.deepcopy(cfg)))
+    changed = config_changes(ckpt["config"], now, to_flat(resolve(RunConfig())))
+    if changed:
+        was = ckpt["config"]
+        raise ConfigError("resume: the run config differs from the checkpointed run's in "
+                          + ", ".join(f"{k} (run: {was.get(k)!r}, now: {now.get(k)!r})"
+                                      for k in changed)
+                          + "; resume with the run's settings (leave those overrides out)")
 
 
 def federate(cfg: RunConfig, transport: Transport, keys: Sequence[int], out: Path,
