@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from fedad.cli.sim import PROJECT, SimConfig, failure_of, launch, run_config_of
-from fedad.errors import ConfigError
+from fedad.errors import BadFilesError, ConfigError, DataError
 
 TINY = dict(texture_train_per_type=6, texture_test_normal_per_type=2,
             texture_test_anomalous_per_type=2, image_size=64)
@@ -129,6 +130,31 @@ def test_failed_run_is_detected(tmp_path: Path, capsys):
     reason = failure_of(tmp_path)
     assert reason and reason.startswith("RuntimeError: round 0: 0 valid replies")
     assert "fault injection: partition 0 fails in round 0" in reason
+
+
+def test_a_bad_file_fails_the_launch_in_seconds_before_flower_starts(tmp_path: Path):
+    from fedad.data.screen import screen_local
+    from tests.test_predict import site_folder
+
+    root = site_folder(tmp_path / "data")
+    sim = tiny_sim(**{"dataset.name": "mvtec", "dataset.root": str(root)})
+    out = tmp_path / "out"
+    mask = sorted(root.glob("*/ground_truth/*/*_mask.png"))[0]
+    kept = mask.read_bytes()
+    mask.unlink()  # a missing mask (the sites found it only after Flower's ~30 s launch)
+    start = time.perf_counter()
+    with pytest.raises(DataError, match="anomalous image without mask"):
+        launch(sim, out)
+    mask.write_bytes(kept)
+    broken = sorted(root.glob("*/train/good/*.png"))[3]
+    broken.write_bytes(b"not a png")  # an image that cannot be decoded
+    with pytest.raises(BadFilesError) as err:
+        launch(sim, out)
+    assert time.perf_counter() - start < 30  # both refused before Flower starts
+    assert str(broken) in str(err.value) and "1 unreadable file(s)" in str(err.value)
+    assert not out.exists()  # nothing made, nothing to clean up
+    sim.dataset.on_bad = "skip"  # the sites skip it and record it: no refusal here
+    screen_local(sim.dataset)
 
 
 def test_impossible_partition_fails_before_flower_starts(tmp_path: Path):

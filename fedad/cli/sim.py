@@ -37,6 +37,7 @@ from fedad.cli.superlink import CONNECTION, LocalSuperLink
 from fedad.config.flat import toml_table
 from fedad.config.schema import RunConfig
 from fedad.data.factory import build_dataset
+from fedad.data.screen import screen_local
 from fedad.errors import ConfigError, FedadError
 from fedad.evaluation.run_status import (
     FAILURE,
@@ -122,6 +123,7 @@ def launch(sim: SimConfig, out: Path) -> int:
                               "first (fedad.cli.crash.kill_processes_naming)")
         check_resumable(cfg, ckpt)  # before any process or folder is made
         log.info("resuming %s after round %d", cfg.resume, ckpt["round"])
+    screen_local(cfg.dataset)  # the sites' data check, in seconds and before any folder
     out.mkdir(parents=True, exist_ok=True)
     (out / FAILURE).unlink(missing_ok=True)  # an earlier launch's into the same folder
     write_versions(out, app_dir)
