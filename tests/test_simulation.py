@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from fedad.cli.flwr_run import FEDAD_LINE
 from fedad.cli.sim import PROJECT, SimConfig, failure_of, launch, run_config_of
 from fedad.errors import BadFilesError, ConfigError, DataError
 
@@ -74,6 +76,28 @@ def test_three_clients_two_rounds_through_flower(three_clients_run: Path):
     assert np.array_equal(np.load(run / "global_summary.npz")["bank"], bank)
 
 
+def test_a_runs_console_holds_fedads_lines_only(three_clients_run: Path):
+    """The real fedad-sim's console (conftest.py keeps it): the partition table, fedad's
+    lines, the summary; no third-party INFO/DEBUG (faiss's loader, httpx, Flower, Ray), no
+    colour codes, no line twice. Those lines are in the run folder's files."""
+    out = three_clients_run.parent
+    lines = (out / "console.txt").read_text().splitlines()
+    fedad = [i for i, ln in enumerate(lines) if FEDAD_LINE.match(ln)]
+    first, last = fedad[0], fedad[-1]
+    assert lines[0].startswith("Training samples per client")  # the partition table
+    assert "completed; results:" in lines[last]
+    assert lines[last + 1].startswith("# feddymem run:")  # then the summary
+    foreign = [ln for ln in lines[first:last + 1] if not FEDAD_LINE.match(ln)]
+    foreign += [ln for ln in lines if "\x1b" in ln or re.search(r"\b(INFO|DEBUG)\b", ln)]
+    assert foreign == [], foreign[:10]
+    stamped = [ln.split(" ", 1)[1] for ln in lines[first:last + 1]]
+    assert len(stamped) == len(set(stamped))  # nothing printed twice
+    flower = (out / "flower.log").read_text()
+    assert "Starting Flower Simulation" in flower and "\x1b" not in flower
+    assert "faiss" in (out / "sim.log").read_text()
+    assert "\x1b" not in (out / "superlink.log").read_text()
+
+
 @pytest.mark.parametrize("detector", ["patchcore", "padim"])
 def test_frozen_feature_detectors_on_the_engine(tmp_path: Path, detector: str):
     """One round is all a frozen-feature detector needs: the run says so, sends each
@@ -123,8 +147,10 @@ def test_failed_run_is_detected(tmp_path: Path, capsys):
     sim = tiny_sim(num_clients=2, faults=["0:raise", "1:raise"])
     assert launch(sim, tmp_path) == 1
     out = capsys.readouterr().out
-    assert "round 0: 0 valid replies, fewer than min_clients=1" in out
+    # the console: fedad's line for each client left out, and no traceback (Flower's,
+    # printed twice before, is in flower.log)
     assert "(partition 0): error reply: fault injection: partition 0 fails in round 0" in out
+    assert "Traceback" not in out and "Traceback" in (tmp_path / "flower.log").read_text()
     # the reason is kept where fedad-sim's status.json takes it from (not only in Flower's
     # state and a traceback on the console)
     reason = failure_of(tmp_path)

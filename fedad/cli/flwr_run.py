@@ -17,6 +17,23 @@ log = logging.getLogger("fedad")
 
 
 WAITING = ("pending", "starting")  # Flower's run states before the ServerApp runs
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Flower colours its console lines
+FEDAD_LINE = re.compile(r"^\d\d:\d\d:\d\d fedad ")  # fedad.progress's format
+
+
+def plain(text: str) -> str:
+    """``text`` without terminal colour codes (what goes into files)."""
+    return ANSI.sub("", text)
+
+
+def strip_ansi_file(path: Path) -> None:
+    """Rewrite a log file without terminal colour codes (nothing if it is not there)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return
+    if ANSI.search(text):
+        path.write_text(plain(text))
 
 
 class PendingWatch:
@@ -60,11 +77,16 @@ class PendingWatch:
 
 
 def flwr_run(app_dir: Path, connection: str, run_config: Path, env: dict[str, str],
-             extra: list[str] = (), pending_timeout: float = 600.0) -> str | None:
-    """``flwr run <app_dir> <connection> --stream --run-config <file>``, its output passed
-    through; returns the run id, or ``None`` when no run started or it stayed pending
-    longer than ``pending_timeout`` seconds (0: wait forever). Flower packs the app from a
-    staged copy of its sources (:mod:`fedad.cli.app_stage`: same FAB, no walk of .venv)."""
+             extra: list[str] = (), pending_timeout: float = 600.0,
+             log_file: Path | None = None, verbose: bool = False) -> str | None:
+    """``flwr run <app_dir> <connection> --stream --run-config <file>``; returns the run id,
+    or ``None`` when no run started or it stayed pending longer than ``pending_timeout``
+    seconds (0: wait forever). Flower packs the app from a staged copy of its sources
+    (:mod:`fedad.cli.app_stage`: same FAB, no walk of .venv).
+
+    Its output (the run's log stream: fedad's lines, Flower's and Ray's) goes, without
+    colour codes, to ``log_file``; the console gets fedad's lines only (all of it with
+    ``verbose`` or without a ``log_file``), each once."""
     args = [connection, "--stream", "--run-config", str(run_config), *extra]
     log.info("launching: flwr run %s %s", app_dir, " ".join(args))
     with staged_app(app_dir) as staged, \
@@ -73,11 +95,23 @@ def flwr_run(app_dir: Path, connection: str, run_config: Path, env: dict[str, st
                              bufsize=1) as proc, \
             PendingWatch(proc, connection, env, pending_timeout) as watch:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            m = re.search(r"started run (\d+)", line)
-            if m:
-                watch.run_id = m.group(1)
+        sink = open(log_file, "a") if log_file is not None else None  # noqa: SIM115
+        try:
+            for line in proc.stdout:
+                clean = plain(line)
+                if sink is not None:
+                    sink.write(clean)
+                    sink.flush()
+                if verbose or sink is None or FEDAD_LINE.match(clean):
+                    sys.stdout.write(line if verbose or sink is None else clean)
+                m = re.search(r"started run (\d+)", clean)
+                if m and watch.run_id is None:
+                    watch.run_id = m.group(1)
+                    log.info("run %s started; Flower's and Ray's lines: %s", watch.run_id,
+                             log_file)
+        finally:
+            if sink is not None:
+                sink.close()
     if watch.stuck:
         return None
     if watch.run_id is None:

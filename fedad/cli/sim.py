@@ -13,11 +13,16 @@ command writes the resolved values to ``run_config.toml`` and hands that file to
 ``versions.json`` (package versions, git commit) and ``status.json`` (completed or failed).
 In a sweep a failed combination is recorded and the others go on; ``fedad-report
 <sweep dir>`` turns the folder into one table.
+
+The console shows fedad's lines only; Flower's and Ray's go to ``flower.log``, third-party
+INFO to ``sim.log`` (beside fedad's lines), both in the run's folder. ``fedad-sim -v``
+shows everything on the console too.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
 from dataclasses import dataclass, fields
@@ -132,7 +137,8 @@ def launch(sim: SimConfig, out: Path) -> int:
     with LocalSuperLink(out / ".flwr", out / "superlink.log") as link:
         run_id = flwr_run(app_dir, CONNECTION, toml, link.env,
                           ["--federation-config", federation_config(sim)],
-                          pending_timeout=cfg.pending_timeout)
+                          pending_timeout=cfg.pending_timeout, log_file=out / "flower.log",
+                          verbose=verbose())
         if run_id is None:
             return 1
         status, details = run_record(run_id, CONNECTION, link.env)
@@ -178,9 +184,29 @@ def resume_command(out: Path, overrides: list[str]) -> str | None:
     return shlex.join(["fedad-sim", f"resume={folder.resolve()}", *rest])
 
 
+VERBOSE = "FEDAD_VERBOSE"  # set by fedad-sim -v: third-party lines on the console too
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE, "") not in ("", "0")
+
+
+def console_setup() -> None:
+    """One logging setup under Hydra: fedad's lines on the console and in the run
+    folder's ``sim.log`` (Hydra's file handler), third-party INFO (faiss's loader, httpx)
+    in ``sim.log`` only (``conf/config.yaml``); ``-v`` brings them back to the console."""
+    setup_logging()
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler) and handler not in log.handlers:
+            log.addHandler(handler)
+        elif isinstance(handler, logging.StreamHandler) and verbose():
+            handler.setLevel(logging.INFO)
+
+
 @hydra.main(version_base=None, config_path=str(PROJECT / "conf"), config_name="config")
 def _main(dcfg: DictConfig) -> None:
-    setup_logging()
+    console_setup()
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
@@ -233,5 +259,9 @@ def check_argv(argv: list[str]) -> None:
 
 def main() -> None:
     exit_on_sigterm()
+    for flag in ("-v", "--verbose"):  # ours, not Hydra's: taken out before Hydra parses
+        while flag in sys.argv[1:]:
+            sys.argv.remove(flag)
+            os.environ[VERBOSE] = "1"
     check_argv(sys.argv[1:])
     _main()

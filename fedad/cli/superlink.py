@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from fedad.cli.connections import Connection, write_connections
+from fedad.cli.flwr_run import strip_ansi_file
 from fedad.cli.processes import ManagedProcess, flower_env, free_port
 
 log = logging.getLogger("fedad")
@@ -48,6 +49,7 @@ class LocalSuperLink:
         if self.proc is not None:
             self.proc.stop()
             self.proc = None
+            strip_ansi_file(self.log_file)  # Flower colours its lines even into a file
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
