@@ -135,10 +135,15 @@ def _validate(types: list[str], num_clients: int, cfg: PartitionConfig) -> int:
     min_size = max(1, int(min_samples))
     n = len(types)
     if n < num_clients * min_size:
+        fixes = []
+        if n // min_size >= 1:
+            fixes.append(f"lower num_clients (to at most {n // min_size})")
+        if n >= num_clients:
+            fixes.append(f"lower partition.min_samples (to at most {n // num_clients})")
+        fixes.append(f"use at least {num_clients * min_size} training images")
         raise ConfigError(
-            f"{n} training samples cannot give each of {num_clients} clients at least "
-            f"{min_size} sample(s); lower num_clients (at most {n // min_size}) or lower "
-            f"partition.min_samples, or use more training data"
+            f"{n} training sample(s) cannot give each of {num_clients} clients at least "
+            f"{min_size} sample(s) (partition.min_samples); " + ", or ".join(fixes)
         )
     return min_size
 

@@ -206,8 +206,12 @@ def test_fewer_samples_than_clients_refused(method):
 
 
 def test_impossible_min_samples_refused():
-    with pytest.raises(ConfigError, match=r"at least 200 sample.*num_clients \(at most 3\)"):
+    with pytest.raises(ConfigError, match=r"at least 200 sample.*num_clients \(to at most 3\)"):
         partition_indices(TYPES6, 5, _cfg(min_samples=200))
+    with pytest.raises(ConfigError) as err:  # one image: no client count can work
+        partition_indices(["a"], 5, _cfg(min_samples=2))
+    assert "at most 0" not in str(err.value)
+    assert str(err.value).endswith("use at least 10 training images")
 
 
 def test_dirichlet_unreachable_min_size_names_fix():
@@ -249,7 +253,7 @@ def test_invalid_config_refused(kwargs, num_clients, pattern):
 
 
 def test_empty_dataset_refused():
-    with pytest.raises(ConfigError, match="0 training samples"):
+    with pytest.raises(ConfigError, match=r"0 training sample\(s\)"):
         partition_indices([], 2, _cfg())
 
 

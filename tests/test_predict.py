@@ -233,3 +233,15 @@ def test_a_toy_refinement_plugs_in_without_touching_the_engine(tmp_path: Path):
     assert predict_main([str(run), str(folder), "--out", str(out), "-q"]) == 0
     masks = sorted((out / "refined").glob("*-mask.png"))
     assert len(masks) == len(list(folder.iterdir())) and ToyThreshold.name == cfg.refine
+
+
+def test_a_negative_site_is_refused_by_name(tmp_path: Path, capsys):
+    from fedad.cli.export import main as export_main
+
+    for main in (predict_main, export_main):
+        args = [str(tmp_path), str(tmp_path)] if main is predict_main else [str(tmp_path)]
+        with pytest.raises(SystemExit) as stop:
+            main([*args, "--site", "-1"])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert "--site must be a site's id, 0 or more (got -1)" in err and "site--1" not in err

@@ -97,3 +97,25 @@ def test_validation_signal_says_when_a_few_images_cannot_rank():
     assert validation_signal(many).informative  # the same mean, 25x the images
     assert validation_signal(many).describe() == "validation i_auroc 0.6000"
     assert validation_signal({"0": {"i_auroc": 0.9}}) is None  # no site holds a split
+
+
+def test_a_site_that_holds_out_nothing_says_it_gets_no_threshold(caplog):
+    import logging
+
+    from fedad.federation.site_data import _client_data
+
+    cfg = RunConfig()
+    cfg.dataset.texture_train_per_type, cfg.dataset.image_size = 1, 32
+    cfg.dataset.texture_test_normal_per_type = cfg.dataset.texture_test_anomalous_per_type = 1
+    train, test = build_dataset(cfg.dataset, "train"), build_dataset(cfg.dataset, "test")
+    one = train.subset([0])  # partition.min_samples=1 can leave a site one image
+    assert len(holdout_split([r.name for r in one.records], 0.1, 0)[1]) == 0
+    fedad = logging.getLogger("fedad")
+    fedad.addHandler(caplog.handler)  # the fedad logger does not propagate
+    try:
+        data = _client_data(cfg, 3, "client 3", one, test)
+    finally:
+        fedad.removeHandler(caplog.handler)
+    assert data.holdout is None and data.validation is None
+    assert "client 3 holds out none of its 1 training image(s)" in caplog.text
+    assert "no threshold" in caplog.text

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                         "place of the TorchScript one")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.site < 0:
+        parser.error(f"--site must be a site's id, 0 or more (got {args.site})")
     setup_logging(not args.quiet)
     out = args.out or args.run_dir / f"export-site{args.site}" / "scorer.onnx"
     try:

@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the reconstruction descends on (same backbone and image size)")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.site < 0:
+        parser.error(f"--site must be a site's id, 0 or more (got {args.site})")
     setup_logging(not args.quiet)
     try:
         scorer = site_scorer(args.run_dir, args.site, resolve_device(args.device))

@@ -98,6 +98,11 @@ def _client_data(cfg: RunConfig, site: int, who: str, train: AnomalyDataset,
                                                                cfg.calibration.synthetic_strength),
                                       device, f"{who} validation features")
         train = train.subset(fit_idx)
+    elif cfg.calibration.holdout > 0:
+        log.warning("%s holds out none of its %d training image(s) (calibration.holdout "
+                    "%g): it gets no threshold (fedad-predict gives scores, no decisions) "
+                    "and no validation split; give it more images (partition.min_samples) "
+                    "or raise calibration.holdout", who, len(train), cfg.calibration.holdout)
     if test is None:
         test_key = _key(cfg, ("dataset", "backbone"))
         if test_key not in _TEST:
