@@ -133,3 +133,18 @@ def test_fedad_sim_refuses_an_unknown_key_before_hydra_parses_it(capsys):
     err = capsys.readouterr().err
     assert err.strip() == "fedad-sim: error: num_round is not a config key; did you mean " \
                           "train.rounds?"
+
+
+def test_a_refused_run_leaves_no_folder_and_one_line(tmp_path: Path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    res = subprocess.run([str(Path(sys.executable).parent / "fedad-sim"), "train.rounds=-1",
+                          f"hydra.run.dir={out}"], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "fedad-sim: error: train.rounds=-1 must be >= 0 (0: the detector's own number of "
+        "rounds)"]
+    assert not out.exists()  # Hydra's run folder was never made

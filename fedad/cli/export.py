@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         require_package("onnx", "fedad-export")
         if args.check_images is not None:
             require_package("onnxruntime", "--check-images")
+            from fedad.federation.predict import readable_images
+
+            readable_images(args.check_images, args.skip_bad)  # refused before the export
         scorer = site_scorer(args.run_dir, args.site, torch.device("cpu"))
         result = export_site(args.run_dir, args.site, out, args.chunk, args.dynamo,
                              scorer=scorer)

@@ -107,17 +107,23 @@ def show_partition(cfg: RunConfig, out: Path) -> None:
                       f"(alpha {cfg.partition.alpha}), {cfg.num_clients} clients")
 
 
-def launch(sim: SimConfig, out: Path) -> int:
-    """Run the app once; 0 when Flower reports the run ``finished:completed``. A failed
-    run's reason (the ServerApp's error, naming the client, file or field; else Flower's
-    details) is logged and kept in ``out/failure.json`` (:func:`failure_of`)."""
-    check(sim)  # choice fields, detector x method: before anything starts
+def preflight(sim: SimConfig, screen: bool = True) -> RunConfig:
+    """Everything knowable before Flower starts, checked without making anything: the
+    config, the app, the run to resume (its settings and its processes), the data (the
+    sites' start-up check where the data is local, ``screen``) and the partition. Returns
+    the run config to launch (``output_dir`` still to set).
+
+    Raises:
+        FedadError: naming the field, file, folder or client.
+    """
+    from partitions import partition_indices
+
+    check(sim)  # choice fields, ranges, detector x method
     app_dir = Path(sim.app_dir)
     if not (app_dir / "pyproject.toml").is_file():
         raise ConfigError(f"app_dir: no pyproject.toml in {app_dir} (fedad-sim runs the app "
                           "from its source tree; install with pip install -e <repo>)")
     cfg = run_config_of(sim)
-    cfg.output_dir = str(out)
     if cfg.resume:  # fail before Flower starts when there is nothing to resume
         cfg.resume = str(Path(cfg.resume).expanduser().resolve())
         ckpt = load_server(cfg.resume)
@@ -126,9 +132,24 @@ def launch(sim: SimConfig, out: Path) -> int:
             raise ConfigError(f"resume: processes of the killed run still run (pids "
                               f"{running[:8]}) and would write into {cfg.resume}; stop them "
                               "first (fedad.cli.crash.kill_processes_naming)")
-        check_resumable(cfg, ckpt)  # before any process or folder is made
-        log.info("resuming %s after round %d", cfg.resume, ckpt["round"])
-    screen_local(cfg.dataset)  # the sites' data check, in seconds and before any folder
+        check_resumable(cfg, ckpt)
+    if screen:
+        screen_local(cfg.dataset)  # the sites' data check, in seconds
+    types = build_dataset(cfg.dataset, "train").product_types
+    partition_indices(types, cfg.num_clients, cfg.partition)  # an impossible split, named
+    return cfg
+
+
+def launch(sim: SimConfig, out: Path, checked: bool = False) -> int:
+    """Run the app once; 0 when Flower reports the run ``finished:completed``. A failed
+    run's reason (the ServerApp's error, naming the client, file or field; else Flower's
+    details) is logged and kept in ``out/failure.json`` (:func:`failure_of`). ``checked``:
+    the caller ran :func:`preflight` on ``sim`` already (its data check is not repeated)."""
+    cfg = preflight(sim, screen=not checked)
+    app_dir = Path(sim.app_dir)
+    cfg.output_dir = str(out)
+    if cfg.resume:
+        log.info("resuming %s after round %d", cfg.resume, load_server(cfg.resume)["round"])
     out.mkdir(parents=True, exist_ok=True)
     (out / FAILURE).unlink(missing_ok=True)  # an earlier launch's into the same folder
     write_versions(out, app_dir)
@@ -217,7 +238,7 @@ def _main(dcfg: DictConfig) -> None:
     error = None
     try:
         sim: SimConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-        code = launch(sim, out)
+        code = launch(sim, out, checked=_PRECHECKED and not sweep)
         if code:
             error = failure_of(out) or f"the run failed; see {out / 'superlink.log'}"
     except KeyboardInterrupt:  # Ctrl-C: one line on how to go on, no traceback
@@ -264,4 +285,28 @@ def main() -> None:
             sys.argv.remove(flag)
             os.environ[VERBOSE] = "1"
     check_argv(sys.argv[1:])
+    precheck(sys.argv[1:])
     _main()
+
+
+_PRECHECKED = False  # main() ran preflight on this process's one run
+
+
+def precheck(argv: list[str]) -> None:
+    """One run (not a sweep): :func:`preflight` on the config the command line composes,
+    before Hydra makes the run's output folder, so a refused run leaves nothing behind:
+    one line naming what is wrong, exit code 2."""
+    global _PRECHECKED
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    flags = [a for a in argv if a.startswith("-")]
+    if flags or any(o.lstrip("+~").startswith("hydra/") for o in overrides):
+        return  # a sweep or Hydra's own options: Hydra composes it, launch checks it
+    from fedad.cli.overrides import compose
+
+    ours = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    try:
+        preflight(compose(ours, base=SimConfig()))
+    except FedadError as exc:
+        print(f"fedad-sim: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    _PRECHECKED = True
