@@ -2,8 +2,8 @@
 makes the detector worse (issue 53), each a switch fixed before any number was read.
 
     python benchmarks/feddymem_head.py --root ../shared/data/mtd [--rounds 3]
-        [--confirm-rounds 6] [--only NAME ...] [--seeds 0] [--work DIR] [--out DIR]
-        [key=value ...]
+        [--confirm-rounds 6] [--only NAME ...] [--seeds 0] [--exchanges NAME ...]
+        [--exchange-seeds 0 1 2] [--work DIR] [--out DIR] [key=value ...]
 
 Every experiment is a federated run (5 sites, Dirichlet alpha 0.1 over MTD's product
 types, partition seed 0; 224 px, Lite0; in one process, ``_inprocess.run_in_process``: the
@@ -33,6 +33,14 @@ The experiments (``EXPERIMENTS``): the paper's pipeline (positional bank, K-mean
 reading) with the paper's pipeline and with the set base of feddymem_ablation.py; one
 site against five; SGD at 0.01 and 0.1 and Adam at 1e-5; an anchor to the head as drawn;
 identity initialisation; CFA's squared distance with its repulsive term.
+
+Two stages follow once validation has chosen a variant (:func:`choose_variant`): the
+confirmation (the variant and its pipeline with the head off, ``--confirm-rounds`` rounds,
+three seeds), and the paper's Table I on that variant (``--exchanges``, the same rounds,
+``--exchange-seeds``): FedDyMem's exchange of banks against the weight exchanges of the
+same head (:data:`EXCHANGES`, :func:`exchange_overrides`), seed-major so an interrupted
+table has every exchange's first seed. ``--only`` with no names skips the experiments and
+reads them from the earlier results.
 
 Finished runs in ``--work`` are reused, so an interrupted benchmark resumes. Writes
 ``<name>.json`` and ``<name>.md`` to ``--out`` (default ``benchmarks/results/``).
@@ -94,6 +102,38 @@ EXPERIMENTS: dict[str, list[str]] = {
 # the head-off run each experiment is compared with (the same pipeline, nothing trained)
 def head_off_of(name: str) -> str:
     return "set, head off" if name.startswith("set") else "paper, head off"
+
+
+# Issue 53 item 3 (the paper's Table I): the chosen variant's head, trained and exchanged
+# by each weight exchange, beside FedDyMem's own exchange of banks ("summary": the
+# confirmation's runs, reused). The head is the variant's, without BatchNorm, except for
+# FedBN, which is defined by the BatchNorm it keeps local (head.batch_norm=true); "summary,
+# BatchNorm" is FedDyMem with that head (what the weight exchanges' head would be if every
+# row had FedBN's). "local" trains each site alone.
+EXCHANGES: dict[str, list[str]] = {
+    "summary": [],
+    "fedavg": ["exchange=fedavg"],
+    "fedprox": ["exchange=fedprox"],
+    "scaffold": ["exchange=scaffold"],
+    "fedbn": ["head.batch_norm=true", "exchange=fedbn"],
+    "fedphp": ["exchange=fedphp"],
+    "apple": ["exchange=apple"],
+    "dbe": ["exchange=dbe"],
+    "local": ["exchange=local"],
+    "summary, BatchNorm": ["head.batch_norm=true", "exchange=summary"],
+}
+DEFAULT_EXCHANGES = [e for e in EXCHANGES if e != "summary, BatchNorm"]
+
+
+def exchange_overrides(variant: list[str], exchange: str) -> list[str]:
+    """The overrides of the chosen variant exchanged by ``exchange``. SCAFFOLD always
+    trains by plain SGD at its own rate (``scaffold.lr``): it gets the variant's rate when
+    the variant trains by SGD, so the two differ only in the control variates."""
+    pairs = dict(item.split("=", 1) for item in variant)
+    out = [*variant, *EXCHANGES[exchange]]
+    if exchange == "scaffold" and pairs.get("train.optimizer") == "sgd" and "train.lr" in pairs:
+        out.append(f"scaffold.lr={pairs['train.lr']}")
+    return out
 
 
 PATCHES = 4096  # training patches per site the measures read
@@ -178,7 +218,11 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def run_one(work: Path, name: str, base: list[str], overrides: list[str], seed: int) -> dict:
+def run_one(work: Path, name: str, base: list[str], overrides: list[str], seed: int,
+            measured: bool = True) -> dict:
+    """One run (reused from ``work`` when it ran with the same overrides); ``measured``:
+    with the collapse measures every round (FedDyMem's shared bank; off for the weight
+    exchanges, which score against banks of their own)."""
     key = f"{slug(name)}-seed{seed}"
     path = work / f"{key}.json"
     every = [*base, *overrides, f"train.seed={seed}"]
@@ -187,7 +231,7 @@ def run_one(work: Path, name: str, base: list[str], overrides: list[str], seed: 
         if done.get("overrides") == every:  # the same run: reuse it
             return done
     log.info("== %s (seed %d): %s", name, seed, " ".join(overrides) or "(defaults)")
-    r = run_in_process(compose(every), also_last=False, measure=measures)
+    r = run_in_process(compose(every), also_last=False, measure=measures if measured else None)
     r["overrides"] = every
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(r, indent=1))
@@ -284,9 +328,12 @@ def markdown(payload: dict) -> str:
               "both the same run's round 0 and the same pipeline with the head off.", "",
               *why, "", f"Chosen: **{chosen or 'none: no experiment trains past both'}**"]
     lines += confirm_markdown(payload.get("confirm"))
+    lines += exchanges_markdown(payload.get("exchanges"), payload.get("confirm"))
     if payload.get("notes"):
         lines += ["", "## Notes", "", *payload["notes"]]
-    lines += ["", f"Command: `{payload['command']}`"]
+    commands = payload.get("commands") or [payload["command"]]
+    lines += ["", "Commands (in order):" if len(commands) > 1 else "Command:",
+              *(f"`{c}`" for c in commands)]
     return "\n".join(lines)
 
 
@@ -321,6 +368,54 @@ def confirm_markdown(confirm: dict | None) -> list[str]:
     return lines
 
 
+def exchanges_markdown(table: dict | None, confirm: dict | None) -> list[str]:
+    """The chosen variant under every exchange (the paper's Table I), over seeds."""
+    if not table or not table.get("runs"):
+        return []
+    lines = ["", f"## The chosen variant under every exchange ({table['rounds']} rounds)", "",
+             f"Variant: {table['variant']}. Each seed keeps the round of its best validation "
+             "score; test on the whole test set, mean ± std over the seeds run (a row with "
+             "fewer seeds than the others is still running). `summary` is FedDyMem's own "
+             "exchange of memory banks (the confirmation's runs); the others exchange the "
+             "head's weights and score each site against a bank of its own. The head has no "
+             "BatchNorm except in the rows `fedbn` (FedBN keeps it local) and `summary, "
+             "BatchNorm`. MB: what a site uploads per round.", "",
+             "| exchange | seeds | rounds kept | validation (kept) | I-AUROC | P-AUROC | PRO "
+             "| MB up / round |", "|---|---|---|---|---|---|---|---|"]
+    means: dict[str, tuple[float, int]] = {}
+    for name, by_seed in table["runs"].items():
+        rs = list(by_seed.values())
+
+        def ms(key: str, rs: list = rs) -> str:
+            v = [r["test"][key] for r in rs if key in r["test"]]
+            return f"{np.mean(v):.4f} ± {np.std(v):.4f}" if v else "-"
+
+        means[name] = (float(np.mean([r["test"]["i_auroc"] for r in rs])), len(rs))
+        val = np.mean([best_validation(r)[0] for r in rs])
+        mb = np.mean([r["upload_bytes_per_client"] for r in rs]) / 1e6
+        lines.append(f"| {name} | {', '.join(by_seed)} | "
+                     f"{', '.join(str(r['chosen_round']) for r in rs)} | {val:.4f} | "
+                     f"{ms('i_auroc')} | {ms('p_auroc')} | {ms('pro')} | {mb:.2f} |")
+    off = (confirm or {}).get("runs", {}).get(head_off_of(table["variant"]))
+    if off:
+        v = [r["test"]["i_auroc"] for r in off.values()]
+        lines += ["", f"The same pipeline with the head off (nothing trained; "
+                  f"seeds {', '.join(off)}): I-AUROC {np.mean(v):.4f} ± {np.std(v):.4f}."]
+    if "summary" in means:
+        own, n = means["summary"]
+        behind = {k: v for k, (v, m) in means.items()
+                  if not k.startswith("summary") and v >= own}
+        done = all(m == n for _, m in means.values())
+        missing = [e for e in DEFAULT_EXCHANGES if e not in means]
+        verdict = ("missed: " + ", ".join(f"{k} {v:.4f}" for k, v in behind.items())
+                   + f" at or above FedDyMem's {own:.4f}" if behind
+                   else f"not decided: no row yet for {', '.join(missing)}" if missing
+                   else "met: FedDyMem ahead of every weight exchange")
+        lines += ["", f"Target (FedDyMem ahead of every weight exchange, I-AUROC): {verdict}"
+                  + ("" if done else " (not every row has every seed yet)") + "."]
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="MTD root (raw layout)")
@@ -334,6 +429,11 @@ def main() -> int:
                         help="rounds of the chosen variant's confirmation, beside its pipeline "
                              "with the head off (0: none)")
     parser.add_argument("--confirm-seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--exchanges", nargs="*", default=DEFAULT_EXCHANGES,
+                        choices=list(EXCHANGES),
+                        help="exchanges of the chosen variant's head (the paper's Table I; "
+                             "none: skip)")
+    parser.add_argument("--exchange-seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("overrides", nargs="*", help="RunConfig overrides for every run")
     args = parser.parse_args()
     setup_logging()
@@ -350,6 +450,11 @@ def main() -> int:
     if out_json.is_file():  # keep what an earlier invocation measured (and its notes)
         old = json.loads(out_json.read_text())
         payload["runs"], payload["notes"] = old.get("runs", {}), old.get("notes", [])
+        payload.update({k: old[k] for k in ("confirm", "exchanges") if k in old})
+        # every invocation that added to these results, oldest first
+        earlier = old.get("commands", [old.get("command")])
+        payload["commands"] = [c for c in earlier if c and c != payload["command"]]
+        payload["commands"].append(payload["command"])
     for name, overrides in EXPERIMENTS.items():
         if args.only is not None and name not in args.only:
             continue
@@ -373,6 +478,25 @@ def main() -> int:
                 r = run_one(args.work / f"confirm-{args.confirm_rounds}", name, base,
                             EXPERIMENTS[name], seed)
                 runs.setdefault(name, {})[str(seed)] = r
+                write_results(args.out, args.name, payload, markdown(payload))
+    if chosen is not None and args.exchanges and args.confirm_rounds > 0:
+        table = payload.setdefault("exchanges", {})
+        if table.get("variant") != chosen or table.get("rounds") != args.confirm_rounds:
+            table.clear()
+        table.update({"variant": chosen, "rounds": args.confirm_rounds})
+        runs = table.setdefault("runs", {})
+        for seed in args.exchange_seeds:  # seed-major: every exchange's first seed first
+            for ex in args.exchanges:
+                if ex == "summary":  # FedDyMem itself: the confirmation's run of the seed
+                    r = run_one(args.work / f"confirm-{args.confirm_rounds}", chosen, base,
+                                EXPERIMENTS[chosen], seed)
+                else:
+                    r = run_one(args.work / f"exchanges-{args.confirm_rounds}", ex, base,
+                                exchange_overrides(EXPERIMENTS[chosen], ex), seed,
+                                measured=False)
+                runs.setdefault(ex, {})[str(seed)] = r
+                table["runs"] = {e: runs[e] for e in EXCHANGES if e in runs}
+                runs = table["runs"]
                 write_results(args.out, args.name, payload, markdown(payload))
     return 0
 

@@ -148,3 +148,21 @@ def test_a_refused_run_leaves_no_folder_and_one_line(tmp_path: Path):
         "fedad-sim: error: train.rounds=-1 must be >= 0 (0: the detector's own number of "
         "rounds)"]
     assert not out.exists()  # Hydra's run folder was never made
+
+
+def test_a_ray_address_without_a_cluster_is_refused_before_launch():
+    import socket
+
+    from fedad.cli.sim import check_ray_address
+
+    with socket.socket() as listening:  # something answers: accepted
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        check_ray_address(f"127.0.0.1:{listening.getsockname()[1]}")
+        free = listening.getsockname()[1]
+    with pytest.raises(ConfigError, match=rf"ray_address=127.0.0.1:{free}: no Ray cluster "
+                                          r"answers there.*ray start --head"):
+        check_ray_address(f"127.0.0.1:{free}")
+    with pytest.raises(ConfigError, match="expected <head host>:<port> or auto"):
+        check_ray_address("headnode")
+    check_ray_address("auto")  # left to Ray

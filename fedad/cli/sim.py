@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import socket
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -68,6 +69,9 @@ class SimConfig(RunConfig):
     client_cpus: int = 1
     client_gpus: float | None = None  # None: share one GPU among the clients if CUDA, else 0
     app_dir: str = str(PROJECT)
+    # a running Ray cluster the simulated clients join ("<head host>:<port>", or "auto": the
+    # one `ray start` started on this machine); None: Flower starts a local one per run
+    ray_address: str | None = None
 
 
 ConfigStore.instance().store(name="run_schema", node=SimConfig)
@@ -133,11 +137,33 @@ def preflight(sim: SimConfig, screen: bool = True) -> RunConfig:
                               f"{running[:8]}) and would write into {cfg.resume}; stop them "
                               "first (fedad.cli.crash.kill_processes_naming)")
         check_resumable(cfg, ckpt)
+    if sim.ray_address:
+        check_ray_address(sim.ray_address)
     if screen:
         screen_local(cfg.dataset)  # the sites' data check, in seconds
     types = build_dataset(cfg.dataset, "train").product_types
     partition_indices(types, cfg.num_clients, cfg.partition)  # an impossible split, named
     return cfg
+
+
+def check_ray_address(address: str) -> None:
+    """Refuse a Ray address where no cluster answers (a TCP connect to its GCS port);
+    ``auto`` is left to Ray (the cluster ``ray start`` recorded on this machine).
+
+    Raises:
+        ConfigError: naming the address and how to start a cluster there.
+    """
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"ray_address={address!r}: expected <head host>:<port> or auto")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"ray_address={address}: no Ray cluster answers there ({exc}); "
+                          "start one with `ray start --head --port <port>` on the head and "
+                          "`ray start --address <head>:<port>` on each worker") from exc
 
 
 def launch(sim: SimConfig, out: Path, checked: bool = False) -> int:
@@ -155,7 +181,11 @@ def launch(sim: SimConfig, out: Path, checked: bool = False) -> int:
     write_versions(out, app_dir)
     toml = write_run_config(cfg, out / "run_config.toml")
     show_partition(cfg, out)
-    with LocalSuperLink(out / ".flwr", out / "superlink.log") as link:
+    link = LocalSuperLink(out / ".flwr", out / "superlink.log")
+    if sim.ray_address:  # Flower's Ray backend calls ray.init(), which joins RAY_ADDRESS
+        link.env["RAY_ADDRESS"] = sim.ray_address
+        log.info("clients join the Ray cluster at %s", sim.ray_address)
+    with link:
         run_id = flwr_run(app_dir, CONNECTION, toml, link.env,
                           ["--federation-config", federation_config(sim)],
                           pending_timeout=cfg.pending_timeout, log_file=out / "flower.log",
