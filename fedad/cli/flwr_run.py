@@ -95,7 +95,7 @@ def flwr_run(app_dir: Path, connection: str, run_config: Path, env: dict[str, st
                              bufsize=1) as proc, \
             PendingWatch(proc, connection, env, pending_timeout) as watch:
         assert proc.stdout is not None
-        sink = open(log_file, "a") if log_file is not None else None  # noqa: SIM115
+        sink = open(log_file, "a") if log_file is not None else None
         try:
             for line in proc.stdout:
                 clean = plain(line)
