@@ -79,7 +79,11 @@ from fedad.federation.site_data import extractor_for, load_client_data  # noqa: 
 from fedad.refinements.f2pad.algorithm import EMPTY, Units  # noqa: E402
 from fedad.refinements.f2pad.config import F2PADConfig  # noqa: E402
 from fedad.refinements.f2pad.refinement import F2PAD, fit_prior  # noqa: E402
-from fedad.refinements.f2pad.site import PRIOR_IMAGES, chosen  # noqa: E402
+from fedad.refinements.f2pad.site import (  # noqa: E402
+    PRIOR_IMAGES,
+    chosen,
+    joined_maps,  # noqa: E402
+)
 from partitions import partition_nodes  # noqa: E402
 
 log = logging.getLogger("fedad")
@@ -248,8 +252,9 @@ def evaluate_set(cfg, sites, summary, images, masks, names, f2cfg, units, with_a
                 figure(picture, images[first], masks[first], base.maps[first],
                        results[first].mask, results[first].normal, units,
                        f"{names[first]} ({cfg.detector}, oracle threshold)")
-        if kind == "oracle":
-            amap = torch.stack([r.amap for r in results])
+        if kind == "oracle":  # ||a|| in the region refined, the base map outside it
+            amap = joined_maps(base.maps, torch.stack([r.amap for r in results]), oracle,
+                               f2cfg.dilation)
             out["f2pad_p_auroc"] = pixel_auroc(amap, masks)
             out["f2pad_pro"] = pro_score(amap, masks)
     if with_ablation and masks is not None:

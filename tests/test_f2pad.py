@@ -24,6 +24,7 @@ from fedad.refinements.f2pad.algorithm import (
     REFINED,
     Units,
     crop_box,
+    dilate,
     refine_image,
 )
 from fedad.refinements.f2pad.config import F2PADConfig
@@ -224,6 +225,27 @@ def test_cut_paste_is_exact_and_seeded():
     square = Shape(np.ones((4, 4), bool), 0.5, 0.5)
     _, mask = paste(img, [square], np.random.default_rng(0), scale=(1.0, 1.0))
     assert mask.sum() == 20 * 25  # half the height and width of the 40x50 image
+
+
+def test_pixel_metrics_read_the_refined_map_inside_the_region_and_the_base_outside():
+    from fedad.evaluation.metrics import pixel_auroc
+    from fedad.refinements.f2pad.site import joined_maps
+
+    base = torch.zeros(1, 12, 12)
+    base[0, 2:4, 2:4] = 5.0  # the base mask at threshold 1: a 2x2 square
+    base[0, 9, 9] = 0.5  # a defect the base detector scores below its threshold
+    refined = torch.zeros(1, 12, 12)
+    refined[0, 3, 3] = 40.0  # ||a|| where the refinement found the anomaly
+    joined = joined_maps(base, refined, 1.0, dilation=1)
+    region = dilate(base[0] >= 1.0, 1)
+    assert torch.equal(joined[0][~region], base[0][~region])  # outside: the base map
+    assert torch.equal(joined[0][region], 1.0 + refined[0][region])  # inside: offset ||a||
+    assert float(joined[0][region].min()) > float(joined[0][~region].max())
+    gt = torch.zeros(1, 12, 12, dtype=torch.bool)
+    gt[0, 3, 3] = gt[0, 9, 9] = True
+    # the miss at (9, 9) keeps its base score above the normal zeros; with the refined map
+    # alone (0 outside the region) it would tie with every normal pixel
+    assert pixel_auroc(joined, gt) > pixel_auroc(refined, gt)
 
 
 def test_refine_f2pad_at_evaluation_and_in_predict(tmp_path):

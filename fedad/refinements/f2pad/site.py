@@ -5,7 +5,8 @@ The base mask ``m0`` is cut at the threshold a site can deploy, calibrated on it
 normals (:func:`~fedad.evaluation.segmentation.calibrated_threshold`); a site that held
 none out refines nothing and says so. With pixel masks the metrics are ``f2pad_iou``,
 ``f2pad_dice`` (and the base mask's ``f2pad_base_iou``, ``f2pad_base_dice``),
-``f2pad_p_auroc``, ``f2pad_pro`` of the ``||a||`` maps; without masks (image-level-only
+``f2pad_p_auroc``, ``f2pad_pro`` of the ``||a||`` maps inside the region refined and the
+base map outside it (:func:`joined_maps`); without masks (image-level-only
 data) only the counts and seconds.
 """
 
@@ -25,7 +26,7 @@ from fedad.evaluation.differentiable import RefinedSet
 from fedad.evaluation.metrics import pixel_auroc, pro_score
 from fedad.evaluation.segmentation import calibrated_threshold, iou_dice
 from fedad.features.extractor import FeatureExtractor
-from fedad.refinements.f2pad.algorithm import DIVERGED, EMPTY, Units
+from fedad.refinements.f2pad.algorithm import DIVERGED, EMPTY, Units, dilate
 from fedad.refinements.f2pad.prior import PixelPrior
 from fedad.refinements.f2pad.refinement import F2PAD, fit_prior
 
@@ -63,6 +64,21 @@ def site_prior(cfg: RunConfig, train: AnomalyDataset, info: dict, site: int) -> 
     return fit_prior(_stack(train, pick), cfg.f2pad, Units.of(info["mean"], info["std"]))
 
 
+def joined_maps(base: torch.Tensor, refined: torch.Tensor, threshold: float,
+                dilation: int) -> torch.Tensor:
+    """The maps F2PAD's pixel metrics read ``(N, S, S)``: inside the region it optimised
+    (the base mask ``base >= threshold`` dilated by ``dilation``) its ``||a||``, offset by
+    ``threshold`` so the region ranks above every pixel outside it, and outside the
+    region the base detector's map (below ``threshold`` there by construction). The
+    refinement only looks inside the region; scoring its map as 0 everywhere else would
+    rank the base detector's misses with its true negatives."""
+    out = base.detach().float().clone()
+    for i in range(len(out)):
+        region = dilate(base[i] >= threshold, dilation)
+        out[i][region] = float(threshold) + refined[i].float()[region]
+    return out
+
+
 def refine_site(cfg: RunConfig, detector: Detector, summary: Mapping[str, np.ndarray],
                 extractor: FeatureExtractor, info: dict, train: AnomalyDataset,
                 test: AnomalyDataset, scores: Scores, holdout_maps: torch.Tensor | None,
@@ -98,10 +114,11 @@ def refine_site(cfg: RunConfig, detector: Detector, summary: Mapping[str, np.nda
     if test.has_masks and all(m is not None for m in masks):
         gt = torch.stack(masks)[:, 0] > 0.5
         if bool(gt.any()) and not bool(gt.all()):
+            joined = joined_maps(scores.maps[idx], out.maps, threshold, f2.dilation)
             base = iou_dice(scores.maps[idx] >= threshold, gt)
             ref = iou_dice(out.masks, gt)
             metrics.update({"f2pad_base_iou": base["iou"], "f2pad_base_dice": base["dice"],
                             "f2pad_iou": ref["iou"], "f2pad_dice": ref["dice"],
-                            "f2pad_p_auroc": pixel_auroc(out.maps, gt),
-                            "f2pad_pro": pro_score(out.maps, gt)})
+                            "f2pad_p_auroc": pixel_auroc(joined, gt),
+                            "f2pad_pro": pro_score(joined, gt)})
     return SiteRefinement(metrics, out, idx, prior, threshold)
