@@ -120,6 +120,7 @@ class Site:
                                    cfg.calibration.seed)
         pick = np.random.default_rng(pid).permutation(fit_idx)[:PRIOR_IMAGES]
         self.train_images = images_of(train, sorted(pick.tolist()))[0]
+        self.train = train.subset(sorted(int(i) for i in fit_idx))  # init=nearest's candidates
         self.detector = site_scorer(run_dir, pid, torch.device("cpu")).detector
 
 
@@ -168,8 +169,15 @@ DEFAULT_INIT = F2PADConfig().init  # rows without an init column were made with 
 
 def reconstructors(cfg, sites, summary, f2cfg, run_dir) -> dict:
     """``f2pad.init=diffusion``: each site's memoised ``x -> reconstruction`` (diffad run
-    ``run_dir``'s same site; the oracle and the calibrated masks share one reconstruction),
-    else ``None`` for every site."""
+    ``run_dir``'s same site; the oracle and the calibrated masks share one reconstruction);
+    ``f2pad.init=nearest``: each site's nearest normal training image; else ``None`` for
+    every site."""
+    if f2cfg.init == "nearest":
+        from fedad.refinements.f2pad.nearest_init import from_dataset
+
+        extractor, _ = extractor_for(cfg)
+        return {s.pid: from_dataset(s.train, extractor, f2cfg.nearest_images,
+                                    f2cfg.seed + s.pid) for s in sites}
     if f2cfg.init != "diffusion":
         return {s.pid: None for s in sites}
     if run_dir is None:

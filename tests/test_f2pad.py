@@ -4,6 +4,7 @@ segmentation metrics (the objective's terms: tests/test_f2pad_terms.py)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,7 +252,9 @@ def test_pixel_metrics_read_the_refined_map_inside_the_region_and_the_base_outsi
 def test_refine_f2pad_at_evaluation_and_in_predict(tmp_path):
     """``refine=f2pad`` on the engine: the site refines its test maps (metrics reported,
     its prior and threshold left in its folder, nothing else travels) and
-    ``fedad-predict`` writes a refined mask and estimated normal image per image."""
+    ``fedad-predict`` writes a refined mask and estimated normal image per image. With
+    ``f2pad.init=nearest`` (the inpainting paths have their own tests): the site's nearest
+    normal images are found at evaluation and again, from their files, in predict."""
     from PIL import Image
 
     from fedad.cli.predict import main as predict_main
@@ -262,13 +265,16 @@ def test_refine_f2pad_at_evaluation_and_in_predict(tmp_path):
     cfg.dataset.name, cfg.dataset.root = "mvtec", str(site_folder(tmp_path / "site"))
     cfg.dataset.image_size = 64
     cfg.calibration.holdout, cfg.calibration.quantile = 0.35, 0.5
-    cfg.f2pad = replace(cfg.f2pad, max_iterations=12, min_iterations=2, images=2)
+    cfg.f2pad = replace(cfg.f2pad, max_iterations=12, min_iterations=2, images=2,
+                        init="nearest", nearest_images=5)
     run = tmp_path / "run-1"
     out = run_centralized(cfg, run)
     assert out["f2pad_refined"] + out["f2pad_empty"] == 2  # the seeded subset
     assert out["f2pad_diverged"] == 0
     assert 0.0 <= out["f2pad_p_auroc"] <= 1.0 and 0.0 <= out["f2pad_iou"] <= 100.0
     assert (run / "site-0" / "f2pad.npz").is_file()
+    with np.load(run / "site-0" / "f2pad-nearest.npz") as z:
+        assert z["keys"].shape[0] == 5 and all(Path(p).is_file() for p in z["paths"])
     new = tmp_path / "new"
     new.mkdir()
     for i, p in enumerate(sorted((tmp_path / "site").rglob("test/*/*.png"))[:2]):
@@ -280,6 +286,37 @@ def test_refine_f2pad_at_evaluation_and_in_predict(tmp_path):
     assert len(masks) == len(normals) == 2
     assert np.asarray(Image.open(masks[0])).shape == (64, 64)
     assert np.asarray(Image.open(normals[0])).shape == (64, 64, 3)
+
+
+def test_nearest_normal_copies_the_masked_pixels_of_the_nearest_training_image(tmp_path):
+    from fedad.data.factory import build_dataset
+    from fedad.refinements.f2pad.init import initial_normal
+    from fedad.refinements.f2pad.nearest_init import (
+        from_dataset,
+        load_candidates,
+        save_candidates,
+    )
+    from tests.test_predict import site_folder
+
+    cfg = RunConfig()
+    cfg.dataset.name, cfg.dataset.root = "mvtec", str(site_folder(tmp_path / "site"))
+    cfg.dataset.image_size = 64
+    extractor, info = extractor_for(cfg)
+    train = build_dataset(cfg.dataset, "train")
+    train.set_normalisation(info["mean"], info["std"])
+    nearest = from_dataset(train, extractor, limit=0, seed=0)
+    assert nearest.keys.shape == (len(train), 176)
+    x = train[7].image.clone()
+    x[:, 20:30, 20:30] += 3.0  # a defect on a training image: its own image is nearest
+    got = nearest(x)
+    assert nearest.last == 7 and torch.equal(got, train[7].image)
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[18:32, 18:32] = True
+    n0 = initial_normal(x, mask, "nearest", got)
+    assert torch.equal(n0[:, mask], got[:, mask]) and torch.equal(n0[:, ~mask], x[:, ~mask])
+    save_candidates(tmp_path / "site-0", nearest)  # what fedad-predict reads back
+    again = load_candidates(tmp_path / "site-0", extractor, 64, info["mean"], info["std"])
+    assert torch.allclose(again(x), got, atol=1e-6) and again.last == 7
 
 
 def test_refine_needs_a_differentiable_detector_and_sane_f2pad_values():

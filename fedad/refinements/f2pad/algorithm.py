@@ -138,8 +138,8 @@ def refine_image(x: torch.Tensor, m0: torch.Tensor, extractor: FeatureExtractor,
                  ) -> Refined:
     """Algorithm 1 on ``x`` ``(3, S, S)`` (backbone-normalised) from its base mask ``m0``
     ``(S, S)`` (bool), against the global ``summary``; ``prior`` in the paper's units.
-    ``reconstructor`` (``f2pad.init=diffusion``): ``x`` -> its anomaly-free image, both
-    backbone-normalised."""
+    ``reconstructor`` (``f2pad.init=diffusion|nearest``): ``x`` -> its anomaly-free image
+    (diffad's, or the nearest normal training image), both backbone-normalised."""
     t = time.perf_counter()
     m0 = m0.bool()
     if not bool(m0.any()):
@@ -148,9 +148,9 @@ def refine_image(x: torch.Tensor, m0: torch.Tensor, extractor: FeatureExtractor,
     size = int(x.shape[-1])
     region_full = dilate(m0, cfg.dilation)
     recon = None
-    if cfg.init == "diffusion":
+    if cfg.init in ("diffusion", "nearest"):
         if reconstructor is None:
-            raise ValueError("f2pad.init=diffusion needs a reconstructor")
+            raise ValueError(f"f2pad.init={cfg.init} needs a reconstructor")
         recon = units.to_paper(reconstructor(x.float()).float())
     n0_full = initial_normal(xp_full, region_full if cfg.inpaint == "region" else m0,
                              cfg.init, recon)

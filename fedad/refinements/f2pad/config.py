@@ -40,9 +40,11 @@ class F2PADConfig:
     mask_threshold: float = 6.0
     # n0: inpainted | x itself (comparison) | diffad's gradient-denoising reconstruction
     # (seed 003's Algorithm 1 on the base detector's score) of a diffad run's model at the
-    # same site, ``diffusion_run``
-    init: str = choice("biharmonic", "input", "diffusion")
+    # same site, ``diffusion_run`` | the masked pixels copied from the site's nearest
+    # normal training image (global backbone descriptor; the MAE's offline substitute 2)
+    init: str = choice("biharmonic", "input", "diffusion", "nearest")
     diffusion_run: str = ""  # init=diffusion: a finished diffad run (same image size)
+    nearest_images: int = 200  # init=nearest: candidates, a seeded sample (0: all)
     # what is inpainted: the region optimised (m0 dilated; a priori default: biharmonic
     # continues the colours at the hole's border, so a border that cuts through the defect,
     # as m0's often does, would spread the defect into n0) | m0 itself (the paper, with an

@@ -4,8 +4,10 @@ scikit-image's biharmonic inpainting (``f2pad.init=biharmonic``, the default: th
 pixels continued smoothly from their surroundings) or starts from the input itself
 (``f2pad.init=input``, for comparison), or fills them from diffad's anomaly-free
 reconstruction of the image (``f2pad.init=diffusion``: seed 003's gradient denoising,
-:mod:`fedad.refinements.f2pad.diffusion_init`). The "initialisation only" row of the
-benchmark is this substitute's own mask (the paper binarises ``||x - n0||`` at 0.2)."""
+:mod:`fedad.refinements.f2pad.diffusion_init`) or from the site's nearest normal training
+image (``f2pad.init=nearest``, :mod:`fedad.refinements.f2pad.nearest_init`). The
+"initialisation only" row of the benchmark is this substitute's own mask (the paper
+binarises ``||x - n0||`` at 0.2)."""
 
 from __future__ import annotations
 
@@ -27,15 +29,16 @@ def inpaint(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def initial_normal(x: torch.Tensor, mask: torch.Tensor, how: str,
                    reconstruction: torch.Tensor | None = None) -> torch.Tensor:
-    """``n0`` by ``how``: ``biharmonic`` (inpaint ``mask``), ``input`` (``x`` itself) or
-    ``diffusion`` (``mask``'s pixels taken from ``reconstruction``, in ``x``'s units)."""
+    """``n0`` by ``how``: ``biharmonic`` (inpaint ``mask``), ``input`` (``x`` itself),
+    ``diffusion`` or ``nearest`` (``mask``'s pixels taken from ``reconstruction``: diffad's
+    anomaly-free image, or the nearest normal training image; in ``x``'s units)."""
     if how == "biharmonic":
         return inpaint(x, mask)
     if how == "input":
         return x.clone()
-    if how == "diffusion":
+    if how in ("diffusion", "nearest"):
         if reconstruction is None:
-            raise ValueError("f2pad.init=diffusion: no reconstruction was given")
+            raise ValueError(f"f2pad.init={how}: no reconstruction was given")
         return torch.where(mask.bool()[None], reconstruction.to(x), x)
     raise ValueError(f"f2pad.init: unknown initialisation {how!r} "
                      "(biharmonic | input | diffusion)")

@@ -19,7 +19,7 @@ from fedad.refinements.base import Refinement, SiteInputs, SiteOutcome
 COUNTS = ("components", "max_iterations", "k_s", "candidates")  # >= 1
 NON_NEGATIVE = ("alpha1", "alpha2", "beta0", "lr", "clip", "gamma0", "tolerance",
                 "mask_threshold", "dilation", "margin", "images", "opening", "patience",
-                "min_iterations")
+                "min_iterations", "nearest_images")
 
 
 class F2PADRefinement(Refinement):
@@ -54,8 +54,16 @@ class F2PADRefinement(Refinement):
                           inputs.holdout_maps, inputs.site)
         if out.prior is None:
             return SiteOutcome(out.metrics)
-        prior, threshold = out.prior, float(out.threshold)
-        return SiteOutcome(out.metrics, lambda folder: save_prior(folder, prior, threshold))
+        prior, threshold, nearest = out.prior, float(out.threshold), out.nearest
+
+        def save(folder: Path) -> None:
+            save_prior(folder, prior, threshold)
+            if nearest is not None:
+                from fedad.refinements.f2pad.nearest_init import save_candidates
+
+                save_candidates(folder, nearest)
+
+        return SiteOutcome(out.metrics, save)
 
     @classmethod
     def on_new_images(cls, site_folder: Path, inputs: SiteInputs, images: torch.Tensor,
@@ -73,6 +81,12 @@ class F2PADRefinement(Refinement):
         prior, threshold = load_prior(site_folder)
         cfg = inputs.cfg
         rebuild = None
+        if cfg.f2pad.init == "nearest":
+            from fedad.refinements.f2pad.nearest_init import load_candidates
+
+            rebuild = load_candidates(site_folder, inputs.extractor,
+                                      cfg.dataset.scored_size(), inputs.info["mean"],
+                                      inputs.info["std"])
         if cfg.f2pad.init == "diffusion":
             from fedad.refinements.f2pad.diffusion_init import diffusion_reconstructor
 

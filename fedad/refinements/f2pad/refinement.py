@@ -66,10 +66,10 @@ class F2PAD:
         self.units = units
         self.prior = prior
         self.tolerance = cfg.tolerance or paper_tolerance(detector)
-        if cfg.init == "diffusion" and reconstructor is None:
-            raise ConfigError("f2pad.init=diffusion needs the site's diffusion "
-                              "reconstructor (f2pad.diffusion_run)")
-        self.reconstructor = reconstructor  # f2pad.init=diffusion: x -> anomaly-free x
+        if cfg.init in ("diffusion", "nearest") and reconstructor is None:
+            raise ConfigError(f"f2pad.init={cfg.init} needs the site's reconstructor (the "
+                              "diffusion run's model, or its nearest normal images)")
+        self.reconstructor = reconstructor  # init=diffusion|nearest: x -> anomaly-free x
 
     def refine_one(self, image: torch.Tensor, base_mask: torch.Tensor) -> Refined:
         """Algorithm 1 on one image ``(3, S, S)`` from its base mask ``(S, S)``."""

@@ -27,6 +27,7 @@ from fedad.evaluation.metrics import pixel_auroc, pro_score
 from fedad.evaluation.segmentation import calibrated_threshold, iou_dice
 from fedad.features.extractor import FeatureExtractor
 from fedad.refinements.f2pad.algorithm import DIVERGED, EMPTY, Units, dilate
+from fedad.refinements.f2pad.nearest_init import NearestNormal, from_dataset
 from fedad.refinements.f2pad.prior import PixelPrior
 from fedad.refinements.f2pad.refinement import F2PAD, fit_prior
 
@@ -56,6 +57,7 @@ class SiteRefinement:
     indices: list[int] = field(default_factory=list)
     prior: PixelPrior | None = None
     threshold: float | None = None
+    nearest: NearestNormal | None = None  # f2pad.init=nearest: the candidates it chose from
 
 
 def site_prior(cfg: RunConfig, train: AnomalyDataset, info: dict, site: int) -> PixelPrior:
@@ -95,6 +97,8 @@ def refine_site(cfg: RunConfig, detector: Detector, summary: Mapping[str, np.nda
     idx = chosen(len(test), f2.images, f2.seed)
     images = _stack(test, idx)
     rebuild = None
+    if f2.init == "nearest":
+        rebuild = from_dataset(train, extractor, f2.nearest_images, f2.seed + site)
     if f2.init == "diffusion":
         from fedad.refinements.f2pad.diffusion_init import diffusion_reconstructor
 
@@ -121,4 +125,5 @@ def refine_site(cfg: RunConfig, detector: Detector, summary: Mapping[str, np.nda
                             "f2pad_iou": ref["iou"], "f2pad_dice": ref["dice"],
                             "f2pad_p_auroc": pixel_auroc(joined, gt),
                             "f2pad_pro": pro_score(joined, gt)})
-    return SiteRefinement(metrics, out, idx, prior, threshold)
+    return SiteRefinement(metrics, out, idx, prior, threshold,
+                          rebuild if f2.init == "nearest" else None)
