@@ -53,6 +53,7 @@ import json
 import logging
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,29 +111,44 @@ def head_off_of(name: str) -> str:
 # FedBN, which is defined by the BatchNorm it keeps local (head.batch_norm=true); "summary,
 # BatchNorm" is FedDyMem with that head (what the weight exchanges' head would be if every
 # row had FedBN's). "local" trains each site alone.
-EXCHANGES: dict[str, list[str]] = {
-    "summary": [],
-    "fedavg": ["exchange=fedavg"],
-    "fedprox": ["exchange=fedprox"],
-    "scaffold": ["exchange=scaffold"],
-    "fedbn": ["head.batch_norm=true", "exchange=fedbn"],
-    "fedphp": ["exchange=fedphp"],
-    "apple": ["exchange=apple"],
-    "dbe": ["exchange=dbe"],
-    "local": ["exchange=local"],
-    "summary, BatchNorm": ["head.batch_norm=true", "exchange=summary"],
+@dataclass(frozen=True)
+class Row:
+    """One row of the exchange table: its overrides beside the variant's; ``own``: an
+    exchange of FedDyMem's banks (the target compares the weight exchanges with it);
+    ``confirmation``: the confirmation's runs are this row (reused, not run again);
+    ``sgd_rate``: a key that takes the variant's SGD learning rate (SCAFFOLD trains by
+    plain SGD at its own rate, so it gets the variant's and differs only in the control
+    variates)."""
+
+    overrides: tuple[str, ...]
+    own: bool = False
+    confirmation: bool = False
+    sgd_rate: str | None = None
+
+
+EXCHANGES: dict[str, Row] = {
+    "summary": Row((), own=True, confirmation=True),
+    "fedavg": Row(("exchange=fedavg",)),
+    "fedprox": Row(("exchange=fedprox",)),
+    "scaffold": Row(("exchange=scaffold",), sgd_rate="scaffold.lr"),
+    "fedbn": Row(("head.batch_norm=true", "exchange=fedbn")),
+    "fedphp": Row(("exchange=fedphp",)),
+    "apple": Row(("exchange=apple",)),
+    "dbe": Row(("exchange=dbe",)),
+    "local": Row(("exchange=local",)),
+    "summary, BatchNorm": Row(("head.batch_norm=true", "exchange=summary"), own=True),
 }
-DEFAULT_EXCHANGES = [e for e in EXCHANGES if e != "summary, BatchNorm"]
+DEFAULT_EXCHANGES = list(EXCHANGES)[:-1]  # the BatchNorm row on request (--exchanges)
+MAIN = next(n for n, r in EXCHANGES.items() if r.confirmation)  # FedDyMem's own row
 
 
 def exchange_overrides(variant: list[str], exchange: str) -> list[str]:
-    """The overrides of the chosen variant exchanged by ``exchange``. SCAFFOLD always
-    trains by plain SGD at its own rate (``scaffold.lr``): it gets the variant's rate when
-    the variant trains by SGD, so the two differ only in the control variates."""
+    """The overrides of the chosen variant exchanged by ``exchange`` (:class:`Row`)."""
+    row = EXCHANGES[exchange]
     pairs = dict(item.split("=", 1) for item in variant)
-    out = [*variant, *EXCHANGES[exchange]]
-    if exchange == "scaffold" and pairs.get("train.optimizer") == "sgd" and "train.lr" in pairs:
-        out.append(f"scaffold.lr={pairs['train.lr']}")
+    out = [*variant, *row.overrides]
+    if row.sgd_rate and pairs.get("train.optimizer") == "sgd" and "train.lr" in pairs:
+        out.append(f"{row.sgd_rate}={pairs['train.lr']}")
     return out
 
 
@@ -401,10 +417,9 @@ def exchanges_markdown(table: dict | None, confirm: dict | None) -> list[str]:
         v = [r["test"]["i_auroc"] for r in off.values()]
         lines += ["", f"The same pipeline with the head off (nothing trained; "
                   f"seeds {', '.join(off)}): I-AUROC {np.mean(v):.4f} ± {np.std(v):.4f}."]
-    if "summary" in means:
-        own, n = means["summary"]
-        behind = {k: v for k, (v, m) in means.items()
-                  if not k.startswith("summary") and v >= own}
+    if MAIN in means:
+        own, n = means[MAIN]
+        behind = {k: v for k, (v, m) in means.items() if not EXCHANGES[k].own and v >= own}
         done = all(m == n for _, m in means.values())
         missing = [e for e in DEFAULT_EXCHANGES if e not in means]
         verdict = ("missed: " + ", ".join(f"{k} {v:.4f}" for k, v in behind.items())
@@ -487,7 +502,7 @@ def main() -> int:
         runs = table.setdefault("runs", {})
         for seed in args.exchange_seeds:  # seed-major: every exchange's first seed first
             for ex in args.exchanges:
-                if ex == "summary":  # FedDyMem itself: the confirmation's run of the seed
+                if EXCHANGES[ex].confirmation:  # FedDyMem itself: the confirmation's run
                     r = run_one(args.work / f"confirm-{args.confirm_rounds}", chosen, base,
                                 EXPERIMENTS[chosen], seed)
                 else:
