@@ -33,7 +33,7 @@ def compose(overrides: Sequence[str] = (), base: RunConfig | None = None) -> Run
         ConfigError: naming the override that is unknown or has the wrong type, or a
             choice field set to a value it does not allow (with the values it allows).
     """
-    from fedad.cli.sim import PROJECT, SimConfig, run_config_of
+    from fedad.cli.sim_config import PROJECT, SimConfig, run_config_of
 
     for item in overrides:
         if "=" not in item:
@@ -60,7 +60,7 @@ GROUPS = ("method", "dataset", "partition", "backbone", "variant")  # the folder
 def known_keys() -> set[str]:
     """Every key an override may set: the run config's fields (``fedad-sim``'s included),
     dotted, and the config groups of ``conf/``."""
-    from fedad.cli.sim import SimConfig
+    from fedad.cli.sim_config import SimConfig
 
     return {*to_flat(SimConfig()), *GROUPS}
 

@@ -26,12 +26,10 @@ import os
 import shlex
 import socket
 import sys
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedad.cli.crash import processes_of
 from fedad.cli.flwr_run import flwr_run, run_record
 from fedad.cli.processes import exit_on_sigterm
+from fedad.cli.sim_config import PROJECT, SimConfig, run_config_of
 from fedad.cli.superlink import CONNECTION, LocalSuperLink
 from fedad.config.flat import toml_table
 from fedad.config.schema import RunConfig
@@ -59,29 +58,6 @@ from fedad.federation.run import check_resumable
 from fedad.progress import setup_logging
 
 log = logging.getLogger("fedad")
-PROJECT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class SimConfig(RunConfig):
-    """RunConfig plus how the simulated federation is resourced (not sent to the app)."""
-
-    client_cpus: int = 1
-    client_gpus: float | None = None  # None: share one GPU among the clients if CUDA, else 0
-    app_dir: str = str(PROJECT)
-    # a running Ray cluster the simulated clients join ("<head host>:<port>", or "auto": the
-    # one `ray start` started on this machine); None: Flower starts a local one per run
-    ray_address: str | None = None
-
-
-ConfigStore.instance().store(name="run_schema", node=SimConfig)
-
-
-def run_config_of(sim: SimConfig) -> RunConfig:
-    names = {f.name for f in fields(RunConfig)}
-    return RunConfig(**{k: getattr(sim, k) for k in names})
-
-
 def write_run_config(cfg: RunConfig, path: Path) -> Path:
     path.write_text(toml_table(cfg, header=None))
     return path
