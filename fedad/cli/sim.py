@@ -220,7 +220,7 @@ def verbose() -> bool:
 
 def console_setup() -> None:
     """One logging setup under Hydra: fedad's lines on the console and in the run
-    folder's ``sim.log`` (Hydra's file handler), third-party INFO (faiss's loader, httpx)
+    folder's ``sim.log`` (Hydra's file handler), third-party INFO (httpx's requests)
     in ``sim.log`` only (``conf/config.yaml``); ``-v`` brings them back to the console."""
     setup_logging()
     root = logging.getLogger()
