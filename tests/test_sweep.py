@@ -69,7 +69,7 @@ def test_sweep_runs_every_combination_reports_and_resumes(tmp_path: Path):
         assert row["curve"]["rounds"] == [1]
     md = files["md"].read_text()
     assert "2 of 4 runs completed" in md and "## Failed runs" in md
-    assert md.count("partition.alpha=-1") == 2
+    assert md.count("`partition.alpha=-1") == 2  # the failed runs, one row each
     for name in ("rounds", "epochs", "alpha", "bytes"):
         assert files[name].stat().st_size > 5000, name
     # the same folder gives byte-identical files

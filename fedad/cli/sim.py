@@ -241,9 +241,9 @@ def _main(dcfg: DictConfig) -> None:
     if sweep and completed_with(out, overrides):
         log.info("%s: completed before with these overrides; skipped", out)
         return
-    error = None
+    error, sim = None, None
     try:
-        sim: SimConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+        sim = OmegaConf.to_object(dcfg)
         code = launch(sim, out, checked=_PRECHECKED and not sweep)
         if code:
             error = failure_of(out) or f"the run failed; see {out / 'superlink.log'}"
@@ -262,6 +262,11 @@ def _main(dcfg: DictConfig) -> None:
         log.exception("fedad-sim: %s", exc)
         code, error = 1, f"{type(exc).__name__}: {exc}"
     runs = sorted(out.glob("run-*"), key=lambda p: p.stat().st_mtime)
+    # a sweep's job refused before launch records what produced it too (for its report)
+    if not (out / "versions.json").is_file():
+        write_versions(out, PROJECT)
+    if sim is not None and not (out / "run_config.toml").is_file():
+        write_run_config(run_config_of(sim), out / "run_config.toml")
     write_status(out, "failed" if code else "completed", overrides, error,
                  runs[-1] if runs else None)
     if code == 1 and error:  # once, as the last lines of the console
