@@ -182,9 +182,13 @@ def test_registry_resolves_methods_and_detectors():
     for name in DETECTORS:
         cls = detector_class(name)
         assert cls.name == name and cls.first_round in (0, 1)
-    # PatchCore reads strides 8/16: levels 2 and 3 of Lite0; FedDyMem keeps backbone.layers
+    # PatchCore and PaDiM read strides 8/16: levels 2 and 3 of Lite0 (PaDiM's published
+    # 4/8/16 is padim.strides=[4,8,16]); FedDyMem keeps backbone.layers
     assert feature_config(RunConfig(detector="patchcore")).backbone.layers == [2, 3]
-    assert feature_config(RunConfig(detector="padim")).backbone.layers == [1, 2, 3]
+    assert feature_config(RunConfig(detector="padim")).backbone.layers == [2, 3]
+    published = RunConfig(detector="padim")
+    published.padim.strides = [4, 8, 16]
+    assert feature_config(published).backbone.layers == [1, 2, 3]
     assert feature_config(RunConfig()).backbone.layers == [1, 2, 3]
     assert rounds(RunConfig(detector="patchcore")) == (1, 1)
     assert rounds(RunConfig()) == (0, 10) and rounds(RunConfig(method="fedavg")) == (1, 10)

@@ -28,7 +28,9 @@ EPS = 0.01
 
 
 def make_cfg(**padim) -> RunConfig:
-    padim = {"channels": D, "channel_seed": 7, "epsilon": EPS, **padim}
+    """float64 uploads (exact up to rounding) unless a test asks for float32, the default."""
+    padim = {"channels": D, "channel_seed": 7, "epsilon": EPS, "upload_dtype": "float64",
+             **padim}
     return RunConfig(padim=PaDiMConfig(**padim), score=ScoreConfig(sigma=1.0))
 
 
@@ -193,9 +195,13 @@ def test_float32_upload_error_on_the_federated_covariance():
 
 def test_upload_bytes_for_mtd_at_224px():
     shape = FeatureShape(channels=176, height=56, width=56)
-    assert upload_nbytes(shape, RunConfig()) == 8 + 3136 * (100 + 5050) * 8  # float64
-    assert upload_nbytes(shape, RunConfig(padim=PaDiMConfig(upload_dtype="float32"))) == (
-        8 + 3136 * (100 + 5050) * 4)
+    assert upload_nbytes(shape, RunConfig(padim=PaDiMConfig(upload_dtype="float64"))) == (
+        8 + 3136 * (100 + 5050) * 8)  # as published: strides 4/8/16, float64
+    assert upload_nbytes(shape, RunConfig()) == 8 + 3136 * (100 + 5050) * 4  # float32
+    # the default reads strides 8/16 (Lite0: 40 + 112 channels, 28 x 28 at 224 px): an
+    # eighth of the published layout's bytes
+    lean = FeatureShape(channels=152, height=28, width=28)
+    assert upload_nbytes(lean, RunConfig()) == 8 + 784 * (100 + 5050) * 4
 
 
 @pytest.fixture()
