@@ -41,18 +41,16 @@ import numbers
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    Partitioner,
-    PathologicalPartitioner,
-)
 
 from fedad.config.schema import PartitionConfig
 from fedad.errors import ConfigError
+
+if TYPE_CHECKING:  # flwr-datasets and datasets load in ~1.4 s: only when a split is drawn
+    import datasets
+    from flwr_datasets.partitioner import Partitioner
 
 VALID_METHODS = ("dirichlet", "iid", "pathological")
 """Values accepted for ``partition.method``."""
@@ -150,6 +148,7 @@ def _validate(types: list[str], num_clients: int, cfg: PartitionConfig) -> int:
 
 def _local_dataset(types: list[str], order: np.ndarray | None = None) -> datasets.Dataset:
     """An in-memory dataset with an ``index`` and a ``product_type`` column."""
+    import datasets
     idx = np.arange(len(types)) if order is None else order
     return datasets.Dataset.from_dict(
         {"index": [int(i) for i in idx], "product_type": [types[int(i)] for i in idx]}
@@ -164,6 +163,8 @@ def _read(partitioner: Partitioner, num_clients: int) -> list[list[int]]:
 def _dirichlet(
     types: list[str], num_clients: int, cfg: PartitionConfig, min_size: int
 ) -> list[list[int]]:
+    from flwr_datasets.partitioner import DirichletPartitioner
+
     ds = _local_dataset(types)
     seeds = [int(cfg.seed)] + [
         int(np.random.SeedSequence([int(cfg.seed) & 0xFFFFFFFF, j]).generate_state(1)[0])
@@ -197,6 +198,8 @@ def _dirichlet(
 
 
 def _iid(types: list[str], num_clients: int, seed: int) -> list[list[int]]:
+    from flwr_datasets.partitioner import IidPartitioner
+
     order = np.random.default_rng(int(seed)).permutation(len(types))
     partitioner = IidPartitioner(num_partitions=num_clients)
     partitioner.dataset = _local_dataset(types, order)
@@ -204,6 +207,8 @@ def _iid(types: list[str], num_clients: int, seed: int) -> list[list[int]]:
 
 
 def _pathological(types: list[str], num_clients: int, seed: int, min_size: int) -> list[list[int]]:
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
     counts = Counter(types)
     unique = sorted(counts)
     if num_clients < len(unique):

@@ -5,6 +5,7 @@ refuses what it cannot export by name."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -59,7 +60,11 @@ def test_onnxruntime_scores_equal_pytorchs(runs, tmp_path: Path, capsys, detecto
     assert export_main([str(run), "--site", "0", "--out", str(model), "--chunk", "4",
                         "--check-images", str(folder), "-q"]) == 0
     printed = capsys.readouterr().out
-    assert "check on 10 images" in printed and "0 decisions differ" in printed
+    # the threshold is a quantile of these very images: one may sit on it, and float32
+    # rounding then decides it; every other decision agrees
+    found = re.search(r"check on 10 images.*, (\d+) decisions differ \((\d+) of them scored "
+                      r"at the threshold", printed)
+    assert found and found.group(1) == found.group(2), printed
     meta = json.loads(model.with_suffix(".json").read_text())
     cal = json.loads((run / "site-0" / "calibration.json").read_text())
     assert meta["detector"] == detector and meta["image_size"] == 64
@@ -82,7 +87,8 @@ def test_onnxruntime_scores_equal_pytorchs(runs, tmp_path: Path, capsys, detecto
     assert np.abs(got_score - ref).max() <= tol
     want = np.array([p.anomalous for p in preds])
     assert want.any() and not want.all()  # the decision is not trivially constant
-    assert np.array_equal(got_flag, want)
+    tie = np.abs(ref - meta["threshold"]) <= tol  # an image scored at the threshold
+    assert np.array_equal(got_flag[~tie], want[~tie])
 
 
 def test_check_images_takes_skip_bad_as_its_error_suggests(runs, tmp_path: Path, capsys):

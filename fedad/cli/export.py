@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"check on {check.images} images of {args.check_images}: max |map diff| "
               f"{check.max_map_diff:.3g}, max |score diff| {check.max_score_diff:.3g} "
               f"(scores up to {check.score_scale:.4g}), {check.decisions_differ} "
-              "decisions differ")
+              f"decisions differ ({check.decisions_at_threshold} of them scored at the "
+              "threshold, within that difference)")
         if check.skipped:
             print(f"{len(check.skipped)} unreadable image(s) skipped:")
             for b in check.skipped:

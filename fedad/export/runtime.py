@@ -61,14 +61,17 @@ def run_onnx(sess, images: torch.Tensor | np.ndarray, batch_size: int = 8
 @dataclass
 class Comparison:
     """onnxruntime against PyTorch on the same images: the largest absolute differences of
-    the maps and of the image scores, the largest PyTorch score (the scale), and how many
-    decisions differ."""
+    the maps and of the image scores, the largest PyTorch score (the scale), how many
+    decisions differ and how many of those are ties: a score within the largest score
+    difference of the threshold (float32 rounding decides them; the threshold is a
+    quantile of held-out scores, so an image scored at it is common)."""
 
     images: int
     max_map_diff: float
     max_score_diff: float
     score_scale: float
     decisions_differ: int
+    decisions_at_threshold: int = 0
     skipped: list[Skipped] = field(default_factory=list)  # unreadable, with --skip-bad
 
     def as_dict(self) -> dict:
@@ -90,14 +93,21 @@ def compare(model: str | Path, run_dir: str | Path, folder: str | Path, site: in
                                                   load_images(files, size))
     ref_scores = np.array([p.score for p in preds], dtype=np.float64)
     ref_flags = np.array([bool(p.anomalous) for p in preds])
+    differ = onnx_flags.astype(bool) != ref_flags
+    score_diff = np.abs(onnx_scores.astype(np.float64) - ref_scores)
+    at_threshold = np.array([p.threshold is not None
+                             and abs(p.score - p.threshold) <= score_diff.max()
+                             for p in preds], dtype=bool)
     out = Comparison(
         images=len(preds),
         max_map_diff=float(np.abs(onnx_maps.astype(np.float64) - maps.double().numpy()).max()),
-        max_score_diff=float(np.abs(onnx_scores.astype(np.float64) - ref_scores).max()),
+        max_score_diff=float(score_diff.max()),
         score_scale=float(np.abs(ref_scores).max()),
-        decisions_differ=int((onnx_flags.astype(bool) != ref_flags).sum()),
+        decisions_differ=int(differ.sum()),
+        decisions_at_threshold=int((differ & at_threshold).sum()),
         skipped=skipped)
     log.info("onnxruntime vs PyTorch on %d images: max |map diff| %.3g, max |score diff| %.3g "
-             "(scores up to %.4g), %d decisions differ", out.images, out.max_map_diff,
-             out.max_score_diff, out.score_scale, out.decisions_differ)
+             "(scores up to %.4g), %d decisions differ (%d at the threshold)", out.images,
+             out.max_map_diff, out.max_score_diff, out.score_scale, out.decisions_differ,
+             out.decisions_at_threshold)
     return out
