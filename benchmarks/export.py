@@ -163,9 +163,10 @@ def markdown(res: dict) -> str:
                   f"{c['score_scale']:.3g} | {c['decisions_differ']} |")
     md += ["", "Traced: the exported module traced by `torch.jit.trace` (the same ops as the "
            "graph, the summary as constants). Eager: the same module called as Python, and "
-           "fedad-predict's path (backbone, then the detector's faiss `score`): both redo "
-           "per call what the graph holds as constants (PaDiM hashes its summary to find "
-           "its cached inverse covariances on every call).", "",
+           "fedad-predict's path (backbone, then the detector's faiss `score`): both work "
+           "per call on what the graph holds as constants (PaDiM's inverse covariances "
+           "are cached, found by the summary arrays' identity: hashed once per round).",
+           "",
            f"Command: `{res['command']}`", ""]
     return "\n".join(md)
 
