@@ -53,6 +53,7 @@ from fedad.evaluation.run_status import (
 )
 from fedad.federation.checkpoint import SERVER_FILE, load_server
 from fedad.federation.compose import check
+from fedad.federation.memory import check_fits, estimate, physical_memory
 from fedad.federation.provenance import write_versions
 from fedad.federation.run import check_resumable
 from fedad.progress import setup_logging
@@ -119,6 +120,11 @@ def preflight(sim: SimConfig, screen: bool = True) -> RunConfig:
         screen_local(cfg.dataset)  # the sites' data check, in seconds
     types = build_dataset(cfg.dataset, "train").product_types
     partition_indices(types, cfg.num_clients, cfg.partition)  # an impossible split, named
+    if not sim.ray_address:  # on this machine: refuse what cannot fit, saying what to change
+        cpus = (os.cpu_count() or 1) // max(1, sim.client_cpus)
+        processes = min(cfg.num_clients, max(1, cpus))
+        check_fits(cfg, estimate(cfg, len(types), len(build_dataset(cfg.dataset, "test")),
+                                 processes), physical_memory())
     return cfg
 
 

@@ -30,6 +30,7 @@ RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("dataset.image_size", lambda v: v == 0 or v >= 8,
      ">= 8 pixels (0: the dataset's own size)"),
     ("eval_every", lambda v: v >= 1, ">= 1 (the last round is always evaluated)"),
+    ("backbone.stream_chunk", lambda v: v >= 1, ">= 1 (images read at once)"),
 )
 
 # words users bring from Flower's templates and other frameworks -> the key fedad has

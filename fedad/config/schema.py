@@ -89,6 +89,11 @@ class BackboneConfig:
     cache: str = choice("memory", "disk", "none")
     cache_dir: str | None = None
     half: bool = False
+    # a site's training features written to a file as they are extracted and read back
+    # stream_chunk images at a time, so its memory does not grow with its image count
+    # (detectors that declare StreamedFit: PaDiM, PatchCore; the summary exchange)
+    stream: bool = False
+    stream_chunk: int = 256
     # set from the detector, not by hand (fedad/detectors/registry.py feature_config): a
     # detector that reads images (inputs="images", e.g. asymst) is handed the normalised
     # pixels (N, 3, S, S) where the others get frozen features, and runs the backbone itself

@@ -11,6 +11,7 @@ capability                      what the detector offers
 :class:`Summarizes`             a summary that travels (summarize / validate / merge)
 :class:`SecureSums`             ... whose merge is a sum of per-site terms (SecAgg+)
 :class:`PrivateRelease`         ... released with differential privacy (clipped rows)
+:class:`StreamedFit`            ... fitted from features read chunk by chunk (streaming)
 :class:`Trainable`              a trained module, its named parts and their optimisers
 :class:`Phased`                 ... trained part by part, one phase per round
 :class:`Budgeted`               ... for a step budget per phase, with an lr schedule
@@ -37,6 +38,7 @@ from fedad.components.budget import RoundPlan, Scheduled, Stage, mean_factor, pl
 from fedad.components.training import OptimSpec, Part, TrainHooks
 from fedad.detectors.base import Detector, FitInfo, Scores, Summary
 from fedad.errors import ConfigError
+from fedad.features.stream import FeatureFile
 
 if TYPE_CHECKING:  # annotations only
     from fedad.config.schema import RunConfig, SecureConfig
@@ -135,6 +137,20 @@ class PrivateRelease(Summarizes):
     @abstractmethod
     def private_rows(self, features: torch.Tensor) -> torch.Tensor:
         """``(N, P, d)``: the rows the private release clips, image by image."""
+
+
+class StreamedFit(Summarizes):
+    """The detector fits from a site's training features read a chunk of images at a time
+    (``backbone.stream=true``: a :class:`~fedad.features.stream.FeatureFile`), so the site's
+    memory does not grow with its images beyond the summary itself."""
+
+    what = "a fit from features read chunk by chunk (backbone.stream)"
+
+    @abstractmethod
+    def fit_stream(self, features: FeatureFile, global_summary: Summary | None,
+                   round_t: int) -> FitInfo:
+        """What :meth:`~fedad.detectors.base.Detector.fit` learns, from
+        ``features.chunks(cfg.backbone.stream_chunk)``."""
 
 
 # -- trained modules -------------------------------------------------------------------------

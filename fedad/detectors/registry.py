@@ -30,6 +30,7 @@ from fedad.detectors.base import Detector, FeatureShape
 from fedad.detectors.capabilities import (
     Budgeted,
     PrivateRelease,
+    StreamedFit,
     Summarizes,
     Trainable,
     capabilities,
@@ -202,6 +203,26 @@ def _check_privacy(cfg: RunConfig) -> None:
     calibrated(pv, detector.private_releases(cfg))  # raises on a missing clip or target
 
 
+def _check_stream(cfg: RunConfig) -> None:
+    """``backbone.stream=true``: a detector that declares :class:`StreamedFit`, the summary
+    exchange, no differential privacy (its release clips every row at once)."""
+    from fedad.exchanges.registry import exchange_class
+
+    if not cfg.backbone.stream:
+        return
+    detector = detector_class(cfg.detector)
+    streams = [n for n in DETECTORS if issubclass(detector_class(n), StreamedFit)]
+    if not issubclass(detector, StreamedFit) or exchange_class(cfg.exchange).site_model:
+        raise ConfigError(f"backbone.stream=true: streamed training features are read by "
+                          f"detectors that declare {describe(StreamedFit)}: "
+                          f"{', '.join(streams)}, with the summary exchange; not by "
+                          f"detector={cfg.detector} with exchange={cfg.exchange} (drop "
+                          "backbone.stream)")
+    if cfg.privacy.epsilon > 0:
+        raise ConfigError("backbone.stream=true with privacy.epsilon > 0: the private "
+                          "release clips a site's rows all at once; drop one of them")
+
+
 def check(cfg: RunConfig) -> RunConfig:
     """``cfg`` (unchanged) after checking every choice field, the detector x exchange pair
     and whether the exchange can run on that detector (FedBN needs BatchNorm). The run's
@@ -220,6 +241,7 @@ def check(cfg: RunConfig) -> RunConfig:
     detector_class(resolved.detector).check_config(resolved)
     _check_privacy(resolved)
     _check_secure(resolved)
+    _check_stream(resolved)
     if exchange_class(resolved.exchange).site_model:  # built only when it matters
         exchange_for(resolved, create(resolved, feature_shape(resolved))).check()
     if not 0 < resolved.train.participation <= 1:

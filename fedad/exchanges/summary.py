@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from fedad.detectors.base import FitInfo, Summary
-from fedad.detectors.capabilities import SecureSums, Summarizes
+from fedad.detectors.capabilities import SecureSums, StreamedFit, Summarizes, require
 from fedad.errors import BankError
 from fedad.exchanges.base import Exchange, Upload
 from fedad.exchanges.records import Records
+from fedad.features.stream import FeatureFile
 
 SUMMARY = "summary"  # the record that carries a summary, both ways
 
@@ -77,9 +78,13 @@ class SummaryExchange(Exchange):
         return self.summary
 
     # -- site ------------------------------------------------------------------------------
-    def fit(self, features: torch.Tensor, payload: Records, round_t: int,
+    def fit(self, features: torch.Tensor | FeatureFile, payload: Records, round_t: int,
             site_state: dict[str, torch.Tensor]) -> tuple[Records, FitInfo]:
-        info = self.detector.fit(features, payload.get(SUMMARY), round_t)
+        if isinstance(features, FeatureFile):  # backbone.stream: checked when composed
+            detector = require(self.detector, StreamedFit, "backbone.stream=true")
+            info = detector.fit_stream(features, payload.get(SUMMARY), round_t)
+        else:
+            info = self.detector.fit(features, payload.get(SUMMARY), round_t)
         return {SUMMARY: self.detector.summarize(round_t)}, info
 
     def scoring_summary(self, train_features: torch.Tensor, payload: Records) -> Summary:

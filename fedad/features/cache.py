@@ -22,6 +22,7 @@ from fedad.data.dataset import AnomalyDataset
 from fedad.data.screen import Guarded, check_on_bad, collate_guarded, refuse
 from fedad.errors import ConfigError
 from fedad.features.extractor import FeatureExtractor, extractor_signature
+from fedad.features.stream import FeatureFile, FeatureWriter
 from fedad.progress import progress
 
 log = logging.getLogger("fedad")
@@ -33,7 +34,9 @@ class FeatureSet:
     """Features of a dataset, with what scoring and metrics need.
 
     Attributes:
-        features: ``(N, C, H, W)``, float32 or float16, on the CPU.
+        features: ``(N, C, H, W)``, float32 or float16, on the CPU; a
+            :class:`~fedad.features.stream.FeatureFile` for a streamed set
+            (``backbone.stream``: a site's training features, read chunk by chunk).
         labels: ``(N,)`` 0 normal / 1 anomalous.
         masks: ``(N, S, S)`` uint8 ground truth at the input size, or ``None``.
         paths: source path per image.
@@ -41,7 +44,7 @@ class FeatureSet:
         skipped: unreadable files left out (``dataset.on_bad=skip``), ``"<path>: <why>"``.
     """
 
-    features: torch.Tensor
+    features: torch.Tensor | FeatureFile
     labels: torch.Tensor
     masks: torch.Tensor | None
     paths: list[str]
@@ -53,6 +56,9 @@ class FeatureSet:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the features (on disk for a streamed set)."""
+        if isinstance(self.features, FeatureFile):
+            return self.features.nbytes
         return self.features.numel() * self.features.element_size()
 
 
@@ -79,12 +85,18 @@ def extract_features(
     num_workers: int = 0,
     desc: str = "features",
     on_bad: str = "refuse",
+    stream: bool = False,
 ) -> FeatureSet:
     """Compute (or fetch from the cache) the fused features of every image in ``dataset``.
 
     Every image and mask is read; the unreadable ones are collected and, after the pass,
     either raised together (``on_bad="refuse"``: :class:`~fedad.errors.BadFilesError`
     listing each file and why) or left out and listed in ``FeatureSet.skipped``.
+
+    ``stream``: the features go to a :class:`~fedad.features.stream.FeatureFile` (under
+    ``cache_dir`` when given) batch by batch instead of into memory; the per-image disk cache
+    is still read and written, the memory cache is not; no masks are kept (a streamed set is
+    a site's normal training images).
     """
     check_on_bad(on_bad)
     if cache not in ("memory", "disk", "none"):
@@ -99,6 +111,8 @@ def extract_features(
     dtype = torch.float16 if half else torch.float32
     loader = DataLoader(Guarded(dataset), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate_guarded)
+    writer = FeatureWriter(cache_dir, dtype, desc) if stream else None
+    memory = cache == "memory" and writer is None
     feats, labels, masks, paths, types, all_keys = [], [], [], [], [], []
     bad_files = []
     hits = 0
@@ -112,7 +126,7 @@ def extract_features(
         all_keys.extend(keys)
         out: list[torch.Tensor | None] = [None] * len(keys)
         for i, k in enumerate(keys):
-            if cache == "memory" and k in _MEMORY:
+            if memory and k in _MEMORY:
                 out[i] = _MEMORY[k]
             elif folder is not None and (folder / f"{k}.pt").is_file():
                 try:
@@ -127,31 +141,43 @@ def extract_features(
             for j, i in enumerate(todo):
                 f = computed[j].clone()
                 out[i] = f
-                if cache == "memory":
+                if memory:
                     _MEMORY[keys[i]] = f
                 elif folder is not None:
                     tmp = folder / f"{keys[i]}.tmp"
                     torch.save(f, tmp)
                     tmp.replace(folder / f"{keys[i]}.pt")
-        feats.extend(o.to(dtype) for o in out)
+        if writer is not None:
+            writer.append(torch.stack(out))
+        else:
+            feats.extend(o.to(dtype) for o in out)
         labels.append(batch["label"])
-        if batch["mask"] is not None:
+        if batch["mask"] is not None and writer is None:
             masks.append(batch["mask"][:, 0].to(torch.uint8))
         paths.extend(batch["path"])
         types.extend(batch["product_type"])
     if bad_files and on_bad == "refuse":
+        if writer is not None:
+            writer.abandon()
         raise refuse(bad_files, desc)
     if bad_files:
         log.warning("%s: %d unreadable file(s) skipped (dataset.on_bad=skip): %s", desc,
                     len(bad_files), "; ".join(str(b) for b in bad_files[:5]))
-    if not feats:
+    if not feats and not (writer is not None and len(writer)):
+        if writer is not None:
+            writer.abandon()
         raise ConfigError(f"{desc}: the dataset is empty"
                           + (" (every file was unreadable)" if bad_files else ""))
     if hits:
-        log.info("%s: %d/%d images from the %s cache", desc, hits, len(feats), cache)
-    features = torch.stack(feats)
-    del feats
-    if cache == "memory":  # keep one copy: cache entries become views of the stacked tensor
+        log.info("%s: %d/%d images from the %s cache", desc, hits, len(all_keys), cache)
+    if writer is not None:
+        features: torch.Tensor | FeatureFile = writer.finish()
+        log.info("%s: %d images streamed to %s (%.1f MB on disk)", desc, len(features),
+                 features.path, features.nbytes / 1e6)
+    else:
+        features = torch.stack(feats)
+        del feats
+    if memory:  # keep one copy: cache entries become views of the stacked tensor
         for i, k in enumerate(all_keys):
             _MEMORY[k] = features[i]
     return FeatureSet(
@@ -165,13 +191,14 @@ def extract_features(
 
 
 def dataset_features(cfg: RunConfig, extractor: FeatureExtractor, info: dict,
-                     dataset: AnomalyDataset, device: torch.device, desc: str) -> FeatureSet:
+                     dataset: AnomalyDataset, device: torch.device, desc: str,
+                     stream: bool = False) -> FeatureSet:
     """Features of ``dataset`` with the cache settings of ``cfg.backbone``, normalised for
-    the backbone described by ``info``."""
+    the backbone described by ``info``; ``stream``: to a file (:func:`extract_features`)."""
     dataset.set_normalisation(info["mean"], info["std"])
     return extract_features(
         extractor, dataset, extractor_signature(info, extractor.state_dict()), device,
         batch_size=cfg.train.batch_size, cache=cfg.backbone.cache,
         cache_dir=cfg.backbone.cache_dir, half=cfg.backbone.half,
-        num_workers=cfg.num_workers, desc=desc, on_bad=cfg.dataset.on_bad,
+        num_workers=cfg.num_workers, desc=desc, on_bad=cfg.dataset.on_bad, stream=stream,
     )

@@ -46,9 +46,9 @@ log = logging.getLogger("fedad")
 
 @dataclass
 class ClientData:
-    """Frozen features of one client: ``train`` (what it fits on), ``holdout`` (normal
-    training images it never fits on, for its threshold; ``None`` when it holds none out)
-    and ``test``."""
+    """Frozen features of one client: ``train`` (what it fits on; in a file, read chunk by
+    chunk, with ``backbone.stream``), ``holdout`` (normal training images it never fits on,
+    for its threshold; ``None`` when it holds none out) and ``test``."""
 
     partition_id: int
     train: FeatureSet
@@ -115,7 +115,8 @@ def _client_data(cfg: RunConfig, site: int, who: str, train: AnomalyDataset,
                                          f"{who} test features")
     return ClientData(
         partition_id=site,
-        train=dataset_features(cfg, extractor, info, train, device, f"{who} train features"),
+        train=dataset_features(cfg, extractor, info, train, device, f"{who} train features",
+                               stream=cfg.backbone.stream),
         test=test_features,
         channels=info["channels"],
         device=device,

@@ -48,9 +48,15 @@ from fedad.detectors.base import (
     Summary,
     summary_fingerprint,
 )
-from fedad.detectors.capabilities import PositionalGaussian, PrivateRelease, SecureSums
+from fedad.detectors.capabilities import (
+    PositionalGaussian,
+    PrivateRelease,
+    SecureSums,
+    StreamedFit,
+)
 from fedad.detectors.padim.statistics import channel_subset, position_rows
 from fedad.errors import BankError, ConfigError
+from fedad.features.stream import FeatureFile
 from fedad.privacy.accountant import calibrated
 from fedad.privacy.noise import generator, site_seed
 from fedad.privacy.statistics import private_statistics, statistics_from_sums
@@ -75,7 +81,7 @@ def upload_nbytes(shape: FeatureShape, cfg: RunConfig) -> int:
     return 8 + shape.positions * (d + packed_size(d)) * item
 
 
-class PaDiM(Detector, PrivateRelease, SecureSums, PositionalGaussian):
+class PaDiM(Detector, PrivateRelease, SecureSums, StreamedFit, PositionalGaussian):
     """A Gaussian per feature position over ``cfg.padim.channels`` random channels.
 
     The channel subset is drawn from ``cfg.padim.channel_seed`` (shared by all clients and
@@ -157,6 +163,21 @@ class PaDiM(Detector, PrivateRelease, SecureSums, PositionalGaussian):
             return FitInfo(loss=0.0, seconds={"statistics": time.perf_counter() - start},
                            notes=budget.notes())
         self._stats = position_statistics(rows, device=self.device)
+        return FitInfo(loss=0.0, seconds={"statistics": time.perf_counter() - start})
+
+    def fit_stream(self, features: FeatureFile, global_summary: Summary | None,
+                   round_t: int) -> FitInfo:
+        """:meth:`fit` from features read ``backbone.stream_chunk`` images at a time: each
+        chunk's statistics joined to the running ones by the pairwise update (the server's
+        merge), so they equal the one-shot statistics up to float64 rounding; memory holds
+        one chunk and the statistics."""
+        self._check_features(features)
+        start = time.perf_counter()
+        stats = None
+        for chunk in features.chunks(self.cfg.backbone.stream_chunk):
+            part = position_statistics(position_rows(chunk, self.idx), device=self.device)
+            stats = part if stats is None else combine_statistics([stats, part])
+        self._stats = stats
         return FitInfo(loss=0.0, seconds={"statistics": time.perf_counter() - start})
 
     def summarize(self, round_t: int) -> Summary:

@@ -38,8 +38,9 @@ from fedad.components.rows import patch_rows, row_moments
 from fedad.components.validate import check_array, check_bank, require_keys
 from fedad.config.schema import RunConfig
 from fedad.detectors.base import BANK, Detector, FeatureShape, FitInfo, Reads, Scores, Summary
-from fedad.detectors.capabilities import NearestBank, PrivateRelease
+from fedad.detectors.capabilities import NearestBank, PrivateRelease, StreamedFit
 from fedad.errors import BankError, ConfigError
+from fedad.features.stream import FeatureFile
 from fedad.privacy.accountant import calibrated
 from fedad.privacy.lloyd import private_centres, releases
 from fedad.privacy.noise import generator, site_seed
@@ -57,7 +58,7 @@ def coreset_size(ratio: float, rows: int, bound: int | None = None) -> int:
     return min(size, bound) if bound is not None else size
 
 
-class PatchCore(Detector, PrivateRelease, NearestBank):
+class PatchCore(Detector, PrivateRelease, StreamedFit, NearestBank):
     """PatchCore with a federated memory bank: coresets up, one global coreset down
     (frozen features: nothing to train, its summary travels)."""
 
@@ -150,6 +151,37 @@ class PatchCore(Detector, PrivateRelease, NearestBank):
         size = coreset_size(pc.upload_ratio, rows.shape[0], pc.max_upload_rows)
         self.bank = rows[self.select(rows, size)]
         self.count = int(rows.shape[0])
+        return FitInfo(0.0, {"coreset": time.perf_counter() - t})
+
+    def fit_stream(self, features: FeatureFile, global_summary: Summary | None,
+                   round_t: int) -> FitInfo:
+        """:meth:`fit` from features read ``backbone.stream_chunk`` images at a time, a
+        merge-reduce coreset: each chunk keeps the greedy coreset (Alg. 1) of its share of
+        the upload (chunk sizes chosen so the shares add up to :meth:`fit`'s
+        ``ceil(upload_ratio * patches)``, within ``max_upload_rows``), and the upload is
+        their union. With one chunk that is :meth:`fit`'s coreset exactly; with several,
+        every patch lies as close to the union as to its own chunk's coreset (the same
+        composition the server's merge makes of the sites' coresets). Memory holds one chunk
+        and the upload; time grows linearly with the images, where one greedy coreset over
+        all of them grows with their square."""
+        t = time.perf_counter()
+        self._check_features(features)
+        pc = self.cfg.patchcore
+        total = len(features) * self.shape.positions
+        ratio = coreset_size(pc.upload_ratio, total, pc.max_upload_rows) / total
+
+        def share(rows: int) -> int:  # the upload's rows due after ``rows`` patches
+            return min(math.ceil(round(ratio * rows, 6)), rows)
+
+        kept, seen = [], 0
+        for chunk in features.chunks(self.cfg.backbone.stream_chunk):
+            rows = self.patches(chunk)
+            size = share(seen + rows.shape[0]) - share(seen)
+            seen += rows.shape[0]
+            if size > 0:
+                kept.append(rows[self.select(rows, size)])
+        self.bank = torch.cat(kept)
+        self.count = seen
         return FitInfo(0.0, {"coreset": time.perf_counter() - t})
 
     def summarize(self, round_t: int) -> Summary:
