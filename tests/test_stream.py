@@ -246,3 +246,30 @@ def test_fedad_sim_refuses_before_launch_when_the_machine_is_too_small(monkeypat
     sim.ray_address = "127.0.0.1:1"  # a cluster's memory is not this machine's
     with pytest.raises(ConfigError, match="no Ray cluster answers"):
         sim_cli.preflight(sim, screen=False)
+
+
+def test_fedad_sim_removes_the_feature_files_its_killed_actors_left(monkeypatch, tmp_path):
+    import fedad.cli.sim as sim_cli
+    from fedad.cli.overrides import compose
+
+    cache = tmp_path / "cache"
+    left = cache / "fedad-stream-2147483646-actor"  # an actor Ray ended: no such process
+
+    class Link:  # no SuperLink process: the run itself is not what is tested here
+        env: dict = {}
+
+        def __init__(self, *args) -> None: ...
+        def __enter__(self): return self
+        def __exit__(self, *exc) -> None: ...
+
+    def run(*args, **kwargs):
+        left.mkdir(parents=True)
+        return None  # Flower did not start the run
+
+    monkeypatch.setattr(sim_cli, "LocalSuperLink", Link)
+    monkeypatch.setattr(sim_cli, "flwr_run", run)
+    sim = compose(["detector=padim", "num_clients=2", "partition.min_samples=1",
+                   "backbone.stream=true", f"backbone.cache_dir={cache}"],
+                  base=sim_cli.SimConfig())
+    assert sim_cli.launch(sim, tmp_path / "out", checked=True) == 1
+    assert cache.is_dir() and not left.exists()

@@ -51,6 +51,7 @@ from fedad.evaluation.run_status import (
     write_failure,
     write_status,
 )
+from fedad.features.stream import remove_stale, stream_base
 from fedad.federation.checkpoint import SERVER_FILE, load_server
 from fedad.federation.compose import check
 from fedad.federation.memory import check_fits, estimate, physical_memory
@@ -167,14 +168,18 @@ def launch(sim: SimConfig, out: Path, checked: bool = False) -> int:
     if sim.ray_address:  # Flower's Ray backend calls ray.init(), which joins RAY_ADDRESS
         link.env["RAY_ADDRESS"] = sim.ray_address
         log.info("clients join the Ray cluster at %s", sim.ray_address)
-    with link:
-        run_id = flwr_run(app_dir, CONNECTION, toml, link.env,
-                          ["--federation-config", federation_config(sim)],
-                          pending_timeout=cfg.pending_timeout, log_file=out / "flower.log",
-                          verbose=verbose())
-        if run_id is None:
-            return 1
-        status, details = run_record(run_id, CONNECTION, link.env)
+    try:
+        with link:
+            run_id = flwr_run(app_dir, CONNECTION, toml, link.env,
+                              ["--federation-config", federation_config(sim)],
+                              pending_timeout=cfg.pending_timeout,
+                              log_file=out / "flower.log", verbose=verbose())
+            if run_id is None:
+                return 1
+            status, details = run_record(run_id, CONNECTION, link.env)
+    finally:  # Ray ends its actors without their exit handlers: their feature files stay
+        if cfg.backbone.stream and not sim.ray_address:
+            remove_stale(stream_base(cfg.backbone.cache_dir))
     result = Path(cfg.resume) if cfg.resume else out / f"run-{run_id}"
     if status != "finished:completed":
         reason = read_failure(result, out) or details or f"the run ended as {status}"

@@ -7,8 +7,9 @@ a batch; a detector that declares
 images at a time (plain reads at an offset, no memory map: pages read once are the kernel's
 page cache, not the process's resident memory). The file lives in a folder of its own under
 ``backbone.cache_dir`` (else the system's temporary folder) and is deleted with the object
-or at exit (a folder left by a killed process is removed by the next writer in the same
-place).
+or at exit. A folder left by a killed process (Ray ends simulation actors without their
+exit handlers) is removed by the next writer in the same place and by ``fedad-sim`` when
+its run ends.
 
 Memory: extraction allocates and frees a few hundred KB per image; glibc's malloc raises its
 mmap threshold after the first such free and then serves them from the heap, which it does
@@ -70,6 +71,11 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def stream_base(directory: str | Path | None) -> Path:
+    """Where writers given ``directory`` (``backbone.cache_dir``) make their folders."""
+    return Path(directory).expanduser() if directory else Path(tempfile.gettempdir())
 
 
 def remove_stale(base: Path) -> None:
@@ -139,7 +145,7 @@ class FeatureWriter:
     def __init__(self, directory: str | Path | None, dtype: torch.dtype, desc: str) -> None:
         if dtype not in _NUMPY:
             raise ConfigError(f"{desc}: streamed features are float32 or float16, got {dtype}")
-        base = Path(directory).expanduser() if directory else Path(tempfile.gettempdir())
+        base = stream_base(directory)
         base.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):
             remove_stale(base)
