@@ -19,7 +19,7 @@ from fedad.detectors.padim.detector import PaDiM
 from fedad.detectors.patchcore.detector import PatchCore
 from fedad.errors import ConfigError
 from fedad.features.cache import extract_features
-from fedad.features.stream import FeatureFile, FeatureWriter, feature_chunks
+from fedad.features.stream import FeatureFile, FeatureWriter
 from fedad.federation.compose import check
 from fedad.federation.in_process import InProcess
 from fedad.federation.memory import check_fits, estimate
@@ -43,14 +43,13 @@ def test_a_feature_file_reads_back_what_was_written_and_is_deleted_with_it(tmp_p
         assert torch.equal(f.load(), x)
         assert torch.equal(f.read(4, 9), x[4:9]) and f.read(10, 99).shape[0] == 1
         assert [c.shape[0] for c in f.chunks(4)] == [4, 4, 3]
-        assert torch.equal(torch.cat(list(feature_chunks(f, 5))), x)
-        assert [c.shape[0] for c in feature_chunks(x, 5)] == [5, 5, 1]
+        assert torch.equal(torch.cat(list(f.chunks(5))), x)
         folder = f.path.parent
         del f
         gc.collect()
         assert not folder.exists()
     with pytest.raises(ConfigError, match="stream_chunk"):
-        next(feature_chunks(torch.zeros(2, 1, 1, 1), 0))
+        next(stream_of(torch.zeros(2, 1, 1, 1), tmp_path).chunks(0))
     writer = FeatureWriter(tmp_path, torch.float32, "site 3 train features")
     with pytest.raises(ConfigError, match="site 3 train features: the dataset is empty"):
         writer.finish()
