@@ -12,6 +12,8 @@ finished):
   optimiser steps in the same rounds with batches 5x as large
   (:func:`benchmarks._resumable.centralized_of`);
 * ``fedavg``: diffad, 5 sites (Dirichlet alpha 0.1 over acquisition conditions), FedAvg;
+* ``scaffold``: the same sites, SCAFFOLD (plain SGD at its own rate, ``scaffold.lr``,
+  0.01 a priori: :class:`fedad.exchanges.config.ScaffoldConfig`);
 * ``padim-centralized`` / ``padim-federated``: fedad's PaDiM on the same sites (its exact
   statistics exchange), the baseline the targets compare with.
 
@@ -85,10 +87,12 @@ log = logging.getLogger("fedad")
 ROWS = {
     "centralized": {"detector": "diffad", "exchange": "fedavg"},
     "fedavg": {"detector": "diffad", "exchange": "fedavg"},
+    "scaffold": {"detector": "diffad", "exchange": "scaffold"},
     "padim-centralized": {"detector": "padim", "exchange": "summary"},
     "padim-federated": {"detector": "padim", "exchange": "summary"},
 }
-PADIM_OF = {"centralized": "padim-centralized", "fedavg": "padim-federated"}
+PADIM_OF = {"centralized": "padim-centralized", "fedavg": "padim-federated",
+            "scaffold": "padim-federated"}
 COMBINES = ("kl", "feature", "eq11", "sum")
 # the reconstruction's step rules tried on validation, (rule, s); the paper's first
 STEP_RULES = (("fixed", 0.02), ("fixed", 0.005), ("fixed", 0.00125), ("backtrack", 0.02))
