@@ -27,7 +27,7 @@ def checkpointed_round(out: Path) -> int:
     best = -1
     for path in out.glob(f"run-*/{SERVER_FILE}"):
         try:
-            best = max(best, int(torch.load(path, weights_only=False)["round"]))
+            best = max(best, int(torch.load(path, map_location="cpu", weights_only=False)["round"]))
         except Exception:  # being renamed into place: read it next time
             continue
     return best

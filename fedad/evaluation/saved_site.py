@@ -99,6 +99,6 @@ def load_site(run_dir: str | Path, site: int) -> tuple[dict[str, torch.Tensor], 
     for name in ("state.pt", "calibration.json"):
         if not (folder / name).is_file():
             raise ConfigError(f"{folder / name}: missing")
-    state = torch.load(folder / "state.pt", weights_only=True)
+    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
     cal = Calibration(**json.loads((folder / "calibration.json").read_text()))
     return state, cal

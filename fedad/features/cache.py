@@ -130,7 +130,7 @@ def extract_features(
                 out[i] = _MEMORY[k]
             elif folder is not None and (folder / f"{k}.pt").is_file():
                 try:
-                    out[i] = torch.load(folder / f"{k}.pt", weights_only=True)
+                    out[i] = torch.load(folder / f"{k}.pt", map_location="cpu", weights_only=True)
                 except Exception as exc:  # a torn file from a killed process: recompute
                     log.warning("feature cache: unreadable %s (%s), recomputing",
                                 folder / f"{k}.pt", exc)

@@ -72,7 +72,7 @@ def load_server(run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"resume: no checkpoint at {path} (a run writes it after its first "
                           "round; pass the run's folder, run-<id>)")
     try:
-        return torch.load(path, weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise ConfigError(f"resume: {path} is unreadable ({type(exc).__name__}: {exc})") from exc
 
@@ -116,4 +116,4 @@ def load_client(run_dir: str | Path, site: int, rnd: int) -> dict[str, torch.Ten
     if not path.is_file():
         raise ConfigError(f"resume: site {site} has no checkpoint of round {rnd} ({path}); "
                           "a client's state is kept where the run's folder is on its host")
-    return torch.load(path, weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
