@@ -32,9 +32,12 @@ from tests.test_detectors import features, tiny_cfg
 # every pair whose exchange's required capabilities the detector declares, but those the
 # exchange itself refuses once built (test_pairs_an_exchange_cannot_train_are_refused_...)
 REFUSED = {("diffad", "fedbn"), ("asymst", "apple")}
-# (fedad's own detectors and exchanges: a plugin a test registers is not collected here)
+# (fedad's own detectors and exchanges: a plugin a test registers is not collected here;
+# anomalib's models, the optional extra, are in tests/test_anomalib.py)
 PAIRS = [(d, e) for d in sorted(DETECTORS) for e in supported(d) if (d, e) not in REFUSED
-         and DETECTORS[d].startswith("fedad.") and EXCHANGES[e].startswith("fedad.")]
+         and DETECTORS[d].startswith("fedad.")
+         and not DETECTORS[d].startswith("fedad.detectors.anomalib.")
+         and EXCHANGES[e].startswith("fedad.")]
 # what a pair needs beyond the tiny defaults (FedBN keeps BatchNorm local: the head needs it)
 EXTRA = {("feddymem", "fedbn"): lambda c: setattr(c.head, "batch_norm", True)}
 SHAPE = FeatureShape(12, 4, 4)

@@ -66,6 +66,26 @@ def describe(capability: type[Capability]) -> str:
     return f"{capability.__name__} ({capability.what})"
 
 
+# -- families --------------------------------------------------------------------------------
+
+
+class Family(Capability):
+    """The detector's name stands for a family of registered detectors, and the run's
+    config chooses the member (``detector=anomalib``: one per anomalib model, named by
+    ``sections.anomalib.model``); composing a run replaces the name by the member's."""
+
+    what = "a family of detectors, the member chosen by the run's config"
+
+    @classmethod
+    @abstractmethod
+    def member(cls, cfg: RunConfig) -> str:
+        """The registered name of the detector ``cfg`` chooses.
+
+        Raises:
+            ConfigError: a choice that is not a member (naming those that are).
+        """
+
+
 # -- summaries -------------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from fedad.config.schema import RunConfig
 from fedad.detectors.base import Detector, FeatureShape
 from fedad.detectors.capabilities import (
     Budgeted,
+    Family,
     PrivateRelease,
     StreamedFit,
     Summarizes,
@@ -46,6 +47,14 @@ DETECTORS: dict[str, str] = {
     "padim": "fedad.detectors.padim.detector:PaDiM",
     "asymst": "fedad.detectors.asymst.detector:AsymST",
     "diffad": "fedad.detectors.diffad.detector:DiffAD",
+    # anomalib's models (the anomalib extra): detector=anomalib sections.anomalib.model=<m>
+    # resolves to its member, anomalib-<m>
+    "anomalib": "fedad.detectors.anomalib.detector:Anomalib",
+    "anomalib-stfpm": "fedad.detectors.anomalib.detector:Stfpm",
+    "anomalib-draem": "fedad.detectors.anomalib.detector:Draem",
+    "anomalib-fre": "fedad.detectors.anomalib.detector:Fre",
+    "anomalib-padim": "fedad.detectors.anomalib.detector:Padim",
+    "anomalib-patchcore": "fedad.detectors.anomalib.detector:Patchcore",
 }
 
 BANK = "bank"  # method=bank: the summary exchange (the name before exchanges had their own)
@@ -119,6 +128,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
 
     load_plugins(cfg)
     _apply_method(cfg)
+    family = detector_class(cfg.detector)
+    if issubclass(family, Family):  # the member the run's config chooses
+        cfg.detector = family.member(cfg)
     _apply_budget(cfg, detector_class(cfg.detector))  # may set the image size (paper)
     if not cfg.dataset.image_size:  # the data's default, the same under every entry point
         cfg.dataset = replace(cfg.dataset, image_size=cfg.dataset.scored_size())

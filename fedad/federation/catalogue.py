@@ -5,7 +5,7 @@ refinement requires, written from the declarations themselves
 
 from __future__ import annotations
 
-from fedad.detectors.capabilities import capabilities, describe, missing
+from fedad.detectors.capabilities import Family, capabilities, describe, missing
 from fedad.detectors.registry import DETECTORS, detector_class
 from fedad.exchanges.registry import EXCHANGES, exchange_class
 from fedad.refinements.registry import NONE, REFINEMENTS, refinement_class
@@ -34,6 +34,8 @@ def capability_tables() -> str:
         cls = detector_class(name)
         declared = ", ".join(c.__name__ for c in capabilities(cls))
         by = ", ".join(e for e in exchanges if not missing(cls, exchange_class(e).requires))
+        if issubclass(cls, Family):
+            by = "its member's (the rows below it)"
         refine = ", ".join([NONE, *(r for r in refinements
                                     if not missing(cls, refinement_class(r).requires))])
         lines.append(f"| {name} | {declared} | {by} | {refine} |")
