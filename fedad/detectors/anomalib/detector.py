@@ -52,7 +52,7 @@ from fedad.config.sections import section
 from fedad.detectors.anomalib.config import AnomalibConfig
 from fedad.detectors.anomalib.models import MODELS, STEPS, ModelSpec, spec_of
 from fedad.detectors.anomalib.offline import feature_info, offline_backbones, timm_modules
-from fedad.detectors.base import BANK, Detector, FitInfo, Scores, Summary
+from fedad.detectors.base import BANK, Detector, FitInfo, Reads, Scores, Summary
 from fedad.detectors.capabilities import Budgeted, Family, Summarizes
 from fedad.errors import BankError, ConfigError
 
@@ -114,9 +114,14 @@ class AnomalibModel(Detector):
     @classmethod
     def defaults(cls, cfg: Any) -> dict[str, Any]:
         """Init arguments fedad sets for this model (the run's ``init`` wins): the backbone
-        and the timm modules of ``backbone.layers``."""
+        and the timm modules of the levels it reads (:meth:`reads`: fedad's PaDiM and
+        PatchCore's strides for anomalib's, so both see the same features; else
+        ``backbone.layers``)."""
+        from fedad.detectors.registry import feature_config
+
+        layers = feature_config(cfg).backbone.layers
         return {"backbone": cfg.backbone.name,
-                "layers": timm_modules(cfg.backbone.name, cfg.backbone.layers)}
+                "layers": timm_modules(cfg.backbone.name, layers)}
 
     def __init__(self, cfg: Any, shape, device: torch.device | str = "cpu",
                  seed: int = 0) -> None:
@@ -314,6 +319,10 @@ class Padim(AnomalibModel, Summarizes):
     EPSILON: ClassVar[float] = 0.01 + 1e-5  # anomalib's MultiVariateGaussian: 0.01 I, then 1e-5 I
 
     @classmethod
+    def reads(cls, cfg: Any) -> Reads:
+        return Reads(strides=tuple(cfg.padim.strides))  # fedad's PaDiM's levels
+
+    @classmethod
     def defaults(cls, cfg: Any) -> dict[str, Any]:
         return {**super().defaults(cfg), "n_features": int(cfg.padim.channels)}
 
@@ -410,6 +419,10 @@ class Patchcore(AnomalibModel, Summarizes):
     model_name = "patchcore"
     iterative = False
     MAX_ROWS: ClassVar[int] = 2_000_000
+
+    @classmethod
+    def reads(cls, cfg: Any) -> Reads:
+        return Reads(strides=tuple(cfg.patchcore.strides))  # fedad's PatchCore's levels
 
     @classmethod
     def defaults(cls, cfg: Any) -> dict[str, Any]:
