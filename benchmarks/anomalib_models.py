@@ -46,7 +46,8 @@ from benchmarks._resumable import (  # noqa: E402
 )
 from fedad.config.flat import from_flat  # noqa: E402
 from fedad.config.schema import RunConfig  # noqa: E402
-from fedad.detectors.registry import check, label, resolve  # noqa: E402
+from fedad.detectors.capabilities import Budgeted  # noqa: E402
+from fedad.detectors.registry import check, detector_class, label, resolve  # noqa: E402
 from fedad.errors import ConfigError  # noqa: E402
 from fedad.federation.centralized import centralized_config  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
@@ -76,10 +77,10 @@ def row_config(base: dict, row: str, steps: int = 0) -> RunConfig:
     if steps and "sections" in flat:  # a trained model's steps per site (0: its budget's)
         section = flat["sections"]["anomalib"]
         flat["sections"] = {"anomalib": {**section, "steps": steps}}
-    cfg = from_flat(flat)
-    if row.endswith("centralized"):
-        cfg = centralized_of(cfg, SITES) if ROWS[row]["exchange"] != "summary" else \
-            centralized_config(cfg)
+    cfg = resolve(from_flat(flat))
+    if row.endswith("centralized"):  # a trained model takes the same steps, 5x batches
+        trained = issubclass(detector_class(cfg.detector), Budgeted)
+        cfg = centralized_of(cfg, SITES) if trained else centralized_config(cfg)
     else:
         cfg.eval_every = 10**9  # the final round only
     cfg.examples = 0

@@ -293,8 +293,9 @@ def stage_tests(args: argparse.Namespace) -> dict:
            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
                                          if p)}
     t = time.perf_counter()
+    select = ["-k", args.tests_k] if args.tests_k else []
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "-o", "addopts=-ra", "-m", "gpu", "tests/test_gpu.py"],
+                          "-o", "addopts=-ra", "-m", "gpu", *select, "tests/test_gpu.py"],
                          cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     (args.out / f"{NAME}_tests.txt").write_text(res.stdout + res.stderr)
     last = (res.stdout.strip().splitlines() or [""])[-1]
@@ -544,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="steps per probe round on the device")
     pr.add_argument("--no-cpu-probe", dest="cpu_probe", action="store_false",
                     help="skip the one-step CPU probe of the trained detectors")
+    pr.add_argument("--tests-k", default="",
+                    help="run only the gpu tests pytest -k selects (the suite's CPU run: the "
+                         "others repeat CPU tests of their own)")
     pr.add_argument("--stages", nargs="+", default=["tests", "frozen", "trained"],
                     choices=["tests", "frozen", "trained"])
     args = p.parse_args(argv)

@@ -135,14 +135,14 @@ def test_a_resumed_trained_model_equals_an_uninterrupted_one(tmp_path: Path):
     """Killed before round 2, resumed in fresh site stores: the student's weights and
     anomalib's own optimiser (SGD's momentum) come back, and every loss and metric equals
     a run never stopped."""
-    cfg = tiny("stfpm", "fedavg")  # 2 rounds of 2 steps
-    full = federate(cfg, InProcess(cfg, partition_nodes(cfg)), [0, 1], tmp_path / "full")
+    cfg = tiny("stfpm", "fedavg", num_clients=1)  # 2 rounds of 2 steps, one site
+    full = federate(cfg, InProcess(cfg, partition_nodes(cfg)), [0], tmp_path / "full")
     out = tmp_path / "killed"
     with pytest.raises(Interrupted):
-        federate(cfg, KilledInRound(cfg, partition_nodes(cfg), 2), [0, 1], out)
+        federate(cfg, KilledInRound(cfg, partition_nodes(cfg), 2), [0], out)
     again = from_flat({**to_flat(cfg), "resume": str(out)})
     folder, ckpt = run_folder(again, tmp_path, "x")
-    resumed = federate(again, InProcess(again, partition_nodes(again)), [0, 1], folder, ckpt)
+    resumed = federate(again, InProcess(again, partition_nodes(again)), [0], folder, ckpt)
     assert [r["round"] for r in resumed.history] == [1, 2]
     for a, b in zip(resumed.history, full.history, strict=True):
         assert a["train"]["loss"] == b["train"]["loss"]
