@@ -4,10 +4,12 @@ on the device, the torch k-NN and Mahalanobis distances there equal to the CPU's
 float tolerance, the frozen detectors' metrics as on the CPU to 3 decimals, and a
 checkpoint written on the device resumed on the CPU and back.
 
-``benchmarks/gpu_check.py`` runs them on a GPU, and on the CPU (``--device cpu --tiny``,
-``FEDAD_TEST_DEVICE=cpu``) from tests/test_gpu_check.py, so they cannot rot on machines
-without one. fedad uses no mixed precision (AMP): ``backbone.half`` stores features in
-float16 after a float32 forward pass, which is what the half-precision test checks."""
+``benchmarks/gpu_check.py`` runs them on a GPU. On the CPU, ``FEDAD_TEST_DEVICE=cpu``
+runs them all (the cross-device resume and the second trained detector skip: they repeat
+CPU tests of the suite); the suite's run of the check (tests/test_gpu_check.py, ``--device
+cpu --tiny``) selects the k-NN and Mahalanobis ones, for the suite's 10 minutes. fedad uses no mixed
+precision (AMP): ``backbone.half`` stores features in float16 after a float32 forward
+pass, which is what the half-precision test checks."""
 
 from __future__ import annotations
 
