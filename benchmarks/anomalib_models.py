@@ -110,6 +110,8 @@ def markdown(p: dict) -> str:
         lines.append(f"| {row} | {r['label']} ({r['sites']} site(s)) | {' | '.join(f)} | "
                      f"{r['mb_up_per_round']:.2f} | {r['rounds']} | {r['seconds_train']:.0f} | "
                      f"{r['wall']:.0f} |")
+    if p.get("notes"):  # what the numbers cannot say themselves (kept across runs)
+        lines += ["", "Notes:", *[f"- {n}" for n in p["notes"]]]
     lines += ["", "Commands:", *(f"- `{c}`" for c in p.get("commands", []))]
     return "\n".join(lines)
 
