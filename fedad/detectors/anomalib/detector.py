@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import importlib
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -152,8 +152,7 @@ class AnomalibModel(Detector):
         self.prepare_scoring(global_summary)
         model = self.lm.model.eval()
         maps, image = [], []
-        for start in range(0, len(features), BATCH):
-            x = features[start:start + BATCH].to(self.device, torch.float32)
+        for x in self.batches(features):
             out = model(x)
             amap = out.anomaly_map.float()
             if amap.ndim == 3:
@@ -167,6 +166,11 @@ class AnomalibModel(Detector):
 
     def prepare_scoring(self, global_summary: Summary) -> None:
         """Put what the global summary says into anomalib's model (nothing by default)."""
+
+    def batches(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        """``images`` :data:`BATCH` at a time, float32 on the model's device."""
+        for start in range(0, len(images), BATCH):
+            yield images[start:start + BATCH].to(self.device, torch.float32)
 
 
 # -- trained networks: their weights travel ---------------------------------------------------
@@ -346,8 +350,7 @@ class Padim(AnomalibModel, Summarizes):
         """anomalib's own embedding ``(N, d, h, w)`` (its extractor, its channel subset)."""
         model = self.lm.model.eval()
         out = []
-        for start in range(0, len(images), BATCH):
-            x = images[start:start + BATCH].to(self.device, torch.float32)
+        for x in self.batches(images):
             out.append(model.generate_embedding(model.feature_extractor(x)).cpu())
         return torch.cat(out)
 
@@ -440,8 +443,7 @@ class Patchcore(AnomalibModel, Summarizes):
         """anomalib's own patch embeddings ``(N * h * w, d)`` (3x3-pooled levels)."""
         model = self.lm.model.eval()
         out = []
-        for start in range(0, len(images), BATCH):
-            x = images[start:start + BATCH].to(self.device, torch.float32)
+        for x in self.batches(images):
             feats = model.feature_extractor(x)
             feats = {k: model.feature_pooler(v) for k, v in feats.items()}
             out.append(model.reshape_embedding(model.generate_embedding(feats)).cpu())

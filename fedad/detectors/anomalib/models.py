@@ -12,7 +12,7 @@ own. So models whose training needs a ``Trainer`` (manual optimisation, or readi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fedad.components.training import OptimSpec
 
@@ -23,18 +23,15 @@ TRAINED, GAUSSIAN, BANK = "trained", "gaussian", "bank"
 class ModelSpec:
     """One anomalib model: its class (``module:Class``), its kind (``trained``: a network
     whose weights travel; ``gaussian``: PaDiM's statistics; ``bank``: PatchCore's memory
-    bank), whether it takes ``backbone``/``layers``, the state-dict prefix of the part it
-    trains and that part's optimiser as anomalib's ``configure_optimizers`` builds it
-    (name, rate, weight decay: the declared spec, checked against anomalib's in the
-    tests; what actually steps is anomalib's own optimiser object), and fixed init
-    arguments fedad needs (a value the run gives in ``init`` wins)."""
+    bank), the state-dict prefix of the part it trains and that part's optimiser as
+    anomalib's ``configure_optimizers`` builds it (name, rate, weight decay: the declared
+    spec, checked against anomalib's in the tests; what actually steps is anomalib's own
+    optimiser object). The init arguments fedad sets are each member's ``defaults``."""
 
     cls: str
     kind: str
-    backbone: bool = True
     part: str = ""
     optim: OptimSpec | None = None
-    init: dict = field(default_factory=dict)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -43,7 +40,7 @@ MODELS: dict[str, ModelSpec] = {
                        part="student_model.", optim=OptimSpec("sgd", 0.4, 0.001)),
     # Zavrtanik et al. 2021 (DRAEM): no backbone; reconstructive + discriminative networks
     "draem": ModelSpec("anomalib.models.image.draem.lightning_model:Draem", TRAINED,
-                       backbone=False, part="", optim=OptimSpec("adam", 1e-4)),
+                       part="", optim=OptimSpec("adam", 1e-4)),
     # FRE (Ndiour et al. 2023): a linear autoencoder on one frozen layer's features
     "fre": ModelSpec("anomalib.models.image.fre.lightning_model:Fre", TRAINED,
                      part="fre_model.", optim=OptimSpec("adam", 1e-3)),
