@@ -189,3 +189,34 @@ def test_a_trained_anomalib_model_learns_to_rank_a_planted_defect(model: str, st
                      "train.batch_size": 8, "sections": {"anomalib": {"model": model,
                                                                       "steps": steps}}})
     check_learns(cfg, pixels(cfg))
+
+
+def test_a_member_exports_to_onnx_with_pytorchs_scores_and_fre_is_refused(tmp_path: Path):
+    """fedad-export on a trained member (STFPM, fedavg) and a memory-bank one (PatchCore,
+    summary): anomalib's own forward as one graph that onnxruntime runs with
+    fedad-predict's maps and scores; FRE, whose forward the tracer freezes at one batch
+    size, is refused by its missing capability."""
+    from PIL import Image
+
+    from fedad.export import export_site, require_torch_score
+    from fedad.export.runtime import compare
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):  # 5 images: onnxruntime runs them in one batch, not the traced 1
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(
+            images / f"{i}.png")
+    for model, exchange in (("stfpm", "fedavg"), ("patchcore", "summary")):
+        cfg = tiny(model, exchange, num_clients=1)
+        run = tmp_path / model
+        federate(cfg, InProcess(cfg, partition_nodes(cfg)), [0], run)
+        out = export_site(run, 0, tmp_path / f"{model}.onnx")
+        assert out.meta["detector"] == f"anomalib-{model}"
+        check = compare(out.model, run, images, 0)
+        assert check.images == 5
+        assert check.max_score_diff <= 1e-4 * max(1.0, check.score_scale), check
+        assert check.max_map_diff <= 1e-4 * max(1.0, check.score_scale), check
+    fre = create(resolve(tiny("fre", "fedavg")), None, "cpu")
+    with pytest.raises(ConfigError, match="an ONNX export .* requires TorchScore"):
+        require_torch_score(fre)

@@ -20,7 +20,7 @@ from fedad.detectors.base import BANK, FeatureShape
 from fedad.detectors.registry import create
 from fedad.errors import ConfigError, FedadError
 from fedad.evaluation.saved_site import load_summary
-from fedad.export import ScorerModule, export_site, require_differentiable
+from fedad.export import ScorerModule, export_site, require_torch_score
 from fedad.export.onnx_export import require_package
 from fedad.export.runtime import load_images, run_onnx, session
 from fedad.federation.predict import predict, site_scorer
@@ -190,8 +190,8 @@ def test_what_cannot_be_exported_is_named(runs, tmp_path: Path, capsys):
 
     cfg = tiny_cfg("toyae")
     cfg.exchange = "fedavg"
-    with pytest.raises(ConfigError, match="an ONNX export .* requires Differentiable"):
-        require_differentiable(create(cfg, FeatureShape(12, 4, 4)))
+    with pytest.raises(ConfigError, match="an ONNX export .* requires TorchScore"):
+        require_torch_score(create(cfg, FeatureShape(12, 4, 4)))
     run, _ = runs["patchcore"]
     with pytest.raises(ConfigError, match="site-3: no such site"):
         export_site(run, 3, tmp_path / "x.onnx")

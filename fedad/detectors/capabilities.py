@@ -18,7 +18,8 @@ capability                      what the detector offers
 :class:`Represents`             ... with a representation part (FedPHP, DBE)
 :class:`ShiftedRepresentation`  ... plus a per-site bias of that representation (DBE)
 :class:`RowMatrix`              ... with a matrix personalised row by row (RowFed)
-:class:`Differentiable`         a score with gradients to the features (F2PAD, export)
+:class:`TorchScore`             a score in torch operations only (ONNX export)
+:class:`Differentiable`         ... with gradients to the features (F2PAD)
 :class:`NearestBank`            a score by the nearest row of a bank (F2PAD's Eq. 5)
 :class:`PositionalGaussian`     a score by one Gaussian per position (F2PAD's Eq. 7)
 :class:`Reconstructs`           an anomaly-free reconstruction of an image (diffad)
@@ -341,20 +342,34 @@ class RowMatrix(Trainable):
         """The matrix's state-dict key, ``(C_out, C_in[, 1, 1])``."""
 
 
-# -- scores with gradients -------------------------------------------------------------------
+# -- scores in torch, with gradients --------------------------------------------------------
 
 
-class Differentiable(Capability):
-    """The detector also scores with gradients to its input features (what a refinement that
-    optimises the image, such as F2PAD, and the ONNX export need)."""
+class TorchScore(Capability):
+    """The detector also scores one batch in torch operations only (no faiss, no numpy), the
+    graph that ``fedad-export`` traces into ONNX."""
 
-    what = "a score with gradients to the features (score_features)"
+    what = "a score in torch operations only (score_features)"
 
     @abstractmethod
     def score_features(self, features: torch.Tensor, global_summary: Summary,
                        image_size: int) -> Scores:
-        """:meth:`~fedad.detectors.base.Detector.score` on features that carry gradients:
-        torch operations only, equal to ``score`` within float32 rounding."""
+        """:meth:`~fedad.detectors.base.Detector.score` in torch operations only, equal to
+        ``score`` within float32 rounding (with :class:`Differentiable`, gradients reach
+        ``features``)."""
+
+    def scoring_network(self) -> torch.nn.Module | None:
+        """The network :meth:`score_features` runs, if any: an export holds it as a
+        submodule, so its weights are the graph's parameters (frozen). By default a
+        trained detector's :meth:`~Trainable.module`, else none."""
+        return self.module() if isinstance(self, Trainable) else None
+
+
+class Differentiable(TorchScore):
+    """... whose :meth:`~TorchScore.score_features` carries gradients to its input features
+    (what a refinement that optimises the image, such as F2PAD, needs)."""
+
+    what = "a score with gradients to the features (score_features)"
 
 
 class NearestBank(Differentiable):

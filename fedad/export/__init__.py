@@ -12,8 +12,8 @@ graph an inspection line runs with onnxruntime alone (no fedad, no faiss, no Flo
 Core code: nothing here imports Flower.
 """
 
-from fedad.export.module import ScorerModule, require_differentiable
+from fedad.export.module import ScorerModule, require_torch_score
 from fedad.export.onnx_export import ExportResult, export_module, export_site, scorer_module
 
 __all__ = ["ExportResult", "ScorerModule", "export_module", "export_site",
-           "require_differentiable", "scorer_module"]
+           "require_torch_score", "scorer_module"]

@@ -1,6 +1,6 @@
 """A site's whole scorer as one ``torch.nn.Module`` (no I/O, no faiss): normalisation, the
 frozen backbone, the detector's torch scoring path
-(:meth:`~fedad.detectors.capabilities.Differentiable.score_features`) against the global
+(:meth:`~fedad.detectors.capabilities.TorchScore.score_features`) against the global
 summary, and the threshold. What :mod:`fedad.export.onnx_export` traces into an ONNX graph.
 """
 
@@ -14,18 +14,18 @@ import torch
 from torch import nn
 
 from fedad.detectors.base import Detector
-from fedad.detectors.capabilities import Differentiable, Trainable, require
+from fedad.detectors.capabilities import TorchScore, require
 from fedad.errors import ConfigError
 
 
-def require_differentiable(detector: Detector) -> Differentiable:
+def require_torch_score(detector: Detector) -> TorchScore:
     """``detector`` if it has a torch-only scoring path (what an exported graph runs).
 
     Raises:
         ConfigError: naming the detector, when it does not declare
-            :class:`~fedad.detectors.capabilities.Differentiable`.
+            :class:`~fedad.detectors.capabilities.TorchScore`.
     """
-    return require(detector, Differentiable, "an ONNX export (the graph runs the torch-only "
+    return require(detector, TorchScore, "an ONNX export (the graph runs the torch-only "
                    "score)")
 
 
@@ -38,9 +38,9 @@ class ScorerModule(nn.Module):
     Without a threshold (``None``: the site held out no normal image) the threshold is
     ``+inf`` and every decision is ``False``. The summary is held as numpy arrays the
     detector reads at every call, so a trace or export bakes them into the graph as
-    constants. A trainable detector's network
-    (:class:`~fedad.detectors.capabilities.Trainable`) is frozen in evaluation mode (its
-    weights no longer train: build a fresh scorer to go on training).
+    constants. The network the score runs
+    (:meth:`~fedad.detectors.capabilities.TorchScore.scoring_network`) is frozen in
+    evaluation mode (its weights no longer train: build a fresh scorer to go on training).
     """
 
     def __init__(self, extractor: nn.Module, detector: Detector,
@@ -49,10 +49,11 @@ class ScorerModule(nn.Module):
                  threshold: float | None) -> None:
         super().__init__()
         self.extractor = extractor.eval()
-        self.detector = require_differentiable(detector)
-        # a trained network (FedDyMem's head) as a submodule: its weights are the graph's
-        # parameters (a trace refuses weights that require grad as constants), frozen
-        self.network = detector.module() if isinstance(detector, Trainable) else None
+        self.detector = require_torch_score(detector)
+        # the network the score runs (FedDyMem's head, an anomalib model) as a submodule:
+        # its weights are the graph's parameters (a trace refuses weights that require
+        # grad as constants), frozen
+        self.network = self.detector.scoring_network()
         if self.network is not None:
             self.network.eval().requires_grad_(False)
         self.summary = {k: np.asarray(v) for k, v in summary.items()}

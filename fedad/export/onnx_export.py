@@ -27,7 +27,7 @@ import torch
 
 from fedad.components.knn import BANK_CHUNK, bank_chunk
 from fedad.errors import ConfigError, FedadError
-from fedad.export.module import ScorerModule, require_differentiable
+from fedad.export.module import ScorerModule, require_torch_score
 from fedad.export.sidecar import sidecar_path, write_sidecar
 from fedad.federation.predict import SiteScorer, site_scorer
 
@@ -63,7 +63,7 @@ def scorer_module(scorer: SiteScorer) -> ScorerModule:
     Raises:
         ConfigError: the run's detector has no torch-only score, naming it.
     """
-    require_differentiable(scorer.detector)
+    require_torch_score(scorer.detector)
     return ScorerModule(scorer.extractor, scorer.detector, scorer.summary,
                         scorer.cfg.dataset.scored_size(), scorer.info["mean"], scorer.info["std"],
                         scorer.threshold)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,7 +54,7 @@ from fedad.detectors.anomalib.config import AnomalibConfig
 from fedad.detectors.anomalib.models import MODELS, STEPS, ModelSpec, spec_of
 from fedad.detectors.anomalib.offline import feature_info, offline_backbones, timm_modules
 from fedad.detectors.base import BANK, Detector, FitInfo, Reads, Scores, Summary
-from fedad.detectors.capabilities import Budgeted, Family, Summarizes
+from fedad.detectors.capabilities import Budgeted, Family, Summarizes, TorchScore
 from fedad.errors import BankError, ConfigError
 
 SECTION = "anomalib"
@@ -148,21 +149,36 @@ class AnomalibModel(Detector):
     def score(self, features: torch.Tensor, global_summary: Summary,
               image_size: int) -> Scores:
         """anomalib's own anomaly map (upsampled to ``image_size`` when it is not) and
-        image score of every image."""
+        image score of every image, :data:`BATCH` images at a time."""
         self.prepare_scoring(global_summary)
-        model = self.lm.model.eval()
-        maps, image = [], []
-        for x in self.batches(features):
-            out = model(x)
-            amap = out.anomaly_map.float()
-            if amap.ndim == 3:
-                amap = amap[:, None]
-            if amap.shape[-1] != image_size or amap.shape[-2] != image_size:
-                amap = F.interpolate(amap, size=(image_size, image_size), mode="bilinear",
-                                     align_corners=False)
-            maps.append(amap[:, 0].cpu())
-            image.append(out.pred_score.float().reshape(-1).cpu())
-        return Scores(maps=torch.cat(maps), image=torch.cat(image))
+        parts = [self.forward(x, image_size) for x in self.batches(features)]
+        return Scores(maps=torch.cat([p.maps.cpu() for p in parts]),
+                      image=torch.cat([p.image.cpu() for p in parts]))
+
+    def score_features(self, features: torch.Tensor, global_summary: Summary,
+                       image_size: int) -> Scores:
+        """:meth:`score` of one batch of normalised pixels, torch operations only (the
+        path ``fedad-export`` traces, for the members that declare
+        :class:`~fedad.detectors.capabilities.TorchScore`). No gradients reach the pixels
+        (anomalib runs its frozen extractors under ``no_grad``), so no member declares
+        ``Differentiable``: no F2PAD on them."""
+        self.prepare_scoring(global_summary)
+        return self.forward(features.float(), image_size)
+
+    def forward(self, images: torch.Tensor, image_size: int) -> Scores:
+        """anomalib's forward in evaluation mode, its map at ``image_size``."""
+        out = self.lm.model.eval()(images)
+        amap = out.anomaly_map.float()
+        if amap.ndim == 3:
+            amap = amap[:, None]
+        if amap.shape[-1] != image_size or amap.shape[-2] != image_size:
+            amap = F.interpolate(amap, size=(image_size, image_size), mode="bilinear",
+                                 align_corners=False)
+        return Scores(maps=amap[:, 0], image=out.pred_score.float().reshape(-1))
+
+    def scoring_network(self) -> torch.nn.Module:
+        """anomalib's whole model (its backbone, and the Gaussians or bank once scored)."""
+        return self.lm.model
 
     def prepare_scoring(self, global_summary: Summary) -> None:
         """Put what the global summary says into anomalib's model (nothing by default)."""
@@ -244,7 +260,9 @@ class Trained(AnomalibModel, Budgeted):
             sched.at(rp.first + i)
             idx = torch.randint(0, len(features), (batch,), generator=gen)  # with replacement
             x = features[idx].to(self.device, torch.float32)
-            out = self.lm.training_step(ImageBatch(image=x), i)
+            with warnings.catch_warnings():  # its self.log() outside a Trainer: a no-op
+                warnings.filterwarnings("ignore", message=r".*self\.trainer. reference is not")
+                out = self.lm.training_step(ImageBatch(image=x), i)
             loss = out["loss"] if isinstance(out, Mapping) else out
             step(module, self.optimizer, loss, hooks)
         return FitInfo(float(loss.detach()), steps=rp.steps)
@@ -268,14 +286,14 @@ class Trained(AnomalibModel, Budgeted):
         self.optimizer = None
 
 
-class Stfpm(Trained):
+class Stfpm(Trained, TorchScore):
     name = "anomalib-stfpm"
     model_name = "stfpm"
     weights_label = "anomalib-stfpm"
     batch_norm_hint = "STFPM's student is the backbone's (BatchNorm per its timm model)"
 
 
-class Draem(Trained):
+class Draem(Trained, TorchScore):
     name = "anomalib-draem"
     model_name = "draem"
     weights_label = "anomalib-draem"
@@ -290,6 +308,9 @@ class Draem(Trained):
 
 
 class Fre(Trained):
+    """anomalib's FRE; not exported (no :class:`TorchScore`): its ``get_features``
+    reshapes by ``len(batch)``, which the tracing exporter freezes at the traced batch."""
+
     name = "anomalib-fre"
     model_name = "fre"
     weights_label = "anomalib-fre"
@@ -310,7 +331,7 @@ class Fre(Trained):
 # -- frozen features: statistics or a memory bank travel --------------------------------------
 
 
-class Padim(AnomalibModel, Summarizes):
+class Padim(AnomalibModel, Summarizes, TorchScore):
     """anomalib's PaDiM federated by its statistics: each site's count, mean and centred
     scatter per position of anomalib's embeddings travel (float32, packed upper
     triangle) and merge exactly (:func:`~fedad.components.gaussian.combine_statistics`);
@@ -412,7 +433,7 @@ class Padim(AnomalibModel, Summarizes):
         return None
 
 
-class Patchcore(AnomalibModel, Summarizes):
+class Patchcore(AnomalibModel, Summarizes, TorchScore):
     """anomalib's PatchCore federated by its memory bank: each site keeps anomalib's
     coreset (``KCenterGreedy`` at ``coreset_sampling_ratio``) of its own embeddings and
     uploads it; the global bank is their union, scored by anomalib's own
@@ -437,6 +458,7 @@ class Patchcore(AnomalibModel, Summarizes):
         super().__init__(cfg, shape, device, seed)
         self.dim = int(sum(self.lm.model.feature_extractor.out_dims))
         self.bank: torch.Tensor | None = None
+        self._scoring: bytes | None = None
 
     @torch.no_grad()
     def embeddings(self, images: torch.Tensor) -> torch.Tensor:
@@ -482,8 +504,16 @@ class Patchcore(AnomalibModel, Summarizes):
                                         for s in summaries])}
 
     def prepare_scoring(self, global_summary: Summary) -> None:
+        """anomalib's memory bank from the merged one (once per global summary: an
+        export then holds it as the model's buffer)."""
+        from fedad.detectors.base import summary_fingerprint
+
+        key = summary_fingerprint(global_summary)
+        if key == self._scoring:
+            return
         self.lm.model.memory_bank = torch.from_numpy(
             np.ascontiguousarray(global_summary[BANK])).float().to(self.device)
+        self._scoring = key
 
     def state(self) -> dict[str, torch.Tensor]:
         return {}
