@@ -220,3 +220,26 @@ def test_a_member_exports_to_onnx_with_pytorchs_scores_and_fre_is_refused(tmp_pa
     fre = create(resolve(tiny("fre", "fedavg")), None, "cpu")
     with pytest.raises(ConfigError, match="an ONNX export .* requires TorchScore"):
         require_torch_score(fre)
+
+
+@pytest.mark.parametrize("model,exchange,fault", [("padim", "summary", "shift"),
+                                                  ("stfpm", "fedavg", "scale")])
+def test_a_bad_and_a_poisoned_site_are_kept_out_of_a_members_federation(
+        tmp_path: Path, model: str, exchange: str, fault: str):
+    """Four sites, one uploading NaNs (rejected by validation, naming it) and one its
+    statistics shifted or its weights scaled (dropped by robust aggregation): the run ends
+    with the two honest sites' merge and every site evaluated."""
+    cfg = tiny(model, exchange, num_clients=4, faults=["0:nan", f"3:{fault}"],
+               **{"robust.enabled": True, "eval_every": 10**9})
+    server = federate(cfg, InProcess(cfg, partition_nodes(cfg)), [0, 1, 2, 3], tmp_path)
+    rounds = [r for r in server.history if r["train"]]
+    assert rounds and all(r["train"]["clients"] == 2 for r in rounds)
+    nan = [why for why in server.rejected if "non-finite" in why]
+    assert len(nan) == len(rounds) and all("(partition 0)" in why for why in nan)
+    assert len(server.robust_log) == len(rounds)
+    assert all(len(e["dropped"]) == 1 and "(partition 3)" in e["dropped"][0]
+               for e in server.robust_log)
+    final = server.history[-1]["evaluate"]["per_client"]
+    assert len(final) == 4 and all(math.isfinite(v["i_auroc"]) for v in final.values())
+    report = (tmp_path / "report.html").read_text()  # the HTML report names what was left out
+    assert f"anomalib-{model}" in report and "non-finite" in report

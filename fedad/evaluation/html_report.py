@@ -3,11 +3,12 @@ no script, no external URL) for a run folder or a sweep folder.
 
 A run's page holds its headline (detector, exchange, dataset, clients, rounds), the final
 metrics (I-AUROC, P-AUROC, PRO: mean ± std over clients), the metrics per round, each
-client's final results, image-level ROC curves (per client and pooled) and, per client, its
-worst and best cases (image, ground truth, anomaly map, thresholded mask). Everything is
-read from the run folder: ``config.json``, ``rounds.json`` and the sites'
-``site-<id>/scores.npz`` (:mod:`fedad.evaluation.cases`); what is missing (no masks, no
-per-image scores) is shown as n/a. A sweep's page holds the table and the figures of
+client's final results, the replies left out of aggregation and why, image-level ROC
+curves (per client and pooled) and, per client, its worst and best cases (image, ground
+truth, anomaly map, thresholded mask). Everything is read from the run folder:
+``config.json``, ``rounds.json`` and the sites' ``site-<id>/scores.npz``
+(:mod:`fedad.evaluation.cases`); what is missing (no masks, no per-image scores) is shown
+as n/a. A sweep's page holds the table and the figures of
 :func:`fedad.evaluation.sweep_report.make_report`.
 
 ``fedad-sim`` writes ``<run dir>/report.html`` at the end of every run
@@ -47,7 +48,8 @@ THUMB = 128  # px, the cases' panels
 DPI = 80  # the figures'
 NAMES = {"i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "pro": "PRO"}
 RUN_SECTIONS = (("final", "Final metrics"), ("rounds", "Per round"), ("clients", "Per client"),
-                ("roc", "ROC curves"), ("cases", "Worst and best cases"))
+                ("left-out", "Left out of aggregation"), ("roc", "ROC curves"),
+                ("cases", "Worst and best cases"))
 SWEEP_SECTIONS = (("table", "Table"), ("figures", "Figures"), ("runs", "Runs"))
 SWEEP_FIGURES = {"rounds": "rounds.png: I-AUROC per round", "epochs": "epochs.png: I-AUROC per "
                  "local epochs", "alpha": "alpha.png: I-AUROC per alpha",
@@ -144,6 +146,23 @@ def clients_section(result: dict, sites: list[SiteScores]) -> str:
         "images scoring above it.</p>") + table(
         ("client", *(NAMES[k] for k in METRICS), "threshold", "normal flagged",
          "defective flagged", "test images"), rows))
+
+
+def left_out_section(result: dict) -> str:
+    """The replies the server left out of aggregation (validation or robust aggregation):
+    how many per client, and every reason (rounds.json ``rejected``)."""
+    per_client = result.get("rejected_per_client") or {}
+    reasons = result.get("rejected") or []
+    if not per_client and not reasons:
+        return section("left-out", "Left out of aggregation",
+                       '<p class="note">Every reply counted: none was left out.</p>')
+    counts = table(("client", "replies left out"),
+                   ([esc(c), esc(n)] for c, n in sorted(per_client.items())))
+    items = "".join(f"<li>{esc(r)}</li>" for r in reasons)
+    return section("left-out", "Left out of aggregation", (
+        '<p class="note">Replies the server did not merge: an upload that failed '
+        "validation, a client that raised, or one robust aggregation dropped. The run "
+        "went on with the others.</p>") + counts + f"<ul>{items}</ul>")
 
 
 def roc_curves(sites: list[SiteScores]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
@@ -245,7 +264,8 @@ def run_html(run_dir: str | Path) -> str:
     sites = load_scores(run_dir)
     title, meta = headline(cfg, result)
     body = (meta + final_section(result) + rounds_section(result)
-            + clients_section(result, sites) + roc_section(sites) + cases_section(sites))
+            + clients_section(result, sites) + left_out_section(result) + roc_section(sites)
+            + cases_section(sites))
     return page(title, body, RUN_SECTIONS)
 
 
