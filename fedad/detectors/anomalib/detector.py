@@ -141,6 +141,7 @@ class AnomalibModel(Detector):
                     raise ConfigError(f"sections.anomalib.init: anomalib's {name} refused "
                                       f"{sorted(own(cfg).init)}: {exc}") from exc
         self.lm.model.to(self.device)
+        self._scoring: bytes | None = None  # the summary's key in the model
 
     def module(self) -> torch.nn.Module:
         return self.lm.model
@@ -181,7 +182,17 @@ class AnomalibModel(Detector):
         return self.lm.model
 
     def prepare_scoring(self, global_summary: Summary) -> None:
-        """Put what the global summary says into anomalib's model (nothing by default)."""
+        """Put what the global summary says into anomalib's model (:meth:`set_summary`),
+        once per global summary: an export then holds it as the model's buffers."""
+        from fedad.detectors.base import summary_fingerprint
+
+        key = summary_fingerprint(global_summary)
+        if key != self._scoring:
+            self.set_summary(global_summary)
+            self._scoring = key
+
+    def set_summary(self, global_summary: Summary) -> None:
+        """Put the global summary into anomalib's model (nothing by default)."""
 
     def batches(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
         """``images`` :data:`BATCH` at a time, float32 on the model's device."""
@@ -362,7 +373,6 @@ class Padim(AnomalibModel, Summarizes, TorchScore):
             model.idx.device)
         self.d = int(model.n_features)
         self._stats: dict[str, np.ndarray] | None = None
-        self._scoring: bytes | None = None
         size = int(cfg.dataset.image_size)  # the embedding's positions at the run's size
         self.positions = int(np.prod(self.embeddings(torch.zeros(1, 3, size, size)).shape[-2:]))
 
@@ -412,19 +422,13 @@ class Padim(AnomalibModel, Summarizes, TorchScore):
             raise BankError("anomalib-padim: no valid uploads to merge")
         return combine_statistics(summaries)
 
-    def prepare_scoring(self, global_summary: Summary) -> None:
+    def set_summary(self, global_summary: Summary) -> None:
         """anomalib's Gaussians (``mean`` ``(d, P)``, ``inv_covariance`` ``(P, d, d)``)
-        from the merged statistics; inverted once per global summary."""
-        from fedad.detectors.base import summary_fingerprint
-
-        key = summary_fingerprint(global_summary)
-        if key == self._scoring:
-            return
+        from the merged statistics."""
         mean, cov = gaussian(global_summary, self.EPSILON)
         g = self.lm.model.gaussian
         g.mean = torch.from_numpy(mean.T.copy()).float().to(self.device)
         g.inv_covariance = inverse_covariance(cov, torch.float32, self.device)
-        self._scoring = key
 
     def state(self) -> dict[str, torch.Tensor]:
         return {}
@@ -458,7 +462,6 @@ class Patchcore(AnomalibModel, Summarizes, TorchScore):
         super().__init__(cfg, shape, device, seed)
         self.dim = int(sum(self.lm.model.feature_extractor.out_dims))
         self.bank: torch.Tensor | None = None
-        self._scoring: bytes | None = None
 
     @torch.no_grad()
     def embeddings(self, images: torch.Tensor) -> torch.Tensor:
@@ -503,17 +506,10 @@ class Patchcore(AnomalibModel, Summarizes, TorchScore):
         return {BANK: np.concatenate([np.asarray(s[BANK], np.float32)
                                         for s in summaries])}
 
-    def prepare_scoring(self, global_summary: Summary) -> None:
-        """anomalib's memory bank from the merged one (once per global summary: an
-        export then holds it as the model's buffer)."""
-        from fedad.detectors.base import summary_fingerprint
-
-        key = summary_fingerprint(global_summary)
-        if key == self._scoring:
-            return
+    def set_summary(self, global_summary: Summary) -> None:
+        """anomalib's memory bank: the merged one."""
         self.lm.model.memory_bank = torch.from_numpy(
             np.ascontiguousarray(global_summary[BANK])).float().to(self.device)
-        self._scoring = key
 
     def state(self) -> dict[str, torch.Tensor]:
         return {}
