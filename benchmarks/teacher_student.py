@@ -40,6 +40,13 @@ validation split alone; the value of the best mean of validation image and pixel
 the results, with every value's scores, before any test image is scored; the rows then use
 it. Values already tried are read back, not re-run.
 
+``--choose-scaffold``: after ``--choose`` and before any row, SCAFFOLD's plain-SGD rate
+``scaffold.lr`` (every part) is chosen the same way: one site (where SCAFFOLD's correction is
+zero, so plain SGD at the rate) at the step budget with the federated rows' batches, per
+value of :data:`SCAFFOLD_LR`, scored on the validation split alone; the best mean of
+validation image and pixel AUROC wins (the lower rate on ties; a winner at an edge widens
+the grid beyond it; a diverged rate loses). The ``scaffold`` row then uses it.
+
 With pixel masks, a realism measure of the synthetic defects: the Frechet distance between
 Gaussians fitted to Lite0 features (stride 8) averaged over each defect region, of DDPM
 defects, cut-paste defects and normal regions, each against the real defects' (lower is
@@ -131,6 +138,65 @@ def choose(base: dict, payload: dict, out: Path, name: str) -> float:
                                    "batch, validation split only"}
     write_results(out, name, payload, markdown(payload))
     return float(best["t_start"])
+
+
+# scaffold.lr tried by --choose-scaffold (SCAFFOLD's plain-SGD rate, every part), fixed
+# before any run: the a priori 0.01 (which under-trained every phase in the same steps) and
+# three rates above it a factor ~3 apart. A winner at either edge widens the grid by a factor
+# 3 beyond it, within LR_RANGE
+SCAFFOLD_LR = (0.01, 0.03, 0.1, 0.3)
+LR_RANGE = (1e-3, 3.0)
+
+
+def choose_scaffold(base: dict, payload: dict, out: Path, name: str) -> float:
+    """``scaffold.lr`` chosen on the validation split (module docstring, ``--choose-scaffold``);
+    kept in ``payload["scaffold_selection"]`` (rates already tried are read back, not
+    re-run) and written before the SCAFFOLD row runs. A rate whose run fails or whose
+    validation score is not finite (plain SGD diverging) loses, with the reason kept."""
+    done = {float(t["lr"]): t
+            for t in payload.get("scaffold_selection", {}).get("tried", [])}
+
+    def tried(lr: float) -> dict:
+        if lr not in done:
+            cfg = centralized_config(from_flat({**base, "exchange": "scaffold",
+                                                "scaffold.lr": lr, "scaffold.part_lr": []}))
+            cfg.examples = 0
+            t = time.perf_counter()
+            try:
+                r = validation_only(check(resolve(cfg)))
+            except (ArithmeticError, RuntimeError, ValueError) as exc:  # diverged
+                r = {"failed": f"{type(exc).__name__}: {exc}"[:300]}
+            score = r.get("val_score")
+            ok = score is not None and bool(np.isfinite(score))
+            done[lr] = {"lr": lr, **{k: (r[k] if ok else None) for k in (
+                "val_i_auroc", "val_p_auroc", "val_score")},
+                "losses": [float(v) for v in r.get("losses", [])],
+                "seconds": time.perf_counter() - t,
+                **({} if ok else {"failed": r.get("failed", "validation score not finite")})}
+            log.info("scaffold.lr %.3g: validation %s", lr,
+                     f"I-AUROC {r['val_i_auroc']:.4f}, P-AUROC {r['val_p_auroc']:.4f}"
+                     if ok else done[lr]["failed"])
+        return done[lr]
+
+    def key(t: dict) -> tuple:
+        return (t["val_score"] if t["val_score"] is not None else -np.inf, -t["lr"])
+
+    grid = list(SCAFFOLD_LR)
+    while True:
+        best = max((tried(v) for v in grid), key=key)
+        if best["lr"] == max(grid) and max(grid) * 3 <= LR_RANGE[1]:
+            grid.append(round(max(grid) * 3, 4))  # the highest won: widen above it
+        elif best["lr"] == min(grid) and min(grid) / 3 >= LR_RANGE[0]:
+            grid.insert(0, round(min(grid) / 3, 5))  # the lowest won: widen below it
+        else:
+            break
+    payload["scaffold_selection"] = {
+        "chosen": best["lr"], "grid": grid, "tried": [done[v] for v in grid],
+        "how": "one site (SCAFFOLD's correction is then zero: plain SGD at the rate), "
+               "the step budget at the federated rows' batch, validation split only; "
+               "one rate for every part (ddpm, student, head)"}
+    write_results(out, name, payload, markdown(payload))
+    return float(best["lr"])
 
 
 def row_config(base: dict, row: str) -> RunConfig:
@@ -281,6 +347,14 @@ def markdown(payload: dict) -> str:
                       f"{t['t_start']:g}: val I-AUROC {t['val_i_auroc']:.3f} / P-AUROC "
                       f"{t['val_p_auroc']:.3f}" for t in sel["tried"])
                   + f"; chosen {sel['chosen']:g}"]
+    sel = payload.get("scaffold_selection")
+    if sel:
+        lines += ["", f"scaffold.lr chosen on the validation split before the SCAFFOLD row's "
+                  f"test images were scored ({sel['how']}): " + ", ".join(
+                      f"{t['lr']:g}: " + (f"val I-AUROC {t['val_i_auroc']:.3f} / P-AUROC "
+                                          f"{t['val_p_auroc']:.3f}"
+                                          if t["val_score"] is not None else "failed")
+                      for t in sel["tried"]) + f"; chosen {sel['chosen']:g}"]
     real = payload.get("realism", {})
     if "frechet_to_real_defects" in real:
         lines += ["", "Realism: Frechet distance of region features (Lite0, stride 8) to the "
@@ -299,6 +373,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     p.add_argument("--choose", action="store_true",
                    help="choose asymst.t_start on the validation split first")
+    p.add_argument("--choose-scaffold", action="store_true",
+                   help="choose scaffold.lr on the validation split before the rows")
     p.add_argument("overrides", nargs="*", help="RunConfig overrides (after --)")
     args = p.parse_args()
     setup_logging()
@@ -313,6 +389,9 @@ def main() -> None:
     payload = results_payload(args)
     if args.choose:
         flat["asymst.t_start"] = choose(flat, payload, args.out, args.name)
+    if args.choose_scaffold:
+        flat["scaffold.lr"] = choose_scaffold(flat, payload, args.out, args.name)
+        flat["scaffold.part_lr"] = []
     for row in args.rows:
         cfg = row_config(flat, row)
         folder = args.work / row
