@@ -135,6 +135,21 @@ def test_fedad_sim_refuses_an_unknown_key_before_hydra_parses_it(capsys):
                           "train.rounds?"
 
 
+def test_a_sections_keys_compose_from_the_command_line_and_a_misspelt_one_is_named(capsys):
+    """``+sections.<name>.<key>=`` (how docs/anomalib.md and docs/development.md say a
+    plug-in's or a family's section is set) passes the key check and reaches the section's
+    dataclass, which names a key it does not have."""
+    from fedad.cli.overrides import compose
+    from fedad.cli.sim import check_argv
+
+    base = ["detector=toyae", "plugins=[tests.toy_trainable]", "exchange=fedavg"]
+    check_argv([*base, "+sections.toyae.hidden=6"])  # not refused before Hydra parses it
+    assert capsys.readouterr().err == ""
+    assert compose([*base, "+sections.toyae.hidden=6"]).sections == {"toyae": {"hidden": 6}}
+    with pytest.raises(ConfigError, match="sections.toyae.widht"):
+        compose([*base, "+sections.toyae.widht=6"])
+
+
 def test_a_refused_run_leaves_no_folder_and_one_line(tmp_path: Path):
     import subprocess
     import sys

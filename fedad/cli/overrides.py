@@ -68,7 +68,9 @@ def known_keys() -> set[str]:
 def check_keys(overrides: Sequence[str]) -> None:
     """Refuse overrides of keys the config does not have, with the key meant (``+key=``
     too: the schema is closed, so Hydra's advice to append would start a default run);
-    Hydra's own keys (``hydra.*``, ``hydra/...``) pass.
+    Hydra's own keys (``hydra.*``, ``hydra/...``) pass, and so do a section's keys
+    (``+sections.<name>.<key>``): the composed check reads them with the dataclass that
+    section's code declares and names any key it does not have.
 
     Raises:
         ConfigError: one line per unknown key.
@@ -76,7 +78,7 @@ def check_keys(overrides: Sequence[str]) -> None:
     known, bad = known_keys(), []
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
-        if key.startswith(("hydra.", "hydra/")) or key == "hydra":
+        if key.startswith(("hydra.", "hydra/", "sections.")) or key == "hydra":
             continue
         line = unknown_key(key, known)
         if line:
