@@ -148,6 +148,8 @@ def test_a_sections_keys_compose_from_the_command_line_and_a_misspelt_one_is_nam
     assert compose([*base, "+sections.toyae.hidden=6"]).sections == {"toyae": {"hidden": 6}}
     with pytest.raises(ConfigError, match="sections.toyae.widht"):
         compose([*base, "+sections.toyae.widht=6"])
+    with pytest.raises(ConfigError, match=r"is set as \+sections.toyae.hidden="):
+        compose([*base, "toyae.hidden=6"])  # the section's key without its prefix
 
 
 def test_a_refused_run_leaves_no_folder_and_one_line(tmp_path: Path):
