@@ -150,6 +150,8 @@ def test_a_sections_keys_compose_from_the_command_line_and_a_misspelt_one_is_nam
         compose([*base, "+sections.toyae.widht=6"])
     with pytest.raises(ConfigError, match=r"is set as \+sections.toyae.hidden="):
         compose([*base, "toyae.hidden=6"])  # the section's key without its prefix
+    with pytest.raises(ConfigError, match=r"train.zzzzzzzz is not a config key \(fedad-sim"):
+        compose(["train.zzzzzzzz=1"])  # a key of the schema's own sections: no such advice
 
 
 def test_a_refused_run_leaves_no_folder_and_one_line(tmp_path: Path):

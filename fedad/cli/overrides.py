@@ -81,7 +81,9 @@ def check_keys(overrides: Sequence[str]) -> None:
         if key.startswith(("hydra.", "hydra/", "sections.")) or key == "hydra":
             continue
         line = unknown_key(key, known)
-        if line and "." in key and "did you mean" not in line:  # perhaps a section's key
+        heads = {k.split(".", 1)[0] for k in known}
+        if (line and "." in key and "did you mean" not in line
+                and key.split(".", 1)[0] not in heads):  # perhaps a plug-in section's key
             line = (f"{key} is not a config key; a section declared beside a detector's "
                     f"code (detector=anomalib's, a plug-in's) is set as "
                     f"+sections.{key}=... (fedad-sim --cfg job lists every other key)")
