@@ -60,6 +60,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -108,36 +109,68 @@ T_START = (0.1, 0.3, 0.6, 1.0)
 WIDEST = 0.01
 
 
-def choose(base: dict, payload: dict, out: Path, name: str) -> float:
-    """``asymst.t_start`` chosen on the validation split (module docstring); kept in
-    ``payload["selection"]`` (values already tried are read back, not re-run) and written
+def choose_on_validation(base: dict, payload: dict, out: Path, name: str, *, field: str,
+                         record: str, grid: Sequence[float],
+                         changes: Callable[[float], dict],
+                         widen: Callable[[list[float], float], float | None],
+                         how: str) -> float:
+    """The value of ``field`` chosen on the validation split (module docstring): one
+    centralized run of ``base`` with ``changes(value)`` per value of ``grid``, scored on the
+    validation split alone; the best mean of validation image and pixel AUROC wins (the
+    lower value on ties; a run that fails or whose score is not finite loses, with the
+    reason kept), and while ``widen(grid, winner)`` names a value it joins the grid. Kept
+    in ``payload[record]`` (values already tried are read back, not re-run) and written
     before any row runs."""
-    done = {float(t["t_start"]): t for t in payload.get("selection", {}).get("tried", [])}
+    done = {float(t[field]): t for t in payload.get(record, {}).get("tried", [])}
 
     def tried(value: float) -> dict:
         if value not in done:
-            cfg = centralized_config(from_flat({**base, "asymst.t_start": value}))
+            cfg = centralized_config(from_flat({**base, **changes(value)}))
             cfg.examples = 0
-            r = validation_only(check(resolve(cfg)))
-            done[value] = {"t_start": value, **{k: r[k] for k in (
-                "val_i_auroc", "val_p_auroc", "val_score", "seconds")}}
-            log.info("t_start %.3g: validation I-AUROC %.4f, P-AUROC %.4f", value,
-                     r["val_i_auroc"], r["val_p_auroc"])
+            t = time.perf_counter()
+            try:
+                r = validation_only(check(resolve(cfg)))
+            except (ArithmeticError, RuntimeError, ValueError) as exc:  # e.g. diverged
+                r = {"failed": f"{type(exc).__name__}: {exc}"[:300]}
+            score = r.get("val_score")
+            ok = score is not None and bool(np.isfinite(score))
+            done[value] = {field: value, **{k: (r[k] if ok else None) for k in (
+                "val_i_auroc", "val_p_auroc", "val_score")},
+                "losses": [float(v) for v in r.get("losses", [])],
+                "seconds": time.perf_counter() - t,
+                **({} if ok else {"failed": r.get("failed", "validation score not finite")})}
+            log.info("%s %.3g: validation %s", field, value,
+                     f"I-AUROC {r['val_i_auroc']:.4f}, P-AUROC {r['val_p_auroc']:.4f}"
+                     if ok else done[value]["failed"])
         return done[value]
 
-    grid = list(T_START)
+    def key(t: dict) -> tuple:
+        return (t["val_score"] if t["val_score"] is not None else -np.inf, -t[field])
+
+    grid = sorted(grid)
     while True:
-        scores = [tried(v) for v in grid]
-        best = max(scores, key=lambda t: (t["val_score"], -grid.index(t["t_start"])))
-        if best["t_start"] != min(grid) or min(grid) / 3 < WIDEST:
+        best = max((tried(v) for v in grid), key=key)[field]
+        wider = widen(grid, best)
+        if wider is None:
             break
-        grid.insert(0, round(min(grid) / 3, 4))  # the lowest won: widen below it
-    payload["selection"] = {"chosen": best["t_start"], "grid": grid,
-                            "tried": [done[v] for v in grid],
-                            "how": "centralized, the step budget at the federated rows' "
-                                   "batch, validation split only"}
+        grid = sorted([*grid, wider])
+    payload[record] = {"chosen": best, "grid": grid, "tried": [done[v] for v in grid],
+                       "how": how}
     write_results(out, name, payload, markdown(payload))
-    return float(best["t_start"])
+    return float(best)
+
+
+def choose(base: dict, payload: dict, out: Path, name: str) -> float:
+    """``asymst.t_start`` chosen on the validation split (``--choose``), kept in
+    ``payload["selection"]``."""
+    def widen(grid: list[float], best: float) -> float | None:  # the lowest won: below it
+        return round(best / 3, 4) if best == grid[0] and best / 3 >= WIDEST else None
+
+    return choose_on_validation(
+        base, payload, out, name, field="t_start", record="selection", grid=T_START,
+        changes=lambda v: {"asymst.t_start": v}, widen=widen,
+        how="centralized, the step budget at the federated rows' batch, validation split "
+            "only")
 
 
 # scaffold.lr tried by --choose-scaffold (SCAFFOLD's plain-SGD rate, every part), fixed
@@ -149,54 +182,22 @@ LR_RANGE = (1e-3, 3.0)
 
 
 def choose_scaffold(base: dict, payload: dict, out: Path, name: str) -> float:
-    """``scaffold.lr`` chosen on the validation split (module docstring, ``--choose-scaffold``);
-    kept in ``payload["scaffold_selection"]`` (rates already tried are read back, not
-    re-run) and written before the SCAFFOLD row runs. A rate whose run fails or whose
-    validation score is not finite (plain SGD diverging) loses, with the reason kept."""
-    done = {float(t["lr"]): t
-            for t in payload.get("scaffold_selection", {}).get("tried", [])}
+    """``scaffold.lr`` chosen on the validation split (``--choose-scaffold``), kept in
+    ``payload["scaffold_selection"]``; a rate at which plain SGD diverges loses."""
+    def widen(grid: list[float], best: float) -> float | None:  # an edge won: beyond it
+        if best == grid[-1] and best * 3 <= LR_RANGE[1]:
+            return round(best * 3, 4)
+        if best == grid[0] and best / 3 >= LR_RANGE[0]:
+            return round(best / 3, 5)
+        return None
 
-    def tried(lr: float) -> dict:
-        if lr not in done:
-            cfg = centralized_config(from_flat({**base, "exchange": "scaffold",
-                                                "scaffold.lr": lr, "scaffold.part_lr": []}))
-            cfg.examples = 0
-            t = time.perf_counter()
-            try:
-                r = validation_only(check(resolve(cfg)))
-            except (ArithmeticError, RuntimeError, ValueError) as exc:  # diverged
-                r = {"failed": f"{type(exc).__name__}: {exc}"[:300]}
-            score = r.get("val_score")
-            ok = score is not None and bool(np.isfinite(score))
-            done[lr] = {"lr": lr, **{k: (r[k] if ok else None) for k in (
-                "val_i_auroc", "val_p_auroc", "val_score")},
-                "losses": [float(v) for v in r.get("losses", [])],
-                "seconds": time.perf_counter() - t,
-                **({} if ok else {"failed": r.get("failed", "validation score not finite")})}
-            log.info("scaffold.lr %.3g: validation %s", lr,
-                     f"I-AUROC {r['val_i_auroc']:.4f}, P-AUROC {r['val_p_auroc']:.4f}"
-                     if ok else done[lr]["failed"])
-        return done[lr]
-
-    def key(t: dict) -> tuple:
-        return (t["val_score"] if t["val_score"] is not None else -np.inf, -t["lr"])
-
-    grid = list(SCAFFOLD_LR)
-    while True:
-        best = max((tried(v) for v in grid), key=key)
-        if best["lr"] == max(grid) and max(grid) * 3 <= LR_RANGE[1]:
-            grid.append(round(max(grid) * 3, 4))  # the highest won: widen above it
-        elif best["lr"] == min(grid) and min(grid) / 3 >= LR_RANGE[0]:
-            grid.insert(0, round(min(grid) / 3, 5))  # the lowest won: widen below it
-        else:
-            break
-    payload["scaffold_selection"] = {
-        "chosen": best["lr"], "grid": grid, "tried": [done[v] for v in grid],
-        "how": "one site (SCAFFOLD's correction is then zero: plain SGD at the rate), "
-               "the step budget at the federated rows' batch, validation split only; "
-               "one rate for every part (ddpm, student, head)"}
-    write_results(out, name, payload, markdown(payload))
-    return float(best["lr"])
+    return choose_on_validation(
+        base, payload, out, name, field="lr", record="scaffold_selection", grid=SCAFFOLD_LR,
+        changes=lambda v: {"exchange": "scaffold", "scaffold.lr": v, "scaffold.part_lr": []},
+        widen=widen,
+        how="one site (SCAFFOLD's correction is then zero: plain SGD at the rate), the step "
+            "budget at the federated rows' batch, validation split only; one rate for every "
+            "part (ddpm, student, head)")
 
 
 def row_config(base: dict, row: str) -> RunConfig:
@@ -340,21 +341,18 @@ def markdown(payload: dict) -> str:
             change = f"{ls[-1] - ls[-2]:+.4f}" if len(ls) > 1 else "-"
             lines.append(f"| {row} | {phase} | {v['steps']} | {v['rounds']} | "
                          f"{ls[0]:.4f} -> {ls[-1]:.4f} | {change} |")
-    sel = payload.get("selection")
-    if sel:
-        lines += ["", f"asymst.t_start chosen on the validation split before any test image "
-                  f"was scored ({sel['how']}): " + ", ".join(
-                      f"{t['t_start']:g}: val I-AUROC {t['val_i_auroc']:.3f} / P-AUROC "
-                      f"{t['val_p_auroc']:.3f}" for t in sel["tried"])
-                  + f"; chosen {sel['chosen']:g}"]
-    sel = payload.get("scaffold_selection")
-    if sel:
-        lines += ["", f"scaffold.lr chosen on the validation split before the SCAFFOLD row's "
-                  f"test images were scored ({sel['how']}): " + ", ".join(
-                      f"{t['lr']:g}: " + (f"val I-AUROC {t['val_i_auroc']:.3f} / P-AUROC "
-                                          f"{t['val_p_auroc']:.3f}"
-                                          if t["val_score"] is not None else "failed")
-                      for t in sel["tried"]) + f"; chosen {sel['chosen']:g}"]
+    for record, field, what in (
+            ("selection", "t_start", "asymst.t_start chosen on the validation split before "
+                                     "any test image was scored"),
+            ("scaffold_selection", "lr", "scaffold.lr chosen on the validation split before "
+                                         "the SCAFFOLD row's test images were scored")):
+        sel = payload.get(record)
+        if sel:
+            lines += ["", f"{what} ({sel['how']}): " + ", ".join(
+                f"{t[field]:g}: " + (f"val I-AUROC {t['val_i_auroc']:.3f} / P-AUROC "
+                                     f"{t['val_p_auroc']:.3f}"
+                                     if t["val_score"] is not None else "failed")
+                for t in sel["tried"]) + f"; chosen {sel['chosen']:g}"]
     real = payload.get("realism", {})
     if "frechet_to_real_defects" in real:
         lines += ["", "Realism: Frechet distance of region features (Lite0, stride 8) to the "

@@ -76,12 +76,12 @@ def check_keys(overrides: Sequence[str]) -> None:
         ConfigError: one line per unknown key.
     """
     known, bad = known_keys(), []
+    heads = {k.split(".", 1)[0] for k in known}  # the schema's own sections
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
         if key.startswith(("hydra.", "hydra/", "sections.")) or key == "hydra":
             continue
         line = unknown_key(key, known)
-        heads = {k.split(".", 1)[0] for k in known}
         if (line and "." in key and "did you mean" not in line
                 and key.split(".", 1)[0] not in heads):  # perhaps a plug-in section's key
             line = (f"{key} is not a config key; a section declared beside a detector's "
