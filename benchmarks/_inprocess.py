@@ -32,7 +32,8 @@ def _validation(per_client: dict) -> dict:
     """Weighted validation scores over the sites that hold a validation split (a site
     holding out two images should not count as much as one holding out forty): image and
     pixel AUROC and their mean, the score choices are made on (synthetic defects are often
-    found by every variant, so image AUROC alone saturates at 1.0 and cannot choose)."""
+    found by every variant, so image AUROC alone saturates at 1.0 and cannot choose), and
+    the held-out objective ``val_loss`` where the detector reports one."""
     val = [v for v in per_client.values() if "val_i_auroc" in v]
     w = [v["val-images"] for v in val]
     i = float(np.average([v["val_i_auroc"] for v in val], weights=w))
@@ -40,9 +41,12 @@ def _validation(per_client: dict) -> dict:
     per = [{"i_auroc": v["val_i_auroc"], "p_auroc": v["val_p_auroc"],
             "score": (v["val_i_auroc"] + v["val_p_auroc"]) / 2, "images": v["val-images"]}
            for v in val]
-    return {"val_i_auroc": i, "val_p_auroc": p,
-            "val_score": float(np.average([v["score"] for v in per], weights=w)),
-            "val_per_client": per}
+    out = {"val_i_auroc": i, "val_p_auroc": p,
+           "val_score": float(np.average([v["score"] for v in per], weights=w)),
+           "val_per_client": per}
+    if all("val_loss" in v for v in val):  # a detector with a held-out objective
+        out["val_loss"] = float(np.average([v["val_loss"] for v in val], weights=w))
+    return out
 
 
 def _test(server: Server, transport: InProcess, rnd: int) -> dict:

@@ -60,7 +60,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +67,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._choice import choose_on_validation, widen_rate  # noqa: E402
 from benchmarks._common import write_results  # noqa: E402
-from benchmarks._inprocess import validation_only  # noqa: E402
 from benchmarks._resumable import (  # noqa: E402
     base_flat,
     by_phase,
@@ -85,7 +84,6 @@ from fedad.detectors.asymst.synthesis import classical_defect  # noqa: E402
 from fedad.detectors.registry import feature_config, label, resolve  # noqa: E402
 from fedad.diffusion.defects import paste, perlin_mask  # noqa: E402
 from fedad.errors import ConfigError  # noqa: E402
-from fedad.federation.centralized import centralized_config  # noqa: E402
 from fedad.federation.compose import check  # noqa: E402
 from fedad.federation.site_data import load_client_data  # noqa: E402
 from fedad.progress import setup_logging  # noqa: E402
@@ -109,57 +107,6 @@ T_START = (0.1, 0.3, 0.6, 1.0)
 WIDEST = 0.01
 
 
-def choose_on_validation(base: dict, payload: dict, out: Path, name: str, *, field: str,
-                         record: str, grid: Sequence[float],
-                         changes: Callable[[float], dict],
-                         widen: Callable[[list[float], float], float | None],
-                         how: str) -> float:
-    """The value of ``field`` chosen on the validation split (module docstring): one
-    centralized run of ``base`` with ``changes(value)`` per value of ``grid``, scored on the
-    validation split alone; the best mean of validation image and pixel AUROC wins (the
-    lower value on ties; a run that fails or whose score is not finite loses, with the
-    reason kept), and while ``widen(grid, winner)`` names a value it joins the grid. Kept
-    in ``payload[record]`` (values already tried are read back, not re-run) and written
-    before any row runs."""
-    done = {float(t[field]): t for t in payload.get(record, {}).get("tried", [])}
-
-    def tried(value: float) -> dict:
-        if value not in done:
-            cfg = centralized_config(from_flat({**base, **changes(value)}))
-            cfg.examples = 0
-            t = time.perf_counter()
-            try:
-                r = validation_only(check(resolve(cfg)))
-            except (ArithmeticError, RuntimeError, ValueError) as exc:  # e.g. diverged
-                r = {"failed": f"{type(exc).__name__}: {exc}"[:300]}
-            score = r.get("val_score")
-            ok = score is not None and bool(np.isfinite(score))
-            done[value] = {field: value, **{k: (r[k] if ok else None) for k in (
-                "val_i_auroc", "val_p_auroc", "val_score")},
-                "losses": [float(v) for v in r.get("losses", [])],
-                "seconds": time.perf_counter() - t,
-                **({} if ok else {"failed": r.get("failed", "validation score not finite")})}
-            log.info("%s %.3g: validation %s", field, value,
-                     f"I-AUROC {r['val_i_auroc']:.4f}, P-AUROC {r['val_p_auroc']:.4f}"
-                     if ok else done[value]["failed"])
-        return done[value]
-
-    def key(t: dict) -> tuple:
-        return (t["val_score"] if t["val_score"] is not None else -np.inf, -t[field])
-
-    grid = sorted(grid)
-    while True:
-        best = max((tried(v) for v in grid), key=key)[field]
-        wider = widen(grid, best)
-        if wider is None:
-            break
-        grid = sorted([*grid, wider])
-    payload[record] = {"chosen": best, "grid": grid, "tried": [done[v] for v in grid],
-                       "how": how}
-    write_results(out, name, payload, markdown(payload))
-    return float(best)
-
-
 def choose(base: dict, payload: dict, out: Path, name: str) -> float:
     """``asymst.t_start`` chosen on the validation split (``--choose``), kept in
     ``payload["selection"]``."""
@@ -167,7 +114,8 @@ def choose(base: dict, payload: dict, out: Path, name: str) -> float:
         return round(best / 3, 4) if best == grid[0] and best / 3 >= WIDEST else None
 
     return choose_on_validation(
-        base, payload, out, name, field="t_start", record="selection", grid=T_START,
+        base, payload, lambda d: write_results(out, name, d, markdown(d)), field="t_start",
+        record="selection", grid=T_START,
         changes=lambda v: {"asymst.t_start": v}, widen=widen,
         how="centralized, the step budget at the federated rows' batch, validation split "
             "only")
@@ -184,17 +132,10 @@ LR_RANGE = (1e-3, 3.0)
 def choose_scaffold(base: dict, payload: dict, out: Path, name: str) -> float:
     """``scaffold.lr`` chosen on the validation split (``--choose-scaffold``), kept in
     ``payload["scaffold_selection"]``; a rate at which plain SGD diverges loses."""
-    def widen(grid: list[float], best: float) -> float | None:  # an edge won: beyond it
-        if best == grid[-1] and best * 3 <= LR_RANGE[1]:
-            return round(best * 3, 4)
-        if best == grid[0] and best / 3 >= LR_RANGE[0]:
-            return round(best / 3, 5)
-        return None
-
     return choose_on_validation(
-        base, payload, out, name, field="lr", record="scaffold_selection", grid=SCAFFOLD_LR,
+        base, payload, lambda d: write_results(out, name, d, markdown(d)), field="lr",
+        record="scaffold_selection", grid=SCAFFOLD_LR, widen=widen_rate(*LR_RANGE),
         changes=lambda v: {"exchange": "scaffold", "scaffold.lr": v, "scaffold.part_lr": []},
-        widen=widen,
         how="one site (SCAFFOLD's correction is then zero: plain SGD at the rate), the step "
             "budget at the federated rows' batch, validation split only; one rate for every "
             "part (ddpm, student, head)")
@@ -351,7 +292,7 @@ def markdown(payload: dict) -> str:
             lines += ["", f"{what} ({sel['how']}): " + ", ".join(
                 f"{t[field]:g}: " + (f"val I-AUROC {t['val_i_auroc']:.3f} / P-AUROC "
                                      f"{t['val_p_auroc']:.3f}"
-                                     if t["val_score"] is not None else "failed")
+                                     if "failed" not in t else "failed")
                 for t in sel["tried"]) + f"; chosen {sel['chosen']:g}"]
     real = payload.get("realism", {})
     if "frechet_to_real_defects" in real:

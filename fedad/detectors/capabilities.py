@@ -14,6 +14,7 @@ capability                      what the detector offers
 :class:`StreamedFit`            ... fitted from features read chunk by chunk (streaming)
 :class:`Trainable`              a trained module, its named parts and their optimisers
 :class:`Phased`                 ... trained part by part, one phase per round
+:class:`HeldOutLoss`            ... its objective measured on held-out normals (diffad)
 :class:`Budgeted`               ... for a step budget per phase, with an lr schedule
 :class:`Represents`             ... with a representation part (FedPHP, DBE)
 :class:`ShiftedRepresentation`  ... plus a per-site bias of that representation (DBE)
@@ -224,6 +225,20 @@ class Trainable(Capability):
         from fedad.components.training import resolved_spec
 
         return resolved_spec(hooks, part, self.parts(self.cfg)[part].optim)
+
+
+class HeldOutLoss(Trainable):
+    """The training objective can be measured on normal images the site did not train on
+    (a generative model's denoising loss): what a choice is made on where the validation
+    split's synthetic defects do not separate the candidates. The site reports it as
+    ``val_loss`` beside the validation AUROCs."""
+
+    what = "the training objective on held-out normal images (held_out_loss)"
+
+    @abstractmethod
+    def held_out_loss(self, features: torch.Tensor) -> float:
+        """The objective on these normal images under the weights the detector scores
+        with, at draws fixed by the config (the same images give the same number)."""
 
 
 class Phased(Trainable):

@@ -50,7 +50,7 @@ log = logging.getLogger("fedad")
 # too few images hold none out and do not report them)
 # (a refinement adds its own: fedad.refinements.metric_keys)
 EVAL_KEYS = ("i_auroc", "p_auroc", "pro", "i_f1_max", "p_f1_max", "val_i_auroc",
-             "val_p_auroc")
+             "val_p_auroc", "val_loss")
 SITE_KEYS = ("threshold", "val-images")  # per site, not averaged
 STARTUP = "start-up"  # what rejections before round 1 are filed under
 TRAIN_SECONDS = ("seconds-features", "seconds-train", "seconds-reduce")

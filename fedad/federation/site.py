@@ -32,6 +32,7 @@ import torch
 
 from fedad.config.schema import RunConfig
 from fedad.detectors.base import Detector, FeatureShape
+from fedad.detectors.capabilities import HeldOutLoss
 from fedad.detectors.registry import client_seed, create, exchange_for, feature_config
 from fedad.errors import BadFilesError, ConfigError
 from fedad.evaluation.metrics import evaluate as compute_metrics
@@ -237,6 +238,9 @@ def evaluate(run: SiteRound, envelope: Envelope, node: NodeData) -> Reply:
         values.update(validation_metrics(data, score(detector, data.validation.features,
                                                      summary, size)))
         values["val-images"] = len(data.validation)
+        if isinstance(detector, HeldOutLoss):  # the objective on the held-out normals
+            normal = data.validation.features[data.validation.labels == 0]
+            values["val_loss"] = detector.held_out_loss(normal)
     out = str(envelope.config.get("out", ""))
     final = bool(envelope.config.get("final", False))
     held = None

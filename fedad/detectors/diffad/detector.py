@@ -47,7 +47,7 @@ from fedad.components.optimizer_state import load_optimizer_arrays, optimizer_ar
 from fedad.components.training import OptimSpec, Part, TrainHooks, build_optimizer, step
 from fedad.config.schema import RunConfig
 from fedad.detectors.base import Detector, FeatureShape, FitInfo, Reads, Scores, Summary
-from fedad.detectors.capabilities import Budgeted, Reconstructs
+from fedad.detectors.capabilities import Budgeted, HeldOutLoss, Reconstructs
 from fedad.detectors.diffad.budgets import BUDGETS
 from fedad.detectors.diffad.maps import combine, feature_error, level_targets, zscore
 from fedad.detectors.diffad.network import FeatureHead, NoiseAndFeatures
@@ -100,7 +100,7 @@ def to_net(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
-class DiffAD(Detector, Budgeted, Reconstructs):
+class DiffAD(Detector, Budgeted, HeldOutLoss, Reconstructs):
     name = "diffad"
     iterative = True
     first_round = 1
@@ -256,11 +256,8 @@ class DiffAD(Detector, Budgeted, Reconstructs):
             if dd.feature_t == "scored":  # half the batch at the scored steps
                 on = torch.arange(b) < max(1, b // 2)
                 t[on] = scored[torch.randint(0, len(scored), (int(on.sum()),), generator=gen)]
-            t = t.to(self.device)
             noise = torch.randn(x0.shape, generator=gen).to(x0)
-            eps, feats = self.net(q_sample(x0, t, noise, self.abar), t)
-            loss = (eps - noise).pow(2).mean() + w * feature_error(
-                feats[on.to(self.device)], f0[on.to(self.device)]).mean()
+            loss = self._objective(x0, f0, t.to(self.device), on.to(self.device), noise, w)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: the loss is {float(loss)}")
             step(self.net, optimizer, loss, hooks)
@@ -269,6 +266,48 @@ class DiffAD(Detector, Budgeted, Reconstructs):
         tail = losses[-max(1, len(losses) // 10):]
         return FitInfo(loss=sum(tail) / len(tail), seconds={"train": time.perf_counter() - t0},
                        steps=len(losses))
+
+    def _objective(self, x0: torch.Tensor, f0: torch.Tensor, t: torch.Tensor,
+                   on: torch.Tensor, noise: torch.Tensor, w: float) -> torch.Tensor:
+        """The training loss of one batch: the noise prediction's squared error (DDPM's
+        simple loss) plus ``w`` times the feature head's error on the images ``on``
+        (standardised targets ``f0``)."""
+        eps, feats = self.net(q_sample(x0, t, noise, self.abar), t)
+        return (eps - noise).pow(2).mean() + w * feature_error(feats[on], f0[on]).mean()
+
+    @torch.no_grad()
+    def held_out_loss(self, features: torch.Tensor, draws: int = 8) -> float:
+        """:meth:`fit`'s objective on normal images it did not train on, under the weights
+        the maps are scored with (the EMA shadow): every image at ``draws`` timesteps
+        spread evenly over ``T`` (the noise term's expectation over uniform ``t``), the
+        feature term at the scored timesteps in turn (``diffad.feature_t=scored``, as
+        trained) or at the same spread, with noise fixed by ``diffad.seed`` (the same
+        images give the same number). Lower is a better model of the normal images."""
+        if len(features) == 0:
+            return float("nan")
+        images, targets = self._unit_and_targets(features)
+        T, w = len(self.abar), float(self.cfg.diffad.feature_weight)
+        spread = [int((j + 0.5) * T / draws) for j in range(draws)]
+        scored = self.scored_timesteps()
+        at_scored = self.cfg.diffad.feature_t == "scored"
+        gen = torch.Generator().manual_seed(int(self.cfg.diffad.seed) * 7919 + 17)
+        total = 0.0
+        self.net.eval()
+        with shadow_weights(self.net):
+            b = self.cfg.train.batch_size
+            for x0, f0 in zip(images.split(b), targets.split(b), strict=True):
+                x0, f0 = x0.to(self.device), self._standardise(f0.to(self.device))
+                for j in range(draws):
+                    noise = torch.randn(x0.shape, generator=gen).to(x0)
+                    t = torch.full((len(x0),), spread[j], dtype=torch.long,
+                                   device=self.device)
+                    eps, feats = self.net(q_sample(x0, t, noise, self.abar), t)
+                    if at_scored:
+                        ts = torch.full_like(t, scored[j % len(scored)])
+                        _, feats = self.net(q_sample(x0, ts, noise, self.abar), ts)
+                    loss = (eps - noise).pow(2).mean() + w * feature_error(feats, f0).mean()
+                    total += float(loss) * len(x0) / draws
+        return total / len(images)
 
     def raw_maps(self, features: torch.Tensor, image_size: int) -> tuple[torch.Tensor,
                                                                          torch.Tensor]:
