@@ -122,7 +122,7 @@ def test_the_held_out_loss_is_repeatable_falls_with_training_and_rises_off_the_n
     images give the same number, more training on the normals lowers it on held-out normals,
     and images unlike the normals score higher than the held-out normals."""
     cfg = tiny()
-    cfg.ddpm.steps = 120  # 15 rounds of 8 steps
+    cfg.ddpm.steps, cfg.train.local_steps = 120, 40  # 3 rounds of 40 steps
     levels = Levels(cfg.backbone, cfg.diffad.strides)
     train = levels.from_unit(smooth_normals(8, 32, 0))
     held = levels.from_unit(smooth_normals(4, 32, 1))
@@ -130,7 +130,7 @@ def test_the_held_out_loss_is_repeatable_falls_with_training_and_rises_off_the_n
     det.fit(train, None, 1)
     early = det.held_out_loss(held)
     assert det.held_out_loss(held) == early
-    for r in range(2, 16):
+    for r in (2, 3):
         det.fit(train, None, r)
     late = det.held_out_loss(held)
     off = levels.from_unit(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
