@@ -138,30 +138,6 @@ def test_the_held_out_loss_is_repeatable_falls_with_training_and_rises_off_the_n
     assert late < early and det.held_out_loss(off) > late
 
 
-def test_a_site_reports_the_held_out_loss_beside_its_validation_aurocs(tmp_path: Path):
-    """On the engine in one process (the same site code a Flower client runs): every site
-    holding a validation split reports ``val_loss``, the objective on its held-out
-    normals, and the server averages it like the validation AUROCs."""
-    import json
-
-    from fedad.cli.sim import run_config_of
-    from fedad.federation.in_process import InProcess
-    from fedad.federation.run import federate
-    from partitions import partition_nodes
-    from tests.test_simulation import tiny_sim
-
-    cfg = run_config_of(tiny_sim(detector="diffad", exchange="fedavg", examples=0, **{
-        "train.rounds": 1, "ddpm.steps": 1, "train.local_steps": 1, "ddpm.channels": [8, 16],
-        "ddpm.groups": 4, "ddpm.crop": 32, "diffad.norm_images": 2, "diffad.size": 0,
-        "diffad.head_stride": 2, "calibration.holdout": 0.5}))
-    transport = InProcess(cfg, partition_nodes(cfg))
-    federate(cfg, transport, transport.keys, tmp_path / "run")
-    final = json.loads((tmp_path / "run" / "rounds.json").read_text())["final"]
-    held = [v for v in final["per_client"].values() if "val-images" in v]
-    assert held and all(v["val_loss"] > 0 for v in held)
-    assert final["val_loss"]["mean"] > 0
-
-
 def test_the_reconstruction_removes_a_defect_and_moves_a_normal_image_far_less():
     size = 32
     ddpm = tiny().ddpm
@@ -225,22 +201,29 @@ def test_backtracking_never_raises_the_score_and_takes_the_full_step_when_it_low
     assert torch.equal(backtracking_step(objective, x, s, halvings=0)[0], x[0])
 
 
-@pytest.mark.slow
-def test_diffad_is_federated_by_fedavg_through_flower(tmp_path: Path):
-    """Two rounds through Flower's simulation runtime: every site trains the UNet and the
-    head and ends with the same global weights; nothing but weights travels (every key
-    uploaded is the module's) and every site is scored."""
+def test_diffad_is_federated_by_fedavg_and_reports_its_held_out_loss(tmp_path: Path):
+    """Two rounds on the engine in one process (the site and server code a Flower run
+    calls; Flower's runtime for a trained detector is tests/test_asymst.py's and
+    tests/test_trainable.py's): every site trains the UNet and the head and ends with the
+    same global weights; nothing but weights travels (every key uploaded is the module's);
+    every site is scored, and a site holding a validation split reports ``val_loss``, the
+    objective on its held-out normals (HeldOutLoss), averaged by the server."""
     import json
 
-    from fedad.cli.sim import launch
+    from fedad.cli.sim import run_config_of
+    from fedad.federation.in_process import InProcess
+    from fedad.federation.run import federate
+    from partitions import partition_nodes
     from tests.test_simulation import tiny_sim
 
-    sim = tiny_sim(detector="diffad", exchange="fedavg", examples=0, eval_every=2, **{
+    cfg = run_config_of(tiny_sim(detector="diffad", exchange="fedavg", examples=0,
+                                 eval_every=2, **{
         "ddpm.steps": 2, "train.local_steps": 1, "ddpm.channels": [8, 16], "ddpm.groups": 4,
-        "ddpm.crop": 32, "diffad.norm_images": 2, "diffad.size": 0, "diffad.head_stride": 2})
-    out = tmp_path / "out"
-    assert launch(sim, out) == 0
-    (run,) = list(out.glob("run-*"))
+        "ddpm.crop": 32, "diffad.norm_images": 2, "diffad.size": 0, "diffad.head_stride": 2,
+        "calibration.holdout": 0.5}))
+    run = tmp_path / "run"
+    transport = InProcess(cfg, partition_nodes(cfg))
+    federate(cfg, transport, transport.keys, run)
     result = json.loads((run / "rounds.json").read_text())
     assert [r["round"] for r in result["rounds"]] == [1, 2] and not result["rejected"]
     assert result["label"] == "diffad+fedavg"
@@ -250,6 +233,9 @@ def test_diffad_is_federated_by_fedavg_through_flower(tmp_path: Path):
     final = result["final"]["per_client"]
     assert set(final) == {"0", "1", "2"}
     assert all(0.0 <= v["i_auroc"] <= 1.0 for v in final.values())
+    held = [v for v in final.values() if "val-images" in v]
+    assert held and all(v["val_loss"] > 0 for v in held)
+    assert result["final"]["val_loss"]["mean"] > 0
     states = [torch.load(run / f"site-{i}" / "state.pt", weights_only=True) for i in range(3)]
     net = [k for k in states[0] if k.startswith("net.")]
     assert net and all(torch.equal(states[0][k], s[k]) for s in states[1:] for k in net)
