@@ -75,9 +75,8 @@ def choose_on_validation(base: dict, payload: dict, write: Callable[[dict], None
                 "" if ok else f" ({done[value]['failed']})")
         return done[value]
 
-    def key(t: dict) -> tuple:
-        c = criterion(t)
-        return (c if c is not None else -np.inf, -t[field])
+    def key(t: dict) -> tuple:  # a failed or rejected value loses (its measures may be NaN)
+        return (-np.inf if "failed" in t else criterion(t), -t[field])
 
     grid = sorted(grid)
     while True:

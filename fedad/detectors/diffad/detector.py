@@ -256,8 +256,11 @@ class DiffAD(Detector, Budgeted, HeldOutLoss, Reconstructs):
             if dd.feature_t == "scored":  # half the batch at the scored steps
                 on = torch.arange(b) < max(1, b // 2)
                 t[on] = scored[torch.randint(0, len(scored), (int(on.sum()),), generator=gen)]
+            t = t.to(self.device)
             noise = torch.randn(x0.shape, generator=gen).to(x0)
-            loss = self._objective(x0, f0, t.to(self.device), on.to(self.device), noise, w)
+            eps, feats = self.net(q_sample(x0, t, noise, self.abar), t)
+            loss = (eps - noise).pow(2).mean() + w * feature_error(
+                feats[on.to(self.device)], f0[on.to(self.device)]).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: the loss is {float(loss)}")
             step(self.net, optimizer, loss, hooks)
@@ -266,14 +269,6 @@ class DiffAD(Detector, Budgeted, HeldOutLoss, Reconstructs):
         tail = losses[-max(1, len(losses) // 10):]
         return FitInfo(loss=sum(tail) / len(tail), seconds={"train": time.perf_counter() - t0},
                        steps=len(losses))
-
-    def _objective(self, x0: torch.Tensor, f0: torch.Tensor, t: torch.Tensor,
-                   on: torch.Tensor, noise: torch.Tensor, w: float) -> torch.Tensor:
-        """The training loss of one batch: the noise prediction's squared error (DDPM's
-        simple loss) plus ``w`` times the feature head's error on the images ``on``
-        (standardised targets ``f0``)."""
-        eps, feats = self.net(q_sample(x0, t, noise, self.abar), t)
-        return (eps - noise).pow(2).mean() + w * feature_error(feats[on], f0[on]).mean()
 
     @torch.no_grad()
     def held_out_loss(self, features: torch.Tensor, draws: int = 8) -> float:
